@@ -1,0 +1,455 @@
+//! The derive's IR: the container and its fields with their parsed attributes.
+
+use crate::ctxt::Ctxt;
+use crate::symbol::*;
+use proc_macro2::{Span, TokenStream};
+use syn::spanned::Spanned;
+use syn::{Attribute, DeriveInput, Ident, LitStr, Type};
+
+/// The struct `#[derive(Document)]` is applied to.
+pub struct Container<'a> {
+    pub ident: &'a Ident,
+    pub vis: &'a syn::Visibility,
+    pub input: &'a DeriveInput,
+    /// The collection name and the literal it came from (`None`: derived from the struct name).
+    pub collection: (String, Option<LitStr>),
+    /// The path generated code uses to reach db4 (`::db4` unless `#[db4(crate = "...")]`).
+    pub krate: syn::Path,
+    pub tokenizer: Option<(String, LitStr)>,
+    /// `None` when the input is not a struct with named fields (already reported).
+    pub fields: Option<Vec<Field<'a>>>,
+}
+
+/// One named field.
+pub struct Field<'a> {
+    pub ident: &'a Ident,
+    pub ty: &'a Type,
+    /// The field name without a raw-identifier prefix.
+    pub name: String,
+    /// The key under which serde writes the field.
+    pub key: String,
+    pub key_span: Span,
+    /// `#[serde(skip)]`, `skip_serializing` or `flatten`: not a top-level key of the document.
+    pub not_stored: Option<Span>,
+    pub id: Option<Span>,
+    pub partition_key: Option<Span>,
+    pub version: Option<Span>,
+    pub index: Option<(IndexKind, Span)>,
+    pub fts: Option<(f64, Span)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum IndexKind {
+    Equality,
+    Range,
+}
+
+impl<'a> Container<'a> {
+    pub fn from_ast(cx: &Ctxt, input: &'a DeriveInput) -> Self {
+        let mut collection = None;
+        let mut krate = None;
+        let mut tokenizer = None;
+        let mut rename_all = None;
+        for attr in &input.attrs {
+            if attr.path().is_ident(DB4) {
+                parse_container_attr(cx, attr, &mut collection, &mut krate, &mut tokenizer);
+            } else if attr.path().is_ident(SERDE) {
+                parse_serde_container(attr, &mut rename_all);
+            } else if let Some(name) = field_attr_name(attr) {
+                cx.error_spanned_by(attr, format!("`#[{name}]` goes on a field, not on the struct"));
+            }
+        }
+
+        let fields = match &input.data {
+            syn::Data::Struct(s) => match &s.fields {
+                syn::Fields::Named(named) => {
+                    Some(named.named.iter().map(|f| Field::from_ast(cx, f, rename_all.as_deref())).collect())
+                }
+                syn::Fields::Unnamed(f) => {
+                    cx.error_spanned_by(f, "`#[derive(Document)]` needs named fields; tuple structs are not supported");
+                    None
+                }
+                syn::Fields::Unit => {
+                    cx.error_spanned_by(
+                        input,
+                        "`#[derive(Document)]` needs a struct with named fields, one of them `#[id]`",
+                    );
+                    None
+                }
+            },
+            syn::Data::Enum(e) => {
+                cx.error_spanned_by(
+                    e.enum_token,
+                    "`#[derive(Document)]` supports structs with named fields; enums are not supported",
+                );
+                None
+            }
+            syn::Data::Union(u) => {
+                cx.error_spanned_by(
+                    u.union_token,
+                    "`#[derive(Document)]` supports structs with named fields; unions are not supported",
+                );
+                None
+            }
+        };
+
+        let collection = match collection {
+            Some(lit) => ((&lit as &LitStr).value(), Some(lit)),
+            None => (snake_case(&input.ident.to_string()), None),
+        };
+        Container {
+            ident: &input.ident,
+            vis: &input.vis,
+            input,
+            collection,
+            krate: krate.unwrap_or_else(|| syn::parse_quote!(::db4)),
+            tokenizer,
+            fields,
+        }
+    }
+}
+
+/// The name of a db4 field attribute, if `attr` is one.
+fn field_attr_name(attr: &Attribute) -> Option<&'static str> {
+    [ID, PARTITION_KEY, FTS, INDEX, RANGE_INDEX, VERSION].into_iter().find(|n| attr.path().is_ident(n))
+}
+
+fn parse_container_attr(
+    cx: &Ctxt,
+    attr: &Attribute,
+    collection: &mut Option<LitStr>,
+    krate: &mut Option<syn::Path>,
+    tokenizer: &mut Option<(String, LitStr)>,
+) {
+    let result = attr.parse_nested_meta(|meta| {
+        if meta.path.is_ident(COLLECTION) {
+            let lit: LitStr = meta.value()?.parse()?;
+            if collection.is_some() {
+                cx.error_spanned_by(&meta.path, "duplicate `collection` option");
+            }
+            *collection = Some(lit);
+        } else if meta.path.is_ident(CRATE) {
+            let lit: LitStr = meta.value()?.parse()?;
+            match lit.parse::<syn::Path>() {
+                Ok(path) => {
+                    if krate.is_some() {
+                        cx.error_spanned_by(&meta.path, "duplicate `crate` option");
+                    }
+                    *krate = Some(path);
+                }
+                Err(_) => cx.error_spanned_by(&lit, format!("`crate` must be a path, like \"db4\"; found {:?}", lit.value())),
+            }
+        } else if meta.path.is_ident(TOKENIZER) {
+            let lit: LitStr = meta.value()?.parse()?;
+            let name = lit.value();
+            if !TOKENIZERS.contains(&name.as_str()) {
+                cx.error_spanned_by(
+                    &lit,
+                    format!("unknown tokenizer {name:?}; expected one of \"porter\", \"unicode61\", \"trigram\""),
+                );
+            } else if tokenizer.is_some() {
+                cx.error_spanned_by(&meta.path, "duplicate `tokenizer` option");
+            }
+            *tokenizer = Some((name, lit));
+        } else {
+            let name = meta.path.to_token_stream_string();
+            return Err(meta.error(format!(
+                "unknown db4 option `{name}`; expected `collection = \"...\"`, `crate = \"...\"` or `tokenizer = \"...\"`"
+            )));
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        cx.syn_error(e);
+    }
+}
+
+impl<'a> Field<'a> {
+    fn from_ast(cx: &Ctxt, field: &'a syn::Field, rename_all: Option<&str>) -> Self {
+        let ident = field.ident.as_ref().expect("named fields have identifiers");
+        let name = ident.to_string().trim_start_matches("r#").to_owned();
+        let mut out = Field {
+            ident,
+            ty: &field.ty,
+            key: rename_all.map_or_else(|| name.clone(), |rule| apply_rename_rule(rule, &name)),
+            name,
+            key_span: ident.span(),
+            not_stored: None,
+            id: None,
+            partition_key: None,
+            version: None,
+            index: None,
+            fts: None,
+        };
+        for attr in &field.attrs {
+            let path = attr.path();
+            if path.is_ident(SERDE) {
+                parse_serde_field(attr, &mut out);
+                continue;
+            }
+            if path.is_ident(DB4) {
+                cx.error_spanned_by(
+                    attr,
+                    "`#[db4(...)]` goes on the struct; on fields use `#[id]`, `#[partition_key]`, `#[index]`, `#[range_index]`, `#[fts]` or `#[version]`",
+                );
+                continue;
+            }
+            let Some(kind) = field_attr_name(attr) else { continue };
+            let span = attr.span();
+            let slot_taken = match kind {
+                ID => no_args(cx, attr, kind) && set(&mut out.id, span),
+                PARTITION_KEY => no_args(cx, attr, kind) && set(&mut out.partition_key, span),
+                VERSION => no_args(cx, attr, kind) && set(&mut out.version, span),
+                INDEX => no_args(cx, attr, kind) && set_index(&mut out.index, IndexKind::Equality, span),
+                RANGE_INDEX => no_args(cx, attr, kind) && set_index(&mut out.index, IndexKind::Range, span),
+                _ => match parse_fts(cx, attr) {
+                    Some(weight) if out.fts.is_none() => {
+                        out.fts = Some((weight, span));
+                        false
+                    }
+                    Some(_) => true,
+                    None => false,
+                },
+            };
+            if slot_taken {
+                cx.error_spanned_by(attr, format!("duplicate `#[{kind}]` on field `{}`", out.name));
+            }
+        }
+        out
+    }
+
+    /// Whether any db4 attribute marks this field.
+    pub fn has_db4_attr(&self) -> bool {
+        self.id.is_some()
+            || self.partition_key.is_some()
+            || self.version.is_some()
+            || self.index.is_some()
+            || self.fts.is_some()
+    }
+}
+
+/// Records a marker attribute; returns `true` if it was already set.
+fn set(slot: &mut Option<Span>, span: Span) -> bool {
+    if slot.is_some() {
+        return true;
+    }
+    *slot = Some(span);
+    false
+}
+
+fn set_index(slot: &mut Option<(IndexKind, Span)>, kind: IndexKind, span: Span) -> bool {
+    if slot.is_some() {
+        return true;
+    }
+    *slot = Some((kind, span));
+    false
+}
+
+/// Reports arguments on a marker attribute such as `#[id]`; returns whether it was bare.
+fn no_args(cx: &Ctxt, attr: &Attribute, name: &str) -> bool {
+    match &attr.meta {
+        syn::Meta::Path(_) => true,
+        syn::Meta::List(list) => {
+            cx.error_spanned_by(&list.tokens, format!("`#[{name}]` takes no arguments"));
+            false
+        }
+        syn::Meta::NameValue(nv) => {
+            cx.error_spanned_by(&nv.value, format!("`#[{name}]` takes no value"));
+            false
+        }
+    }
+}
+
+/// Parses `#[fts]` or `#[fts(weight = 2.0)]` into the weight; `None` after reporting an error.
+fn parse_fts(cx: &Ctxt, attr: &Attribute) -> Option<f64> {
+    let list = match &attr.meta {
+        syn::Meta::Path(_) => return Some(1.0),
+        syn::Meta::List(list) => list,
+        syn::Meta::NameValue(nv) => {
+            cx.error_spanned_by(&nv.value, "write `#[fts(weight = 2.0)]` to set a weight");
+            return None;
+        }
+    };
+    let mut weight = None;
+    let mut ok = true;
+    let result = list.parse_nested_meta(|meta| {
+        if !meta.path.is_ident(WEIGHT) {
+            let name = meta.path.to_token_stream_string();
+            return Err(meta.error(format!("unknown `#[fts]` option `{name}`; expected `weight = <number>`")));
+        }
+        let value: syn::Expr = meta.value()?.parse()?;
+        match parse_weight(&value) {
+            Ok(w) => {
+                if weight.replace(w).is_some() {
+                    cx.error_spanned_by(&meta.path, "duplicate `weight` option");
+                    ok = false;
+                }
+            }
+            Err(message) => {
+                cx.error_spanned_by(&value, message);
+                ok = false;
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        cx.syn_error(e);
+        return None;
+    }
+    if !ok {
+        return None;
+    }
+    match weight {
+        Some(w) => Some(w),
+        None => {
+            cx.error_spanned_by(&list.tokens, "expected `weight = <number>`, as in `#[fts(weight = 2.0)]`");
+            None
+        }
+    }
+}
+
+fn parse_weight(value: &syn::Expr) -> Result<f64, String> {
+    let (negative, lit) = match value {
+        syn::Expr::Unary(syn::ExprUnary { op: syn::UnOp::Neg(_), expr, .. }) => (true, &**expr),
+        other => (false, other),
+    };
+    let number = match lit {
+        syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Float(f), .. }) => f.base10_parse::<f64>().ok(),
+        syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. }) => i.base10_parse::<f64>().ok(),
+        _ => None,
+    };
+    match number {
+        None => Err("the fts weight must be a number literal, as in `weight = 2.0`".to_owned()),
+        Some(w) if negative || !(w.is_finite() && w > 0.0) => {
+            Err(format!("the fts weight must be a positive number; found {}{w}", if negative { "-" } else { "" }))
+        }
+        Some(w) => Ok(w),
+    }
+}
+
+fn parse_serde_container(attr: &Attribute, rename_all: &mut Option<String>) {
+    let _ = attr.parse_nested_meta(|meta| {
+        if meta.path.is_ident(RENAME_ALL) {
+            *rename_all = serialize_name(&meta)?.or(rename_all.take());
+            Ok(())
+        } else {
+            skip_meta_value(&meta)
+        }
+    });
+}
+
+fn parse_serde_field(attr: &Attribute, field: &mut Field<'_>) {
+    let _ = attr.parse_nested_meta(|meta| {
+        if meta.path.is_ident(RENAME) {
+            if let Some(name) = serialize_name(&meta)? {
+                field.key = name;
+                field.key_span = meta.path.span();
+            }
+            Ok(())
+        } else if meta.path.is_ident(SKIP) || meta.path.is_ident(SKIP_SERIALIZING) || meta.path.is_ident(FLATTEN) {
+            field.not_stored = Some(meta.path.span());
+            skip_meta_value(&meta)
+        } else {
+            skip_meta_value(&meta)
+        }
+    });
+}
+
+/// Reads `rename = "x"` or `rename(serialize = "x", ...)`: the name serde writes.
+fn serialize_name(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<Option<String>> {
+    if meta.input.peek(syn::Token![=]) {
+        let lit: LitStr = meta.value()?.parse()?;
+        return Ok(Some(lit.value()));
+    }
+    let mut name = None;
+    meta.parse_nested_meta(|inner| {
+        if inner.path.is_ident(SERIALIZE) {
+            let lit: LitStr = inner.value()?.parse()?;
+            name = Some(lit.value());
+            Ok(())
+        } else {
+            skip_meta_value(&inner)
+        }
+    })?;
+    Ok(name)
+}
+
+/// Consumes whatever follows a serde option db4 does not care about.
+fn skip_meta_value(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        meta.value()?.parse::<syn::Expr>()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        let content;
+        syn::parenthesized!(content in meta.input);
+        content.parse::<TokenStream>()?;
+    }
+    Ok(())
+}
+
+trait PathString {
+    fn to_token_stream_string(&self) -> String;
+}
+
+impl PathString for syn::Path {
+    fn to_token_stream_string(&self) -> String {
+        quote::ToTokens::to_token_stream(self).to_string().replace(' ', "")
+    }
+}
+
+/// `UserProfile` -> `user_profile`.
+pub fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.char_indices() {
+        if c.is_uppercase() {
+            if i > 0 && !out.ends_with('_') {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Applies a serde `rename_all` rule to a snake_case field name, as serde does.
+fn apply_rename_rule(rule: &str, field: &str) -> String {
+    let pascal = || {
+        field
+            .split('_')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next().map_or_else(String::new, |f| f.to_uppercase().chain(c).collect())
+            })
+            .collect::<String>()
+    };
+    match rule {
+        "lowercase" => field.to_lowercase(),
+        "UPPERCASE" => field.to_uppercase(),
+        "PascalCase" => pascal(),
+        "camelCase" => {
+            let p = pascal();
+            let mut c = p.chars();
+            c.next().map_or_else(String::new, |f| f.to_lowercase().chain(c).collect())
+        }
+        "SCREAMING_SNAKE_CASE" => field.to_uppercase(),
+        "kebab-case" => field.replace('_', "-"),
+        "SCREAMING-KEBAB-CASE" => field.replace('_', "-").to_uppercase(),
+        _ => field.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(snake_case("Article"), "article");
+        assert_eq!(snake_case("UserProfile"), "user_profile");
+        assert_eq!(apply_rename_rule("camelCase", "tenant_id"), "tenantId");
+        assert_eq!(apply_rename_rule("PascalCase", "tenant_id"), "TenantId");
+        assert_eq!(apply_rename_rule("kebab-case", "tenant_id"), "tenant-id");
+        assert_eq!(apply_rename_rule("SCREAMING-KEBAB-CASE", "tenant_id"), "TENANT-ID");
+    }
+}

@@ -1,0 +1,134 @@
+//! Cross-field rules, run on the IR after parsing. Every violation is reported, spanned on the
+//! attribute or token that explains it.
+
+use crate::ast::{Container, Field, IndexKind};
+use crate::ctxt::Ctxt;
+use proc_macro2::Span;
+
+pub fn check(cx: &Ctxt, cont: &Container<'_>) {
+    check_generics(cx, cont);
+    check_collection_name(cx, cont);
+    let Some(fields) = &cont.fields else { return };
+
+    let ids: Vec<&Field<'_>> = fields.iter().filter(|f| f.id.is_some()).collect();
+    match ids.as_slice() {
+        [] => cx.error_spanned_by(
+            cont.ident,
+            format!(
+                "`{}` has no `#[id]` field; mark the field that identifies a document with `#[id]` (String, i64 or u64)",
+                cont.ident
+            ),
+        ),
+        [_] => {}
+        [first, rest @ ..] => {
+            for f in rest {
+                span_error(cx, f.id, format!("duplicate `#[id]`: `{}` is already the id of `{}`", first.name, cont.ident));
+            }
+        }
+    }
+    one_of(cx, fields, |f| f.partition_key, "#[partition_key]", "partition key");
+    one_of(cx, fields, |f| f.version, "#[version]", "version field");
+
+    let mut fts_count = 0;
+    for f in fields {
+        if let Some(span) = f.not_stored
+            && f.has_db4_attr()
+        {
+            let message =
+                format!("field `{}` is not written as a key of the document by serde, so db4 cannot use it", f.name);
+            span_error(cx, Some(span), message);
+        }
+        if f.id.is_some() {
+            conflict(cx, f.partition_key, "#[id]", "#[partition_key]");
+            conflict(cx, f.version, "#[id]", "#[version]");
+            conflict(cx, f.index.map(|i| i.1), "#[id]", "an index (the id is always indexed)");
+            conflict(cx, f.fts.map(|i| i.1), "#[id]", "#[fts]");
+        }
+        if f.version.is_some() {
+            conflict(cx, f.partition_key, "#[version]", "#[partition_key]");
+            conflict(cx, f.index.map(|i| i.1), "#[version]", "an index");
+            conflict(cx, f.fts.map(|i| i.1), "#[version]", "#[fts]");
+        }
+        if let (Some(_), Some((IndexKind::Equality, span))) = (f.partition_key, f.index) {
+            span_error(cx, Some(span), "the partition key is already indexed; remove `#[index]`");
+        }
+        if f.fts.is_some() {
+            fts_count += 1;
+        }
+        let has_column = f.partition_key.is_some() || f.index.is_some();
+        if has_column && !is_valid_field_name(&f.name) {
+            cx.error_spanned_by(
+                f.ident,
+                "indexed field names must be ASCII letters, digits and `_`, at most 64 characters",
+            );
+        }
+        if f.key.is_empty() || f.key.contains('"') || f.key.chars().any(char::is_control) {
+            span_error(
+                cx,
+                Some(f.key_span),
+                format!("the serialized name {:?} cannot be addressed by db4 (no `\"` or control characters)", f.key),
+            );
+        }
+    }
+    if fts_count == 0
+        && let Some((_, lit)) = &cont.tokenizer
+    {
+        cx.error_spanned_by(lit, "a tokenizer is set but no field is marked `#[fts]`");
+    }
+}
+
+fn check_generics(cx: &Ctxt, cont: &Container<'_>) {
+    let generics = &cont.input.generics;
+    if !generics.params.is_empty() || generics.where_clause.is_some() {
+        cx.error_spanned_by(
+            generics,
+            "`#[derive(Document)]` does not support generic structs: a collection stores one concrete type",
+        );
+    }
+}
+
+fn check_collection_name(cx: &Ctxt, cont: &Container<'_>) {
+    let (name, lit) = &cont.collection;
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("_db4")
+        && !name.to_ascii_lowercase().starts_with("sqlite_");
+    if valid {
+        return;
+    }
+    let message = format!(
+        "invalid collection name {name:?}: use 1-64 ASCII letters, digits or `_`, starting with a letter or `_` (names starting with `_db4` or `sqlite_` are reserved)"
+    );
+    match lit {
+        Some(lit) => cx.error_spanned_by(lit, message),
+        None => cx.error_spanned_by(cont.ident, format!("{message}; set one with `#[db4(collection = \"...\")]`")),
+    }
+}
+
+fn is_valid_field_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn one_of(cx: &Ctxt, fields: &[Field<'_>], get: fn(&Field<'_>) -> Option<Span>, attr: &str, what: &str) {
+    let marked: Vec<&Field<'_>> = fields.iter().filter(|f| get(f).is_some()).collect();
+    if let [first, rest @ ..] = marked.as_slice() {
+        for f in rest {
+            span_error(cx, get(f), format!("duplicate `{attr}`: `{}` is already the {what}", first.name));
+        }
+    }
+}
+
+fn conflict(cx: &Ctxt, other: Option<Span>, this: &str, that: &str) {
+    span_error(cx, other, format!("a `{this}` field cannot also be {}", article(that)));
+}
+
+fn article(that: &str) -> String {
+    if that.starts_with('#') { format!("`{that}`") } else { that.to_owned() }
+}
+
+fn span_error(cx: &Ctxt, span: Option<Span>, message: impl std::fmt::Display) {
+    if let Some(span) = span {
+        cx.syn_error(syn::Error::new(span, message));
+    }
+}

@@ -1,0 +1,195 @@
+//! The embedded default backend: bundled SQLite through rusqlite.
+
+use super::{Access, Backend, Connection, Row};
+use crate::error::{BackendError, BackendErrorKind, Result};
+use crate::value::{Value, ValueRef};
+use rusqlite::types::{ToSqlOutput, ValueRef as SqlValueRef};
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// How hard SQLite works to make a commit survive a power loss (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// Every commit is fsynced: durable across process crashes and power loss (the default).
+    #[default]
+    Full,
+    /// In WAL mode, commits survive a process crash but the last ones may be lost on power
+    /// loss; much faster for many small transactions.
+    Normal,
+}
+
+/// Options for opening a SQLite database.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// Durability of commits.
+    pub synchronous: Synchronous,
+    /// How long a statement waits for a lock held by another connection before failing with
+    /// [`BackendErrorKind::Busy`].
+    pub busy_timeout: Duration,
+    /// How many prepared statements each connection keeps.
+    pub statement_cache_capacity: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self { synchronous: Synchronous::Full, busy_timeout: Duration::from_secs(5), statement_cache_capacity: 256 }
+    }
+}
+
+/// A SQLite database file (or in-memory database) behind one connection in WAL mode.
+pub struct SqliteBackend {
+    conn: Mutex<rusqlite::Connection>,
+}
+
+impl std::fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteBackend").finish_non_exhaustive()
+    }
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the database file at `path` in WAL mode.
+    ///
+    /// # Errors
+    ///
+    /// A backend error if the file cannot be opened or is not a SQLite database.
+    pub fn open(path: impl AsRef<Path>, options: &SqliteOptions) -> Result<Self> {
+        let conn = rusqlite::Connection::open(path).map_err(backend_error)?;
+        Self::configure(conn, options, true)
+    }
+
+    /// Opens a private in-memory database.
+    ///
+    /// # Errors
+    ///
+    /// A backend error if SQLite cannot allocate it.
+    pub fn open_in_memory(options: &SqliteOptions) -> Result<Self> {
+        let conn = rusqlite::Connection::open_in_memory().map_err(backend_error)?;
+        Self::configure(conn, options, false)
+    }
+
+    fn configure(conn: rusqlite::Connection, options: &SqliteOptions, wal: bool) -> Result<Self> {
+        conn.busy_timeout(options.busy_timeout).map_err(backend_error)?;
+        conn.set_prepared_statement_cache_capacity(options.statement_cache_capacity);
+        if wal {
+            let mode: String =
+                conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(backend_error)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(BackendError::new(
+                    BackendErrorKind::Io,
+                    format!("cannot switch the database to WAL mode (journal_mode is {mode})"),
+                )
+                .into());
+            }
+        }
+        let sync = match options.synchronous {
+            Synchronous::Full => "PRAGMA synchronous = FULL",
+            Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+        };
+        conn.execute_batch(sync).map_err(backend_error)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn run(&self, access: Access, f: &mut dyn FnMut(&dyn Connection) -> Result<()>) -> Result<()> {
+        // A panic in an earlier closure poisons the mutex, but the transaction guard below has
+        // already rolled that work back, so the connection is in a clean state.
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let conn = SqliteConnection(&conn);
+        if access != Access::Atomic {
+            return f(&conn);
+        }
+        conn.0.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])).map_err(backend_error)?;
+        let mut guard = Rollback { conn: conn.0, armed: true };
+        f(&conn)?;
+        conn.0.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map_err(backend_error)?;
+        guard.armed = false;
+        Ok(())
+    }
+}
+
+/// Rolls the open transaction back unless disarmed: on `Err` and on unwinding.
+struct Rollback<'a> {
+    conn: &'a rusqlite::Connection,
+    armed: bool,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if self.armed && !self.conn.is_autocommit() {
+            // Nothing useful can be done with a failed rollback here; SQLite rolls back an
+            // open transaction itself when the connection is next used or closed.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+struct SqliteConnection<'a>(&'a rusqlite::Connection);
+
+impl Connection for SqliteConnection<'_> {
+    fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
+        let mut stmt = self.0.prepare_cached(sql).map_err(backend_error)?;
+        stmt.execute(rusqlite::params_from_iter(params.iter())).map_err(backend_error)
+    }
+
+    fn query(&self, sql: &str, params: &[Value], row: &mut dyn FnMut(&dyn Row) -> Result<()>) -> Result<()> {
+        let mut stmt = self.0.prepare_cached(sql).map_err(backend_error)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter())).map_err(backend_error)?;
+        while let Some(r) = rows.next().map_err(backend_error)? {
+            row(&SqliteRow(r))?;
+        }
+        Ok(())
+    }
+
+    fn execute_ddl(&self, sql: &str) -> Result<()> {
+        self.0.execute_batch(sql).map_err(backend_error)
+    }
+}
+
+struct SqliteRow<'a, 'b>(&'a rusqlite::Row<'b>);
+
+impl Row for SqliteRow<'_, '_> {
+    fn get(&self, index: usize) -> Result<ValueRef<'_>> {
+        let v = self.0.get_ref(index).map_err(backend_error)?;
+        Ok(match v {
+            SqlValueRef::Null => ValueRef::Null,
+            SqlValueRef::Integer(i) => ValueRef::Integer(i),
+            SqlValueRef::Real(r) => ValueRef::Real(r),
+            SqlValueRef::Text(t) => ValueRef::Text(std::str::from_utf8(t).map_err(|e| {
+                BackendError::new(BackendErrorKind::Corrupt, format!("column {index} holds invalid UTF-8: {e}"))
+            })?),
+            SqlValueRef::Blob(b) => ValueRef::Blob(b),
+        })
+    }
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Value::Null => SqlValueRef::Null,
+            Value::Integer(i) => SqlValueRef::Integer(*i),
+            Value::Real(r) => SqlValueRef::Real(*r),
+            Value::Text(s) => SqlValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => SqlValueRef::Blob(b),
+        }))
+    }
+}
+
+fn backend_error(e: rusqlite::Error) -> crate::Error {
+    use rusqlite::ErrorCode as C;
+    let kind = match e.sqlite_error_code() {
+        Some(C::DatabaseBusy | C::DatabaseLocked) => BackendErrorKind::Busy,
+        Some(C::ConstraintViolation) => BackendErrorKind::Constraint,
+        Some(C::TooBig) => BackendErrorKind::TooBig,
+        Some(C::DatabaseCorrupt | C::NotADatabase) => BackendErrorKind::Corrupt,
+        Some(C::CannotOpen | C::SystemIoFailure | C::DiskFull | C::ReadOnly | C::PermissionDenied) => {
+            BackendErrorKind::Io
+        }
+        _ => BackendErrorKind::Other,
+    };
+    BackendError::new(kind, e.to_string()).with_source(e).into()
+}

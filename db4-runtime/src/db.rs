@@ -1,0 +1,177 @@
+//! The database handle.
+
+use crate::backend::{Access, Backend, run};
+use crate::collection::Collection;
+use crate::document::{Document, DocumentId};
+use crate::error::Result;
+use crate::meta::CollectionMeta;
+use crate::migrate;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The default document size limit: 2 MiB, the largest row a Durable Object stores.
+pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 2 * 1024 * 1024;
+
+/// Options for a [`Db`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DbOptions {
+    /// Documents whose serialized JSON is larger than this are refused with
+    /// [`Error::TooLarge`](crate::Error::TooLarge). Default: [`DEFAULT_MAX_DOCUMENT_BYTES`].
+    pub max_document_bytes: usize,
+    /// SQLite settings, for databases opened with [`Db::open_with`].
+    #[cfg(feature = "sqlite")]
+    pub sqlite: crate::backend::SqliteOptions,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        Self {
+            max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
+            #[cfg(feature = "sqlite")]
+            sqlite: crate::backend::SqliteOptions::default(),
+        }
+    }
+}
+
+impl DbOptions {
+    /// Sets the document size limit in bytes.
+    pub fn max_document_bytes(mut self, bytes: usize) -> Self {
+        self.max_document_bytes = bytes;
+        self
+    }
+
+    /// Sets the SQLite durability level.
+    #[cfg(feature = "sqlite")]
+    pub fn synchronous(mut self, synchronous: crate::backend::Synchronous) -> Self {
+        self.sqlite.synchronous = synchronous;
+        self
+    }
+}
+
+/// A database: a storage backend plus the collections opened on it.
+///
+/// Cheap to clone (all clones share one backend) and safe to share between threads.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DbInner>,
+}
+
+struct DbInner {
+    backend: Box<dyn Backend>,
+    options: DbOptions,
+    /// Collections already created or migrated by this handle, by name.
+    collections: Mutex<HashMap<&'static str, Arc<CollectionMeta>>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("options", &self.inner.options).finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) a SQLite database file in WAL mode.
+    ///
+    /// # Errors
+    ///
+    /// A backend error if the file cannot be opened or is not a db4 / SQLite database.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> db4_runtime::Result<()> {
+    /// let dir = std::env::temp_dir().join(format!("db4-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let db = db4_runtime::Db::open(dir.join("app.db"))?;
+    /// # drop(db); std::fs::remove_dir_all(&dir).ok();
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "sqlite")]
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        Self::open_with(path, DbOptions::default())
+    }
+
+    /// Opens a SQLite database file with options.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    #[cfg(feature = "sqlite")]
+    pub fn open_with(path: impl AsRef<std::path::Path>, options: DbOptions) -> Result<Self> {
+        let backend = crate::backend::SqliteBackend::open(path, &options.sqlite)?;
+        Self::with_backend(backend, options)
+    }
+
+    /// Opens a private in-memory SQLite database, gone when the last clone is dropped.
+    ///
+    /// # Errors
+    ///
+    /// A backend error if SQLite cannot allocate it.
+    #[cfg(feature = "sqlite")]
+    pub fn open_in_memory() -> Result<Self> {
+        Self::open_in_memory_with(DbOptions::default())
+    }
+
+    /// Opens a private in-memory SQLite database with options.
+    ///
+    /// # Errors
+    ///
+    /// As [`open_in_memory`](Self::open_in_memory).
+    #[cfg(feature = "sqlite")]
+    pub fn open_in_memory_with(options: DbOptions) -> Result<Self> {
+        let backend = crate::backend::SqliteBackend::open_in_memory(&options.sqlite)?;
+        Self::with_backend(backend, options)
+    }
+
+    /// A database on any [`Backend`].
+    ///
+    /// # Errors
+    ///
+    /// A backend error creating db4's schema table.
+    pub fn with_backend(backend: impl Backend, options: DbOptions) -> Result<Self> {
+        let backend: Box<dyn Backend> = Box::new(backend);
+        run(&*backend, Access::Atomic, migrate::init)?;
+        Ok(Self { inner: Arc::new(DbInner { backend, options, collections: Mutex::new(HashMap::new()) }) })
+    }
+
+    /// The options this database was opened with.
+    pub fn options(&self) -> &DbOptions {
+        &self.inner.options
+    }
+
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        &*self.inner.backend
+    }
+
+    /// The collection of documents of type `T`.
+    ///
+    /// The first call for a collection creates its table and indexes, or migrates them to
+    /// `T`'s schema: new index columns are added and filled from the stored documents,
+    /// removed ones dropped, and the change recorded in db4's schema table, all in one
+    /// transaction. Later calls are cheap.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) if the stored schema is
+    /// incompatible with `T` (for example the id type changed), or a backend error.
+    pub fn collection<T: Document>(&self) -> Result<Collection<T>> {
+        let schema = T::schema();
+        {
+            let known = self.inner.collections.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(meta) = known.get(schema.collection())
+                && std::ptr::eq(meta.schema, schema)
+            {
+                return Ok(Collection::new(self.clone(), Arc::clone(meta)));
+            }
+        }
+        let meta = Arc::new(CollectionMeta::new(schema, T::Id::KIND, self.inner.options.max_document_bytes)?);
+        run(self.backend(), Access::Atomic, |conn| migrate::ensure::<T>(conn, &meta))?;
+        self.inner
+            .collections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(schema.collection(), Arc::clone(&meta));
+        Ok(Collection::new(self.clone(), meta))
+    }
+}

@@ -1,0 +1,378 @@
+//! Static document schemas and the SQLite DDL generated from them.
+//!
+//! A [`Schema`] is built at compile time by `#[derive(Document)]` (or by hand with the `const`
+//! builders here) and lives in a `static`. The runtime derives everything else from it: column
+//! names, DDL, the statements a collection runs and the record kept in the schema table.
+
+use crate::error::{Error, Result};
+use crate::sql::quote_ident;
+
+/// How a document id is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdKind {
+    /// A non-empty UTF-8 string (`String` ids).
+    Text,
+    /// A 64-bit integer (`i64` ids, and `u64` ids up to `i64::MAX`).
+    Integer,
+}
+
+/// The kind of secondary index declared on a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexKind {
+    /// `#[index]`: equality lookups and sorting.
+    Equality,
+    /// `#[range_index]`: ordered range scans and cursor pagination.
+    Range,
+}
+
+/// The FTS5 tokenizer used for a collection's full-text fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tokenizer {
+    /// Unicode-aware word splitting with English Porter stemming (the default).
+    #[default]
+    Porter,
+    /// Unicode-aware word splitting, no stemming.
+    Unicode61,
+    /// Character trigrams: substring matching.
+    Trigram,
+}
+
+impl Tokenizer {
+    /// The tokenizer's name as FTS5 spells it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Tokenizer::Porter => "porter",
+            Tokenizer::Unicode61 => "unicode61",
+            Tokenizer::Trigram => "trigram",
+        }
+    }
+}
+
+/// One field of a document type, with the roles its attributes gave it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FieldDef {
+    name: &'static str,
+    key: &'static str,
+    ty: &'static str,
+    id: bool,
+    partition_key: bool,
+    version: bool,
+    index: Option<IndexKind>,
+    fts_weight: Option<f64>,
+}
+
+impl FieldDef {
+    /// A plain stored field: `name` is the Rust field name, `key` its key in the serialized
+    /// document (they differ under `#[serde(rename)]`), `ty` its Rust type as written.
+    pub const fn new(name: &'static str, key: &'static str, ty: &'static str) -> Self {
+        Self { name, key, ty, id: false, partition_key: false, version: false, index: None, fts_weight: None }
+    }
+
+    /// Marks the field as the document id.
+    pub const fn id(mut self) -> Self {
+        self.id = true;
+        self
+    }
+
+    /// Marks the field as the partition key.
+    pub const fn partition_key(mut self) -> Self {
+        self.partition_key = true;
+        self
+    }
+
+    /// Marks the field as the optimistic-locking version counter.
+    pub const fn version(mut self) -> Self {
+        self.version = true;
+        self
+    }
+
+    /// Declares a secondary index on the field.
+    pub const fn index(mut self, kind: IndexKind) -> Self {
+        self.index = Some(kind);
+        self
+    }
+
+    /// Declares the field full-text indexed with a BM25 column weight.
+    pub const fn fts(mut self, weight: f64) -> Self {
+        self.fts_weight = Some(weight);
+        self
+    }
+
+    /// The Rust field name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The field's key in the serialized JSON document.
+    pub const fn key(&self) -> &'static str {
+        self.key
+    }
+
+    /// The field's Rust type, as written in the struct.
+    pub const fn rust_type(&self) -> &'static str {
+        self.ty
+    }
+
+    /// Whether this is the id field.
+    pub const fn is_id(&self) -> bool {
+        self.id
+    }
+
+    /// Whether this is the partition key.
+    pub const fn is_partition_key(&self) -> bool {
+        self.partition_key
+    }
+
+    /// Whether this is the version field.
+    pub const fn is_version(&self) -> bool {
+        self.version
+    }
+
+    /// The declared secondary index, if any.
+    pub const fn index_kind(&self) -> Option<IndexKind> {
+        self.index
+    }
+
+    /// The full-text weight, if the field is full-text indexed.
+    pub const fn fts_weight(&self) -> Option<f64> {
+        self.fts_weight
+    }
+
+    /// Whether the field's value is kept in its own column (partition key and indexed fields).
+    pub const fn has_column(&self) -> bool {
+        self.partition_key || self.index.is_some()
+    }
+}
+
+/// The static description of a document type: its collection, fields, id, partition key,
+/// version field, indexes and full-text fields.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schema {
+    collection: &'static str,
+    type_name: &'static str,
+    fields: &'static [FieldDef],
+    tokenizer: Tokenizer,
+}
+
+impl Schema {
+    /// A schema for `collection`, stored by the Rust type `type_name`, with the given fields.
+    /// Exactly one field must be marked [`FieldDef::id`]; [`Db::collection`](crate::Db::collection)
+    /// validates the rest and reports problems as [`Error::SchemaMismatch`].
+    pub const fn new(collection: &'static str, type_name: &'static str, fields: &'static [FieldDef]) -> Self {
+        Self { collection, type_name, fields, tokenizer: Tokenizer::Porter }
+    }
+
+    /// Sets the FTS5 tokenizer.
+    pub const fn tokenizer(mut self, tokenizer: Tokenizer) -> Self {
+        self.tokenizer = tokenizer;
+        self
+    }
+
+    /// The collection (and table) name.
+    pub const fn collection(&self) -> &'static str {
+        self.collection
+    }
+
+    /// The Rust type that declared this schema.
+    pub const fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+
+    /// All fields, in declaration order.
+    pub const fn fields(&self) -> &'static [FieldDef] {
+        self.fields
+    }
+
+    /// The FTS5 tokenizer for the full-text fields.
+    pub const fn fts_tokenizer(&self) -> Tokenizer {
+        self.tokenizer
+    }
+
+    /// The id field.
+    pub fn id_field(&self) -> Option<&'static FieldDef> {
+        self.fields.iter().find(|f| f.id)
+    }
+
+    /// The partition-key field, if declared.
+    pub fn partition_key_field(&self) -> Option<&'static FieldDef> {
+        self.fields.iter().find(|f| f.partition_key)
+    }
+
+    /// The version field, if declared.
+    pub fn version_field(&self) -> Option<&'static FieldDef> {
+        self.fields.iter().find(|f| f.version)
+    }
+
+    /// The fields kept in their own columns, in declaration order. Their values are what
+    /// `Document::index_values` produces, in the same order.
+    pub fn column_fields(&self) -> impl Iterator<Item = &'static FieldDef> {
+        self.fields.iter().filter(|f| f.has_column())
+    }
+
+    /// The full-text fields with their weights.
+    pub fn fts_fields(&self) -> impl Iterator<Item = (&'static FieldDef, f64)> {
+        self.fields.iter().filter_map(|f| f.fts_weight.map(|w| (f, w)))
+    }
+
+    /// Checks the rules the derive enforces at compile time, for schemas built by hand.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SchemaMismatch`] naming the offending field.
+    pub fn validate(&self) -> Result<()> {
+        let mismatch = |field: &str, reason: String| Error::SchemaMismatch {
+            collection: self.collection.to_owned(),
+            field: field.to_owned(),
+            reason,
+        };
+        if !is_valid_name(self.collection) {
+            return Err(mismatch(
+                "",
+                format!(
+                    "collection name `{}` must be 1-64 ASCII letters, digits or `_`, start with a letter or `_`, and not start with `_db4` or `sqlite_`",
+                    self.collection
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in self.fields {
+            if f.has_column() && !is_valid_field_name(f.name) {
+                return Err(mismatch(
+                    f.name,
+                    "indexed field names must be ASCII identifiers of at most 64 characters".into(),
+                ));
+            }
+            if !seen.insert(f.name) {
+                return Err(mismatch(f.name, "field declared twice".into()));
+            }
+            if f.key.is_empty() || f.key.contains('"') || f.key.chars().any(char::is_control) {
+                return Err(mismatch(f.name, format!("serialized key {:?} cannot be addressed in a JSON path", f.key)));
+            }
+            if let Some(w) = f.fts_weight
+                && !(w.is_finite() && w > 0.0)
+            {
+                return Err(mismatch(f.name, format!("full-text weight {w} must be a positive finite number")));
+            }
+        }
+        let count = |pred: fn(&FieldDef) -> bool| self.fields.iter().filter(|f| pred(f)).count();
+        match count(|f| f.id) {
+            1 => {}
+            0 => return Err(mismatch("", "no field is marked as the id".into())),
+            _ => return Err(mismatch("", "more than one field is marked as the id".into())),
+        }
+        if count(|f| f.partition_key) > 1 {
+            return Err(mismatch("", "more than one partition key".into()));
+        }
+        if count(|f| f.version) > 1 {
+            return Err(mismatch("", "more than one version field".into()));
+        }
+        Ok(())
+    }
+
+    /// The DDL that creates this collection's table and indexes, one statement per entry.
+    /// Every statement is idempotent (`IF NOT EXISTS`).
+    pub fn ddl(&self, id_kind: IdKind) -> Vec<String> {
+        let table = quote_ident(self.collection);
+        let mut columns = vec![match id_kind {
+            IdKind::Text => "\"_id\" TEXT PRIMARY KEY NOT NULL".to_owned(),
+            IdKind::Integer => "\"_id\" INTEGER PRIMARY KEY NOT NULL".to_owned(),
+        }];
+        columns.push("\"_doc\" TEXT NOT NULL".to_owned());
+        if self.version_field().is_some() {
+            columns.push("\"_version\" INTEGER NOT NULL".to_owned());
+        }
+        // Index columns are declared without a type: no affinity, so a stored value keeps the
+        // storage class it was bound with and compares like the bound query value does.
+        columns.extend(self.column_fields().map(|f| quote_ident(&column_name(f.name))));
+        let mut ddl = vec![format!("CREATE TABLE IF NOT EXISTS {table} ({})", columns.join(", "))];
+        ddl.extend(self.column_fields().map(|f| self.index_ddl(f.name)));
+        ddl
+    }
+
+    pub(crate) fn index_ddl(&self, field: &str) -> String {
+        format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+            quote_ident(&index_name(self.collection, field)),
+            quote_ident(self.collection),
+            quote_ident(&column_name(field))
+        )
+    }
+}
+
+/// The column holding an indexed field's value.
+pub(crate) fn column_name(field: &str) -> String {
+    format!("f_{field}")
+}
+
+/// The SQLite index over an indexed field's column.
+pub(crate) fn index_name(collection: &str, field: &str) -> String {
+    format!("{collection}__{field}")
+}
+
+/// Names of fields whose values get a column (`f_<name>`).
+pub(crate) fn is_valid_field_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Names that reach SQL as identifiers: ASCII, short, and clear of SQLite's and db4's own.
+pub(crate) fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    first_ok
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("_db4")
+        && !name.to_ascii_lowercase().starts_with("sqlite_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static FIELDS: [FieldDef; 6] = [
+        FieldDef::new("id", "id", "String").id(),
+        FieldDef::new("tenant_id", "tenantId", "String").partition_key(),
+        FieldDef::new("title", "title", "String").fts(2.0),
+        FieldDef::new("status", "status", "Status").index(IndexKind::Equality),
+        FieldDef::new("created_at", "created_at", "i64").index(IndexKind::Range),
+        FieldDef::new("version", "version", "u64").version(),
+    ];
+    static ARTICLE: Schema = Schema::new("articles", "Article", &FIELDS);
+
+    #[test]
+    fn ddl_for_a_full_schema() -> Result<()> {
+        ARTICLE.validate()?;
+        insta::assert_snapshot!(ARTICLE.ddl(IdKind::Text).join(";\n"));
+        Ok(())
+    }
+
+    #[test]
+    fn ddl_for_integer_ids_without_indexes() -> Result<()> {
+        static PLAIN: [FieldDef; 2] = [FieldDef::new("id", "id", "u64").id(), FieldDef::new("n", "n", "i64")];
+        let schema = Schema::new("counters", "Counter", &PLAIN);
+        schema.validate()?;
+        insta::assert_snapshot!(schema.ddl(IdKind::Integer).join(";\n"));
+        Ok(())
+    }
+
+    #[test]
+    fn validate_rejects_bad_hand_built_schemas() {
+        static NO_ID: [FieldDef; 1] = [FieldDef::new("n", "n", "i64")];
+        static BAD_KEY: [FieldDef; 1] = [FieldDef::new("id", "a\"b", "String").id()];
+        static BAD_WEIGHT: [FieldDef; 2] =
+            [FieldDef::new("id", "id", "String").id(), FieldDef::new("t", "t", "String").fts(-1.0)];
+        for schema in [
+            Schema::new("x", "X", &NO_ID),
+            Schema::new("x", "X", &BAD_KEY),
+            Schema::new("x", "X", &BAD_WEIGHT),
+            Schema::new("bad name; DROP TABLE x", "X", &FIELDS),
+            Schema::new("sqlite_master", "X", &FIELDS),
+            Schema::new("_db4_schema", "X", &FIELDS),
+        ] {
+            assert!(matches!(schema.validate(), Err(Error::SchemaMismatch { .. })), "{schema:?}");
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Benchmark placeholder, replaced by the comparison benchmark.
+fn main() {}

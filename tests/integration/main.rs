@@ -1,0 +1,1 @@
+//! Integration tests for db4 on the embedded SQLite backend.

@@ -1,0 +1,1 @@
+//! Shared fixtures for the db4 integration tests.

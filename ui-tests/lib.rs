@@ -1,0 +1,1 @@
+//! trybuild cases live beside this file; see `ui.rs`.
