@@ -1,6 +1,6 @@
 //! The database handle.
 
-use crate::backend::{Access, Backend, run};
+use crate::backend::{Access, Backend, Connection, run};
 use crate::collection::Collection;
 use crate::document::{Document, DocumentId};
 use crate::error::Result;
@@ -156,22 +156,33 @@ impl Db {
     /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) if the stored schema is
     /// incompatible with `T` (for example the id type changed), or a backend error.
     pub fn collection<T: Document>(&self) -> Result<Collection<T>> {
-        let schema = T::schema();
-        {
-            let known = self.inner.collections.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(meta) = known.get(schema.collection())
-                && std::ptr::eq(meta.schema, schema)
-            {
-                return Ok(Collection::new(self.clone(), Arc::clone(meta)));
-            }
+        if let Some(meta) = self.known_collection::<T>() {
+            return Ok(Collection::new(self.clone(), meta));
         }
-        let meta = Arc::new(CollectionMeta::new(schema, T::Id::KIND, self.inner.options.max_document_bytes)?);
-        run(self.backend(), Access::Atomic, |conn| migrate::ensure::<T>(conn, &meta))?;
-        self.inner
-            .collections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(schema.collection(), Arc::clone(&meta));
+        let meta = run(self.backend(), Access::Atomic, |conn| self.prepare_collection::<T>(conn))?;
+        self.register_collections(vec![Arc::clone(&meta)]);
         Ok(Collection::new(self.clone(), meta))
+    }
+
+    /// `T`'s collection if this handle has already created or migrated it.
+    pub(crate) fn known_collection<T: Document>(&self) -> Option<Arc<CollectionMeta>> {
+        let schema = T::schema();
+        let known = self.inner.collections.lock().unwrap_or_else(PoisonError::into_inner);
+        known.get(schema.collection()).filter(|meta| std::ptr::eq(meta.schema, schema)).map(Arc::clone)
+    }
+
+    /// Creates or migrates `T`'s collection through `conn` (inside a transaction).
+    pub(crate) fn prepare_collection<T: Document>(&self, conn: &dyn Connection) -> Result<Arc<CollectionMeta>> {
+        let meta = CollectionMeta::new(T::schema(), T::Id::KIND, self.inner.options.max_document_bytes)?;
+        migrate::ensure::<T>(conn, &meta)?;
+        Ok(Arc::new(meta))
+    }
+
+    /// Remembers collections whose creation or migration has committed.
+    pub(crate) fn register_collections(&self, metas: Vec<Arc<CollectionMeta>>) {
+        let mut known = self.inner.collections.lock().unwrap_or_else(PoisonError::into_inner);
+        for meta in metas {
+            known.insert(meta.collection, meta);
+        }
     }
 }

@@ -101,6 +101,13 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A savepoint name that is not active in this transaction.
+    #[error("no active savepoint named {name:?} in this transaction")]
+    UnknownSavepoint {
+        /// The name asked for.
+        name: String,
+    },
+
     /// The storage backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -120,6 +127,9 @@ pub enum BackendErrorKind {
     Corrupt,
     /// An operating-system level I/O failure, or the file cannot be opened.
     Io,
+    /// The backend cannot do what was asked (for example an explicit transaction on a
+    /// backend that only has closure transactions).
+    Unsupported,
     /// Anything else.
     Other,
 }

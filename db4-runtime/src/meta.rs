@@ -22,6 +22,9 @@ pub(crate) struct Statements {
     pub update: String,
     pub upsert: String,
     pub select_version: String,
+    /// The whole row in the insert-parameter layout (for savepoint before-images).
+    pub select_row: String,
+    pub delete_ids: String,
     pub delete: String,
     pub count: String,
 }
@@ -99,6 +102,8 @@ impl CollectionMeta {
                 "SELECT \"_id\", {doc_columns} FROM {table} WHERE \"_id\" IN (SELECT value FROM json_each(?1))"
             ),
             select_version: format!("SELECT \"_version\" FROM {table} WHERE \"_id\" = ?1"),
+            select_row: format!("SELECT {} FROM {table} WHERE \"_id\" = ?1", names.join(", ")),
+            delete_ids: format!("DELETE FROM {table} WHERE \"_id\" IN (SELECT value FROM json_each(?1))"),
             delete: format!("DELETE FROM {table} WHERE \"_id\" = ?1"),
             count: format!("SELECT count(*) FROM {table}"),
             insert,
@@ -117,6 +122,11 @@ impl CollectionMeta {
             sql,
             max_document_bytes,
         })
+    }
+
+    /// How many values a row has in the insert-parameter layout.
+    pub fn row_width(&self) -> usize {
+        2 + usize::from(self.versioned) + self.columns.len()
     }
 
     pub fn field_name(&self, index: usize) -> &'static str {

@@ -1,24 +1,28 @@
 //! Typed queries compiled to parameterised SQL.
 
-use crate::backend::{Access, run};
-use crate::collection::{Collection, count, decode};
+use crate::backend::Access;
+use crate::collection::{Exec, count, decode};
 use crate::document::Document;
 use crate::error::{Error, Result};
 use crate::field::{CmpOp, Expr, Filter, Order};
 use crate::meta::{CollectionMeta, FieldSql};
-use crate::value::Value;
+use crate::value::{Value, ValueRef};
+use std::marker::PhantomData;
+use std::sync::Arc;
 
 /// Above this many values an `in_list` is bound as one JSON array instead of one parameter
 /// per value, which keeps every list under SQLite's parameter limit.
 const INLINE_LIST_MAX: usize = 256;
 
-/// A query over a [`Collection`], from [`Collection::query`].
+/// A query over a collection, from [`Collection::query`](crate::Collection::query).
 ///
 /// Filters added with [`filter`](Query::filter) must all hold. Without
 /// [`order_by`](Query::order_by) the order of results is unspecified.
 #[must_use = "a query does nothing until run with all(), first(), count() or delete()"]
 pub struct Query<'c, T> {
-    collection: &'c Collection<T>,
+    exec: Exec<'c>,
+    meta: &'c Arc<CollectionMeta>,
+    _marker: PhantomData<fn() -> T>,
     filters: Vec<Expr>,
     order: Vec<(usize, bool)>,
     limit: Option<usize>,
@@ -37,8 +41,8 @@ impl<T> std::fmt::Debug for Query<'_, T> {
 }
 
 impl<'c, T: Document> Query<'c, T> {
-    pub(crate) fn new(collection: &'c Collection<T>) -> Self {
-        Self { collection, filters: Vec::new(), order: Vec::new(), limit: None, offset: 0 }
+    pub(crate) fn new(exec: Exec<'c>, meta: &'c Arc<CollectionMeta>) -> Self {
+        Self { exec, meta, _marker: PhantomData, filters: Vec::new(), order: Vec::new(), limit: None, offset: 0 }
     }
 
     /// Keeps only documents matching `filter` (in addition to earlier filters).
@@ -73,12 +77,12 @@ impl<'c, T: Document> Query<'c, T> {
     /// order with `None`), [`Error::Serialization`] if a stored document no longer
     /// deserializes, or a backend error.
     pub fn all(self) -> Result<Vec<T>> {
-        let meta = self.collection.meta();
+        let meta = self.meta;
         let mut sql = Sql::new(meta);
         sql.push(&format!("SELECT {} FROM {}", meta.doc_columns, meta.table));
         self.tail(&mut sql, true)?;
         let mut out = Vec::new();
-        run(self.collection.db().backend(), Access::Read, |conn| {
+        self.exec.read(|conn| {
             conn.query(&sql.text, &sql.params, &mut |row| {
                 out.push(decode::<T>(meta, row, 0)?);
                 Ok(())
@@ -102,7 +106,7 @@ impl<'c, T: Document> Query<'c, T> {
     ///
     /// As [`all`](Self::all).
     pub fn count(self) -> Result<u64> {
-        let meta = self.collection.meta();
+        let meta = self.meta;
         let mut sql = Sql::new(meta);
         if self.limit.is_none() && self.offset == 0 {
             sql.push(&format!("SELECT count(*) FROM {}", meta.table));
@@ -112,7 +116,7 @@ impl<'c, T: Document> Query<'c, T> {
             self.tail(&mut sql, true)?;
             sql.push(")");
         }
-        run(self.collection.db().backend(), Access::Read, |conn| count(conn, &sql.text, &sql.params))
+        self.exec.read(|conn| count(conn, &sql.text, &sql.params))
     }
 
     /// Deletes the matching documents (within `order_by`, `limit` and `offset`, if set) and
@@ -122,7 +126,36 @@ impl<'c, T: Document> Query<'c, T> {
     ///
     /// As [`all`](Self::all).
     pub fn delete(self) -> Result<u64> {
-        let meta = self.collection.meta();
+        let meta = self.meta;
+        if let Exec::Tx(_) = self.exec {
+            // Inside a transaction a savepoint may need the rows back: find them first.
+            let mut select = Sql::new(meta);
+            select.push(&format!("SELECT \"_id\" FROM {}", meta.table));
+            self.tail(&mut select, true)?;
+            let ids = self.exec.read(|conn| {
+                let mut ids = Vec::new();
+                conn.query(&select.text, &select.params, &mut |row| {
+                    ids.push(row.get(0)?.to_owned());
+                    Ok(())
+                })?;
+                Ok(ids)
+            })?;
+            let json = serde_json::Value::Array(
+                ids.iter()
+                    .map(|id| match id.as_ref() {
+                        ValueRef::Integer(i) => serde_json::Value::from(i),
+                        ValueRef::Text(s) => serde_json::Value::from(s),
+                        _ => serde_json::Value::Null,
+                    })
+                    .collect(),
+            );
+            let refs: Vec<&Value> = ids.iter().collect();
+            let n = self.exec.write(Access::Write, |ctx| {
+                ctx.capture(meta, &refs, false)?;
+                ctx.conn.execute(&meta.sql.delete_ids, &[Value::Text(json.to_string())])
+            })?;
+            return Ok(n as u64);
+        }
         let mut sql = Sql::new(meta);
         if self.limit.is_none() && self.offset == 0 {
             sql.push(&format!("DELETE FROM {}", meta.table));
@@ -132,7 +165,7 @@ impl<'c, T: Document> Query<'c, T> {
             self.tail(&mut sql, true)?;
             sql.push(")");
         }
-        let n = run(self.collection.db().backend(), Access::Write, |conn| conn.execute(&sql.text, &sql.params))?;
+        let n = self.exec.write(Access::Write, |ctx| ctx.conn.execute(&sql.text, &sql.params))?;
         Ok(n as u64)
     }
 

@@ -45,6 +45,47 @@ pub trait Backend: Send + Sync + 'static {
     ///
     /// Whatever `f` returns, or a backend error beginning or committing the transaction.
     fn run(&self, access: Access, f: &mut dyn FnMut(&dyn Connection) -> Result<()>) -> Result<()>;
+
+    /// Opens a transaction that stays open until [`HeldTransaction::commit`] or
+    /// [`HeldTransaction::rollback`] is called; dropping it rolls back. Other writers of this
+    /// backend wait meanwhile.
+    ///
+    /// Backends whose platform only offers closure transactions (a Durable Object's
+    /// `transactionSync`) keep the default, which refuses.
+    ///
+    /// # Errors
+    ///
+    /// A backend error of kind [`Unsupported`](crate::BackendErrorKind::Unsupported) by
+    /// default, or one beginning the transaction.
+    fn begin(&self) -> Result<Box<dyn HeldTransaction + '_>> {
+        Err(crate::BackendError::new(
+            crate::BackendErrorKind::Unsupported,
+            "this backend only runs transactions as closures: use Db::transaction",
+        )
+        .into())
+    }
+}
+
+/// A transaction opened by [`Backend::begin`]: a connection whose writes become durable on
+/// [`commit`](HeldTransaction::commit) and vanish on [`rollback`](HeldTransaction::rollback)
+/// or drop.
+pub trait HeldTransaction: Connection {
+    /// Commits every write made through this connection.
+    ///
+    /// # Errors
+    ///
+    /// A backend error; the transaction is rolled back then.
+    fn commit(self: Box<Self>) -> Result<()>;
+
+    /// Discards every write made through this connection.
+    ///
+    /// # Errors
+    ///
+    /// A backend error.
+    fn rollback(self: Box<Self>) -> Result<()>;
+
+    /// This transaction as a plain connection.
+    fn as_connection(&self) -> &dyn Connection;
 }
 
 /// A connection lent by a [`Backend`] for the duration of one [`Backend::run`] call.

@@ -1,11 +1,12 @@
 //! The embedded default backend: bundled SQLite through rusqlite.
 
-use super::{Access, Backend, Connection, Row};
+use super::{Access, Backend, Connection, HeldTransaction, Row};
 use crate::error::{BackendError, BackendErrorKind, Result};
 use crate::value::{Value, ValueRef};
 use rusqlite::types::{ToSqlOutput, ValueRef as SqlValueRef};
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// How hard SQLite works to make a commit survive a power loss (`PRAGMA synchronous`).
@@ -31,17 +32,33 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// How many prepared statements each connection keeps.
     pub statement_cache_capacity: usize,
+    /// How many read-only connections serve reads next to the one writer (file databases
+    /// only; an in-memory database has one connection). Readers see the last committed state
+    /// and never wait for the writer (WAL).
+    pub readers: usize,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self { synchronous: Synchronous::Full, busy_timeout: Duration::from_secs(5), statement_cache_capacity: 256 }
+        Self {
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(5),
+            statement_cache_capacity: 256,
+            readers: 4,
+        }
     }
 }
 
-/// A SQLite database file (or in-memory database) behind one connection in WAL mode.
+/// A SQLite database file in WAL mode, with one writer connection and a small pool of
+/// read-only connections (or an in-memory database behind one connection).
+///
+/// Writes are serialized on the writer; a write transaction takes SQLite's write lock up
+/// front (`BEGIN IMMEDIATE`), so two processes never deadlock upgrading read locks, and a
+/// lock held by another process is waited for up to the busy timeout.
 pub struct SqliteBackend {
     conn: Mutex<rusqlite::Connection>,
+    readers: Vec<Mutex<rusqlite::Connection>>,
+    next_reader: AtomicUsize,
 }
 
 impl std::fmt::Debug for SqliteBackend {
@@ -57,8 +74,19 @@ impl SqliteBackend {
     ///
     /// A backend error if the file cannot be opened or is not a SQLite database.
     pub fn open(path: impl AsRef<Path>, options: &SqliteOptions) -> Result<Self> {
+        let path = path.as_ref();
         let conn = rusqlite::Connection::open(path).map_err(backend_error)?;
-        Self::configure(conn, options, true)
+        let mut backend = Self::configure(conn, options, true)?;
+        for _ in 0..options.readers {
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+            let reader = rusqlite::Connection::open_with_flags(path, flags).map_err(backend_error)?;
+            reader.busy_timeout(options.busy_timeout).map_err(backend_error)?;
+            reader.set_prepared_statement_cache_capacity(options.statement_cache_capacity);
+            backend.readers.push(Mutex::new(reader));
+        }
+        Ok(backend)
     }
 
     /// Opens a private in-memory database.
@@ -90,7 +118,7 @@ impl SqliteBackend {
             Synchronous::Normal => "PRAGMA synchronous = NORMAL",
         };
         conn.execute_batch(sync).map_err(backend_error)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { conn: Mutex::new(conn), readers: Vec::new(), next_reader: AtomicUsize::new(0) })
     }
 }
 
@@ -98,6 +126,11 @@ impl Backend for SqliteBackend {
     fn run(&self, access: Access, f: &mut dyn FnMut(&dyn Connection) -> Result<()>) -> Result<()> {
         // A panic in an earlier closure poisons the mutex, but the transaction guard below has
         // already rolled that work back, so the connection is in a clean state.
+        if access == Access::Read && !self.readers.is_empty() {
+            let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+            let reader = self.readers[i].lock().unwrap_or_else(PoisonError::into_inner);
+            return f(&SqliteConnection(&reader));
+        }
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let conn = SqliteConnection(&conn);
         if access != Access::Atomic {
@@ -109,6 +142,66 @@ impl Backend for SqliteBackend {
         conn.0.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map_err(backend_error)?;
         guard.armed = false;
         Ok(())
+    }
+
+    fn begin(&self) -> Result<Box<dyn HeldTransaction + '_>> {
+        let conn = self.lock_writer();
+        conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])).map_err(backend_error)?;
+        Ok(Box::new(SqliteHeld { conn, open: true }))
+    }
+}
+
+impl SqliteBackend {
+    fn lock_writer(&self) -> MutexGuard<'_, rusqlite::Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An explicit transaction: the writer connection, locked until commit or rollback.
+struct SqliteHeld<'a> {
+    conn: MutexGuard<'a, rusqlite::Connection>,
+    open: bool,
+}
+
+impl SqliteHeld<'_> {
+    fn finish(&mut self, sql: &str) -> Result<()> {
+        self.conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(backend_error)?;
+        // Only now: if COMMIT failed, drop still rolls back.
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Connection for SqliteHeld<'_> {
+    fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
+        SqliteConnection(&self.conn).execute(sql, params)
+    }
+    fn query(&self, sql: &str, params: &[Value], row: &mut dyn FnMut(&dyn Row) -> Result<()>) -> Result<()> {
+        SqliteConnection(&self.conn).query(sql, params, row)
+    }
+    fn execute_ddl(&self, sql: &str) -> Result<()> {
+        SqliteConnection(&self.conn).execute_ddl(sql)
+    }
+}
+
+impl HeldTransaction for SqliteHeld<'_> {
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        self.finish("COMMIT")
+    }
+    fn rollback(mut self: Box<Self>) -> Result<()> {
+        self.finish("ROLLBACK")
+    }
+    fn as_connection(&self) -> &dyn Connection {
+        self
+    }
+}
+
+impl Drop for SqliteHeld<'_> {
+    fn drop(&mut self) {
+        if self.open && !self.conn.is_autocommit() {
+            // Dropped without commit (or a failed commit): undo everything.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
     }
 }
 

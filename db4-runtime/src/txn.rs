@@ -1,0 +1,395 @@
+//! Transactions, savepoints and nesting.
+//!
+//! A transaction is one backend transaction ([`Access::Atomic`], or [`Backend::begin`] for an
+//! explicit one). Savepoints do not use SQL `SAVEPOINT` (a Durable Object rejects it): while a
+//! savepoint is active, every write first records the row's before-image in an undo log, and
+//! `rollback_to` replays that log backwards. Both backends use this one mechanism, so they
+//! behave identically; with no savepoint active nothing is logged and a write costs what it
+//! costs outside a transaction.
+//!
+//! [`Backend::begin`]: crate::Backend::begin
+
+use crate::backend::{Access, Connection, HeldTransaction};
+use crate::collection::TxCollection;
+use crate::db::Db;
+use crate::document::Document;
+use crate::error::{Error, Result};
+use crate::lock::{RetryPolicy, is_retryable};
+use crate::meta::CollectionMeta;
+use crate::value::Value;
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// The isolation a transaction asks for.
+///
+/// Both backends run write transactions one at a time (SQLite has a single writer; a Durable
+/// Object runs one request's transaction at a time), so every level is in fact
+/// **serializable**: a transaction sees only committed data plus its own writes, and no other
+/// write interleaves with it. Reads outside a transaction see the last committed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum IsolationLevel {
+    /// Served as serializable.
+    ReadCommitted,
+    /// Served as serializable.
+    RepeatableRead,
+    /// Serializable (the default).
+    #[default]
+    Serializable,
+}
+
+/// Options for [`Db::transaction_with`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TransactionOptions {
+    /// The isolation level; see [`IsolationLevel`] for what each backend guarantees.
+    pub isolation: IsolationLevel,
+    /// How to retry the whole transaction when it fails with a version conflict or a busy
+    /// database. The closure runs again from the start on each retry.
+    pub retry: RetryPolicy,
+}
+
+impl TransactionOptions {
+    /// Sets the isolation level.
+    pub fn isolation(mut self, level: IsolationLevel) -> Self {
+        self.isolation = level;
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+}
+
+/// A write that a savepoint may have to undo: the row's content before it.
+struct Undo {
+    meta: Arc<CollectionMeta>,
+    id: Value,
+    /// The full row in the collection's insert-parameter layout; `None` if it did not exist.
+    before: Option<Vec<Value>>,
+}
+
+struct Savepoint {
+    id: u64,
+    name: Option<String>,
+    mark: usize,
+}
+
+#[derive(Default)]
+struct TxState {
+    undo: Vec<Undo>,
+    savepoints: Vec<Savepoint>,
+    next_savepoint: u64,
+    /// Collections first created inside this transaction: registered with the `Db` only once
+    /// the transaction commits.
+    new_collections: Vec<Arc<CollectionMeta>>,
+    /// Set when an undo failed half-way: the transaction can only be rolled back.
+    broken: bool,
+}
+
+enum TxConn<'a> {
+    Lent(&'a dyn Connection),
+    Held(Box<dyn HeldTransaction + 'a>),
+}
+
+/// An open transaction: from [`Db::transaction`] (as `&Transaction` inside the closure) or
+/// [`Db::begin`] (owned, finished with [`commit`](Self::commit) or
+/// [`rollback`](Self::rollback), rolled back if dropped).
+///
+/// Reads through it see its own writes.
+pub struct Transaction<'a> {
+    db: &'a Db,
+    conn: TxConn<'a>,
+    state: RefCell<TxState>,
+}
+
+impl std::fmt::Debug for Transaction<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state.borrow();
+        f.debug_struct("Transaction")
+            .field("savepoints", &state.savepoints.iter().map(|s| s.name.as_deref()).collect::<Vec<_>>())
+            .field("undo_entries", &state.undo.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Transaction<'a> {
+    fn new(db: &'a Db, conn: TxConn<'a>) -> Self {
+        Self { db, conn, state: RefCell::new(TxState::default()) }
+    }
+
+    pub(crate) fn conn(&self) -> Result<&dyn Connection> {
+        if self.state.borrow().broken {
+            return Err(broken());
+        }
+        Ok(match &self.conn {
+            TxConn::Lent(c) => *c,
+            TxConn::Held(h) => h.as_connection(),
+        })
+    }
+
+    /// The collection of documents of type `T`, inside this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::collection`].
+    pub fn collection<T: Document>(&self) -> Result<TxCollection<'_, T>> {
+        if let Some(meta) = self.db.known_collection::<T>() {
+            return Ok(TxCollection::new(self, meta));
+        }
+        let schema = T::schema();
+        let pending =
+            self.state.borrow().new_collections.iter().find(|m| std::ptr::eq(m.schema, schema)).map(Arc::clone);
+        if let Some(meta) = pending {
+            return Ok(TxCollection::new(self, meta));
+        }
+        let meta = self.db.prepare_collection::<T>(self.conn()?)?;
+        self.state.borrow_mut().new_collections.push(Arc::clone(&meta));
+        Ok(TxCollection::new(self, meta))
+    }
+
+    /// Marks a savepoint named `name`; [`rollback_to`](Self::rollback_to) undoes every write
+    /// made after it. Names may repeat: the most recent one wins.
+    ///
+    /// # Errors
+    ///
+    /// An error only if the transaction is broken by a failed undo.
+    pub fn savepoint(&self, name: &str) -> Result<()> {
+        self.push_savepoint(Some(name.to_owned())).map(drop)
+    }
+
+    /// Undoes every write made since savepoint `name`. The savepoint stays active (savepoints
+    /// created after it are removed), so it can be rolled back to again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownSavepoint`] if no active savepoint has this name; a backend error
+    /// while undoing, after which the transaction can only be rolled back.
+    pub fn rollback_to(&self, name: &str) -> Result<()> {
+        let index = self.find(name)?;
+        self.undo_to(index, false)
+    }
+
+    /// Forgets savepoint `name` and the ones created after it, keeping their writes (they
+    /// still commit or roll back with the transaction).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownSavepoint`] if no active savepoint has this name.
+    pub fn release(&self, name: &str) -> Result<()> {
+        let index = self.find(name)?;
+        self.truncate_savepoints(index);
+        Ok(())
+    }
+
+    /// Runs `f` as a nested transaction: if it returns `Err`, only its own writes are undone
+    /// and the error is returned; the enclosing transaction goes on.
+    ///
+    /// # Errors
+    ///
+    /// Whatever `f` returns, or a backend error while undoing.
+    pub fn transaction<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<R> {
+        let id = self.push_savepoint(None)?;
+        let result = f(self);
+        let index = self.state.borrow().savepoints.iter().position(|s| s.id == id);
+        let Some(index) = index else {
+            // The closure rolled back or released past its own savepoint.
+            return result.and(Err(Error::UnknownSavepoint { name: "<nested transaction>".into() }));
+        };
+        if result.is_err() {
+            self.undo_to(index, true)?;
+        } else {
+            self.truncate_savepoints(index);
+        }
+        result
+    }
+
+    /// Commits an explicit transaction from [`Db::begin`].
+    ///
+    /// # Errors
+    ///
+    /// A backend error; the transaction is rolled back then. Committing a transaction whose
+    /// savepoint undo failed is refused (and rolls it back).
+    pub fn commit(self) -> Result<()> {
+        let is_broken = self.state.borrow().broken;
+        let new_collections = std::mem::take(&mut self.state.borrow_mut().new_collections);
+        match self.conn {
+            TxConn::Held(held) if !is_broken => held.commit()?,
+            TxConn::Held(held) => {
+                held.rollback()?;
+                return Err(broken());
+            }
+            TxConn::Lent(_) => return Err(Error::invalid_query("", "a closure transaction commits when it returns")),
+        }
+        self.db.register_collections(new_collections);
+        Ok(())
+    }
+
+    /// Rolls back an explicit transaction from [`Db::begin`]. Dropping it does the same.
+    ///
+    /// # Errors
+    ///
+    /// A backend error.
+    pub fn rollback(self) -> Result<()> {
+        match self.conn {
+            TxConn::Held(held) => held.rollback(),
+            TxConn::Lent(_) => Err(Error::invalid_query("", "a closure transaction rolls back by returning Err")),
+        }
+    }
+
+    fn push_savepoint(&self, name: Option<String>) -> Result<u64> {
+        let mut state = self.state.borrow_mut();
+        if state.broken {
+            return Err(broken());
+        }
+        let id = state.next_savepoint;
+        state.next_savepoint += 1;
+        let mark = state.undo.len();
+        state.savepoints.push(Savepoint { id, name, mark });
+        Ok(id)
+    }
+
+    fn find(&self, name: &str) -> Result<usize> {
+        self.state
+            .borrow()
+            .savepoints
+            .iter()
+            .rposition(|s| s.name.as_deref() == Some(name))
+            .ok_or_else(|| Error::UnknownSavepoint { name: name.to_owned() })
+    }
+
+    fn truncate_savepoints(&self, index: usize) {
+        let mut state = self.state.borrow_mut();
+        state.savepoints.truncate(index);
+        if state.savepoints.is_empty() {
+            // Nothing can roll back to these writes any more but the whole transaction,
+            // which the backend does by itself.
+            state.undo.clear();
+        }
+    }
+
+    /// Undoes the writes after savepoint `index`; removes the savepoint too if `remove`.
+    fn undo_to(&self, index: usize, remove: bool) -> Result<()> {
+        let entries = {
+            let mut state = self.state.borrow_mut();
+            let mark = state.savepoints[index].mark;
+            state.savepoints.truncate(if remove { index } else { index + 1 });
+            state.undo.split_off(mark)
+        };
+        let conn = self.conn()?;
+        for u in entries.into_iter().rev() {
+            let restored = conn
+                .execute(&u.meta.sql.delete, std::slice::from_ref(&u.id))
+                .and_then(|_| u.before.as_ref().map_or(Ok(0), |row| conn.execute(&u.meta.sql.insert, row)));
+            if let Err(e) = restored {
+                self.state.borrow_mut().broken = true;
+                return Err(e);
+            }
+        }
+        if self.state.borrow().savepoints.is_empty() {
+            self.state.borrow_mut().undo.clear();
+        }
+        Ok(())
+    }
+
+    /// Whether writes must record before-images.
+    fn logging(&self) -> bool {
+        !self.state.borrow().savepoints.is_empty()
+    }
+
+    /// Records the before-images of rows about to be written, if a savepoint needs them.
+    /// `inserted` rows are known not to exist (an insert fails otherwise).
+    pub(crate) fn capture(&self, meta: &Arc<CollectionMeta>, ids: &[&Value], inserted: bool) -> Result<()> {
+        if !self.logging() {
+            return Ok(());
+        }
+        let conn = self.conn()?;
+        for id in ids {
+            let before = if inserted { None } else { select_row(conn, meta, id)? };
+            self.state.borrow_mut().undo.push(Undo { meta: Arc::clone(meta), id: (*id).clone(), before });
+        }
+        Ok(())
+    }
+
+    fn into_new_collections(self) -> Vec<Arc<CollectionMeta>> {
+        self.state.into_inner().new_collections
+    }
+}
+
+fn broken() -> Error {
+    Error::invalid_query("", "a savepoint rollback failed earlier; this transaction can only be rolled back")
+}
+
+/// Reads a whole row in the insert-parameter layout, or `None` if it does not exist.
+fn select_row(conn: &dyn Connection, meta: &CollectionMeta, id: &Value) -> Result<Option<Vec<Value>>> {
+    let mut out = None;
+    let width = meta.row_width();
+    conn.query(&meta.sql.select_row, std::slice::from_ref(id), &mut |row| {
+        out = Some((0..width).map(|i| row.get(i).map(|v| v.to_owned())).collect::<Result<Vec<_>>>()?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+impl Db {
+    /// Runs `f` in a transaction: everything it writes commits together when it returns
+    /// `Ok`, and nothing does when it returns `Err` or panics (the panic then continues).
+    ///
+    /// # Errors
+    ///
+    /// Whatever `f` returns, or a backend error beginning or committing.
+    ///
+    /// # Example
+    ///
+    /// See the crate documentation for a transfer between accounts with a savepoint.
+    pub fn transaction<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
+        let (out, new_collections) = crate::backend::run(self.backend(), Access::Atomic, |conn| {
+            let tx = Transaction::new(self, TxConn::Lent(conn));
+            let out = f(&tx)?;
+            if tx.state.borrow().broken {
+                return Err(broken());
+            }
+            Ok((out, tx.into_new_collections()))
+        })?;
+        self.register_collections(new_collections);
+        Ok(out)
+    }
+
+    /// Runs `f` in a transaction with options, re-running it from the start when it fails
+    /// with a version conflict or a busy database, as `options.retry` allows.
+    ///
+    /// # Errors
+    ///
+    /// As [`transaction`](Self::transaction), after the retries are spent.
+    pub fn transaction_with<R>(
+        &self,
+        options: &TransactionOptions,
+        mut f: impl FnMut(&Transaction<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let mut attempt = 0;
+        loop {
+            match self.transaction(&mut f) {
+                Err(e) if is_retryable(&e) && attempt < options.retry.max_retries => {
+                    std::thread::sleep(options.retry.backoff(attempt));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Opens an explicit transaction, for code that cannot put its work in a closure. Finish
+    /// it with [`Transaction::commit`] or [`Transaction::rollback`]; dropping it rolls back.
+    /// Other writers wait until it finishes.
+    ///
+    /// # Errors
+    ///
+    /// A backend error; [`BackendErrorKind::Unsupported`](crate::BackendErrorKind::Unsupported)
+    /// on backends with closure transactions only (Durable Objects).
+    pub fn begin(&self) -> Result<Transaction<'_>> {
+        let held = self.backend().begin()?;
+        Ok(Transaction::new(self, TxConn::Held(held)))
+    }
+}

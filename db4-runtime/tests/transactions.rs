@@ -1,0 +1,165 @@
+//! Transactions, savepoints, nesting and optimistic locking on the SQLite backend.
+
+use db4_derive::Document;
+use db4_runtime::{Db, Error, Result, RetryPolicy};
+use serde::{Deserialize, Serialize};
+
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(crate = "db4_runtime", collection = "accounts")]
+struct Account {
+    #[id]
+    id: String,
+    #[index]
+    owner: String,
+    balance: i64,
+    #[version]
+    version: u64,
+}
+
+fn account(id: &str, balance: i64) -> Account {
+    Account { id: id.into(), owner: "o".into(), balance, version: 0 }
+}
+
+#[test]
+fn commit_and_rollback() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    let accounts = db.collection::<Account>()?;
+    accounts.insert_many(&[account("a", 100), account("b", 0)])?;
+    db.transaction(|tx| {
+        let acc = tx.collection::<Account>()?;
+        let mut a = acc.get("a")?.unwrap();
+        a.balance -= 40;
+        acc.update(&a)?;
+        let mut b = acc.get("b")?.unwrap();
+        b.balance += 40;
+        acc.update(&b)?;
+        assert_eq!(acc.get("a")?.unwrap().balance, 60, "reads see the transaction's writes");
+        Ok(())
+    })?;
+    assert_eq!(accounts.get("a")?.unwrap().balance, 60);
+    let r: Result<()> = db.transaction(|tx| {
+        let acc = tx.collection::<Account>()?;
+        acc.delete("a")?;
+        acc.insert(&account("c", 1))?;
+        Err(Error::NotFound { collection: "x".into(), id: "y".into() })
+    });
+    assert!(matches!(r, Err(Error::NotFound { .. })));
+    assert_eq!(accounts.count()?, 2);
+    assert!(accounts.get("c")?.is_none());
+    Ok(())
+}
+
+#[test]
+fn savepoints_and_nesting() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    let accounts = db.collection::<Account>()?;
+    accounts.insert(&account("a", 100))?;
+    db.transaction(|tx| {
+        let acc = tx.collection::<Account>()?;
+        acc.insert(&account("b", 1))?;
+        tx.savepoint("s1")?;
+        acc.insert(&account("c", 2))?;
+        acc.update_with("a", RetryPolicy::default(), |a| a.balance = 0)?;
+        acc.delete("b")?;
+        tx.rollback_to("s1")?;
+        assert_eq!(acc.get("a")?.unwrap().balance, 100);
+        assert!(acc.get("b")?.is_some());
+        assert!(acc.get("c")?.is_none());
+        let inner: Result<()> = tx.transaction(|inner| {
+            inner.collection::<Account>()?.insert(&account("d", 4))?;
+            Err(Error::UnknownSavepoint { name: "boom".into() })
+        });
+        assert!(inner.is_err());
+        assert!(acc.get("d")?.is_none());
+        tx.transaction(|inner| inner.collection::<Account>()?.insert(&account("e", 5)))?;
+        tx.release("s1")?;
+        assert!(matches!(tx.rollback_to("s1"), Err(Error::UnknownSavepoint { .. })));
+        Ok(())
+    })?;
+    let mut ids: Vec<String> = accounts.query().all()?.into_iter().map(|a| a.id).collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b", "e"]);
+    Ok(())
+}
+
+#[test]
+fn panic_rolls_back_and_db_stays_usable() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    let accounts = db.collection::<Account>()?;
+    accounts.insert(&account("a", 1))?;
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = db.transaction(|tx| -> Result<()> {
+            tx.collection::<Account>()?.insert(&account("b", 2))?;
+            panic!("boom");
+        });
+    }));
+    assert!(caught.is_err());
+    assert_eq!(accounts.count()?, 1);
+    accounts.insert(&account("c", 3))?;
+    assert_eq!(accounts.count()?, 2);
+    Ok(())
+}
+
+#[test]
+fn explicit_transaction() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    let accounts = db.collection::<Account>()?;
+    let tx = db.begin()?;
+    tx.collection::<Account>()?.insert(&account("a", 1))?;
+    tx.commit()?;
+    let tx = db.begin()?;
+    tx.collection::<Account>()?.insert(&account("b", 1))?;
+    drop(tx);
+    let tx = db.begin()?;
+    tx.collection::<Account>()?.insert(&account("c", 1))?;
+    tx.rollback()?;
+    assert_eq!(accounts.count()?, 1);
+    Ok(())
+}
+
+#[test]
+fn cas_and_increment() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    let accounts = db.collection::<Account>()?;
+    accounts.insert(&account("a", 10))?;
+    let f = Account::fields();
+    assert_eq!(accounts.increment("a", f.balance, 5)?, 15);
+    let r = accounts.compare_and_swap("a", f.owner, "o", "p")?;
+    assert!(r.swapped);
+    assert_eq!(r.current, "p");
+    let r = accounts.compare_and_swap("a", f.owner, "o", "q")?;
+    assert!(!r.swapped);
+    assert_eq!(r.current, "p");
+    let a = accounts.get("a")?.unwrap();
+    assert_eq!((a.balance, a.owner.as_str(), a.version), (15, "p", 2));
+    assert_eq!(accounts.query().filter(f.owner.eq("p")).count()?, 1, "the index column follows the swap");
+    assert!(matches!(accounts.increment("a", f.balance, i64::MAX), Err(Error::InvalidValue { .. })));
+    Ok(())
+}
+
+#[test]
+fn concurrent_increments_are_exact() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("db4-tx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("inc.db");
+    let db = Db::open(&path)?;
+    db.collection::<Account>()?.insert(&account("a", 0))?;
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let path = path.clone();
+            let db = db.clone();
+            s.spawn(move || -> Result<()> {
+                // Half the threads share the Db, half open their own connection to the file.
+                let db = if t % 2 == 0 { db } else { Db::open(&path)? };
+                let acc = db.collection::<Account>()?;
+                for _ in 0..250 {
+                    acc.increment("a", Account::fields().balance, 1)?;
+                }
+                Ok(())
+            });
+        }
+    });
+    assert_eq!(db.collection::<Account>()?.get("a")?.unwrap().balance, 2000);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
