@@ -124,6 +124,27 @@ impl Db {
         Self::with_backend(backend, options)
     }
 
+    /// The database of a Cloudflare Durable Object: its own SQLite storage
+    /// (`state.storage()`), with the same collections, queries and transactions as natively.
+    ///
+    /// # Errors
+    ///
+    /// A backend error creating db4's schema table.
+    #[cfg(feature = "cloudflare")]
+    pub fn durable(storage: &worker::Storage) -> Result<Self> {
+        Self::durable_with(storage, DbOptions::default())
+    }
+
+    /// [`Db::durable`] with options.
+    ///
+    /// # Errors
+    ///
+    /// As [`durable`](Self::durable).
+    #[cfg(feature = "cloudflare")]
+    pub fn durable_with(storage: &worker::Storage, options: DbOptions) -> Result<Self> {
+        Self::with_backend(crate::backend::DurableBackend::new(storage), options)
+    }
+
     /// A database on any [`Backend`].
     ///
     /// # Errors

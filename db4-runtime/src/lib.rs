@@ -19,6 +19,8 @@ mod sql;
 mod txn;
 mod value;
 
+#[cfg(feature = "cloudflare")]
+pub use backend::DurableBackend;
 pub use backend::{Access, Backend, Connection, HeldTransaction, Row};
 #[cfg(feature = "sqlite")]
 pub use backend::{SqliteBackend, SqliteOptions, Synchronous};

@@ -8,6 +8,10 @@
 use crate::error::Result;
 use crate::value::{Value, ValueRef};
 
+#[cfg(feature = "cloudflare")]
+mod durable;
+#[cfg(feature = "cloudflare")]
+pub use durable::DurableBackend;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
