@@ -1,0 +1,13 @@
+// A negative `#[fts]` weight.
+use db4::Document;
+use serde::{Deserialize, Serialize};
+
+#[derive(Document, Serialize, Deserialize)]
+struct Article {
+    #[id]
+    id: String,
+    #[fts(weight = -1.0)]
+    title: String,
+}
+
+fn main() {}

@@ -1,0 +1,14 @@
+// `#[index]` on the `#[version]` counter.
+use db4::Document;
+use serde::{Deserialize, Serialize};
+
+#[derive(Document, Serialize, Deserialize)]
+struct Article {
+    #[id]
+    id: String,
+    #[version]
+    #[index]
+    version: u64,
+}
+
+fn main() {}
