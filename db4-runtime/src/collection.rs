@@ -1,6 +1,7 @@
 //! Typed CRUD and optimistic locking over a backend, outside or inside a transaction.
 
 use crate::backend::{Access, Connection, Row, run};
+use crate::change::{Change, ChangeKind};
 use crate::db::Db;
 use crate::document::{Document, DocumentId, IdArg};
 use crate::error::{Error, Result};
@@ -11,6 +12,7 @@ use crate::query::Query;
 use crate::txn::Transaction;
 use crate::value::{Value, ValueRef};
 use serde::de::DeserializeOwned;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -22,18 +24,48 @@ pub(crate) enum Exec<'a> {
     Tx(&'a Transaction<'a>),
 }
 
-/// A connection to write through, and the transaction (if any) that must see the writes
-/// coming so it can undo them to a savepoint.
+/// A connection to write through, plus where the writes are recorded: the transaction (if
+/// any), which may have to undo them to a savepoint, and the change set handed to
+/// [`Db::on_commit`] observers once the writes commit.
 #[derive(Clone, Copy)]
 pub(crate) struct Ctx<'c> {
     pub conn: &'c dyn Connection,
     tx: Option<&'c Transaction<'c>>,
+    changes: Option<&'c RefCell<Vec<Change>>>,
 }
 
 impl Ctx<'_> {
-    /// Announces writes to rows `ids` (`inserted`: rows that do not exist yet).
-    pub fn capture(&self, meta: &Arc<CollectionMeta>, ids: &[&Value], inserted: bool) -> Result<()> {
-        self.tx.map_or(Ok(()), |tx| tx.capture(meta, ids, inserted))
+    /// Runs `write`, a single statement changing the rows `ids` in the way `kind` says, and
+    /// returns how many rows it changed. The write is recorded only if it changed something
+    /// (a failed statement changes nothing). Before-images for savepoints are read before the
+    /// statement runs.
+    pub fn tracked(
+        &self,
+        meta: &Arc<CollectionMeta>,
+        ids: &[&Value],
+        kind: ChangeKind,
+        write: impl FnOnce() -> Result<usize>,
+    ) -> Result<usize> {
+        let undo = match self.tx {
+            Some(tx) => tx.before_images(meta, ids, kind == ChangeKind::Insert)?,
+            None => Vec::new(),
+        };
+        let n = write()?;
+        if n > 0 {
+            let changes = ids.iter().map(|id| Change { collection: meta.collection, id: (*id).clone(), kind });
+            match self.tx {
+                Some(tx) => tx.record(undo, changes),
+                None => self.record(changes),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Records committed-to-be changes of a write outside a transaction.
+    pub fn record(&self, changes: impl IntoIterator<Item = Change>) {
+        if let Some(sink) = self.changes {
+            sink.borrow_mut().extend(changes);
+        }
     }
 }
 
@@ -49,9 +81,24 @@ impl Exec<'_> {
     /// where they started on error, the transaction going on).
     pub fn write<R>(self, access: Access, f: impl FnOnce(Ctx<'_>) -> Result<R>) -> Result<R> {
         match self {
-            Exec::Db(db) => run(db.backend(), access, |conn| f(Ctx { conn, tx: None })),
-            Exec::Tx(tx) if access == Access::Atomic => tx.transaction(|tx| f(Ctx { conn: tx.conn()?, tx: Some(tx) })),
-            Exec::Tx(tx) => f(Ctx { conn: tx.conn()?, tx: Some(tx) }),
+            Exec::Db(db) => {
+                db.check_not_observing()?;
+                let changes = RefCell::new(Vec::new());
+                let mut ticket = None;
+                let out = run(db.backend(), access, |conn| {
+                    let out = f(Ctx { conn, tx: None, changes: Some(&changes) })?;
+                    ticket = db.commit_ticket();
+                    Ok(out)
+                })?;
+                if let Some(ticket) = ticket {
+                    ticket.deliver(&changes.borrow());
+                }
+                Ok(out)
+            }
+            Exec::Tx(tx) if access == Access::Atomic => {
+                tx.transaction(|tx| f(Ctx { conn: tx.conn()?, tx: Some(tx), changes: None }))
+            }
+            Exec::Tx(tx) => f(Ctx { conn: tx.conn()?, tx: Some(tx), changes: None }),
         }
     }
 
@@ -196,10 +243,7 @@ macro_rules! collection_methods {
         /// then.
         pub fn update(&self, doc: &T) -> Result<()> {
             let enc = encode(&self.meta, doc)?;
-            self.exec().write(Access::Write, |ctx| {
-                ctx.capture(&self.meta, &[&enc.params[0]], false)?;
-                update_encoded(ctx.conn, &self.meta, &enc)
-            })
+            self.exec().write(Access::Write, |ctx| update_encoded(ctx, &self.meta, &enc))
         }
 
         /// Inserts the document, or replaces the stored one with the same id (checking and
@@ -212,10 +256,7 @@ macro_rules! collection_methods {
         pub fn upsert(&self, doc: &T) -> Result<()> {
             let enc = encode(&self.meta, doc)?;
             let access = if self.meta.versioned { Access::Atomic } else { Access::Write };
-            self.exec().write(access, |ctx| {
-                ctx.capture(&self.meta, &[&enc.params[0]], false)?;
-                upsert_encoded(ctx, &self.meta, &enc)
-            })
+            self.exec().write(access, |ctx| upsert_encoded(ctx, &self.meta, &enc))
         }
 
         /// Deletes the document with this id; returns whether there was one.
@@ -226,8 +267,10 @@ macro_rules! collection_methods {
         pub fn delete(&self, id: impl IdArg<T::Id>) -> Result<bool> {
             let key = id_value::<T>(&self.meta, &id)?;
             self.exec().write(Access::Write, |ctx| {
-                ctx.capture(&self.meta, &[&key], false)?;
-                Ok(ctx.conn.execute(&self.meta.sql.delete, std::slice::from_ref(&key))? > 0)
+                let n = ctx.tracked(&self.meta, &[&key], ChangeKind::Delete, || {
+                    ctx.conn.execute(&self.meta.sql.delete, std::slice::from_ref(&key))
+                })?;
+                Ok(n > 0)
             })
         }
 
@@ -416,34 +459,33 @@ fn write_many<'d, T: Document + 'd>(
 }
 
 pub(crate) fn insert_encoded(ctx: Ctx<'_>, meta: &Arc<CollectionMeta>, enc: &Encoded) -> Result<()> {
-    ctx.capture(meta, &[&enc.params[0]], true)?;
-    match ctx.conn.execute(&meta.sql.insert, &enc.params) {
-        Ok(_) => Ok(()),
+    ctx.tracked(meta, &[&enc.params[0]], ChangeKind::Insert, || match ctx.conn.execute(&meta.sql.insert, &enc.params) {
         Err(e) if e.backend_kind() == Some(crate::BackendErrorKind::Constraint) => {
             Err(Error::AlreadyExists { collection: meta.collection.to_owned(), id: enc.id.clone() })
         }
-        Err(e) => Err(e),
-    }
+        other => other,
+    })
+    .map(drop)
 }
 
 fn upsert_encoded(ctx: Ctx<'_>, meta: &Arc<CollectionMeta>, enc: &Encoded) -> Result<()> {
     if !meta.versioned {
-        ctx.capture(meta, &[&enc.params[0]], false)?;
-        return ctx.conn.execute(&meta.sql.upsert, &enc.params).map(drop);
+        return ctx
+            .tracked(meta, &[&enc.params[0]], ChangeKind::Upsert, || ctx.conn.execute(&meta.sql.upsert, &enc.params))
+            .map(drop);
     }
     match stored_version(ctx.conn, meta, &enc.params[0])? {
         None => insert_encoded(ctx, meta, enc),
-        Some(_) => {
-            ctx.capture(meta, &[&enc.params[0]], false)?;
-            update_encoded(ctx.conn, meta, enc)
-        }
+        Some(_) => update_encoded(ctx, meta, enc),
     }
 }
 
-pub(crate) fn update_encoded(conn: &dyn Connection, meta: &CollectionMeta, enc: &Encoded) -> Result<()> {
-    if conn.execute(&meta.sql.update, &enc.params)? > 0 {
+pub(crate) fn update_encoded(ctx: Ctx<'_>, meta: &Arc<CollectionMeta>, enc: &Encoded) -> Result<()> {
+    if ctx.tracked(meta, &[&enc.params[0]], ChangeKind::Update, || ctx.conn.execute(&meta.sql.update, &enc.params))? > 0
+    {
         return Ok(());
     }
+    let conn = ctx.conn;
     let not_found = || Error::NotFound { collection: meta.collection.to_owned(), id: enc.id.clone() };
     if !meta.versioned {
         return Err(not_found());
@@ -544,15 +586,14 @@ fn read_modify_write<T: Document>(
         return exec.write(Access::Atomic, |ctx| {
             let doc = select_one::<T>(ctx.conn, meta, key)?.ok_or_else(not_found)?;
             let Some((doc, enc)) = modify(doc)? else { return Ok(None) };
-            ctx.capture(meta, &[key], false)?;
-            update_encoded(ctx.conn, meta, &enc)?;
+            update_encoded(ctx, meta, &enc)?;
             Ok(Some(finish((doc, enc))))
         });
     }
     with_optimistic_lock(policy, || {
         let doc = exec.read(|conn| select_one::<T>(conn, meta, key))?.ok_or_else(not_found)?;
         let Some((doc, enc)) = modify(doc)? else { return Ok(None) };
-        exec.write(Access::Write, |ctx| update_encoded(ctx.conn, meta, &enc))?;
+        exec.write(Access::Write, |ctx| update_encoded(ctx, meta, &enc))?;
         Ok(Some(finish((doc, enc))))
     })
 }
@@ -606,8 +647,7 @@ fn patch_field<T: Document>(
             typed.set_version(v);
         }
         let enc = encode(meta, &typed)?;
-        ctx.capture(meta, &[key], false)?;
-        update_encoded(ctx.conn, meta, &enc)?;
+        update_encoded(ctx, meta, &enc)?;
         Ok((new, true))
     })
 }

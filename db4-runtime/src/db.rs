@@ -1,13 +1,15 @@
 //! The database handle.
 
 use crate::backend::{Access, Backend, Connection, run};
+use crate::change::{Change, CommitObserver};
 use crate::collection::Collection;
 use crate::document::{Document, DocumentId};
 use crate::error::Result;
 use crate::meta::CollectionMeta;
 use crate::migrate;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 /// The default document size limit: 2 MiB, the largest row a Durable Object stores.
 pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 2 * 1024 * 1024;
@@ -60,6 +62,13 @@ pub struct Db {
 struct DbInner {
     backend: Box<dyn Backend>,
     options: DbOptions,
+    /// Called with each commit's changes, in commit order.
+    observers: Mutex<Vec<Arc<CommitObserver>>>,
+    has_observers: AtomicBool,
+    /// Delivery order: tickets are taken while holding the write lock (so their order is the
+    /// commit order) and delivered one after the other once the lock is released.
+    tickets: Mutex<Tickets>,
+    turn: Condvar,
     /// Collections already created or migrated by this handle, by name.
     collections: Mutex<HashMap<&'static str, Arc<CollectionMeta>>>,
 }
@@ -153,7 +162,51 @@ impl Db {
     pub fn with_backend(backend: impl Backend, options: DbOptions) -> Result<Self> {
         let backend: Box<dyn Backend> = Box::new(backend);
         run(&*backend, Access::Atomic, migrate::init)?;
-        Ok(Self { inner: Arc::new(DbInner { backend, options, collections: Mutex::new(HashMap::new()) }) })
+        Ok(Self {
+            inner: Arc::new(DbInner {
+                backend,
+                options,
+                observers: Mutex::new(Vec::new()),
+                has_observers: AtomicBool::new(false),
+                tickets: Mutex::new(Tickets::default()),
+                turn: Condvar::new(),
+                collections: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Calls `observer` after every commit with the changes it made (an operation outside a
+    /// transaction commits on its own). Only committed work is reported: nothing from a
+    /// transaction that rolled back, from writes undone to a savepoint, or from a failed
+    /// operation. Observers run in commit order, on the committing thread, after the data is
+    /// durable; keep them short.
+    pub fn on_commit(&self, observer: impl Fn(&[Change]) + Send + Sync + 'static) {
+        self.inner.observers.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::new(Box::new(observer)));
+        self.inner.has_observers.store(true, Ordering::Release);
+    }
+
+    /// A place in the delivery order, taken while holding the write lock just before
+    /// committing; `None` when nobody observes commits.
+    /// Refuses a write from inside a commit observer of this thread: it would wait for the
+    /// observer's own delivery to finish.
+    pub(crate) fn check_not_observing(&self) -> Result<()> {
+        if self.inner.has_observers.load(Ordering::Acquire) && DELIVERING.with(std::cell::Cell::get) {
+            return Err(crate::Error::invalid_query(
+                "",
+                "an on_commit observer cannot write to the database it observes (hand the work to another thread)",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn commit_ticket(&self) -> Option<Ticket<'_>> {
+        if !self.inner.has_observers.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut t = self.inner.tickets.lock().unwrap_or_else(PoisonError::into_inner);
+        let number = t.issued;
+        t.issued += 1;
+        Some(Ticket { db: self, number, done: false })
     }
 
     /// The options this database was opened with.
@@ -206,4 +259,63 @@ impl Db {
             known.insert(meta.collection, meta);
         }
     }
+}
+
+#[derive(Default)]
+struct Tickets {
+    issued: u64,
+    delivered: u64,
+}
+
+/// A commit's place in the order observers see commits in. Delivered (or, if dropped,
+/// skipped) exactly once, so later commits never wait forever.
+pub(crate) struct Ticket<'a> {
+    db: &'a Db,
+    number: u64,
+    done: bool,
+}
+
+impl Ticket<'_> {
+    /// Waits for the earlier commits to be delivered, then hands `changes` to the observers.
+    /// Call after the commit is durable and the write lock released.
+    pub(crate) fn deliver(mut self, changes: &[Change]) {
+        self.advance(Some(changes));
+    }
+
+    fn advance(&mut self, changes: Option<&[Change]>) {
+        self.done = true;
+        let inner = &self.db.inner;
+        let mut t = inner.tickets.lock().unwrap_or_else(PoisonError::into_inner);
+        while t.delivered != self.number {
+            t = inner.turn.wait(t).unwrap_or_else(PoisonError::into_inner);
+        }
+        if let Some(changes) = changes.filter(|c| !c.is_empty()) {
+            drop(t);
+            let observers = inner.observers.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            DELIVERING.with(|d| d.set(true));
+            // Observers are the caller's code: a panicking one must not stall later commits.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                for observer in &observers {
+                    observer(changes);
+                }
+            }));
+            DELIVERING.with(|d| d.set(false));
+            t = inner.tickets.lock().unwrap_or_else(PoisonError::into_inner);
+        }
+        t.delivered += 1;
+        inner.turn.notify_all();
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.advance(None);
+        }
+    }
+}
+
+thread_local! {
+    /// Set while this thread runs commit observers.
+    static DELIVERING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

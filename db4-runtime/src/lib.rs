@@ -5,6 +5,7 @@
 //! crate directly; everything here is re-exported there.
 
 mod backend;
+mod change;
 mod collection;
 mod db;
 mod document;
@@ -24,6 +25,7 @@ pub use backend::DurableBackend;
 pub use backend::{Access, Backend, Connection, HeldTransaction, Row};
 #[cfg(feature = "sqlite")]
 pub use backend::{SqliteBackend, SqliteOptions, Synchronous};
+pub use change::{Change, ChangeKind};
 pub use collection::{Collection, TxCollection};
 pub use db::{DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions};
 pub use document::{Document, DocumentId, FtsText, IdArg, Ordered, QueryValue, TextField, VersionValue};

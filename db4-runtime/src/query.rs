@@ -1,6 +1,7 @@
 //! Typed queries compiled to parameterised SQL.
 
 use crate::backend::Access;
+use crate::change::{Change, ChangeKind};
 use crate::collection::{Exec, count, decode};
 use crate::document::Document;
 use crate::error::{Error, Result};
@@ -151,8 +152,9 @@ impl<'c, T: Document> Query<'c, T> {
             );
             let refs: Vec<&Value> = ids.iter().collect();
             let n = self.exec.write(Access::Write, |ctx| {
-                ctx.capture(meta, &refs, false)?;
-                ctx.conn.execute(&meta.sql.delete_ids, &[Value::Text(json.to_string())])
+                ctx.tracked(meta, &refs, ChangeKind::Delete, || {
+                    ctx.conn.execute(&meta.sql.delete_ids, &[Value::Text(json.to_string())])
+                })
             })?;
             return Ok(n as u64);
         }
@@ -165,7 +167,21 @@ impl<'c, T: Document> Query<'c, T> {
             self.tail(&mut sql, true)?;
             sql.push(")");
         }
-        let n = self.exec.write(Access::Write, |ctx| ctx.conn.execute(&sql.text, &sql.params))?;
+        sql.push(" RETURNING \"_id\"");
+        let n = self.exec.write(Access::Write, |ctx| {
+            let mut deleted = Vec::new();
+            ctx.conn.query(&sql.text, &sql.params, &mut |row| {
+                deleted.push(Change {
+                    collection: meta.collection,
+                    id: row.get(0)?.to_owned(),
+                    kind: ChangeKind::Delete,
+                });
+                Ok(())
+            })?;
+            let n = deleted.len();
+            ctx.record(deleted);
+            Ok(n)
+        })?;
         Ok(n as u64)
     }
 

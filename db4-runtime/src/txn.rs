@@ -10,6 +10,7 @@
 //! [`Backend::begin`]: crate::Backend::begin
 
 use crate::backend::{Access, Connection, HeldTransaction};
+use crate::change::Change;
 use crate::collection::TxCollection;
 use crate::db::Db;
 use crate::document::Document;
@@ -64,7 +65,7 @@ impl TransactionOptions {
 }
 
 /// A write that a savepoint may have to undo: the row's content before it.
-struct Undo {
+pub(crate) struct Undo {
     meta: Arc<CollectionMeta>,
     id: Value,
     /// The full row in the collection's insert-parameter layout; `None` if it did not exist.
@@ -74,12 +75,16 @@ struct Undo {
 struct Savepoint {
     id: u64,
     name: Option<String>,
+    /// Lengths of the undo log and of the change set when the savepoint was taken.
     mark: usize,
+    change_mark: usize,
 }
 
 #[derive(Default)]
 struct TxState {
     undo: Vec<Undo>,
+    /// What has been written so far (minus what savepoints undid): reported on commit.
+    changes: Vec<Change>,
     savepoints: Vec<Savepoint>,
     next_savepoint: u64,
     /// Collections first created inside this transaction: registered with the `Db` only once
@@ -184,15 +189,27 @@ impl<'a> Transaction<'a> {
         Ok(())
     }
 
-    /// Runs `f` as a nested transaction: if it returns `Err`, only its own writes are undone
-    /// and the error is returned; the enclosing transaction goes on.
+    /// Runs `f` as a nested transaction: if it returns `Err` (or panics), only its own writes
+    /// are undone and the error is returned (the panic continues); the enclosing transaction
+    /// goes on.
     ///
     /// # Errors
     ///
     /// Whatever `f` returns, or a backend error while undoing.
     pub fn transaction<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<R> {
         let id = self.push_savepoint(None)?;
-        let result = f(self);
+        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+            Ok(result) => result,
+            Err(panic) => {
+                // Undo the inner part, then let the panic go on: a caller that catches it
+                // finds the enclosing transaction as it was before the nested one.
+                let index = self.state.borrow().savepoints.iter().position(|s| s.id == id);
+                if let Some(index) = index {
+                    let _ = self.undo_to(index, true);
+                }
+                std::panic::resume_unwind(panic);
+            }
+        };
         let index = self.state.borrow().savepoints.iter().position(|s| s.id == id);
         let Some(index) = index else {
             // The closure rolled back or released past its own savepoint.
@@ -214,17 +231,28 @@ impl<'a> Transaction<'a> {
     /// savepoint undo failed is refused (and rolls it back).
     pub fn commit(self) -> Result<()> {
         let is_broken = self.state.borrow().broken;
-        let new_collections = std::mem::take(&mut self.state.borrow_mut().new_collections);
+        let (new_collections, changes) = {
+            let mut state = self.state.borrow_mut();
+            (std::mem::take(&mut state.new_collections), std::mem::take(&mut state.changes))
+        };
+        let db = self.db;
         match self.conn {
-            TxConn::Held(held) if !is_broken => held.commit()?,
+            TxConn::Held(held) if !is_broken => {
+                // Taken while the held transaction still has the write lock.
+                let ticket = db.commit_ticket();
+                held.commit()?;
+                db.register_collections(new_collections);
+                if let Some(ticket) = ticket {
+                    ticket.deliver(&changes);
+                }
+                Ok(())
+            }
             TxConn::Held(held) => {
                 held.rollback()?;
-                return Err(broken());
+                Err(broken())
             }
-            TxConn::Lent(_) => return Err(Error::invalid_query("", "a closure transaction commits when it returns")),
+            TxConn::Lent(_) => Err(Error::invalid_query("", "a closure transaction commits when it returns")),
         }
-        self.db.register_collections(new_collections);
-        Ok(())
     }
 
     /// Rolls back an explicit transaction from [`Db::begin`]. Dropping it does the same.
@@ -246,8 +274,8 @@ impl<'a> Transaction<'a> {
         }
         let id = state.next_savepoint;
         state.next_savepoint += 1;
-        let mark = state.undo.len();
-        state.savepoints.push(Savepoint { id, name, mark });
+        let (mark, change_mark) = (state.undo.len(), state.changes.len());
+        state.savepoints.push(Savepoint { id, name, mark, change_mark });
         Ok(id)
     }
 
@@ -274,8 +302,9 @@ impl<'a> Transaction<'a> {
     fn undo_to(&self, index: usize, remove: bool) -> Result<()> {
         let entries = {
             let mut state = self.state.borrow_mut();
-            let mark = state.savepoints[index].mark;
+            let (mark, change_mark) = (state.savepoints[index].mark, state.savepoints[index].change_mark);
             state.savepoints.truncate(if remove { index } else { index + 1 });
+            state.changes.truncate(change_mark);
             state.undo.split_off(mark)
         };
         let conn = self.conn()?;
@@ -299,22 +328,38 @@ impl<'a> Transaction<'a> {
         !self.state.borrow().savepoints.is_empty()
     }
 
-    /// Records the before-images of rows about to be written, if a savepoint needs them.
+    /// Reads the before-images of rows about to be written, if a savepoint needs them.
     /// `inserted` rows are known not to exist (an insert fails otherwise).
-    pub(crate) fn capture(&self, meta: &Arc<CollectionMeta>, ids: &[&Value], inserted: bool) -> Result<()> {
+    pub(crate) fn before_images(
+        &self,
+        meta: &Arc<CollectionMeta>,
+        ids: &[&Value],
+        inserted: bool,
+    ) -> Result<Vec<Undo>> {
         if !self.logging() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let conn = self.conn()?;
-        for id in ids {
-            let before = if inserted { None } else { select_row(conn, meta, id)? };
-            self.state.borrow_mut().undo.push(Undo { meta: Arc::clone(meta), id: (*id).clone(), before });
-        }
-        Ok(())
+        ids.iter()
+            .map(|id| {
+                let before = if inserted { None } else { select_row(conn, meta, id)? };
+                Ok(Undo { meta: Arc::clone(meta), id: (*id).clone(), before })
+            })
+            .collect()
     }
 
-    fn into_new_collections(self) -> Vec<Arc<CollectionMeta>> {
-        self.state.into_inner().new_collections
+    /// Records a write that succeeded: its undo entries and its changes.
+    pub(crate) fn record(&self, undo: Vec<Undo>, changes: impl IntoIterator<Item = Change>) {
+        let mut state = self.state.borrow_mut();
+        state.undo.extend(undo);
+        state.changes.extend(changes);
+    }
+
+    /// What the transaction leaves to do once committed: collections to register and
+    /// changes to report.
+    fn into_outcome(self) -> (Vec<Arc<CollectionMeta>>, Vec<Change>) {
+        let state = self.state.into_inner();
+        (state.new_collections, state.changes)
     }
 }
 
@@ -345,15 +390,21 @@ impl Db {
     ///
     /// See the crate documentation for a transfer between accounts with a savepoint.
     pub fn transaction<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
-        let (out, new_collections) = crate::backend::run(self.backend(), Access::Atomic, |conn| {
+        self.check_not_observing()?;
+        let mut ticket = None;
+        let (out, (new_collections, changes)) = crate::backend::run(self.backend(), Access::Atomic, |conn| {
             let tx = Transaction::new(self, TxConn::Lent(conn));
             let out = f(&tx)?;
             if tx.state.borrow().broken {
                 return Err(broken());
             }
-            Ok((out, tx.into_new_collections()))
+            ticket = self.commit_ticket();
+            Ok((out, tx.into_outcome()))
         })?;
         self.register_collections(new_collections);
+        if let Some(ticket) = ticket {
+            ticket.deliver(&changes);
+        }
         Ok(out)
     }
 
@@ -389,6 +440,7 @@ impl Db {
     /// A backend error; [`BackendErrorKind::Unsupported`](crate::BackendErrorKind::Unsupported)
     /// on backends with closure transactions only (Durable Objects).
     pub fn begin(&self) -> Result<Transaction<'_>> {
+        self.check_not_observing()?;
         let held = self.backend().begin()?;
         Ok(Transaction::new(self, TxConn::Held(held)))
     }

@@ -163,3 +163,87 @@ fn concurrent_increments_are_exact() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn a_failed_write_inside_a_savepoint_is_not_undone_later() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    let accounts = db.collection::<Account>()?;
+    accounts.insert(&account("a", 1))?;
+    db.transaction(|tx| {
+        let acc = tx.collection::<Account>()?;
+        tx.savepoint("s")?;
+        // Fails: "a" exists. Undoing it later must not delete the existing "a".
+        assert!(matches!(acc.insert(&account("a", 2)), Err(Error::AlreadyExists { .. })));
+        // Fails: stale version. Nothing to undo either.
+        assert!(matches!(
+            acc.update(&account("a", 3)).and_then(|_| acc.update(&account("a", 3))),
+            Err(Error::Conflict { .. })
+        ));
+        tx.rollback_to("s")?;
+        assert_eq!(acc.get("a")?.map(|a| a.balance), Some(1));
+        Ok(())
+    })?;
+    assert_eq!(accounts.get("a")?.map(|a| a.balance), Some(1));
+    Ok(())
+}
+
+#[test]
+fn observers_see_only_committed_changes_in_order() -> Result<()> {
+    use db4_runtime::{Change, ChangeKind, Value};
+    use std::sync::{Arc, Mutex};
+    let db = Db::open_in_memory()?;
+    let accounts = db.collection::<Account>()?;
+    let seen: Arc<Mutex<Vec<Vec<(String, ChangeKind)>>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    db.on_commit(move |changes: &[Change]| {
+        let commit = changes
+            .iter()
+            .map(|c| match &c.id {
+                Value::Text(id) => (id.clone(), c.kind),
+                other => (format!("{other:?}"), c.kind),
+            })
+            .collect();
+        sink.lock().unwrap().push(commit);
+    });
+    accounts.insert(&account("a", 1))?;
+    assert!(accounts.insert(&account("a", 1)).is_err());
+    assert!(!accounts.delete("zz")?);
+    let _ = db.transaction(|tx| -> Result<()> {
+        tx.collection::<Account>()?.insert(&account("rolled-back", 1))?;
+        Err(Error::UnknownSavepoint { name: "abort".into() })
+    });
+    db.transaction(|tx| {
+        let acc = tx.collection::<Account>()?;
+        acc.insert(&account("b", 1))?;
+        tx.savepoint("s")?;
+        acc.insert(&account("undone", 1))?;
+        tx.rollback_to("s")?;
+        let _ = tx.transaction(|inner| -> Result<()> {
+            inner.collection::<Account>()?.insert(&account("nested-failed", 1))?;
+            Err(Error::UnknownSavepoint { name: "inner".into() })
+        });
+        acc.delete("a")?;
+        Ok(())
+    })?;
+    accounts.query().filter(Account::fields().owner.eq("o")).delete()?;
+    let log = seen.lock().unwrap().clone();
+    assert_eq!(
+        log,
+        vec![
+            vec![("a".to_owned(), ChangeKind::Insert)],
+            vec![("b".to_owned(), ChangeKind::Insert), ("a".to_owned(), ChangeKind::Delete)],
+            vec![("b".to_owned(), ChangeKind::Delete)],
+        ]
+    );
+    // An observer that writes back would deadlock waiting for itself: refused instead.
+    let db2 = db.clone();
+    let refused: Arc<Mutex<Option<bool>>> = Arc::default();
+    let flag = Arc::clone(&refused);
+    db.on_commit(move |_| {
+        let r = db2.collection::<Account>().and_then(|c| c.insert(&account("from-observer", 1)));
+        *flag.lock().unwrap() = Some(matches!(r, Err(Error::InvalidQuery { .. })));
+    });
+    accounts.insert(&account("c", 1))?;
+    assert_eq!(*refused.lock().unwrap(), Some(true));
+    Ok(())
+}
