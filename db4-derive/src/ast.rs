@@ -31,11 +31,12 @@ pub struct Field<'a> {
     pub key_span: Span,
     /// `#[serde(skip)]`, `skip_serializing` or `flatten`: not a top-level key of the document.
     pub not_stored: Option<Span>,
-    pub id: Option<Span>,
-    pub partition_key: Option<Span>,
-    pub version: Option<Span>,
-    pub index: Option<(IndexKind, Span)>,
-    pub fts: Option<(f64, Span)>,
+    // Each marker keeps its attribute, so errors about it cover the whole `#[...]`.
+    pub id: Option<&'a Attribute>,
+    pub partition_key: Option<&'a Attribute>,
+    pub version: Option<&'a Attribute>,
+    pub index: Option<(IndexKind, &'a Attribute)>,
+    pub fts: Option<(f64, &'a Attribute)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -123,13 +124,13 @@ fn parse_container_attr(
 ) {
     let result = attr.parse_nested_meta(|meta| {
         if meta.path.is_ident(COLLECTION) {
-            let lit: LitStr = meta.value()?.parse()?;
+            let lit: LitStr = string_value(&meta, COLLECTION)?;
             if collection.is_some() {
                 cx.error_spanned_by(&meta.path, "duplicate `collection` option");
             }
             *collection = Some(lit);
         } else if meta.path.is_ident(CRATE) {
-            let lit: LitStr = meta.value()?.parse()?;
+            let lit: LitStr = string_value(&meta, CRATE)?;
             match lit.parse::<syn::Path>() {
                 Ok(path) => {
                     if krate.is_some() {
@@ -140,7 +141,7 @@ fn parse_container_attr(
                 Err(_) => cx.error_spanned_by(&lit, format!("`crate` must be a path, like \"db4\"; found {:?}", lit.value())),
             }
         } else if meta.path.is_ident(TOKENIZER) {
-            let lit: LitStr = meta.value()?.parse()?;
+            let lit: LitStr = string_value(&meta, TOKENIZER)?;
             let name = lit.value();
             if !TOKENIZERS.contains(&name.as_str()) {
                 cx.error_spanned_by(
@@ -162,6 +163,16 @@ fn parse_container_attr(
     if let Err(e) = result {
         cx.syn_error(e);
     }
+}
+
+/// Reads `name = "..."`, with an error that shows that form.
+fn string_value(meta: &syn::meta::ParseNestedMeta<'_>, name: &str) -> syn::Result<LitStr> {
+    let expected = || format!("expected `{name} = \"...\"`");
+    if !meta.input.peek(syn::Token![=]) {
+        return Err(meta.error(expected()));
+    }
+    let value = meta.value()?;
+    value.parse::<LitStr>().map_err(|e| syn::Error::new(e.span(), expected()))
 }
 
 impl<'a> Field<'a> {
@@ -195,16 +206,36 @@ impl<'a> Field<'a> {
                 continue;
             }
             let Some(kind) = field_attr_name(attr) else { continue };
-            let span = attr.span();
+            // A marker with stray arguments is reported and still counts, so one mistake
+            // gives one error (not also "no `#[id]` field").
             let slot_taken = match kind {
-                ID => no_args(cx, attr, kind) && set(&mut out.id, span),
-                PARTITION_KEY => no_args(cx, attr, kind) && set(&mut out.partition_key, span),
-                VERSION => no_args(cx, attr, kind) && set(&mut out.version, span),
-                INDEX => no_args(cx, attr, kind) && set_index(&mut out.index, IndexKind::Equality, span),
-                RANGE_INDEX => no_args(cx, attr, kind) && set_index(&mut out.index, IndexKind::Range, span),
+                ID => no_args(cx, attr, kind) | set(&mut out.id, attr),
+                PARTITION_KEY => no_args(cx, attr, kind) | set(&mut out.partition_key, attr),
+                VERSION => no_args(cx, attr, kind) | set(&mut out.version, attr),
+                INDEX | RANGE_INDEX => {
+                    let new = if kind == INDEX { IndexKind::Equality } else { IndexKind::Range };
+                    no_args(cx, attr, kind);
+                    match out.index {
+                        None => {
+                            out.index = Some((new, attr));
+                            false
+                        }
+                        Some((old, _)) if old == new => true,
+                        Some(_) => {
+                            cx.error_spanned_by(
+                                attr,
+                                format!(
+                                    "field `{}` has both `#[index]` and `#[range_index]`; keep one (`#[range_index]` also serves equality lookups)",
+                                    out.name
+                                ),
+                            );
+                            false
+                        }
+                    }
+                }
                 _ => match parse_fts(cx, attr) {
                     Some(weight) if out.fts.is_none() => {
-                        out.fts = Some((weight, span));
+                        out.fts = Some((weight, attr));
                         false
                     }
                     Some(_) => true,
@@ -229,35 +260,31 @@ impl<'a> Field<'a> {
 }
 
 /// Records a marker attribute; returns `true` if it was already set.
-fn set(slot: &mut Option<Span>, span: Span) -> bool {
+fn set<'a>(slot: &mut Option<&'a Attribute>, attr: &'a Attribute) -> bool {
     if slot.is_some() {
         return true;
     }
-    *slot = Some(span);
+    *slot = Some(attr);
     false
 }
 
-fn set_index(slot: &mut Option<(IndexKind, Span)>, kind: IndexKind, span: Span) -> bool {
-    if slot.is_some() {
-        return true;
-    }
-    *slot = Some((kind, span));
-    false
-}
-
-/// Reports arguments on a marker attribute such as `#[id]`; returns whether it was bare.
+/// Reports arguments on a marker attribute such as `#[id]`. Always returns `false`, so it
+/// can be or-ed with the duplicate check.
 fn no_args(cx: &Ctxt, attr: &Attribute, name: &str) -> bool {
     match &attr.meta {
-        syn::Meta::Path(_) => true,
+        syn::Meta::Path(_) => {}
+        syn::Meta::List(list) if list.tokens.is_empty() => {
+            let message = format!("`#[{name}]` takes no arguments: write `#[{name}]`");
+            cx.syn_error(syn::Error::new(list.delimiter.span().join(), message));
+        }
         syn::Meta::List(list) => {
-            cx.error_spanned_by(&list.tokens, format!("`#[{name}]` takes no arguments"));
-            false
+            cx.error_spanned_by(&list.tokens, format!("`#[{name}]` takes no arguments: write `#[{name}]`"));
         }
         syn::Meta::NameValue(nv) => {
-            cx.error_spanned_by(&nv.value, format!("`#[{name}]` takes no value"));
-            false
+            cx.error_spanned_by(&nv.value, format!("`#[{name}]` takes no value: write `#[{name}]`"));
         }
     }
+    false
 }
 
 /// Parses `#[fts]` or `#[fts(weight = 2.0)]` into the weight; `None` after reporting an error.
@@ -302,7 +329,12 @@ fn parse_fts(cx: &Ctxt, attr: &Attribute) -> Option<f64> {
     match weight {
         Some(w) => Some(w),
         None => {
-            cx.error_spanned_by(&list.tokens, "expected `weight = <number>`, as in `#[fts(weight = 2.0)]`");
+            let message = "expected `weight = <number>`, as in `#[fts(weight = 2.0)]`; write `#[fts]` for weight 1.0";
+            if list.tokens.is_empty() {
+                cx.error_spanned_by(attr, message);
+            } else {
+                cx.error_spanned_by(&list.tokens, message);
+            }
             None
         }
     }
@@ -321,7 +353,8 @@ fn parse_weight(value: &syn::Expr) -> Result<f64, String> {
     match number {
         None => Err("the fts weight must be a number literal, as in `weight = 2.0`".to_owned()),
         Some(w) if negative || !(w.is_finite() && w > 0.0) => {
-            Err(format!("the fts weight must be a positive number; found {}{w}", if negative { "-" } else { "" }))
+            let written = quote::ToTokens::to_token_stream(value).to_string().replace(' ', "");
+            Err(format!("the fts weight must be a positive number, as in `weight = 2.0`; found `{written}`"))
         }
         Some(w) => Ok(w),
     }

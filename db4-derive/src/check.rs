@@ -3,7 +3,7 @@
 
 use crate::ast::{Container, Field, IndexKind};
 use crate::ctxt::Ctxt;
-use proc_macro2::Span;
+use syn::Attribute;
 
 pub fn check(cx: &Ctxt, cont: &Container<'_>) {
     check_generics(cx, cont);
@@ -34,9 +34,11 @@ pub fn check(cx: &Ctxt, cont: &Container<'_>) {
         if let Some(span) = f.not_stored
             && f.has_db4_attr()
         {
-            let message =
-                format!("field `{}` is not written as a key of the document by serde, so db4 cannot use it", f.name);
-            span_error(cx, Some(span), message);
+            let message = format!(
+                "field `{}` is not written as a key of the document by serde, so db4 cannot use it; remove the db4 attribute or the serde one",
+                f.name
+            );
+            cx.syn_error(syn::Error::new(span, message));
         }
         if f.id.is_some() {
             conflict(cx, f.partition_key, "#[id]", "#[partition_key]");
@@ -49,8 +51,8 @@ pub fn check(cx: &Ctxt, cont: &Container<'_>) {
             conflict(cx, f.index.map(|i| i.1), "#[version]", "an index");
             conflict(cx, f.fts.map(|i| i.1), "#[version]", "#[fts]");
         }
-        if let (Some(_), Some((IndexKind::Equality, span))) = (f.partition_key, f.index) {
-            span_error(cx, Some(span), "the partition key is already indexed; remove `#[index]`");
+        if let (Some(_), Some((IndexKind::Equality, attr))) = (f.partition_key, f.index) {
+            span_error(cx, Some(attr), "the partition key is already indexed; remove `#[index]`");
         }
         if f.fts.is_some() {
             fts_count += 1;
@@ -63,11 +65,9 @@ pub fn check(cx: &Ctxt, cont: &Container<'_>) {
             );
         }
         if f.key.is_empty() || f.key.contains('"') || f.key.chars().any(char::is_control) {
-            span_error(
-                cx,
-                Some(f.key_span),
-                format!("the serialized name {:?} cannot be addressed by db4 (no `\"` or control characters)", f.key),
-            );
+            let message =
+                format!("the serialized name {:?} cannot be addressed by db4 (no `\"` or control characters)", f.key);
+            cx.syn_error(syn::Error::new(f.key_span, message));
         }
     }
     if fts_count == 0
@@ -97,9 +97,16 @@ fn check_collection_name(cx: &Ctxt, cont: &Container<'_>) {
     if valid {
         return;
     }
-    let message = format!(
-        "invalid collection name {name:?}: use 1-64 ASCII letters, digits or `_`, starting with a letter or `_` (names starting with `_db4` or `sqlite_` are reserved)"
-    );
+    let reserved = name.starts_with("_db4") || name.to_ascii_lowercase().starts_with("sqlite_");
+    let message = if reserved {
+        format!(
+            "collection name {name:?} is reserved: names starting with `_db4` or `sqlite_` belong to db4 and SQLite"
+        )
+    } else {
+        format!(
+            "invalid collection name {name:?}: use 1-64 ASCII letters, digits or `_`, starting with a letter or `_`"
+        )
+    };
     match lit {
         Some(lit) => cx.error_spanned_by(lit, message),
         None => cx.error_spanned_by(cont.ident, format!("{message}; set one with `#[db4(collection = \"...\")]`")),
@@ -110,7 +117,7 @@ fn is_valid_field_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn one_of(cx: &Ctxt, fields: &[Field<'_>], get: fn(&Field<'_>) -> Option<Span>, attr: &str, what: &str) {
+fn one_of<'a>(cx: &Ctxt, fields: &[Field<'a>], get: fn(&Field<'a>) -> Option<&'a Attribute>, attr: &str, what: &str) {
     let marked: Vec<&Field<'_>> = fields.iter().filter(|f| get(f).is_some()).collect();
     if let [first, rest @ ..] = marked.as_slice() {
         for f in rest {
@@ -119,16 +126,16 @@ fn one_of(cx: &Ctxt, fields: &[Field<'_>], get: fn(&Field<'_>) -> Option<Span>, 
     }
 }
 
-fn conflict(cx: &Ctxt, other: Option<Span>, this: &str, that: &str) {
-    span_error(cx, other, format!("a `{this}` field cannot also be {}", article(that)));
+fn conflict(cx: &Ctxt, other: Option<&Attribute>, this: &str, that: &str) {
+    span_error(cx, other, format!("an `{this}` field cannot also be {}", article(that)));
 }
 
 fn article(that: &str) -> String {
     if that.starts_with('#') { format!("`{that}`") } else { that.to_owned() }
 }
 
-fn span_error(cx: &Ctxt, span: Option<Span>, message: impl std::fmt::Display) {
-    if let Some(span) = span {
-        cx.syn_error(syn::Error::new(span, message));
+fn span_error(cx: &Ctxt, attr: Option<&Attribute>, message: impl std::fmt::Display) {
+    if let Some(attr) = attr {
+        cx.error_spanned_by(attr, message);
     }
 }

@@ -49,15 +49,23 @@ pub fn expand(cont: &Container<'_>) -> TokenStream {
     let id_ty = id.map(|f| f.ty);
     let id_ident = id.map(|f| f.ident);
 
-    let (version_get, version_set) = match fields.iter().find(|f| f.version.is_some()) {
+    let (version_get, version_set, version_fits) = match fields.iter().find(|f| f.version.is_some()) {
         Some(f) => {
             let (field, ty) = (f.ident, f.ty);
             (
                 quote!(#p::Option::Some(#p::version_of::<#ty>(&self.#field))),
                 quote!(#p::set_version::<#ty>(&mut self.#field, version);),
+                quote!(#p::version_fits::<#ty>(version)),
             )
         }
-        None => (quote!(#p::Option::None), quote!(let _ = version;)),
+        None => (
+            quote!(#p::Option::None),
+            quote!(let _ = version;),
+            quote!({
+                let _ = version;
+                true
+            }),
+        ),
     };
 
     let columns =
@@ -110,6 +118,10 @@ pub fn expand(cont: &Container<'_>) -> TokenStream {
                     #version_set
                 }
 
+                fn version_fits(version: ::core::primitive::u64) -> ::core::primitive::bool {
+                    #version_fits
+                }
+
                 fn index_values(&self, out: &mut #p::Vec<#p::Value>) -> #p::Result<()> {
                     #(#columns)*
                     #p::StdResult::Ok(())
@@ -131,7 +143,9 @@ pub fn expand(cont: &Container<'_>) -> TokenStream {
 /// struct and a `Document` impl that is never run, so the rest of the user's code does not
 /// fail a second time with "trait not implemented" or "no field" errors.
 pub fn fallback(cont: &Container<'_>) -> TokenStream {
-    if !cont.input.generics.params.is_empty() {
+    // Generic structs, enums and unions get none: an impl for them would add errors the
+    // user cannot act on (serde cannot even derive for a union).
+    if !cont.input.generics.params.is_empty() || cont.fields.is_none() {
         return TokenStream::new();
     }
     let krate = &cont.krate;

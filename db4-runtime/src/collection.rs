@@ -432,8 +432,9 @@ pub(crate) fn encode<T: Document>(meta: &CollectionMeta, doc: &T) -> Result<Enco
     let version = doc.version();
     if meta.versioned {
         let v = version.unwrap_or(0);
-        // The stored counter is an SQLite integer and an update adds one to it.
-        if v >= i64::MAX as u64 {
+        // The stored counter is an SQLite integer and an update adds one to it, which the
+        // field's own type must also hold.
+        if v >= i64::MAX as u64 || !T::version_fits(v + 1) {
             let field = meta.schema.version_field().map_or("version", |f| f.name());
             return Err(Error::invalid_value(meta.collection, field, format!("version {v} is too large")));
         }

@@ -11,6 +11,11 @@ use serde::de::DeserializeOwned;
 ///
 /// Implement it with `#[derive(Document)]`; the derive checks the attributes at compile time
 /// and generates a `'static` [`Schema`], the accessors below and typed field handles.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a db4 document",
+    label = "not a document type",
+    note = "add `#[derive(Document, Serialize, Deserialize)]` to `{Self}`, with an `#[id]` field"
+)]
 pub trait Document: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The type of the `#[id]` field.
     type Id: DocumentId;
@@ -31,6 +36,13 @@ pub trait Document: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// Sets the `#[version]` counter; a no-op if the type declares none.
     fn set_version(&mut self, version: u64);
+
+    /// Whether the `#[version]` field's type can hold `version` (an update that would push
+    /// the counter past it is refused).
+    fn version_fits(version: u64) -> bool {
+        let _ = version;
+        true
+    }
 
     /// Appends the values of the fields kept in their own columns
     /// ([`Schema::column_fields`], in that order) to `out`.
@@ -290,6 +302,18 @@ impl QueryValue<String> for &String {
     }
 }
 
+impl<T: Serialize> QueryValue<Option<T>> for T {
+    fn into_value(self) -> Result<Value, ValueError> {
+        to_value(&self)
+    }
+}
+
+impl QueryValue<Option<String>> for &String {
+    fn into_value(self) -> Result<Value, ValueError> {
+        Ok(Value::Text(self.clone()))
+    }
+}
+
 impl QueryValue<Option<String>> for &str {
     fn into_value(self) -> Result<Value, ValueError> {
         Ok(Value::Text(self.to_owned()))
@@ -304,3 +328,11 @@ impl QueryValue<Option<String>> for &str {
 pub trait TextField {}
 impl TextField for String {}
 impl TextField for Option<String> {}
+
+/// An `Option<_>` field: what `is_none` and `is_some` apply to.
+#[diagnostic::on_unimplemented(
+    message = "`is_none` / `is_some` need an `Option` field, and `{Self}` is not an `Option`",
+    label = "not an `Option<_>` field"
+)]
+pub trait OptionField {}
+impl<T> OptionField for Option<T> {}

@@ -1,6 +1,6 @@
 //! Typed field handles and the filters and sort orders built from them.
 
-use crate::document::{Ordered, QueryValue, TextField};
+use crate::document::{OptionField, Ordered, QueryValue, TextField};
 use crate::value::{Value, ValueError};
 use std::marker::PhantomData;
 
@@ -77,51 +77,71 @@ impl<D, T> Field<D, T> {
     }
 }
 
-impl<D, T: Ordered> Field<D, T> {
+impl<D, T> Field<D, T> {
     /// Field is greater than `value`.
-    pub fn gt(self, value: impl QueryValue<T>) -> Filter<D> {
+    pub fn gt(self, value: impl QueryValue<T>) -> Filter<D>
+    where
+        T: Ordered,
+    {
         self.compare(CmpOp::Gt, value.into_value())
     }
 
     /// Field is greater than or equal to `value`.
-    pub fn gte(self, value: impl QueryValue<T>) -> Filter<D> {
+    pub fn gte(self, value: impl QueryValue<T>) -> Filter<D>
+    where
+        T: Ordered,
+    {
         self.compare(CmpOp::Gte, value.into_value())
     }
 
     /// Field is less than `value`.
-    pub fn lt(self, value: impl QueryValue<T>) -> Filter<D> {
+    pub fn lt(self, value: impl QueryValue<T>) -> Filter<D>
+    where
+        T: Ordered,
+    {
         self.compare(CmpOp::Lt, value.into_value())
     }
 
     /// Field is less than or equal to `value`.
-    pub fn lte(self, value: impl QueryValue<T>) -> Filter<D> {
+    pub fn lte(self, value: impl QueryValue<T>) -> Filter<D>
+    where
+        T: Ordered,
+    {
         self.compare(CmpOp::Lte, value.into_value())
     }
 
     /// Field lies between `low` and `high`, both inclusive.
-    pub fn between(self, low: impl QueryValue<T>, high: impl QueryValue<T>) -> Filter<D> {
+    pub fn between(self, low: impl QueryValue<T>, high: impl QueryValue<T>) -> Filter<D>
+    where
+        T: Ordered,
+    {
         Filter::new(match (low.into_value(), high.into_value()) {
             (Ok(low), Ok(high)) => Expr::Between { field: self.index, low, high },
             (Err(e), _) | (_, Err(e)) => Expr::Invalid { field: self.index, reason: e.0 },
         })
     }
-}
 
-impl<D, T: TextField> Field<D, T> {
     /// Field is text starting with `prefix` (case-sensitive).
-    pub fn starts_with(self, prefix: impl Into<String>) -> Filter<D> {
+    pub fn starts_with(self, prefix: impl Into<String>) -> Filter<D>
+    where
+        T: TextField,
+    {
         Filter::new(Expr::StartsWith { field: self.index, prefix: prefix.into() })
     }
-}
 
-impl<D, T> Field<D, Option<T>> {
     /// Field is `None` (or absent).
-    pub fn is_none(self) -> Filter<D> {
+    pub fn is_none(self) -> Filter<D>
+    where
+        T: OptionField,
+    {
         Filter::new(Expr::IsNull { field: self.index, negated: false })
     }
 
     /// Field is `Some(_)`.
-    pub fn is_some(self) -> Filter<D> {
+    pub fn is_some(self) -> Filter<D>
+    where
+        T: OptionField,
+    {
         Filter::new(Expr::IsNull { field: self.index, negated: true })
     }
 }

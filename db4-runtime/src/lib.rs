@@ -28,7 +28,7 @@ pub use backend::{SqliteBackend, SqliteOptions, Synchronous};
 pub use change::{Change, ChangeKind};
 pub use collection::{Collection, TxCollection};
 pub use db::{DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions};
-pub use document::{Document, DocumentId, FtsText, IdArg, Ordered, QueryValue, TextField, VersionValue};
+pub use document::{Document, DocumentId, FtsText, IdArg, OptionField, Ordered, QueryValue, TextField, VersionValue};
 pub use error::{BackendError, BackendErrorKind, Error, Result};
 pub use field::{Field, Filter, Order};
 pub use lock::{CasResult, Numeric, RetryPolicy, is_retryable, with_optimistic_lock};
@@ -84,6 +84,13 @@ pub mod __private {
         if let Ok(v) = V::deserialize(de) {
             *slot = v;
         }
+    }
+
+    /// Whether `version` fits the `#[version]` field's type `V`.
+    pub fn version_fits<V: serde::de::DeserializeOwned>(version: u64) -> bool {
+        use serde::de::IntoDeserializer;
+        let de: serde::de::value::U64Deserializer<serde::de::value::Error> = version.into_deserializer();
+        V::deserialize(de).is_ok()
     }
 
     /// Compile-time check: `T` can be an `#[id]`.

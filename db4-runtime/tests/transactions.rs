@@ -247,3 +247,27 @@ fn observers_see_only_committed_changes_in_order() -> Result<()> {
     assert_eq!(*refused.lock().unwrap(), Some(true));
     Ok(())
 }
+
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(crate = "db4_runtime", collection = "small_counters")]
+struct SmallVersion {
+    #[id]
+    id: i64,
+    n: i64,
+    #[version]
+    v: u8,
+}
+
+#[test]
+fn a_version_bump_past_the_field_type_is_refused() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    let c = db.collection::<SmallVersion>()?;
+    c.insert(&SmallVersion { id: 1, n: 0, v: 254 })?;
+    c.update(&SmallVersion { id: 1, n: 1, v: 254 })?;
+    let stored = c.get(1)?.unwrap();
+    assert_eq!(stored.v, 255);
+    let err = c.update(&SmallVersion { n: 2, ..stored }).unwrap_err();
+    assert!(matches!(err, Error::InvalidValue { ref field, .. } if field == "v"), "{err}");
+    assert_eq!(c.get(1)?.unwrap().n, 1, "nothing written");
+    Ok(())
+}
