@@ -5,6 +5,7 @@
 //! crate directly; everything here is re-exported there.
 
 mod backend;
+mod batch;
 mod change;
 mod collection;
 mod db;
@@ -25,6 +26,7 @@ pub use backend::DurableBackend;
 pub use backend::{Access, Backend, Connection, HeldTransaction, Row};
 #[cfg(feature = "sqlite")]
 pub use backend::{SqliteBackend, SqliteOptions, Synchronous};
+pub use batch::{BATCH_ENTRY_OVERHEAD, BatchOptions, BatchStats, BatchStore, CompactionReport, DEFAULT_MAX_BLOB_BYTES};
 pub use change::{Change, ChangeKind};
 pub use collection::{Collection, TxCollection};
 pub use db::{DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions};
