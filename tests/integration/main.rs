@@ -1,1 +1,10 @@
 //! Integration tests for db4 on the embedded SQLite backend.
+
+mod common;
+mod crud;
+mod durability;
+mod errors;
+mod migration;
+mod queries;
+mod serde_features;
+mod versioning;
