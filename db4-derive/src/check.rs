@@ -92,12 +92,13 @@ fn check_collection_name(cx: &Ctxt, cont: &Container<'_>) {
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !name.starts_with("_db4")
+        && !name.to_ascii_lowercase().starts_with("_db4")
         && !name.to_ascii_lowercase().starts_with("sqlite_");
     if valid {
         return;
     }
-    let reserved = name.starts_with("_db4") || name.to_ascii_lowercase().starts_with("sqlite_");
+    let lower = name.to_ascii_lowercase();
+    let reserved = lower.starts_with("_db4") || lower.starts_with("sqlite_");
     let message = if reserved {
         format!(
             "collection name {name:?} is reserved: names starting with `_db4` or `sqlite_` belong to db4 and SQLite"

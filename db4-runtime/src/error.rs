@@ -127,6 +127,9 @@ pub enum BackendErrorKind {
     Corrupt,
     /// An operating-system level I/O failure, or the file cannot be opened.
     Io,
+    /// The call would wait for a lock the calling thread already holds (for example a write
+    /// through the `Db` from inside one of its own transactions); refused instead of hanging.
+    WouldDeadlock,
     /// The backend cannot do what was asked (for example an explicit transaction on a
     /// backend that only has closure transactions).
     Unsupported,

@@ -324,7 +324,7 @@ pub(crate) fn is_valid_name(name: &str) -> bool {
     first_ok
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !name.starts_with("_db4")
+        && !name.to_ascii_lowercase().starts_with("_db4")
         && !name.to_ascii_lowercase().starts_with("sqlite_")
 }
 

@@ -271,3 +271,23 @@ fn a_version_bump_past_the_field_type_is_refused() -> Result<()> {
     assert_eq!(c.get(1)?.unwrap().n, 1, "nothing written");
     Ok(())
 }
+
+#[test]
+fn writing_through_the_db_inside_its_own_transaction_is_an_error_not_a_hang() -> Result<()> {
+    use db4_runtime::BackendErrorKind;
+    let dir = std::env::temp_dir().join(format!("db4-reentrant-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for db in [Db::open_in_memory()?, Db::open(dir.join("r.db"))?] {
+        let accounts = db.collection::<Account>()?;
+        let r = db.transaction(|_tx| accounts.insert(&account("x", 1)));
+        assert_eq!(r.unwrap_err().backend_kind(), Some(BackendErrorKind::WouldDeadlock));
+        let tx = db.begin()?;
+        assert_eq!(accounts.insert(&account("y", 1)).unwrap_err().backend_kind(), Some(BackendErrorKind::WouldDeadlock));
+        assert_eq!(db.begin().unwrap_err().backend_kind(), Some(BackendErrorKind::WouldDeadlock));
+        tx.rollback()?;
+        accounts.insert(&account("z", 1))?;
+        assert_eq!(accounts.count()?, 1);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -131,8 +131,8 @@ impl Backend for SqliteBackend {
             let reader = self.readers[i].lock().unwrap_or_else(PoisonError::into_inner);
             return f(&SqliteConnection(&reader));
         }
-        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        let conn = SqliteConnection(&conn);
+        let writer = self.lock_writer()?;
+        let conn = SqliteConnection(&writer.conn);
         if access != Access::Atomic {
             return f(&conn);
         }
@@ -145,27 +145,58 @@ impl Backend for SqliteBackend {
     }
 
     fn begin(&self) -> Result<Box<dyn HeldTransaction + '_>> {
-        let conn = self.lock_writer();
-        conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])).map_err(backend_error)?;
+        let conn = self.lock_writer()?;
+        conn.conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])).map_err(backend_error)?;
         Ok(Box::new(SqliteHeld { conn, open: true }))
     }
 }
 
+thread_local! {
+    /// The backends whose writer connection this thread holds.
+    static HELD_WRITERS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The writer connection, locked by this thread.
+struct Writer<'a> {
+    conn: MutexGuard<'a, rusqlite::Connection>,
+    key: usize,
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        HELD_WRITERS.with(|held| held.borrow_mut().retain(|k| *k != self.key));
+    }
+}
+
 impl SqliteBackend {
-    fn lock_writer(&self) -> MutexGuard<'_, rusqlite::Connection> {
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Locks the writer connection. A thread that already holds it (a transaction is open
+    /// and code inside it writes through the `Db` instead of the transaction) gets an error
+    /// rather than waiting for itself forever.
+    fn lock_writer(&self) -> Result<Writer<'_>> {
+        let key = self as *const Self as usize;
+        if HELD_WRITERS.with(|held| held.borrow().contains(&key)) {
+            return Err(BackendError::new(
+                BackendErrorKind::WouldDeadlock,
+                "this thread is inside a transaction on this database: use the transaction's collections \
+                 (tx.collection::<T>()) instead of the Db's, or finish the transaction first",
+            )
+            .into());
+        }
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        HELD_WRITERS.with(|held| held.borrow_mut().push(key));
+        Ok(Writer { conn, key })
     }
 }
 
 /// An explicit transaction: the writer connection, locked until commit or rollback.
 struct SqliteHeld<'a> {
-    conn: MutexGuard<'a, rusqlite::Connection>,
+    conn: Writer<'a>,
     open: bool,
 }
 
 impl SqliteHeld<'_> {
     fn finish(&mut self, sql: &str) -> Result<()> {
-        self.conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(backend_error)?;
+        self.conn.conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(backend_error)?;
         // Only now: if COMMIT failed, drop still rolls back.
         self.open = false;
         Ok(())
@@ -174,13 +205,13 @@ impl SqliteHeld<'_> {
 
 impl Connection for SqliteHeld<'_> {
     fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
-        SqliteConnection(&self.conn).execute(sql, params)
+        SqliteConnection(&self.conn.conn).execute(sql, params)
     }
     fn query(&self, sql: &str, params: &[Value], row: &mut dyn FnMut(&dyn Row) -> Result<()>) -> Result<()> {
-        SqliteConnection(&self.conn).query(sql, params, row)
+        SqliteConnection(&self.conn.conn).query(sql, params, row)
     }
     fn execute_ddl(&self, sql: &str) -> Result<()> {
-        SqliteConnection(&self.conn).execute_ddl(sql)
+        SqliteConnection(&self.conn.conn).execute_ddl(sql)
     }
 }
 
@@ -198,9 +229,9 @@ impl HeldTransaction for SqliteHeld<'_> {
 
 impl Drop for SqliteHeld<'_> {
     fn drop(&mut self) {
-        if self.open && !self.conn.is_autocommit() {
+        if self.open && !self.conn.conn.is_autocommit() {
             // Dropped without commit (or a failed commit): undo everything.
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = self.conn.conn.execute_batch("ROLLBACK");
         }
     }
 }
