@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# End-to-end test of the worker-app on the real workerd runtime:
+#
+#   1. build the Worker to wasm with worker-build (profile wasm-release, local tools only);
+#   2. serve it with workerd on 127.0.0.1 (a free port), Durable Objects on SQLite files
+#      under target/worker-app-e2e/do-storage;
+#   3. run the conformance suite over HTTP (the same scenarios `cargo test` runs natively);
+#   4. restart workerd (SIGTERM), check the data survived; write more, SIGKILL it, restart,
+#      check again;
+#   5. with --bench, measure db4 routes against hand-written SqlStorage routes.
+#
+# workerd is always stopped by its own PID (SIGTERM, then SIGKILL), whatever happens.
+#
+# Tools (.ci/run installs the pinned versions): $TOOLS/bin/worker-build,
+# $TOOLS/bin/wasm-bindgen, and under $TOOLS/node the npm packages binaryen (wasm-opt) and
+# workerd. TOOLS defaults to ~/.cache/db4-tools.
+set -euo pipefail
+
+APP_DIR="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$APP_DIR/../.." && pwd)"
+TOOLS="${TOOLS:-$HOME/.cache/db4-tools}"
+WORKER_BUILD="${WORKER_BUILD_BIN:-$TOOLS/bin/worker-build}"
+export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$TOOLS/bin/wasm-bindgen}"
+export WASM_OPT_BIN="${WASM_OPT_BIN:-$TOOLS/node/node_modules/.bin/wasm-opt}"
+WORKERD="${WORKERD_BIN:-$TOOLS/node/node_modules/@cloudflare/workerd-linux-64/bin/workerd}"
+
+BENCH=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) BENCH=1 ;;
+    *) echo "usage: $0 [--bench]" >&2; exit 2 ;;
+  esac
+done
+
+for tool in "$WORKER_BUILD" "$WASM_BINDGEN_BIN" "$WASM_OPT_BIN" "$WORKERD"; do
+  if [ ! -x "$tool" ]; then
+    echo "e2e: $tool is missing; .ci/run installs it (or set TOOLS)" >&2
+    exit 1
+  fi
+done
+command -v curl >/dev/null || { echo "e2e: curl is required" >&2; exit 1; }
+
+RUN_DIR="$ROOT/target/worker-app-e2e"
+STORAGE="$RUN_DIR/do-storage"
+CONFIG="$RUN_DIR/workerd.capnp"
+LOG="$RUN_DIR/workerd.log"
+export DB4_E2E_RUN_ID="run$(date +%s)"
+WORKERD_PID=""
+URL=""
+
+say() { printf '== e2e: %s\n' "$*"; }
+
+now() { date +%s.%N; }
+
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+
+stop_workerd() {
+  local signal="${1:-TERM}" pid="$WORKERD_PID"
+  [ -n "$pid" ] || return 0
+  WORKERD_PID=""
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "-$signal" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      say "workerd ($pid) ignored SIG$signal for 10 s: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+trap 'stop_workerd TERM' EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  local port
+  for _ in $(seq 1 100); do
+    port=$((20000 + RANDOM % 20000))
+    # Connection refused: nobody listens there.
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return 0
+    fi
+  done
+  echo "e2e: no free port found" >&2
+  return 1
+}
+
+start_workerd() {
+  local port
+  port="$(free_port)"
+  sed -e "s|@STORAGE_DIR@|$STORAGE|" -e "s|@ADDRESS@|127.0.0.1:$port|" -e "s|@BUILD_DIR@|build|" \
+    "$APP_DIR/workerd.capnp.in" >"$CONFIG"
+  # A simple command in the background: $! is workerd's own PID, not a wrapper shell's.
+  "$WORKERD" serve "$CONFIG" >>"$LOG" 2>&1 &
+  WORKERD_PID=$!
+  URL="http://127.0.0.1:$port"
+  export DB4_WORKERD_URL="$URL"
+  local started
+  started="$(now)"
+  for _ in $(seq 1 300); do
+    if ! kill -0 "$WORKERD_PID" 2>/dev/null; then
+      say "workerd exited during start-up; its log:"
+      tail -n 40 "$LOG" >&2
+      exit 1
+    fi
+    if curl -sf --max-time 2 "$URL/health" >/dev/null 2>&1; then
+      say "workerd (pid $WORKERD_PID) ready at $URL after $(since "$started") s"
+      return 0
+    fi
+    sleep 0.1
+  done
+  say "workerd not ready after 30 s; its log:"
+  tail -n 40 "$LOG" >&2
+  exit 1
+}
+
+suite() {
+  (cd "$ROOT" && cargo test -q -p worker-app --test conformance -- "$@")
+}
+
+persist() {
+  say "persistence phase: $1"
+  DB4_E2E_PERSIST="$1" suite --exact workerd_only::persistence
+}
+
+say "building the worker (worker-build --profile wasm-release)"
+started="$(now)"
+(cd "$APP_DIR" && "$WORKER_BUILD" --profile wasm-release)
+WASM="$APP_DIR/build/index_bg.wasm"
+say "built in $(since "$started") s: $(wc -c <"$WASM") bytes of wasm, $(gzip -9 -c "$WASM" | wc -c) gzipped"
+
+say "compiling the conformance suite"
+(cd "$ROOT" && cargo test -q -p worker-app --test conformance --no-run)
+
+rm -rf "$STORAGE" "$RUN_DIR/build"
+mkdir -p "$STORAGE" "$RUN_DIR/build"
+# The config embeds the modules by paths relative to itself (capnp reads a leading `/` as
+# relative to its import path, not the file system root).
+cp "$APP_DIR/build/index.js" "$WASM" "$RUN_DIR/build/"
+: >"$LOG"
+start_workerd
+
+say "conformance suite over HTTP"
+suite workerd::
+persist write
+
+say "restart (SIGTERM)"
+stop_workerd TERM
+start_workerd
+persist verify
+persist write_more
+
+say "restart (SIGKILL right after acknowledged writes)"
+stop_workerd KILL
+start_workerd
+persist verify_more
+
+files="$(find "$STORAGE" -name '*.sqlite' | wc -l)"
+say "$files Durable Object databases on disk under $STORAGE"
+[ "$files" -gt 0 ] || { say "no SQLite files: storage was not persisted to disk"; exit 1; }
+
+if [ "$BENCH" = 1 ]; then
+  say "benchmark: db4 routes against raw SqlStorage routes (DB4_BENCH_N=${DB4_BENCH_N:-2000})"
+  suite --ignored --exact workerd_only::bench --nocapture | tee "$RUN_DIR/bench.md"
+fi
+
+stop_workerd TERM
+say "passed"

@@ -1,0 +1,815 @@
+//! The HTTP API as plain Rust over a db4 [`Db`]: route → db4 calls → typed result or error →
+//! status and JSON body.
+//!
+//! Nothing here touches JavaScript, so the same functions serve the Durable Object (over
+//! `Db::durable`) and the native conformance tests (over `Db::open_in_memory`). Nothing here
+//! panics on any request: a panic inside a Durable Object leaves the request hanging.
+
+use crate::model::{Account, Article, Notification, Status, Transfer};
+use db4::{Db, Query, RetryPolicy, Transaction, TxCollection};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// Request bodies above this size are refused with 413 before they are parsed.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+/// The largest `limit` a list request may ask for (and the default).
+pub const MAX_PAGE: usize = 1000;
+/// The most ids or transfers one request may carry.
+pub const MAX_BATCH: usize = 100;
+
+/// The HTTP methods the API distinguishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `GET`
+    Get,
+    /// `POST`
+    Post,
+    /// `PUT`
+    Put,
+    /// `DELETE`
+    Delete,
+    /// Anything else (answered with 405 on known paths).
+    Other,
+}
+
+impl Method {
+    /// The method named `name` (case-sensitive, as HTTP has it).
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "GET" => Method::Get,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            _ => Method::Other,
+        }
+    }
+
+    /// Whether requests with this method carry a body worth reading.
+    pub fn has_body(self) -> bool {
+        matches!(self, Method::Post | Method::Put)
+    }
+}
+
+/// One request to a tenant's store: method, request target relative to the tenant
+/// (`/articles?status=Draft`, still percent-encoded) and body.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiRequest<'a> {
+    /// The method.
+    pub method: Method,
+    /// Path and query below `/t/{tenant}`, percent-encoded as received.
+    pub target: &'a str,
+    /// The raw body (empty if none).
+    pub body: &'a [u8],
+}
+
+/// A response: status code and JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiResponse {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The JSON body.
+    pub body: Value,
+}
+
+impl ApiResponse {
+    fn ok(body: Value) -> Self {
+        Self { status: 200, body }
+    }
+
+    fn created(body: Value) -> Self {
+        Self { status: 201, body }
+    }
+
+    /// A 500 response for a failure outside the API's own handling (for example the Durable
+    /// Object's database could not be opened).
+    pub fn internal(message: &str) -> Self {
+        Self { status: 500, body: json!({ "error": "internal", "message": message }) }
+    }
+}
+
+/// Everything a request can fail with, each mapped to one status code.
+#[derive(Debug)]
+pub enum ApiError {
+    /// A db4 error; its status depends on the variant (see [`db_status`]).
+    Db(db4::Error),
+    /// The body is not the JSON the route expects.
+    BadJson(String),
+    /// A path segment or query parameter is malformed or unknown.
+    InvalidParam(String),
+    /// A value is acceptable JSON but not acceptable to the app.
+    InvalidValue {
+        /// The field holding it.
+        field: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The body is larger than [`MAX_BODY_BYTES`].
+    BodyTooLarge(usize),
+    /// The account does not hold enough for the transfer.
+    InsufficientFunds {
+        /// The account to debit.
+        account: String,
+        /// Its balance.
+        balance: i64,
+        /// The amount asked for.
+        amount: i64,
+    },
+    /// No route has this path.
+    NoRoute,
+    /// The path exists, not with this method.
+    MethodNotAllowed,
+}
+
+impl From<db4::Error> for ApiError {
+    fn from(e: db4::Error) -> Self {
+        ApiError::Db(e)
+    }
+}
+
+/// The status code and error code for a db4 error.
+pub fn db_status(e: &db4::Error) -> (u16, &'static str) {
+    use db4::{BackendErrorKind as K, Error as E};
+    match e {
+        E::NotFound { .. } => (404, "not_found"),
+        E::AlreadyExists { .. } => (409, "already_exists"),
+        E::Conflict { .. } => (409, "conflict"),
+        E::InvalidQuery { .. } => (400, "invalid_query"),
+        E::InvalidValue { .. } => (400, "invalid_value"),
+        E::TooLarge { .. } => (413, "too_large"),
+        E::Backend(b) => match b.kind() {
+            K::TooBig => (413, "too_large"),
+            // The Durable Object refuses integers it cannot hold exactly (beyond 2^53).
+            K::Unsupported => (400, "unsupported_value"),
+            K::Busy => (503, "busy"),
+            _ => (500, "internal"),
+        },
+        _ => (500, "internal"),
+    }
+}
+
+impl ApiError {
+    /// The HTTP status code.
+    pub fn status(&self) -> u16 {
+        self.parts().0
+    }
+
+    /// The machine-readable error code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+
+    fn parts(&self) -> (u16, &'static str) {
+        match self {
+            ApiError::Db(e) => db_status(e),
+            ApiError::BadJson(_) => (400, "bad_json"),
+            ApiError::InvalidParam(_) => (400, "invalid_query"),
+            ApiError::InvalidValue { .. } => (400, "invalid_value"),
+            ApiError::BodyTooLarge(_) => (413, "too_large"),
+            ApiError::InsufficientFunds { .. } => (422, "insufficient_funds"),
+            ApiError::NoRoute => (404, "no_route"),
+            ApiError::MethodNotAllowed => (405, "method_not_allowed"),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::Db(e) => e.to_string(),
+            ApiError::BadJson(m) => format!("malformed request body: {m}"),
+            ApiError::InvalidParam(m) => m.clone(),
+            ApiError::InvalidValue { field, reason } => format!("invalid value in field `{field}`: {reason}"),
+            ApiError::BodyTooLarge(n) => format!("request body of {n} bytes is above the limit of {MAX_BODY_BYTES}"),
+            ApiError::InsufficientFunds { account, balance, amount } => {
+                format!("account {account} holds {balance}, cannot send {amount}")
+            }
+            ApiError::NoRoute => "no such route".to_owned(),
+            ApiError::MethodNotAllowed => "method not allowed on this path".to_owned(),
+        }
+    }
+
+    /// The error as a response: `{"error": code, "message": ..., context...}`.
+    pub fn to_response(&self) -> ApiResponse {
+        let (status, code) = self.parts();
+        let mut body = json!({ "error": code, "message": self.message() });
+        if let Value::Object(map) = &mut body {
+            for (k, v) in self.context() {
+                map.insert(k.to_owned(), v);
+            }
+        }
+        ApiResponse { status, body }
+    }
+
+    fn context(&self) -> Vec<(&'static str, Value)> {
+        use db4::Error as E;
+        match self {
+            ApiError::Db(E::NotFound { collection, id } | E::AlreadyExists { collection, id }) => {
+                vec![("collection", json!(collection)), ("id", json!(id))]
+            }
+            ApiError::Db(E::Conflict { collection, id, expected, actual }) => vec![
+                ("collection", json!(collection)),
+                ("id", json!(id)),
+                ("expected", json!(expected)),
+                ("actual", json!(actual)),
+            ],
+            ApiError::Db(E::TooLarge { collection, id, size, limit }) => vec![
+                ("collection", json!(collection)),
+                ("id", json!(id)),
+                ("size", json!(size)),
+                ("limit", json!(limit)),
+            ],
+            ApiError::Db(E::InvalidValue { collection, field, .. }) => {
+                vec![("collection", json!(collection)), ("field", json!(field))]
+            }
+            ApiError::InvalidValue { field, .. } => vec![("field", json!(field))],
+            ApiError::InsufficientFunds { account, balance, amount } => {
+                vec![("account", json!(account)), ("balance", json!(balance)), ("amount", json!(amount))]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+type ApiResult<T = ApiResponse> = Result<T, ApiError>;
+
+/// Answers one request against a tenant's database. Never panics.
+pub fn handle(db: &Db, tenant: &str, req: &ApiRequest<'_>) -> ApiResponse {
+    dispatch(db, tenant, req).unwrap_or_else(|e| e.to_response())
+}
+
+fn dispatch(db: &Db, tenant: &str, req: &ApiRequest<'_>) -> ApiResult {
+    if req.body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::BodyTooLarge(req.body.len()));
+    }
+    let Target { segments, query } = split_target(req.target)?;
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let body = req.body;
+    use Method::{Delete, Get, Post, Put};
+    match (req.method, segs.as_slice()) {
+        (Get, ["articles"]) => list_articles(db, &query),
+        (Post, ["articles"]) => create_article(db, tenant, body),
+        (Post, ["articles", "bulk"]) => bulk_articles(db, tenant, body),
+        (Post, ["articles", "touch"]) => touch_articles(db, body),
+        (Get, ["articles", id]) => get_article(db, id),
+        (Put, ["articles", id]) => update_article(db, tenant, id, body),
+        (Delete, ["articles", id]) => delete_article(db, id),
+        (Post, ["articles", id, "increment"]) => increment_article(db, id, body),
+        (Post, ["articles", id, "cas"]) => cas_article(db, id, body),
+        (Post, ["articles", id, "publish"]) => publish_article(db, id),
+        (Post, ["accounts"]) => create_account(db, body),
+        (Get, ["accounts", id]) => get_account(db, id),
+        (Post, ["accounts", id, "deposit"]) => deposit(db, id, body),
+        (Post, ["transfers"]) => create_transfer(db, body),
+        (Post, ["transfers", "batch"]) => batch_transfers(db, body),
+        (Get, ["transfers", id]) => get_transfer(db, id),
+        (Get, ["notifications"]) => list_notifications(db, &query),
+        (_, ["articles" | "accounts" | "transfers" | "notifications"])
+        | (_, ["articles" | "accounts" | "transfers", _])
+        | (_, ["articles", _, "increment" | "cas" | "publish"])
+        | (_, ["accounts", _, "deposit"]) => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::NoRoute),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Articles
+
+fn list_articles(db: &Db, query: &[(String, String)]) -> ApiResult {
+    let filter = ArticleFilter::parse(query)?;
+    let articles = db.collection::<Article>()?;
+    let total = filter.apply(articles.query()).count()?;
+    let items = filter.page(filter.apply(articles.query())).all()?;
+    Ok(ApiResponse::ok(json!({ "items": items, "total": total })))
+}
+
+fn create_article(db: &Db, tenant: &str, body: &[u8]) -> ApiResult {
+    let mut doc: Article = parse_json(body)?;
+    own_tenant(&mut doc, tenant)?;
+    db.collection::<Article>()?.insert(&doc)?;
+    Ok(ApiResponse::created(json!(doc)))
+}
+
+fn bulk_articles(db: &Db, tenant: &str, body: &[u8]) -> ApiResult {
+    let mut docs: Vec<Article> = parse_json(body)?;
+    check_batch(docs.len())?;
+    for doc in &mut docs {
+        own_tenant(doc, tenant)?;
+    }
+    db.collection::<Article>()?.insert_many(&docs)?;
+    Ok(ApiResponse::created(json!({ "inserted": docs.len() })))
+}
+
+fn get_article(db: &Db, id: &str) -> ApiResult {
+    let doc = db.collection::<Article>()?.get(id)?.ok_or_else(|| not_found("articles", id))?;
+    Ok(ApiResponse::ok(json!(doc)))
+}
+
+fn update_article(db: &Db, tenant: &str, id: &str, body: &[u8]) -> ApiResult {
+    let mut doc: Article = parse_json(body)?;
+    if doc.id.is_empty() {
+        doc.id = id.to_owned();
+    } else if doc.id != id {
+        return Err(invalid_value("id", format!("the body's id {:?} is not the path's {id:?}", doc.id)));
+    }
+    own_tenant(&mut doc, tenant)?;
+    db.collection::<Article>()?.update(&doc)?;
+    doc.version = doc.version.saturating_add(1);
+    Ok(ApiResponse::ok(json!(doc)))
+}
+
+fn delete_article(db: &Db, id: &str) -> ApiResult {
+    if !db.collection::<Article>()?.delete(id)? {
+        return Err(not_found("articles", id));
+    }
+    Ok(ApiResponse::ok(json!({ "deleted": id })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncrementBody {
+    field: String,
+    by: i64,
+}
+
+fn increment_article(db: &Db, id: &str, body: &[u8]) -> ApiResult {
+    let req: IncrementBody = parse_json(body)?;
+    if req.field != "views" {
+        return Err(ApiError::InvalidParam(format!("field {:?} cannot be incremented (only `views`)", req.field)));
+    }
+    let value = db.collection::<Article>()?.increment(id, Article::fields().views, req.by)?;
+    Ok(ApiResponse::ok(json!({ "field": "views", "value": value })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasBody {
+    expected: Status,
+    new: Status,
+}
+
+fn cas_article(db: &Db, id: &str, body: &[u8]) -> ApiResult {
+    let req: CasBody = parse_json(body)?;
+    let out = db.collection::<Article>()?.compare_and_swap(id, Article::fields().status, req.expected, req.new)?;
+    Ok(ApiResponse::ok(json!({ "swapped": out.swapped, "current": out.current })))
+}
+
+fn publish_article(db: &Db, id: &str) -> ApiResult {
+    // Optimistic read-modify-write. Inside a Durable Object no other request runs between the
+    // read and the write (the code is synchronous), so it never needs a retry there.
+    let doc = db.collection::<Article>()?.update_with(id, RetryPolicy::default(), |a| a.status = Status::Published)?;
+    Ok(ApiResponse::ok(json!(doc)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TouchBody {
+    ids: Vec<String>,
+}
+
+/// Adds one view to each listed article, all in one transaction: the 10-update transaction of
+/// the benchmark.
+fn touch_articles(db: &Db, body: &[u8]) -> ApiResult {
+    let req: TouchBody = parse_json(body)?;
+    check_batch(req.ids.len())?;
+    let updated = in_transaction(db, |tx| {
+        let articles = tx.collection::<Article>()?;
+        for id in &req.ids {
+            let mut doc = articles.get(id.as_str())?.ok_or_else(|| not_found("articles", id))?;
+            doc.views = doc.views.saturating_add(1);
+            articles.update(&doc)?;
+        }
+        Ok(req.ids.len())
+    })?;
+    Ok(ApiResponse::ok(json!({ "updated": updated })))
+}
+
+/// The filters, order and page of `GET /articles`, from its query string.
+#[derive(Debug, Default)]
+struct ArticleFilter {
+    status: Option<Status>,
+    views_gte: Option<i64>,
+    views_lte: Option<i64>,
+    created_from: Option<i64>,
+    created_to: Option<i64>,
+    title_prefix: Option<String>,
+    order: Option<(SortKey, bool)>,
+    limit: Option<usize>,
+    offset: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SortKey {
+    CreatedAt,
+    Views,
+    Title,
+}
+
+impl ArticleFilter {
+    fn parse(query: &[(String, String)]) -> ApiResult<Self> {
+        let mut f = Self::default();
+        for (key, value) in query {
+            match key.as_str() {
+                "status" => {
+                    f.status = Some(
+                        Status::parse(value).ok_or_else(|| bad_param(key, value, "Draft, Published or Archived"))?,
+                    );
+                }
+                "views_gte" => f.views_gte = Some(int_param(key, value)?),
+                "views_lte" => f.views_lte = Some(int_param(key, value)?),
+                "created_from" => f.created_from = Some(int_param(key, value)?),
+                "created_to" => f.created_to = Some(int_param(key, value)?),
+                "title_prefix" => f.title_prefix = Some(value.clone()),
+                "order" => {
+                    let (name, descending) = match value.strip_prefix('-') {
+                        Some(name) => (name, true),
+                        None => (value.as_str(), false),
+                    };
+                    let by = match name {
+                        "created_at" => SortKey::CreatedAt,
+                        "views" => SortKey::Views,
+                        "title" => SortKey::Title,
+                        _ => return Err(bad_param(key, value, "created_at, views or title, `-` for descending")),
+                    };
+                    f.order = Some((by, descending));
+                }
+                "limit" => {
+                    let n: usize = value.parse().map_err(|_| bad_param(key, value, "a number"))?;
+                    if n == 0 || n > MAX_PAGE {
+                        return Err(bad_param(key, value, "between 1 and 1000"));
+                    }
+                    f.limit = Some(n);
+                }
+                "offset" => f.offset = value.parse().map_err(|_| bad_param(key, value, "a number"))?,
+                _ => return Err(ApiError::InvalidParam(format!("unknown query parameter {key:?}"))),
+            }
+        }
+        Ok(f)
+    }
+
+    fn apply<'c>(&self, mut q: Query<'c, Article>) -> Query<'c, Article> {
+        let f = Article::fields();
+        if let Some(s) = self.status {
+            q = q.filter(f.status.eq(s));
+        }
+        if let Some(n) = self.views_gte {
+            q = q.filter(f.views.gte(n));
+        }
+        if let Some(n) = self.views_lte {
+            q = q.filter(f.views.lte(n));
+        }
+        q = match (self.created_from, self.created_to) {
+            (Some(a), Some(b)) => q.filter(f.created_at.between(a, b)),
+            (Some(a), None) => q.filter(f.created_at.gte(a)),
+            (None, Some(b)) => q.filter(f.created_at.lte(b)),
+            (None, None) => q,
+        };
+        if let Some(p) = &self.title_prefix {
+            q = q.filter(f.title.starts_with(p.as_str()));
+        }
+        q
+    }
+
+    fn page<'c>(&self, mut q: Query<'c, Article>) -> Query<'c, Article> {
+        let f = Article::fields();
+        if let Some((by, descending)) = self.order {
+            q = match (by, descending) {
+                (SortKey::CreatedAt, false) => q.order_by(f.created_at.asc()),
+                (SortKey::CreatedAt, true) => q.order_by(f.created_at.desc()),
+                (SortKey::Views, false) => q.order_by(f.views.asc()),
+                (SortKey::Views, true) => q.order_by(f.views.desc()),
+                (SortKey::Title, false) => q.order_by(f.title.asc()),
+                (SortKey::Title, true) => q.order_by(f.title.desc()),
+            };
+        }
+        // A stable order for equal keys, so pages do not overlap.
+        q.order_by(f.id.asc()).limit(self.limit.unwrap_or(MAX_PAGE)).offset(self.offset)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts and transfers
+
+fn create_account(db: &Db, body: &[u8]) -> ApiResult {
+    let doc: Account = parse_json(body)?;
+    if doc.balance < 0 {
+        return Err(invalid_value("balance", "a new account's balance cannot be negative".to_owned()));
+    }
+    db.collection::<Account>()?.insert(&doc)?;
+    Ok(ApiResponse::created(json!(doc)))
+}
+
+fn get_account(db: &Db, id: &str) -> ApiResult {
+    let doc = db.collection::<Account>()?.get(id)?.ok_or_else(|| not_found("accounts", id))?;
+    Ok(ApiResponse::ok(json!(doc)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DepositBody {
+    amount: i64,
+}
+
+fn deposit(db: &Db, id: &str, body: &[u8]) -> ApiResult {
+    let req: DepositBody = parse_json(body)?;
+    if req.amount <= 0 {
+        return Err(invalid_value("amount", "a deposit must be positive".to_owned()));
+    }
+    let balance = db.collection::<Account>()?.increment(id, Account::fields().balance, req.amount)?;
+    Ok(ApiResponse::ok(json!({ "id": id, "balance": balance })))
+}
+
+/// A transfer as requested by a client.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    id: String,
+    from: String,
+    to: String,
+    amount: i64,
+    /// If set, a notification with this id is left for the recipient, unless one with this
+    /// id already exists: then the transfer goes through without it.
+    #[serde(default)]
+    notify: Option<String>,
+}
+
+fn create_transfer(db: &Db, body: &[u8]) -> ApiResult {
+    let req: TransferBody = parse_json(body)?;
+    let done = in_transaction(db, |tx| transfer(tx, &req))?;
+    Ok(ApiResponse::created(json!(done)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    /// All transfers or none; otherwise each failed transfer is undone alone.
+    #[serde(default)]
+    atomic: bool,
+    transfers: Vec<TransferBody>,
+}
+
+fn batch_transfers(db: &Db, body: &[u8]) -> ApiResult {
+    let req: BatchBody = parse_json(body)?;
+    check_batch(req.transfers.len())?;
+    let results = in_transaction(db, |tx| {
+        let mut results = Vec::with_capacity(req.transfers.len());
+        for t in &req.transfers {
+            match nested(tx, |tx| transfer(tx, t)) {
+                Ok(done) => results.push(json!({ "id": t.id, "ok": true, "transfer": done.transfer })),
+                Err(e) if !req.atomic => results.push(json!({
+                    "id": t.id, "ok": false, "status": e.status(), "error": e.code(),
+                })),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(results)
+    })?;
+    Ok(ApiResponse::ok(json!({ "results": results })))
+}
+
+fn get_transfer(db: &Db, id: &str) -> ApiResult {
+    let doc = db.collection::<Transfer>()?.get(id)?.ok_or_else(|| not_found("transfers", id))?;
+    Ok(ApiResponse::ok(json!(doc)))
+}
+
+fn list_notifications(db: &Db, query: &[(String, String)]) -> ApiResult {
+    let mut account = None;
+    for (key, value) in query {
+        match key.as_str() {
+            "account" => account = Some(value.as_str()),
+            _ => return Err(ApiError::InvalidParam(format!("unknown query parameter {key:?}"))),
+        }
+    }
+    let account = account.ok_or_else(|| ApiError::InvalidParam("the `account` parameter is required".into()))?;
+    let f = Notification::fields();
+    let items = db.collection::<Notification>()?.query().filter(f.account.eq(account)).order_by(f.id.asc()).all()?;
+    Ok(ApiResponse::ok(json!({ "items": items })))
+}
+
+/// A committed transfer and the balances it left.
+#[derive(Debug, serde::Serialize)]
+struct TransferDone {
+    transfer: Transfer,
+    balances: serde_json::Map<String, Value>,
+}
+
+/// Moves `amount` between two accounts inside `tx`, then (after a savepoint) tries to leave
+/// the recipient a notification: if that fails, only the notification part is rolled back.
+fn transfer(tx: &Transaction<'_>, t: &TransferBody) -> ApiResult<TransferDone> {
+    if t.amount <= 0 {
+        return Err(invalid_value("amount", "a transfer must be positive".to_owned()));
+    }
+    if t.from == t.to {
+        return Err(invalid_value("to", "cannot transfer to the same account".to_owned()));
+    }
+    let accounts = tx.collection::<Account>()?;
+    let mut from = accounts.get(t.from.as_str())?.ok_or_else(|| not_found("accounts", &t.from))?;
+    let mut to = accounts.get(t.to.as_str())?.ok_or_else(|| not_found("accounts", &t.to))?;
+    if from.balance < t.amount {
+        return Err(ApiError::InsufficientFunds { account: from.id, balance: from.balance, amount: t.amount });
+    }
+    from.balance -= t.amount;
+    to.balance = to.balance.checked_add(t.amount).ok_or_else(|| invalid_value("amount", "overflow".to_owned()))?;
+    accounts.update(&from)?;
+    accounts.update(&to)?;
+
+    tx.savepoint("notify")?;
+    let notified = match t.notify.as_deref() {
+        None => false,
+        Some(key) => match notify(tx, &accounts, key, t) {
+            Ok(()) => true,
+            // Storage failures abort the transfer; anything else only drops the notice.
+            Err(e @ db4::Error::Backend(_)) => return Err(e.into()),
+            Err(_) => {
+                tx.rollback_to("notify")?;
+                false
+            }
+        },
+    };
+    tx.release("notify")?;
+
+    let transfer = Transfer { id: t.id.clone(), from: t.from.clone(), to: t.to.clone(), amount: t.amount, notified };
+    tx.collection::<Transfer>()?.insert(&transfer)?;
+    let to_balance = accounts.get(t.to.as_str())?.map_or(to.balance, |a| a.balance);
+    let mut balances = serde_json::Map::new();
+    balances.insert(from.id, json!(from.balance));
+    balances.insert(to.id, json!(to_balance));
+    Ok(TransferDone { transfer, balances })
+}
+
+fn notify(tx: &Transaction<'_>, accounts: &TxCollection<'_, Account>, key: &str, t: &TransferBody) -> db4::Result<()> {
+    accounts.increment(t.to.as_str(), Account::fields().notifications, 1)?;
+    let text = format!("{} sent you {}", t.from, t.amount);
+    tx.collection::<Notification>()?.insert(&Notification { id: key.to_owned(), account: t.to.clone(), text })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactions with application errors
+
+/// The error db4 sees when the application aborts a transaction for its own reasons.
+const ABORTED: &str = "aborted by the application";
+
+fn stash(e: ApiError, failure: &mut Option<ApiError>) -> db4::Error {
+    match e {
+        ApiError::Db(e) => e,
+        other => {
+            *failure = Some(other);
+            db4::Error::InvalidQuery { collection: String::new(), reason: ABORTED.to_owned() }
+        }
+    }
+}
+
+fn finish<R>(out: db4::Result<R>, failure: Option<ApiError>) -> ApiResult<R> {
+    match (out, failure) {
+        (Ok(r), _) => Ok(r),
+        (Err(db4::Error::InvalidQuery { collection, reason }), Some(app))
+            if collection.is_empty() && reason == ABORTED =>
+        {
+            Err(app)
+        }
+        (Err(e), _) => Err(ApiError::Db(e)),
+    }
+}
+
+/// Runs `f` in a db4 transaction; an application error rolls it back like a db4 error does.
+fn in_transaction<R>(db: &Db, f: impl FnOnce(&Transaction<'_>) -> ApiResult<R>) -> ApiResult<R> {
+    let mut failure = None;
+    let out = db.transaction(|tx| f(tx).map_err(|e| stash(e, &mut failure)));
+    finish(out, failure)
+}
+
+/// Runs `f` as a nested transaction of `tx`: on any error only `f`'s writes are undone.
+fn nested<R>(tx: &Transaction<'_>, f: impl FnOnce(&Transaction<'_>) -> ApiResult<R>) -> ApiResult<R> {
+    let mut failure = None;
+    let out = tx.transaction(|tx| f(tx).map_err(|e| stash(e, &mut failure)));
+    finish(out, failure)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing helpers
+
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    if body.is_empty() {
+        return Err(ApiError::BadJson("the body is empty".to_owned()));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
+fn own_tenant(doc: &mut Article, tenant: &str) -> ApiResult<()> {
+    if doc.tenant_id.is_empty() {
+        doc.tenant_id = tenant.to_owned();
+    } else if doc.tenant_id != tenant {
+        return Err(invalid_value("tenant_id", format!("{:?} is not this tenant ({tenant:?})", doc.tenant_id)));
+    }
+    Ok(())
+}
+
+fn check_batch(n: usize) -> ApiResult<()> {
+    if n > MAX_BATCH {
+        return Err(ApiError::InvalidParam(format!("{n} items in one request; the limit is {MAX_BATCH}")));
+    }
+    Ok(())
+}
+
+fn not_found(collection: &str, id: &str) -> ApiError {
+    ApiError::Db(db4::Error::NotFound { collection: collection.to_owned(), id: id.to_owned() })
+}
+
+fn invalid_value(field: &'static str, reason: String) -> ApiError {
+    ApiError::InvalidValue { field, reason }
+}
+
+fn bad_param(key: &str, value: &str, expected: &str) -> ApiError {
+    ApiError::InvalidParam(format!("query parameter {key}={value:?}: expected {expected}"))
+}
+
+fn int_param(key: &str, value: &str) -> ApiResult<i64> {
+    value.parse().map_err(|_| bad_param(key, value, "an integer"))
+}
+
+/// Splits a Worker path `/t/{tenant}/rest...` into the tenant and the rest (`/rest...`, empty
+/// if none); `None` if the path does not start with `/t/` or the tenant name is not valid.
+///
+/// Tenant names are 1 to 64 ASCII letters, digits, `-` or `_`: one Durable Object each.
+pub fn tenant_of(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/t/")?;
+    let (tenant, rest) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let valid =
+        (1..=64).contains(&tenant.len()) && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    valid.then_some((tenant, rest))
+}
+
+/// A request target, decoded.
+pub(crate) struct Target {
+    /// The path's segments.
+    pub segments: Vec<String>,
+    /// The query's `key=value` pairs, in order.
+    pub query: Vec<(String, String)>,
+}
+
+/// Splits a request target into decoded path segments and decoded query pairs.
+pub(crate) fn split_target(target: &str) -> ApiResult<Target> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let segments =
+        path.split('/').filter(|s| !s.is_empty()).map(|s| percent_decode(s, false)).collect::<ApiResult<Vec<_>>>()?;
+    let mut pairs = Vec::new();
+    for part in query.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        pairs.push((percent_decode(k, true)?, percent_decode(v, true)?));
+    }
+    Ok(Target { segments, query: pairs })
+}
+
+/// Decodes `%XX` escapes (and `+` as a space in query strings); refuses malformed escapes
+/// and invalid UTF-8.
+pub fn percent_decode(s: &str, plus_is_space: bool) -> ApiResult<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
+                let byte = byte.ok_or_else(|| ApiError::InvalidParam(format!("malformed percent escape in {s:?}")))?;
+                out.push(byte);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::InvalidParam(format!("{s:?} does not decode to UTF-8")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_refuses_bad_input_without_panicking() {
+        assert_eq!(percent_decode("a%20b", false).ok().as_deref(), Some("a b"));
+        assert_eq!(percent_decode("a+b", true).ok().as_deref(), Some("a b"));
+        assert_eq!(percent_decode("a+b", false).ok().as_deref(), Some("a+b"));
+        for bad in ["%", "%2", "%zz", "%ff", "%e2%82"] {
+            assert!(percent_decode(bad, false).is_err(), "{bad}");
+        }
+        assert_eq!(percent_decode("%E2%82%AC", false).ok().as_deref(), Some("€"));
+    }
+
+    #[test]
+    fn tenants_come_from_the_path() {
+        assert_eq!(tenant_of("/t/acme/articles/a-1"), Some(("acme", "/articles/a-1")));
+        assert_eq!(tenant_of("/t/acme"), Some(("acme", "")));
+        for bad in ["/t//articles", "/t/a%20b/x", "/articles", "/t/", &format!("/t/{}/x", "a".repeat(65))] {
+            assert_eq!(tenant_of(bad), None, "{bad}");
+        }
+    }
+}

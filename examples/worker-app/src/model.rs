@@ -1,0 +1,125 @@
+//! The documents the app stores: articles, accounts, transfers between accounts and the
+//! notifications a transfer may leave for its recipient.
+
+use db4::Document;
+use serde::{Deserialize, Serialize};
+
+/// Where an article is in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Status {
+    /// Being written (the default).
+    #[default]
+    Draft,
+    /// Visible to readers.
+    Published,
+    /// Withdrawn.
+    Archived,
+}
+
+impl Status {
+    /// Parses the name used in JSON and query strings (`Draft`, `Published`, `Archived`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Draft" => Some(Status::Draft),
+            "Published" => Some(Status::Published),
+            "Archived" => Some(Status::Archived),
+            _ => None,
+        }
+    }
+}
+
+/// An article of one tenant (the README's document).
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(collection = "articles")]
+pub struct Article {
+    /// The article's id, unique within its tenant.
+    #[id]
+    #[serde(default)]
+    pub id: String,
+    /// The tenant owning the article; set from the request path.
+    #[partition_key]
+    #[serde(default)]
+    pub tenant_id: String,
+    /// The title.
+    #[fts(weight = 2.0)]
+    pub title: String,
+    /// The text.
+    #[fts]
+    #[serde(default)]
+    pub body: String,
+    /// Free-form tags.
+    #[fts(weight = 1.5)]
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Draft, published or archived.
+    #[index]
+    #[serde(default)]
+    pub status: Status,
+    /// Creation time, seconds since the Unix epoch.
+    #[range_index]
+    #[serde(default)]
+    pub created_at: i64,
+    /// The optimistic-locking version: send back the one you read when updating.
+    #[version]
+    #[serde(default)]
+    pub version: u64,
+    /// How often the article was read.
+    #[serde(default)]
+    pub views: i64,
+}
+
+/// A bank-style account whose balance moves only through transfers and deposits.
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(collection = "accounts")]
+pub struct Account {
+    /// The account's id.
+    #[id]
+    pub id: String,
+    /// Who owns it.
+    #[index]
+    #[serde(default)]
+    pub owner: String,
+    /// The balance in the smallest currency unit; never negative.
+    #[serde(default)]
+    pub balance: i64,
+    /// How many notifications the account received.
+    #[serde(default)]
+    pub notifications: i64,
+    /// The optimistic-locking version.
+    #[version]
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// A committed transfer between two accounts.
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(collection = "transfers")]
+pub struct Transfer {
+    /// The transfer's id, chosen by the client: a transfer id is used once.
+    #[id]
+    pub id: String,
+    /// The debited account.
+    #[index]
+    pub from: String,
+    /// The credited account.
+    #[index]
+    pub to: String,
+    /// The amount moved.
+    pub amount: i64,
+    /// Whether the recipient got a notification.
+    pub notified: bool,
+}
+
+/// A message left for an account's owner.
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(collection = "notifications")]
+pub struct Notification {
+    /// The notification's id (a client-chosen idempotency key).
+    #[id]
+    pub id: String,
+    /// The account it is for.
+    #[index]
+    pub account: String,
+    /// The message.
+    pub text: String,
+}

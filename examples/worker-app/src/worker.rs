@@ -1,0 +1,90 @@
+//! The Cloudflare glue: the Worker routes `/t/{tenant}/...` to that tenant's Durable Object,
+//! which answers with [`api::handle`] over its own SQLite storage (or [`raw`] for `/raw/...`).
+//!
+//! This code only runs inside workerd (natively it compiles, and would panic on the first
+//! call into JavaScript); the logic it calls is tested natively.
+
+use crate::api::{self, ApiError, ApiRequest, ApiResponse, Method};
+use crate::raw;
+use db4::Db;
+use serde_json::json;
+use std::cell::{Cell, OnceCell};
+use worker::{Context, DurableObject, Env, Request, Response, Result, State, durable_object, event};
+
+/// The Durable Object namespace binding (see `wrangler.toml`).
+pub const BINDING: &str = "TENANTS";
+
+fn respond(r: &ApiResponse) -> Result<Response> {
+    Ok(Response::from_json(&r.body)?.with_status(r.status))
+}
+
+/// The Worker: health check, then one Durable Object per tenant (`idFromName(tenant)`).
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    match forward(req, &env).await {
+        Ok(resp) => Ok(resp),
+        Err(e) => respond(&ApiResponse::internal(&e.to_string())),
+    }
+}
+
+async fn forward(req: Request, env: &Env) -> Result<Response> {
+    let url = req.url()?;
+    if url.path() == "/health" {
+        return respond(&ApiResponse { status: 200, body: json!({ "ok": true }) });
+    }
+    let Some((tenant, _)) = api::tenant_of(url.path()) else {
+        return respond(&ApiError::NoRoute.to_response());
+    };
+    let stub = env.durable_object(BINDING)?.id_from_name(tenant)?.get_stub()?;
+    stub.fetch_with_request(req).await
+}
+
+/// One tenant's store: a Durable Object whose SQLite storage holds the tenant's documents.
+#[durable_object(fetch)]
+pub struct TenantStore {
+    state: State,
+    /// Opened on the first request; an error is kept and reported on each request.
+    db: OnceCell<std::result::Result<Db, String>>,
+    /// Whether the raw routes' table exists.
+    raw_schema: Cell<bool>,
+}
+
+impl TenantStore {
+    fn db(&self) -> std::result::Result<&Db, &str> {
+        self.db
+            .get_or_init(|| Db::durable(&self.state.storage()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
+
+impl DurableObject for TenantStore {
+    fn new(state: State, _env: Env) -> Self {
+        Self { state, db: OnceCell::new(), raw_schema: Cell::new(false) }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let url = req.url()?;
+        let Some((tenant, rest)) = api::tenant_of(url.path()) else {
+            return respond(&ApiError::NoRoute.to_response());
+        };
+        let tenant = tenant.to_owned();
+        let mut target = rest.to_owned();
+        if let Some(q) = url.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        let method = Method::parse(req.method().as_ref());
+        let body = if method.has_body() { req.bytes().await? } else { Vec::new() };
+        let api_req = ApiRequest { method, target: &target, body: &body };
+        let resp = if target.starts_with("/raw/") {
+            raw::handle(&self.state.storage(), &api_req, &tenant, &self.raw_schema)
+        } else {
+            match self.db() {
+                Ok(db) => api::handle(db, &tenant, &api_req),
+                Err(message) => ApiResponse::internal(message),
+            }
+        };
+        respond(&resp)
+    }
+}

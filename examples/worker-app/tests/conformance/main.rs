@@ -1,0 +1,52 @@
+//! One conformance suite, two backends.
+//!
+//! Every scenario in [`scenarios`] runs twice: `native::*` calls the app's handlers in-process
+//! over db4's embedded SQLite (part of `cargo test --workspace`), and `workerd::*` sends the
+//! same requests over HTTP to the wasm build served by real workerd, on Durable Object
+//! storage. The `workerd` tests do nothing unless `DB4_WORKERD_URL` is set; `e2e.sh` builds
+//! the worker, starts workerd and sets it.
+
+mod client;
+mod scenarios;
+mod target;
+mod workerd_only;
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        /// The scenarios on db4's native SQLite backend, in-process.
+        mod native {
+            $(
+                #[test]
+                fn $name() {
+                    crate::scenarios::$name(&crate::target::Native::new());
+                }
+            )*
+        }
+
+        /// The scenarios over HTTP against workerd (`DB4_WORKERD_URL`).
+        mod workerd {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(target) = crate::target::Http::from_env() {
+                        crate::scenarios::$name(&target);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    routing,
+    article_crud,
+    error_statuses,
+    occ_conflict,
+    cas_and_increment,
+    queries,
+    transfer_with_savepoint,
+    nested_rollback,
+    touch_transaction,
+    tenants_are_isolated,
+    large_integers,
+);

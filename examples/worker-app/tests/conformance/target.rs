@@ -1,0 +1,129 @@
+//! What the scenarios run against: the app's handlers natively over in-memory db4 databases
+//! (one per tenant, as one Durable Object per tenant), or the app served by real workerd.
+
+use crate::client::Conn;
+use db4::Db;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use worker_app::api::{self, ApiRequest, Method};
+
+/// Which backend answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// db4 on its embedded SQLite (rusqlite), called in-process.
+    Native,
+    /// The wasm build inside workerd, over HTTP, on Durable Object storage.
+    Workerd,
+}
+
+/// A response as the scenarios see it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// Something that answers the app's HTTP API.
+pub trait Target {
+    /// Sends `method path` (path from the root: `/t/{tenant}/...`) with an optional body.
+    fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Reply;
+
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// A tenant name unique to this scenario and run (workerd keeps its storage between runs).
+    fn tenant(&self, scenario: &str) -> String;
+}
+
+/// The handlers of `worker_app::api`, called directly.
+pub struct Native {
+    dbs: Mutex<HashMap<String, Db>>,
+}
+
+impl Native {
+    pub fn new() -> Self {
+        Self { dbs: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl Target for Native {
+    fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Reply {
+        // The Worker's own routing, as in src/worker.rs.
+        let (path_only, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        if path_only == "/health" {
+            return Reply { status: 200, body: serde_json::json!({ "ok": true }) };
+        }
+        let Some((tenant, rest)) = api::tenant_of(path_only) else {
+            let r = api::ApiError::NoRoute.to_response();
+            return Reply { status: r.status, body: r.body };
+        };
+        let db = {
+            let mut dbs = self.dbs.lock().unwrap();
+            dbs.entry(tenant.to_owned()).or_insert_with(|| Db::open_in_memory().expect("in-memory database")).clone()
+        };
+        let target = match query {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_owned(),
+        };
+        let req = ApiRequest { method: Method::parse(method), target: &target, body: body.unwrap_or_default() };
+        let r = api::handle(&db, tenant, &req);
+        // Through text, as over HTTP.
+        let text = serde_json::to_string(&r.body).expect("serializable body");
+        Reply { status: r.status, body: serde_json::from_str(&text).expect("JSON body") }
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Native
+    }
+
+    fn tenant(&self, scenario: &str) -> String {
+        scenario.to_owned()
+    }
+}
+
+/// The app on workerd, at `DB4_WORKERD_URL` (for example `http://127.0.0.1:8787`).
+pub struct Http {
+    pub host: String,
+    run: String,
+}
+
+impl Http {
+    /// The target named by `DB4_WORKERD_URL`, or `None` (the workerd tests are skipped).
+    pub fn from_env() -> Option<Self> {
+        let url = std::env::var("DB4_WORKERD_URL").ok()?;
+        let host = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let run = std::env::var("DB4_E2E_RUN_ID").unwrap_or_else(|_| {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            format!("{}-{}", t.as_secs(), std::process::id())
+        });
+        Some(Self { host, run })
+    }
+}
+
+impl Target for Http {
+    fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Reply {
+        let reply = Conn::open(&self.host)
+            .and_then(|mut c| c.send(method, path, body, false))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let body = serde_json::from_slice(&reply.body).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path}: status {}, body is not JSON ({e}): {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            )
+        });
+        Reply { status: reply.status, body }
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Workerd
+    }
+
+    fn tenant(&self, scenario: &str) -> String {
+        format!("{scenario}-{}", self.run).replace('_', "-")
+    }
+}

@@ -1,0 +1,202 @@
+//! What only makes sense against a running workerd: data surviving restarts, and the latency
+//! comparison of the db4 routes with the hand-written `SqlStorage` routes.
+
+use crate::client::Conn;
+use crate::scenarios::{Tenant, article, expect, expect_error};
+use crate::target::{Http, Target};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Phases run by `e2e.sh` around workerd restarts (`DB4_E2E_PERSIST`): `write`, then after a
+/// SIGTERM restart `verify`; `write_more`, then after a SIGKILL restart `verify_more`.
+#[test]
+fn persistence() {
+    let (Some(t), Ok(phase)) = (Http::from_env(), std::env::var("DB4_E2E_PERSIST")) else { return };
+    let c = Tenant::new(&t, "persist");
+    match phase.as_str() {
+        "write" => {
+            expect(c.post("/articles", &article("p-1", "Persisted")), 201);
+            let mut edit = article("p-1", "Persisted, edited");
+            edit["version"] = json!(0);
+            expect(c.put("/articles/p-1", &edit), 200);
+            expect(c.post("/articles", &article("p-2", "Deleted")), 201);
+            expect(c.delete("/articles/p-2"), 200);
+            expect(c.post("/accounts", &json!({ "id": "x", "balance": 100 })), 201);
+            expect(c.post("/accounts", &json!({ "id": "y", "balance": 0 })), 201);
+            expect(
+                c.post("/transfers", &json!({ "id": "pt1", "from": "x", "to": "y", "amount": 30, "notify": "pn1" })),
+                201,
+            );
+            expect_error(
+                c.post("/transfers", &json!({ "id": "pt2", "from": "x", "to": "y", "amount": 500 })),
+                422,
+                "insufficient_funds",
+            );
+            let batch = json!({ "transfers": [
+                { "id": "pt3", "from": "y", "to": "x", "amount": 5 },
+                { "id": "pt4", "from": "y", "to": "x", "amount": 999 },
+            ]});
+            expect(c.post("/transfers/batch", &batch), 200);
+        }
+        "verify" | "verify_more" => {
+            let p1 = expect(c.get("/articles/p-1"), 200);
+            assert_eq!((p1["title"].as_str(), p1["version"].as_u64()), (Some("Persisted, edited"), Some(1)));
+            expect_error(c.get("/articles/p-2"), 404, "not_found");
+            let x = expect(c.get("/accounts/x"), 200);
+            let y = expect(c.get("/accounts/y"), 200);
+            assert_eq!((x["balance"].as_i64(), y["balance"].as_i64()), (Some(75), Some(25)));
+            assert_eq!(y["notifications"], 1);
+            expect(c.get("/transfers/pt1"), 200);
+            expect(c.get("/transfers/pt3"), 200);
+            for id in ["pt2", "pt4"] {
+                expect_error(c.get(&format!("/transfers/{id}")), 404, "not_found");
+            }
+            if phase == "verify_more" {
+                let p3 = expect(c.get("/articles/p-3"), 200);
+                assert_eq!(p3["views"], 3);
+            }
+        }
+        "write_more" => {
+            // Acknowledged right before a SIGKILL of workerd.
+            expect(c.post("/articles", &article("p-3", "Written before kill -9")), 201);
+            for _ in 0..3 {
+                expect(c.post("/articles/p-3/increment", &json!({ "field": "views", "by": 1 })), 200);
+            }
+        }
+        other => panic!("unknown DB4_E2E_PERSIST phase {other:?}"),
+    }
+}
+
+/// Latency percentiles of one series of requests.
+struct Series {
+    name: &'static str,
+    micros: Vec<f64>,
+}
+
+impl Series {
+    fn new(name: &'static str) -> Self {
+        Self { name, micros: Vec::new() }
+    }
+
+    fn percentile(sorted: &[f64], p: f64) -> f64 {
+        let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1]
+    }
+
+    /// (p50, p99, mean, requests per second) in microseconds.
+    fn stats(&self) -> (f64, f64, f64, f64) {
+        let mut sorted = self.micros.clone();
+        sorted.sort_by(f64::total_cmp);
+        let total: f64 = sorted.iter().sum();
+        let mean = total / sorted.len() as f64;
+        (Self::percentile(&sorted, 0.50), Self::percentile(&sorted, 0.99), mean, 1e6 / mean)
+    }
+}
+
+fn timed(conn: &mut Conn, method: &str, path: &str, body: Option<&[u8]>, status: u16) -> f64 {
+    let start = Instant::now();
+    let reply = conn.send(method, path, body, true).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let elapsed = start.elapsed();
+    assert_eq!(reply.status, status, "{method} {path}: {}", String::from_utf8_lossy(&reply.body));
+    elapsed.as_secs_f64() * 1e6
+}
+
+/// One operation measured on both route families, in alternating blocks so that drift in the
+/// machine's load hits both alike.
+fn compare(
+    conn: &mut Conn,
+    n: usize,
+    db4: &mut Series,
+    raw: &mut Series,
+    mut request: impl FnMut(bool, usize) -> (String, String, Option<Vec<u8>>, u16),
+) {
+    const BLOCK: usize = 50;
+    let mut done = 0;
+    while done < n {
+        let len = BLOCK.min(n - done);
+        let order = if (done / BLOCK).is_multiple_of(2) { [false, true] } else { [true, false] };
+        for is_raw in order {
+            for i in done..done + len {
+                let (method, path, body, status) = request(is_raw, i);
+                let us = timed(conn, &method, &path, body.as_deref(), status);
+                if is_raw { &mut *raw } else { &mut *db4 }.micros.push(us);
+            }
+        }
+        done += len;
+    }
+}
+
+/// The latency comparison, run by `e2e.sh --bench`: sequential requests on one keep-alive
+/// connection; prints a Markdown table.
+#[test]
+#[ignore = "a measurement: run by `e2e.sh --bench` against workerd"]
+fn bench() {
+    let Some(t) = Http::from_env() else {
+        eprintln!("DB4_WORKERD_URL is not set: nothing to measure");
+        return;
+    };
+    let n: usize = std::env::var("DB4_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let tenant = t.tenant("bench");
+    let base = format!("/t/{tenant}");
+    let mut conn = Conn::open(&t.host).expect("connect");
+    let doc = |id: &str| article(id, "A benchmark article with an ordinary title").to_string().into_bytes();
+    let prefix = |is_raw: bool| if is_raw { format!("{base}/raw") } else { base.clone() };
+
+    // Warm-up: the Durable Object, both tables, the statement caches, the JIT.
+    for i in 0..200 {
+        for is_raw in [false, true] {
+            let p = prefix(is_raw);
+            timed(&mut conn, "POST", &format!("{p}/articles"), Some(&doc(&format!("w-{i}"))), 201);
+            timed(&mut conn, "GET", &format!("{p}/articles/w-{i}"), None, 200);
+        }
+    }
+    let touch_ids: Vec<String> = (0..10).map(|i| format!("w-{i}")).collect();
+    let touch_body = json!({ "ids": touch_ids }).to_string().into_bytes();
+    for _ in 0..50 {
+        for is_raw in [false, true] {
+            timed(&mut conn, "POST", &format!("{}/articles/touch", prefix(is_raw)), Some(&touch_body), 200);
+        }
+    }
+
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let (mut db4, mut raw) = (Series::new("insert"), Series::new("insert"));
+    compare(&mut conn, n, &mut db4, &mut raw, |is_raw, i| {
+        ("POST".into(), format!("{}/articles", prefix(is_raw)), Some(doc(&format!("b-{i}"))), 201)
+    });
+    rows.push((db4, raw));
+    let (mut db4, mut raw) = (Series::new("get"), Series::new("get"));
+    compare(&mut conn, n, &mut db4, &mut raw, |is_raw, i| {
+        ("GET".into(), format!("{}/articles/b-{}", prefix(is_raw), (i * 7919) % n), None, 200)
+    });
+    rows.push((db4, raw));
+    let (mut db4, mut raw) = (Series::new("10-update transaction"), Series::new("10-update transaction"));
+    let tx_n = (n / 4).max(1);
+    compare(&mut conn, tx_n, &mut db4, &mut raw, |is_raw, i| {
+        let ids: Vec<String> = (0..10).map(|k| format!("b-{}", (i * 10 + k) % n)).collect();
+        let body = json!({ "ids": ids }).to_string().into_bytes();
+        ("POST".into(), format!("{}/articles/touch", prefix(is_raw)), Some(body), 200)
+    });
+    rows.push((db4, raw));
+    let elapsed = started.elapsed();
+
+    println!(
+        "\n| operation | requests | db4 p50 | db4 p99 | db4 req/s | raw p50 | raw p99 | raw req/s | p50 ratio | mean ratio |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (db4, raw) in &rows {
+        let (d50, d99, dmean, drate) = db4.stats();
+        let (r50, r99, rmean, rrate) = raw.stats();
+        println!(
+            "| {} | {} | {d50:.0} µs | {d99:.0} µs | {drate:.0} | {r50:.0} µs | {r99:.0} µs | {rrate:.0} | {:.2}× | {:.2}× |",
+            db4.name,
+            db4.micros.len(),
+            d50 / r50,
+            dmean / rmean,
+        );
+    }
+    println!(
+        "\n(sequential client, one keep-alive connection, {:.1?} measured)",
+        Duration::from_secs_f64(elapsed.as_secs_f64())
+    );
+}
