@@ -88,14 +88,43 @@ impl DurableConnection<'_> {
     }
 }
 
-impl Connection for DurableConnection<'_> {
-    fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
+impl DurableConnection<'_> {
+    /// Runs a statement to completion (it runs as its cursor is consumed).
+    fn run_statement(&self, sql: &str, params: &[Value]) -> Result<worker::SqlCursor> {
         let cursor = self.exec(sql, params)?;
-        // The statement runs as the cursor is consumed.
         for row in cursor.raw() {
             row.map_err(|e| worker_error(&e))?;
         }
-        Ok(cursor.rows_written())
+        Ok(cursor)
+    }
+
+    /// SQLite's `changes()`: rows changed by the last INSERT, UPDATE or DELETE.
+    fn changes(&self) -> Result<usize> {
+        let cursor = self.exec("SELECT changes()", &[])?;
+        for row in cursor.raw() {
+            let row = row.map_err(|e| worker_error(&e))?;
+            if let Some(SqlStorageValue::Integer(n)) = row.first() {
+                return Ok(usize::try_from(*n).unwrap_or(0));
+            }
+        }
+        Err(BackendError::new(BackendErrorKind::Other, "SELECT changes() returned no number").into())
+    }
+}
+
+impl Connection for DurableConnection<'_> {
+    fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
+        let cursor = self.run_statement(sql, params)?;
+        // `rowsWritten` is the billing count, not the changed rows: it adds the index entries
+        // an INSERT or UPDATE writes (one row inserted into a table with three indexes counts
+        // 5). A changed row always counts, so 0 and 1 are exact; beyond, ask SQLite.
+        match cursor.rows_written() {
+            n @ (0 | 1) => Ok(n),
+            _ => self.changes(),
+        }
+    }
+
+    fn execute_ddl(&self, sql: &str) -> Result<()> {
+        self.run_statement(sql, &[]).map(drop)
     }
 
     fn query(&self, sql: &str, params: &[Value], row: &mut dyn FnMut(&dyn Row) -> Result<()>) -> Result<()> {
