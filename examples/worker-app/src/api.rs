@@ -246,6 +246,7 @@ fn dispatch(db: &Db, tenant: &str, req: &ApiRequest<'_>) -> ApiResult {
     use Method::{Delete, Get, Post, Put};
     match (req.method, segs.as_slice()) {
         (Get, ["articles"]) => list_articles(db, &query),
+        (Delete, ["articles"]) => delete_articles(db, &query),
         (Post, ["articles"]) => create_article(db, tenant, body),
         (Post, ["articles", "bulk"]) => bulk_articles(db, tenant, body),
         (Post, ["articles", "touch"]) => touch_articles(db, body),
@@ -279,6 +280,18 @@ fn list_articles(db: &Db, query: &[(String, String)]) -> ApiResult {
     let total = filter.apply(articles.query()).count()?;
     let items = filter.page(filter.apply(articles.query())).all()?;
     Ok(ApiResponse::ok(json!({ "items": items, "total": total })))
+}
+
+/// Deletes the articles matching the filters (at least one); `order`, `limit` and `offset`
+/// narrow which ones.
+fn delete_articles(db: &Db, query: &[(String, String)]) -> ApiResult {
+    if !query.iter().any(|(k, _)| !matches!(k.as_str(), "order" | "limit" | "offset")) {
+        return Err(ApiError::InvalidParam("deleting articles needs at least one filter".into()));
+    }
+    let filter = ArticleFilter::parse(query)?;
+    let articles = db.collection::<Article>()?;
+    let deleted = filter.page(filter.apply(articles.query())).delete()?;
+    Ok(ApiResponse::ok(json!({ "deleted": deleted })))
 }
 
 fn create_article(db: &Db, tenant: &str, body: &[u8]) -> ApiResult {

@@ -150,7 +150,8 @@ fn touch_one(sql: &SqlStorage, id: &str) -> Result<(), ApiError> {
     for row in cursor.raw() {
         row.map_err(fail)?;
     }
-    if cursor.rows_written() != 1 {
+    // rows_written counts index entries too: only zero says the guard failed.
+    if cursor.rows_written() == 0 {
         return Err(fail("version conflict"));
     }
     Ok(())
