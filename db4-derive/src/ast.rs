@@ -445,29 +445,35 @@ pub fn snake_case(name: &str) -> String {
     out
 }
 
-/// Applies a serde `rename_all` rule to a snake_case field name, as serde does.
+/// Applies a serde `rename_all` rule to a field name the way serde does for fields: the
+/// rules assume snake_case input and change ASCII letters only ("lowercase" leaves a field
+/// name as it is).
 fn apply_rename_rule(rule: &str, field: &str) -> String {
     let pascal = || {
-        field
-            .split('_')
-            .map(|w| {
-                let mut c = w.chars();
-                c.next().map_or_else(String::new, |f| f.to_uppercase().chain(c).collect())
-            })
-            .collect::<String>()
+        let mut out = String::with_capacity(field.len());
+        let mut capitalize = true;
+        for c in field.chars() {
+            if c == '_' {
+                capitalize = true;
+            } else if capitalize {
+                out.push(c.to_ascii_uppercase());
+                capitalize = false;
+            } else {
+                out.push(c);
+            }
+        }
+        out
     };
     match rule {
-        "lowercase" => field.to_lowercase(),
-        "UPPERCASE" => field.to_uppercase(),
+        "UPPERCASE" | "SCREAMING_SNAKE_CASE" => field.to_ascii_uppercase(),
         "PascalCase" => pascal(),
         "camelCase" => {
             let p = pascal();
             let mut c = p.chars();
-            c.next().map_or_else(String::new, |f| f.to_lowercase().chain(c).collect())
+            c.next().map_or_else(String::new, |f| f.to_ascii_lowercase().to_string() + c.as_str())
         }
-        "SCREAMING_SNAKE_CASE" => field.to_uppercase(),
         "kebab-case" => field.replace('_', "-"),
-        "SCREAMING-KEBAB-CASE" => field.replace('_', "-").to_uppercase(),
+        "SCREAMING-KEBAB-CASE" => field.to_ascii_uppercase().replace('_', "-"),
         _ => field.to_owned(),
     }
 }

@@ -64,9 +64,11 @@ pub fn check(cx: &Ctxt, cont: &Container<'_>) {
                 "indexed field names must be ASCII letters, digits and `_`, at most 64 characters",
             );
         }
-        if f.key.is_empty() || f.key.contains('"') || f.key.chars().any(char::is_control) {
-            let message =
-                format!("the serialized name {:?} cannot be addressed by db4 (no `\"` or control characters)", f.key);
+        if f.key.is_empty() || f.key.contains(['"', '\\']) || f.key.chars().any(char::is_control) {
+            let message = format!(
+                "the serialized name {:?} cannot be addressed by db4 (no `\"`, `\\` or control characters)",
+                f.key
+            );
             cx.syn_error(syn::Error::new(f.key_span, message));
         }
     }

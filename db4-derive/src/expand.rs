@@ -68,14 +68,8 @@ pub fn expand(cont: &Container<'_>) -> TokenStream {
         ),
     };
 
-    let columns =
-        fields.iter().enumerate().filter(|(_, f)| f.partition_key.is_some() || f.index.is_some()).map(|(i, f)| {
-            let field = f.ident;
-            quote!(#p::push_column(out, &__DB4_SCHEMA, #i, &self.#field)?;)
-        });
-
     let type_checks = fields.iter().flat_map(type_checks(&p));
-    let handles = fields.iter().enumerate().map(|(i, f)| {
+    let handles = fields.iter().enumerate().filter(|(_, f)| f.not_stored.is_none()).map(|(i, f)| {
         let field = f.ident;
         quote!(#field: #p::Field::__new(#i))
     });
@@ -121,11 +115,6 @@ pub fn expand(cont: &Container<'_>) -> TokenStream {
                 fn version_fits(version: ::core::primitive::u64) -> ::core::primitive::bool {
                     #version_fits
                 }
-
-                fn index_values(&self, out: &mut #p::Vec<#p::Value>) -> #p::Result<()> {
-                    #(#columns)*
-                    #p::StdResult::Ok(())
-                }
             }
 
             #[automatically_derived]
@@ -154,7 +143,7 @@ pub fn fallback(cont: &Container<'_>) -> TokenStream {
     let fields = cont.fields.as_deref().unwrap_or_default();
     let (fields_struct, fields_ty, fields_expr) = if cont.fields.is_some() {
         let fields_ident = fields_ident(cont);
-        let handles = fields.iter().enumerate().map(|(i, f)| {
+        let handles = fields.iter().enumerate().filter(|(_, f)| f.not_stored.is_none()).map(|(i, f)| {
             let field = f.ident;
             quote!(#field: #p::Field::__new(#i))
         });
@@ -177,7 +166,6 @@ pub fn fallback(cont: &Container<'_>) -> TokenStream {
                 fn id(&self) -> &::std::string::String { #unreachable }
                 fn version(&self) -> #p::Option<::core::primitive::u64> { #unreachable }
                 fn set_version(&mut self, _: ::core::primitive::u64) { #unreachable }
-                fn index_values(&self, _: &mut #p::Vec<#p::Value>) -> #p::Result<()> { #unreachable }
             }
         };
     }
@@ -193,7 +181,8 @@ fn fields_struct(cont: &Container<'_>, fields: &[Field<'_>]) -> TokenStream {
     let ident = cont.ident;
     let vis = cont.vis;
     let fields_ident = fields_ident(cont);
-    let members = fields.iter().map(|f| {
+    // A field serde does not write (skip, flatten) cannot be queried: it gets no handle.
+    let members = fields.iter().filter(|f| f.not_stored.is_none()).map(|f| {
         let (field, ty) = (f.ident, f.ty);
         let doc = format!("The `{}` field.", f.name);
         quote!(#[doc = #doc] pub #field: #p::Field<#ident, #ty>)
@@ -202,7 +191,7 @@ fn fields_struct(cont: &Container<'_>, fields: &[Field<'_>]) -> TokenStream {
     quote! {
         #[doc = #doc]
         #[derive(Clone, Copy, Debug)]
-        #[allow(non_camel_case_types)]
+        #[allow(non_camel_case_types, non_snake_case)]
         #vis struct #fields_ident {
             #(#members,)*
         }

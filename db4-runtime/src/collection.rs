@@ -417,7 +417,14 @@ fn id_field(meta: &CollectionMeta) -> &'static str {
 pub(crate) fn encode<T: Document>(meta: &CollectionMeta, doc: &T) -> Result<Encoded> {
     let id_key = doc.id().to_value().map_err(|e| Error::invalid_value(meta.collection, id_field(meta), e.0))?;
     let id = doc.id().to_display();
-    let json = serde_json::to_string(doc).map_err(|e| Error::serialization(meta.collection, Some(id.clone()), e))?;
+    let json = crate::json::to_json(doc).map_err(|e| match e {
+        crate::json::JsonError::Serde(e) => Error::serialization(meta.collection, Some(id.clone()), e),
+        crate::json::JsonError::NonFinite(path) => Error::invalid_value(
+            meta.collection,
+            path.trim_start_matches('.'),
+            format!("document {id}: NaN and infinite floats cannot be stored (JSON has no such numbers)"),
+        ),
+    })?;
     if json.len() > meta.max_document_bytes {
         return Err(Error::TooLarge {
             collection: meta.collection.to_owned(),
@@ -426,7 +433,7 @@ pub(crate) fn encode<T: Document>(meta: &CollectionMeta, doc: &T) -> Result<Enco
             limit: meta.max_document_bytes,
         });
     }
-    let mut params = Vec::with_capacity(3 + meta.columns.len());
+    let mut params = Vec::with_capacity(3);
     params.push(id_key);
     params.push(Value::Text(json));
     let version = doc.version();
@@ -440,7 +447,6 @@ pub(crate) fn encode<T: Document>(meta: &CollectionMeta, doc: &T) -> Result<Enco
         }
         params.push(Value::Integer(v as i64));
     }
-    doc.index_values(&mut params)?;
     Ok(Encoded { id, version, params })
 }
 
@@ -517,10 +523,24 @@ fn stored_version(conn: &dyn Connection, meta: &CollectionMeta, id: &Value) -> R
 fn select_one<T: Document>(conn: &dyn Connection, meta: &CollectionMeta, key: &Value) -> Result<Option<T>> {
     let mut out = None;
     conn.query(&meta.sql.select_one, std::slice::from_ref(key), &mut |row| {
-        out = Some(decode::<T>(meta, row, 0)?);
+        out = Some(decode::<T>(meta, row, 0).map_err(|e| with_id(e, key))?);
         Ok(())
     })?;
     Ok(out)
+}
+
+/// Names the document in a (de)serialization error that lacks its id.
+fn with_id(e: Error, id: &Value) -> Error {
+    match e {
+        Error::Serialization { collection, id: None, source } => {
+            let id = match id {
+                Value::Text(s) => s.clone(),
+                other => other.to_string(),
+            };
+            Error::Serialization { collection, id: Some(id), source }
+        }
+        other => other,
+    }
 }
 
 fn get_many<T: Document, I: IdArg<T::Id>>(
@@ -548,7 +568,7 @@ fn get_many<T: Document, I: IdArg<T::Id>>(
             let key = IdKey::from_ref(row.get(0)?);
             // A duplicated id in the request gets its own decoded copy at each position.
             for &pos in positions.get(&key).map_or(&[][..], Vec::as_slice) {
-                out[pos] = Some(decode::<T>(meta, row, 1)?);
+                out[pos] = Some(decode::<T>(meta, row, 1).map_err(|e| with_id(e, &keys[pos]))?);
             }
             Ok(())
         })

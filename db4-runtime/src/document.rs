@@ -43,15 +43,6 @@ pub trait Document: Serialize + DeserializeOwned + Send + Sync + 'static {
         let _ = version;
         true
     }
-
-    /// Appends the values of the fields kept in their own columns
-    /// ([`Schema::column_fields`], in that order) to `out`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidValue`](crate::Error::InvalidValue) when a value cannot be stored in an
-    /// index (a NaN or infinite float, an integer out of range).
-    fn index_values(&self, out: &mut Vec<Value>) -> Result<()>;
 }
 
 /// A type that can be a document id: `String`, `i64` or `u64`.

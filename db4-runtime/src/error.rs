@@ -79,7 +79,7 @@ pub enum Error {
     },
 
     /// The stored schema of a collection is incompatible with the Rust type opening it.
-    #[error("{collection}: schema mismatch on field `{field}`: {reason}")]
+    #[error("{collection}: schema mismatch{}: {reason}", if field.is_empty() { String::new() } else { format!(" on field `{field}`") })]
     SchemaMismatch {
         /// The collection.
         collection: String,

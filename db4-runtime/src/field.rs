@@ -263,6 +263,28 @@ pub(crate) enum CmpOp {
     Lte,
 }
 
+impl Expr {
+    /// How deeply combinators nest, counted without recursion (a hostile filter may be deep
+    /// enough to overflow the stack otherwise). A list of `n` items adds about `log2(n)`, as
+    /// rendered.
+    pub(crate) fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(self, 1usize)];
+        while let Some((e, d)) = stack.pop() {
+            deepest = deepest.max(d);
+            match e {
+                Expr::Not(inner) => stack.push((inner, d + 1)),
+                Expr::And(items) | Expr::Or(items) => {
+                    let extra = usize::BITS as usize - items.len().leading_zeros() as usize;
+                    stack.extend(items.iter().map(|i| (i, d + extra.max(1))));
+                }
+                _ => {}
+            }
+        }
+        deepest
+    }
+}
+
 /// The untyped filter tree behind [`Filter`]; fields are positions in the schema.
 #[derive(Debug, Clone)]
 pub(crate) enum Expr {

@@ -12,6 +12,7 @@ mod db;
 mod document;
 mod error;
 mod field;
+mod json;
 mod lock;
 mod meta;
 mod migrate;
@@ -52,29 +53,16 @@ pub mod __private {
     pub use core::result::Result as StdResult;
     pub use std::vec::Vec;
 
-    /// Converts the value of column field `field` of `schema` and appends it to `out`.
-    pub fn push_column<V: serde::Serialize + ?Sized>(
-        out: &mut Vec<Value>,
-        schema: &'static Schema,
-        field: usize,
-        value: &V,
-    ) -> Result<()> {
-        let v = crate::value::to_value(value).map_err(|e| {
-            let name = schema.fields().get(field).map_or("?", |f| f.name());
-            Error::invalid_value(schema.collection(), name, e.0)
-        })?;
-        out.push(v);
-        Ok(())
-    }
-
-    /// The `#[version]` field's value as `u64` (0 for a negative value).
+    /// The `#[version]` field's value as `u64` (0 for a negative value, `u64::MAX` above
+    /// `i64::MAX`).
     ///
     /// Bounded by serde rather than [`VersionValue`] so that a wrong field type is reported
     /// once, by [`assert_version`], and not again here.
     pub fn version_of<V: serde::Serialize>(v: &V) -> u64 {
         match crate::value::to_value(v) {
             Ok(Value::Integer(i)) => u64::try_from(i).unwrap_or(0),
-            _ => 0,
+            // Above i64::MAX: saturate, so the write is refused as too large.
+            _ => u64::MAX,
         }
     }
 

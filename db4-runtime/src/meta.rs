@@ -38,8 +38,6 @@ pub(crate) struct CollectionMeta {
     pub id_kind: IdKind,
     pub versioned: bool,
     pub fields: Vec<FieldSql>,
-    /// The columns the document's index values go to, in `Schema::column_fields` order.
-    pub columns: Vec<String>,
     /// `"_doc"` or `"_doc", "_version"`: what every read selects.
     pub doc_columns: &'static str,
     pub sql: Statements,
@@ -66,26 +64,20 @@ impl CollectionMeta {
                 }
             })
             .collect();
-        let columns: Vec<String> = schema.column_fields().map(|f| quote_ident(&column_name(f.name()))).collect();
 
         // Parameter layout shared by insert, update and upsert:
-        // ?1 id, ?2 document, [?3 version,] then the index columns.
+        // ?1 id, ?2 document, [?3 version]. Index columns are generated from the document.
         let mut names = vec!["\"_id\"".to_owned(), "\"_doc\"".to_owned()];
         if versioned {
             names.push("\"_version\"".to_owned());
         }
-        let first_column = names.len() + 1;
-        names.extend(columns.iter().cloned());
         let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
         let insert = format!("INSERT INTO {table} ({}) VALUES ({})", names.join(", "), placeholders.join(", "));
 
-        let column_sets: Vec<String> =
-            columns.iter().enumerate().map(|(i, c)| format!("{c} = ?{}", first_column + i)).collect();
         let mut sets = vec!["\"_doc\" = ?2".to_owned()];
         if versioned {
             sets.push("\"_version\" = ?3 + 1".to_owned());
         }
-        sets.extend(column_sets.iter().cloned());
         let update = if versioned {
             format!("UPDATE {table} SET {} WHERE \"_id\" = ?1 AND \"_version\" = ?3", sets.join(", "))
         } else {
@@ -117,7 +109,6 @@ impl CollectionMeta {
             id_kind,
             versioned,
             fields,
-            columns,
             doc_columns,
             sql,
             max_document_bytes,
@@ -126,7 +117,7 @@ impl CollectionMeta {
 
     /// How many values a row has in the insert-parameter layout.
     pub fn row_width(&self) -> usize {
-        2 + usize::from(self.versioned) + self.columns.len()
+        2 + usize::from(self.versioned)
     }
 
     pub fn field_name(&self, index: usize) -> &'static str {

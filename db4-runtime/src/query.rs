@@ -15,6 +15,10 @@ use std::sync::Arc;
 /// per value, which keeps every list under SQLite's parameter limit.
 const INLINE_LIST_MAX: usize = 256;
 
+/// How deeply `not` / `and` / `or` may nest (long flat lists do not count: they are balanced).
+/// SQLite refuses expressions deeper than 1000; rendering stays well within the stack.
+const MAX_FILTER_DEPTH: usize = 200;
+
 /// A query over a collection, from [`Collection::query`](crate::Collection::query).
 ///
 /// Filters added with [`filter`](Query::filter) must all hold. Without
@@ -98,7 +102,8 @@ impl<'c, T: Document> Query<'c, T> {
     ///
     /// As [`all`](Self::all).
     pub fn first(self) -> Result<Option<T>> {
-        Ok(self.limit(1).all()?.pop())
+        let limit = self.limit.map_or(1, |n| n.min(1));
+        Ok(self.limit(limit).all()?.pop())
     }
 
     /// Counts the matching documents (within `limit` and `offset`, if set).
@@ -187,6 +192,15 @@ impl<'c, T: Document> Query<'c, T> {
 
     /// Appends `WHERE`, and with `paging` also `ORDER BY` and `LIMIT`/`OFFSET`.
     fn tail(&self, sql: &mut Sql<'_>, paging: bool) -> Result<()> {
+        for f in &self.filters {
+            let depth = f.depth();
+            if depth > MAX_FILTER_DEPTH {
+                return Err(Error::invalid_query(
+                    self.meta.collection,
+                    format!("the filter is nested {depth} levels deep; at most {MAX_FILTER_DEPTH} are supported"),
+                ));
+            }
+        }
         if !self.filters.is_empty() {
             sql.push(" WHERE ");
             for (i, e) in self.filters.iter().enumerate() {
@@ -320,19 +334,21 @@ impl<'m> Sql<'m> {
         Ok(())
     }
 
+    /// Renders `a OP b OP c ...` as a balanced tree of parenthesised halves, so a list of
+    /// thousands of conditions stays far below SQLite's expression depth limit (1000).
     fn list(&mut self, items: &[Expr], sep: &str, empty: &str) -> Result<()> {
-        if items.is_empty() {
-            self.push(empty);
-            return Ok(());
-        }
-        self.push("(");
-        for (i, e) in items.iter().enumerate() {
-            if i > 0 {
+        match items {
+            [] => self.push(empty),
+            [one] => self.expr(one)?,
+            _ => {
+                let (left, right) = items.split_at(items.len() / 2);
+                self.push("(");
+                self.list(left, sep, empty)?;
                 self.push(sep);
+                self.list(right, sep, empty)?;
+                self.push(")");
             }
-            self.expr(e)?;
         }
-        self.push(")");
         Ok(())
     }
 

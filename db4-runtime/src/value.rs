@@ -202,7 +202,9 @@ impl ser::Serializer for ScalarSerializer {
             .and_then(unsigned))
     }
     fn serialize_f32(self, v: f32) -> Result<Scalar, Compound> {
-        Ok(real(v.into()))
+        // JSON holds an f32 as its shortest decimal ("0.1"), which SQLite reads back as the
+        // f64 nearest to that decimal; widening the f32 itself would give 0.10000000149.
+        Ok(real(v.to_string().parse::<f64>().unwrap_or(f64::NAN)))
     }
     fn serialize_f64(self, v: f64) -> Result<Scalar, Compound> {
         Ok(real(v))

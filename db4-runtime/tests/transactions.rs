@@ -145,18 +145,23 @@ fn concurrent_increments_are_exact() -> Result<()> {
     let db = Db::open(&path)?;
     db.collection::<Account>()?.insert(&account("a", 0))?;
     std::thread::scope(|s| {
-        for t in 0..8 {
-            let path = path.clone();
-            let db = db.clone();
-            s.spawn(move || -> Result<()> {
-                // Half the threads share the Db, half open their own connection to the file.
-                let db = if t % 2 == 0 { db } else { Db::open(&path)? };
-                let acc = db.collection::<Account>()?;
-                for _ in 0..250 {
-                    acc.increment("a", Account::fields().balance, 1)?;
-                }
-                Ok(())
-            });
+        let workers: Vec<_> = (0..8)
+            .map(|t| {
+                let path = path.clone();
+                let db = db.clone();
+                s.spawn(move || -> Result<()> {
+                    // Half the threads share the Db, half open their own connection to the file.
+                    let db = if t % 2 == 0 { db } else { Db::open(&path)? };
+                    let acc = db.collection::<Account>()?;
+                    for _ in 0..250 {
+                        acc.increment("a", Account::fields().balance, 1)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("worker panicked").expect("worker failed");
         }
     });
     assert_eq!(db.collection::<Account>()?.get("a")?.unwrap().balance, 2000);
@@ -193,7 +198,8 @@ fn observers_see_only_committed_changes_in_order() -> Result<()> {
     use std::sync::{Arc, Mutex};
     let db = Db::open_in_memory()?;
     let accounts = db.collection::<Account>()?;
-    let seen: Arc<Mutex<Vec<Vec<(String, ChangeKind)>>>> = Arc::default();
+    type Commits = Vec<Vec<(String, ChangeKind)>>;
+    let seen: Arc<Mutex<Commits>> = Arc::default();
     let sink = Arc::clone(&seen);
     db.on_commit(move |changes: &[Change]| {
         let commit = changes
@@ -282,7 +288,10 @@ fn writing_through_the_db_inside_its_own_transaction_is_an_error_not_a_hang() ->
         let r = db.transaction(|_tx| accounts.insert(&account("x", 1)));
         assert_eq!(r.unwrap_err().backend_kind(), Some(BackendErrorKind::WouldDeadlock));
         let tx = db.begin()?;
-        assert_eq!(accounts.insert(&account("y", 1)).unwrap_err().backend_kind(), Some(BackendErrorKind::WouldDeadlock));
+        assert_eq!(
+            accounts.insert(&account("y", 1)).unwrap_err().backend_kind(),
+            Some(BackendErrorKind::WouldDeadlock)
+        );
         assert_eq!(db.begin().unwrap_err().backend_kind(), Some(BackendErrorKind::WouldDeadlock));
         tx.rollback()?;
         accounts.insert(&account("z", 1))?;

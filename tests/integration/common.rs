@@ -21,7 +21,7 @@ pub fn index_names(path: &Path, table: &str) -> Vec<String> {
 /// The column names of `table`, in order.
 pub fn column_names(path: &Path, table: &str) -> Vec<String> {
     let conn = raw(path);
-    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid").unwrap();
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_xinfo(?1) ORDER BY cid").unwrap();
     stmt.query_map([table], |r| r.get::<_, String>(0)).unwrap().collect::<Result<_, _>>().unwrap()
 }
 

@@ -22,9 +22,10 @@ pub use sqlite::{SqliteBackend, SqliteOptions, Synchronous};
 pub enum Access {
     /// Only reads. The backend may run several readers at once.
     Read,
-    /// Writes, each statement committed on its own. The closure has the connection to itself
-    /// (no other writer of this backend interleaves), but a failure halfway leaves the
-    /// statements already run in place.
+    /// Writes that need not commit together. The closure has the connection to itself (no
+    /// other writer of this backend interleaves); a backend may commit each statement on its
+    /// own, so a failure halfway can leave the statements already run in place (SQLite runs
+    /// the closure in one transaction anyway, to take the write lock up front).
     Write,
     /// Writes that must commit together: if the closure returns `Ok`, all of its writes are
     /// durable when `run` returns; if it returns `Err` or panics, none of them happened.

@@ -27,9 +27,14 @@ pub enum Synchronous {
 pub struct SqliteOptions {
     /// Durability of commits.
     pub synchronous: Synchronous,
-    /// How long a statement waits for a lock held by another connection before failing with
-    /// [`BackendErrorKind::Busy`].
+    /// How long a statement waits for a lock held by another connection (SQLite's busy
+    /// timeout).
     pub busy_timeout: Duration,
+    /// How many more times a write transaction that still found the database locked after
+    /// `busy_timeout` is retried, after a jittered backoff, before failing with
+    /// [`BackendErrorKind::Busy`]. SQLite's own waiting is not fair between connections, so
+    /// under heavy contention from other processes one wait can run out.
+    pub busy_retries: u32,
     /// How many prepared statements each connection keeps.
     pub statement_cache_capacity: usize,
     /// How many read-only connections serve reads next to the one writer (file databases
@@ -43,6 +48,7 @@ impl Default for SqliteOptions {
         Self {
             synchronous: Synchronous::Full,
             busy_timeout: Duration::from_secs(5),
+            busy_retries: 10,
             statement_cache_capacity: 256,
             readers: 4,
         }
@@ -56,6 +62,7 @@ impl Default for SqliteOptions {
 /// front (`BEGIN IMMEDIATE`), so two processes never deadlock upgrading read locks, and a
 /// lock held by another process is waited for up to the busy timeout.
 pub struct SqliteBackend {
+    busy_retries: u32,
     conn: Mutex<rusqlite::Connection>,
     readers: Vec<Mutex<rusqlite::Connection>>,
     next_reader: AtomicUsize,
@@ -118,7 +125,12 @@ impl SqliteBackend {
             Synchronous::Normal => "PRAGMA synchronous = NORMAL",
         };
         conn.execute_batch(sync).map_err(backend_error)?;
-        Ok(Self { conn: Mutex::new(conn), readers: Vec::new(), next_reader: AtomicUsize::new(0) })
+        Ok(Self {
+            busy_retries: options.busy_retries,
+            conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: AtomicUsize::new(0),
+        })
     }
 }
 
@@ -133,10 +145,12 @@ impl Backend for SqliteBackend {
         }
         let writer = self.lock_writer()?;
         let conn = SqliteConnection(&writer.conn);
-        if access != Access::Atomic {
+        if access == Access::Read {
             return f(&conn);
         }
-        conn.0.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])).map_err(backend_error)?;
+        // Writes take the write lock up front (BEGIN IMMEDIATE), where a busy database can be
+        // waited for and retried safely; once held, no statement of the closure meets a lock.
+        self.begin_immediate(conn.0)?;
         let mut guard = Rollback { conn: conn.0, armed: true };
         f(&conn)?;
         conn.0.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map_err(backend_error)?;
@@ -146,8 +160,30 @@ impl Backend for SqliteBackend {
 
     fn begin(&self) -> Result<Box<dyn HeldTransaction + '_>> {
         let conn = self.lock_writer()?;
-        conn.conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])).map_err(backend_error)?;
+        self.begin_immediate(&conn.conn)?;
         Ok(Box::new(SqliteHeld { conn, open: true }))
+    }
+}
+
+impl SqliteBackend {
+    /// `BEGIN IMMEDIATE`, retried with jittered backoff while another connection holds the
+    /// write lock past the busy timeout.
+    fn begin_immediate(&self, conn: &rusqlite::Connection) -> Result<()> {
+        let policy = crate::lock::RetryPolicy::default();
+        let mut attempt = 0;
+        loop {
+            match conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])) {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                        && attempt < self.busy_retries =>
+                {
+                    std::thread::sleep(policy.backoff(attempt));
+                    attempt += 1;
+                }
+                Err(e) => return Err(backend_error(e)),
+            }
+        }
     }
 }
 

@@ -1,0 +1,281 @@
+//! JSON encoding of documents that refuses what JSON cannot hold.
+//!
+//! serde_json writes a NaN or infinite float as `null`, which then fails to deserialize into
+//! the `f64` it came from: the document would be stored but unreadable. [`to_json`] finds
+//! such floats first and names the field they are in.
+
+use serde::Serialize;
+use serde::ser;
+use std::fmt;
+
+/// Serializes `value` to compact JSON, or says where a non-finite float sits.
+pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, JsonError> {
+    let json = serde_json::to_string(value).map_err(JsonError::Serde)?;
+    // A non-finite float can only have become `null`: documents without one need no check.
+    if json.contains("null") {
+        value.serialize(FloatCheck { path: String::new() }).map_err(|e| match e {
+            Check::NonFinite(path) => JsonError::NonFinite(path),
+            Check::Other(message) => JsonError::Serde(ser::Error::custom(message)),
+        })?;
+    }
+    Ok(json)
+}
+
+/// Why a document cannot be encoded.
+#[derive(Debug)]
+pub(crate) enum JsonError {
+    /// serde_json refused it.
+    Serde(serde_json::Error),
+    /// A NaN or infinite float at this path (`.field[2].inner`).
+    NonFinite(String),
+}
+
+#[derive(Debug)]
+enum Check {
+    NonFinite(String),
+    Other(String),
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Check::NonFinite(path) => write!(f, "non-finite float at {path}"),
+            Check::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Check {}
+
+impl ser::Error for Check {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        Check::Other(msg.to_string())
+    }
+}
+
+/// Walks a value like a serializer, writing nothing, failing on non-finite floats.
+struct FloatCheck {
+    path: String,
+}
+
+impl FloatCheck {
+    fn at(&self, suffix: fmt::Arguments<'_>) -> FloatCheck {
+        FloatCheck { path: format!("{}{suffix}", self.path) }
+    }
+
+    fn float(self, finite: bool) -> Result<(), Check> {
+        if finite { Ok(()) } else { Err(Check::NonFinite(if self.path.is_empty() { ".".into() } else { self.path })) }
+    }
+}
+
+/// The compound half of [`FloatCheck`]: visits each element with an extended path.
+struct Compound {
+    path: String,
+    index: usize,
+}
+
+impl Compound {
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Check> {
+        let path = format!("{}[{}]", self.path, self.index);
+        self.index += 1;
+        value.serialize(FloatCheck { path })
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Check> {
+        value.serialize(FloatCheck { path: format!("{}.{key}", self.path) })
+    }
+}
+
+macro_rules! ok {
+    ($($name:ident($($t:ty),*);)*) => {$(
+        fn $name(self $(, _: $t)*) -> Result<(), Check> {
+            Ok(())
+        }
+    )*};
+}
+
+impl ser::Serializer for FloatCheck {
+    type Ok = ();
+    type Error = Check;
+    type SerializeSeq = Compound;
+    type SerializeTuple = Compound;
+    type SerializeTupleStruct = Compound;
+    type SerializeTupleVariant = Compound;
+    type SerializeMap = Compound;
+    type SerializeStruct = Compound;
+    type SerializeStructVariant = Compound;
+
+    ok! {
+        serialize_bool(bool); serialize_i8(i8); serialize_i16(i16); serialize_i32(i32); serialize_i64(i64);
+        serialize_i128(i128); serialize_u8(u8); serialize_u16(u16); serialize_u32(u32); serialize_u64(u64);
+        serialize_u128(u128); serialize_char(char); serialize_str(&str); serialize_bytes(&[u8]);
+        serialize_none(); serialize_unit(); serialize_unit_struct(&'static str);
+        serialize_unit_variant(&'static str, u32, &'static str);
+    }
+
+    fn serialize_f32(self, v: f32) -> Result<(), Check> {
+        self.float(v.is_finite())
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), Check> {
+        self.float(v.is_finite())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Check> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, value: &T) -> Result<(), Check> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), Check> {
+        value.serialize(self.at(format_args!(".{variant}")))
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Compound, Check> {
+        Ok(Compound { path: self.path, index: 0 })
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Compound, Check> {
+        Ok(Compound { path: self.path, index: 0 })
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Compound, Check> {
+        Ok(Compound { path: self.path, index: 0 })
+    }
+    fn serialize_tuple_variant(self, _: &'static str, _: u32, v: &'static str, _: usize) -> Result<Compound, Check> {
+        Ok(Compound { path: format!("{}.{v}", self.path), index: 0 })
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Compound, Check> {
+        Ok(Compound { path: self.path, index: 0 })
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Compound, Check> {
+        Ok(Compound { path: self.path, index: 0 })
+    }
+    fn serialize_struct_variant(self, _: &'static str, _: u32, v: &'static str, _: usize) -> Result<Compound, Check> {
+        Ok(Compound { path: format!("{}.{v}", self.path), index: 0 })
+    }
+}
+
+impl ser::SerializeSeq for Compound {
+    type Ok = ();
+    type Error = Check;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Check> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Check> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeTuple for Compound {
+    type Ok = ();
+    type Error = Check;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Check> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Check> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleStruct for Compound {
+    type Ok = ();
+    type Error = Check;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Check> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Check> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleVariant for Compound {
+    type Ok = ();
+    type Error = Check;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Check> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Check> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeMap for Compound {
+    type Ok = ();
+    type Error = Check;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, _key: &T) -> Result<(), Check> {
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Check> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Check> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeStruct for Compound {
+    type Ok = ();
+    type Error = Check;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Check> {
+        self.field(key, value)
+    }
+    fn end(self) -> Result<(), Check> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeStructVariant for Compound {
+    type Ok = ();
+    type Error = Check;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Check> {
+        self.field(key, value)
+    }
+    fn end(self) -> Result<(), Check> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Serialize)]
+    struct Doc {
+        a: f64,
+        inner: Vec<Inner>,
+        map: BTreeMap<String, f32>,
+        none: Option<f64>,
+    }
+
+    #[derive(Serialize)]
+    struct Inner {
+        x: f64,
+    }
+
+    fn doc(a: f64, x: f64, m: f32) -> Doc {
+        Doc { a, inner: vec![Inner { x: 1.0 }, Inner { x }], map: [("k".to_owned(), m)].into(), none: None }
+    }
+
+    #[test]
+    fn finite_documents_encode_like_serde_json() {
+        let d = doc(1.5, 2.0, 3.0);
+        assert_eq!(to_json(&d).unwrap(), serde_json::to_string(&d).unwrap());
+    }
+
+    #[test]
+    fn non_finite_floats_are_found_with_their_path() {
+        for (d, path) in [
+            (doc(f64::NAN, 0.0, 0.0), ".a"),
+            (doc(0.0, f64::INFINITY, 0.0), ".inner[1].x"),
+            (doc(0.0, 0.0, f32::NEG_INFINITY), ".map[0]"),
+        ] {
+            match to_json(&d) {
+                Err(JsonError::NonFinite(p)) => assert_eq!(p, path),
+                other => panic!("expected a non-finite error at {path}, got {other:?}"),
+            }
+        }
+    }
+}
