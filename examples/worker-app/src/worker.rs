@@ -75,6 +75,11 @@ impl DurableObject for TenantStore {
             target.push_str(q);
         }
         let method = Method::parse(req.method().as_ref());
+        // Refuse an announced oversized body before buffering it: the isolate's memory is small.
+        let declared = req.headers().get("content-length")?.and_then(|v| v.parse::<usize>().ok());
+        if let Some(n) = declared.filter(|&n| n > api::MAX_BODY_BYTES) {
+            return respond(&ApiError::BodyTooLarge(n).to_response());
+        }
         let body = if method.has_body() { req.bytes().await? } else { Vec::new() };
         let api_req = ApiRequest { method, target: &target, body: &body };
         let resp = if target.starts_with("/raw/") {

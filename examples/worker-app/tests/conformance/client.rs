@@ -49,12 +49,16 @@ impl Conn {
         }
         head.push_str("\r\n");
         let stream = self.reader.get_mut();
-        stream.write_all(head.as_bytes())?;
-        if let Some(body) = body {
-            stream.write_all(body)?;
+        let sent = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.unwrap_or_default()));
+        match sent.and_then(|()| stream.flush()) {
+            Ok(()) => self.read_response(),
+            // A server may answer before reading the whole body (413) and close: the answer
+            // is still in the receive queue.
+            Err(e) if matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) => {
+                self.read_response().map_err(|_| e)
+            }
+            Err(e) => Err(e),
         }
-        stream.flush()?;
-        self.read_response()
     }
 
     fn line(&mut self) -> io::Result<String> {

@@ -146,6 +146,8 @@ pub fn error_statuses(t: &dyn Target) {
     let too_large = expect_error(c.post("/articles", &big), 413, "too_large");
     assert_eq!(too_large["limit"], 2 * 1024 * 1024);
     expect_error(c.get("/articles/e-big"), 404, "not_found");
+    let huge_body = vec![b' '; worker_app::api::MAX_BODY_BYTES + 1];
+    expect_error(c.call("POST", "/articles", Some(&huge_body)), 413, "too_large");
 
     for query in ["bogus=1", "limit=0", "limit=1001", "limit=x", "status=Bogus", "views_gte=1.5", "order=id"] {
         expect_error(c.get(&format!("/articles?{query}")), 400, "invalid_query");
