@@ -1,0 +1,132 @@
+//! The baseline: the same store written by hand on rusqlite, as a careful user would.
+//!
+//! Same table and indexes as db4 creates for [`Doc`] (or, for reference, plain index columns
+//! the application fills), same pragmas (WAL, `synchronous = FULL`), cached prepared
+//! statements, serde_json for the documents.
+
+use crate::data::{Doc, Status};
+use rusqlite::{Connection, TransactionBehavior, params};
+use std::path::Path;
+
+/// Boxed errors: the benchmark only reports them.
+pub type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// How a raw store keeps the indexed fields `tenant`, `status` and `created_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// As db4 does: virtual columns SQLite generates from the JSON with `json_extract`; an
+    /// insert binds only the id and the document. `main` checks that the table and index
+    /// columns come out identical to db4's.
+    Generated,
+    /// Plain columns the application fills: each insert also binds the three values.
+    Stored,
+}
+
+const GENERATED_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "docs" ("_id" TEXT PRIMARY KEY NOT NULL, "_doc" TEXT NOT NULL, "f_tenant" GENERATED ALWAYS AS (json_extract("_doc", '$."tenant"')) VIRTUAL, "f_status" GENERATED ALWAYS AS (json_extract("_doc", '$."status"')) VIRTUAL, "f_created_at" GENERATED ALWAYS AS (json_extract("_doc", '$."created_at"')) VIRTUAL)"#;
+const STORED_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "docs" ("_id" TEXT PRIMARY KEY NOT NULL, "_doc" TEXT NOT NULL, "f_tenant", "f_status", "f_created_at")"#;
+const INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS "docs_tenant" ON "docs" ("f_tenant");
+CREATE INDEX IF NOT EXISTS "docs_status" ON "docs" ("f_status");
+CREATE INDEX IF NOT EXISTS "docs_created_at" ON "docs" ("f_created_at");
+"#;
+
+const GENERATED_INSERT: &str = r#"INSERT INTO "docs" ("_id", "_doc") VALUES (?1, ?2)"#;
+const STORED_INSERT: &str =
+    r#"INSERT INTO "docs" ("_id", "_doc", "f_tenant", "f_status", "f_created_at") VALUES (?1, ?2, ?3, ?4, ?5)"#;
+const GET: &str = r#"SELECT "_doc" FROM "docs" WHERE "_id" = ?1"#;
+/// The newest documents of one tenant in one status, as a person would write it.
+pub const TENANT_QUERY: &str =
+    r#"SELECT "_doc" FROM "docs" WHERE "f_status" = ?1 AND "f_tenant" = ?2 ORDER BY "f_created_at" DESC LIMIT ?3"#;
+/// The newest documents in a `created_at` window.
+pub const RANGE_QUERY: &str =
+    r#"SELECT "_doc" FROM "docs" WHERE "f_created_at" BETWEEN ?1 AND ?2 ORDER BY "f_created_at" DESC LIMIT ?3"#;
+
+/// A hand-written document store on one rusqlite connection.
+#[derive(Debug)]
+pub struct RawStore {
+    conn: Connection,
+    layout: Layout,
+}
+
+impl RawStore {
+    /// Opens (creating) the database file in WAL mode with `synchronous = FULL` and creates
+    /// the table and its indexes.
+    pub fn open(path: &Path, layout: Layout) -> BoxResult<Self> {
+        let conn = Connection::open(path)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(format!("raw: journal_mode is {mode}, not WAL").into());
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL")?;
+        conn.execute_batch(match layout {
+            Layout::Generated => GENERATED_TABLE,
+            Layout::Stored => STORED_TABLE,
+        })?;
+        conn.execute_batch(INDEXES)?;
+        Ok(Self { conn, layout })
+    }
+
+    /// Inserts every document in one transaction: serialize, bind, execute.
+    pub fn insert_all(&mut self, docs: &[Doc]) -> BoxResult<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        match self.layout {
+            Layout::Generated => {
+                let mut stmt = tx.prepare_cached(GENERATED_INSERT)?;
+                for doc in docs {
+                    stmt.execute(params![doc.id, serde_json::to_string(doc)?])?;
+                }
+            }
+            Layout::Stored => {
+                let mut stmt = tx.prepare_cached(STORED_INSERT)?;
+                for doc in docs {
+                    let json = serde_json::to_string(doc)?;
+                    stmt.execute(params![doc.id, json, doc.tenant, doc.status.as_str(), doc.created_at])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reads one document by id.
+    pub fn get(&self, id: &str) -> BoxResult<Option<Doc>> {
+        let mut stmt = self.conn.prepare_cached(GET)?;
+        let mut rows = stmt.query([id])?;
+        match rows.next()? {
+            None => Ok(None),
+            Some(row) => Ok(Some(serde_json::from_str(row.get_ref(0)?.as_str()?)?)),
+        }
+    }
+
+    /// The newest `limit` documents of `tenant` with `status`, newest first.
+    pub fn tenant_query(&self, status: Status, tenant: &str, limit: i64) -> BoxResult<Vec<Doc>> {
+        self.documents(TENANT_QUERY, params![status.as_str(), tenant, limit])
+    }
+
+    /// The newest `limit` documents with `low <= created_at <= high`, newest first.
+    pub fn range_query(&self, low: i64, high: i64, limit: i64) -> BoxResult<Vec<Doc>> {
+        self.documents(RANGE_QUERY, params![low, high, limit])
+    }
+
+    /// Runs a query whose only column is `_doc` and deserializes each row.
+    fn documents(&self, sql: &str, params: impl rusqlite::Params) -> BoxResult<Vec<Doc>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(params)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(serde_json::from_str(row.get_ref(0)?.as_str()?)?);
+        }
+        Ok(out)
+    }
+
+    /// How many documents are stored.
+    pub fn count(&self) -> BoxResult<u64> {
+        let n: i64 = self.conn.query_row(r#"SELECT count(*) FROM "docs""#, [], |r| r.get(0))?;
+        Ok(u64::try_from(n)?)
+    }
+
+    /// The connection, for the checks in `main`.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
