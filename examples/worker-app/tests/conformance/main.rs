@@ -49,4 +49,5 @@ suite!(
     touch_transaction,
     tenants_are_isolated,
     large_integers,
+    hostile_input,
 );

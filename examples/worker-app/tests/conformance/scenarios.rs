@@ -463,3 +463,68 @@ pub fn large_integers(t: &dyn Target) {
         refused(reply);
     }
 }
+
+pub fn hostile_input(t: &dyn Target) {
+    let c = Tenant::new(t, "hostile_input");
+    expect(c.post("/articles", &article("h-1", "Target")), 201);
+    let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let bodies: Vec<Vec<u8>> = vec![
+        nested.into_bytes(),
+        b"{\"id\": \"x\", \"title\": \"t\", \"views\": 1e400}".to_vec(),
+        b"{\"id\": \"x\", \"title\": \"t\", \"views\": 99999999999999999999999}".to_vec(),
+        b"{\"id\": \"x\", \"title\": \"t\", \"version\": -1}".to_vec(),
+        b"{\"id\": \"x\", \"title\": \"t\", \"version\": 18446744073709551615}".to_vec(),
+        b"{\"id\": \"\\u0000\", \"title\": \"\\ud800\"}".to_vec(),
+        b"{\"ids\": [\"h-1\", \"h-1\", \"h-1\"]}".to_vec(),
+        b"{\"field\": \"views\", \"by\": -9223372036854775808}".to_vec(),
+        b"{\"expected\": \"Draft\", \"new\": \"Published\", \"extra\": 1}".to_vec(),
+        b"null".to_vec(),
+        vec![0xc3, 0x28],
+    ];
+    let paths = [
+        "/articles",
+        "/articles/h-1",
+        "/articles/bulk",
+        "/articles/touch",
+        "/articles/h-1/increment",
+        "/articles/h-1/cas",
+        "/accounts",
+        "/transfers",
+        "/transfers/batch",
+    ];
+    let mut seen = Vec::new();
+    for path in paths {
+        for body in &bodies {
+            for method in ["POST", "PUT"] {
+                let reply = c.call(method, path, Some(body));
+                assert!(reply.status < 500, "{method} {path} {:?}: {}", String::from_utf8_lossy(body), reply.body);
+                seen.push(reply.status);
+            }
+        }
+    }
+    let queries = [
+        "limit=99999999999999999999999",
+        "offset=18446744073709551615",
+        "offset=-1",
+        "views_gte=-9223372036854775808&views_lte=9223372036854775807",
+        "created_from=9223372036854775807&created_to=-9223372036854775808",
+        "title_prefix=%25%5F%00",
+        "title_prefix=%F0%9F%A6%80",
+        "order=-",
+        "status=&status=Draft",
+        "=&&&=x",
+        "%",
+    ];
+    for q in queries {
+        let reply = c.get(&format!("/articles?{q}"));
+        assert!(reply.status < 500, "GET /articles?{q}: {}", reply.body);
+    }
+    for path in ["/articles/%00", "/articles/%C3%28", "/articles/..%2F..%2Fetc", "/articles/%2e%2e"] {
+        let reply = c.get(path);
+        assert!(reply.status < 500, "GET {path}: {}", reply.body);
+    }
+    assert!(seen.contains(&400), "hostile bodies are refused");
+    // The store still answers, and the target document is intact.
+    let doc = expect(c.get("/articles/h-1"), 200);
+    assert_eq!(doc["title"], "Target");
+}
