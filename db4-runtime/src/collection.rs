@@ -86,7 +86,7 @@ impl Exec<'_> {
                 let changes = RefCell::new(Vec::new());
                 let mut ticket = None;
                 let out = run(db.backend(), access, |conn| {
-                    let out = f(Ctx { conn, tx: None, changes: Some(&changes) })?;
+                    let out = f(Ctx { conn, tx: None, changes: db.observed().then_some(&changes) })?;
                     ticket = db.commit_ticket();
                     Ok(out)
                 })?;
@@ -461,8 +461,9 @@ fn write_many<'d, T: Document + 'd>(
     docs: impl IntoIterator<Item = &'d T>,
     write: fn(Ctx<'_>, &Arc<CollectionMeta>, &Encoded) -> Result<()>,
 ) -> Result<()> {
-    let encoded = docs.into_iter().map(|d| encode(meta, d)).collect::<Result<Vec<_>>>()?;
-    exec.write(Access::Atomic, |ctx| encoded.iter().try_for_each(|enc| write(ctx, meta, enc)))
+    // Encoded one at a time inside the transaction (hot in cache, no batch to build and free);
+    // a document that fails to encode rolls back the ones already written.
+    exec.write(Access::Atomic, |ctx| docs.into_iter().try_for_each(|d| write(ctx, meta, &encode(meta, d)?)))
 }
 
 pub(crate) fn insert_encoded(ctx: Ctx<'_>, meta: &Arc<CollectionMeta>, enc: &Encoded) -> Result<()> {

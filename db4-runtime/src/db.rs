@@ -187,6 +187,11 @@ impl Db {
 
     /// A place in the delivery order, taken while holding the write lock just before
     /// committing; `None` when nobody observes commits.
+    /// Whether anyone observes commits (change sets are only collected then).
+    pub(crate) fn observed(&self) -> bool {
+        self.inner.has_observers.load(Ordering::Acquire)
+    }
+
     /// Refuses a write from inside a commit observer of this thread: it would wait for the
     /// observer's own delivery to finish.
     pub(crate) fn check_not_observing(&self) -> Result<()> {

@@ -111,12 +111,22 @@ pub fn with_optimistic_lock<R>(policy: &RetryPolicy, mut f: impl FnMut() -> Resu
     loop {
         match f() {
             Err(e) if is_retryable(&e) && attempt < policy.max_retries => {
-                std::thread::sleep(policy.backoff(attempt));
+                pause(policy.backoff(attempt));
                 attempt += 1;
             }
             other => return other,
         }
     }
+}
+
+/// Waits before a retry. A Worker cannot block its thread (`std::thread::sleep` panics on
+/// wasm32), and a Durable Object runs one request's synchronous code at a time, so there it
+/// retries at once.
+pub(crate) fn pause(duration: Duration) {
+    #[cfg(not(target_arch = "wasm32"))]
+    std::thread::sleep(duration);
+    #[cfg(target_arch = "wasm32")]
+    let _ = duration;
 }
 
 thread_local! {

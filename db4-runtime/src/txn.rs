@@ -352,7 +352,9 @@ impl<'a> Transaction<'a> {
     pub(crate) fn record(&self, undo: Vec<Undo>, changes: impl IntoIterator<Item = Change>) {
         let mut state = self.state.borrow_mut();
         state.undo.extend(undo);
-        state.changes.extend(changes);
+        if self.db.observed() {
+            state.changes.extend(changes);
+        }
     }
 
     /// What the transaction leaves to do once committed: collections to register and
@@ -423,7 +425,7 @@ impl Db {
         loop {
             match self.transaction(&mut f) {
                 Err(e) if is_retryable(&e) && attempt < options.retry.max_retries => {
-                    std::thread::sleep(options.retry.backoff(attempt));
+                    crate::lock::pause(options.retry.backoff(attempt));
                     attempt += 1;
                 }
                 other => return other,

@@ -65,7 +65,6 @@ pub struct SqliteBackend {
     busy_retries: u32,
     conn: Mutex<rusqlite::Connection>,
     readers: Vec<Mutex<rusqlite::Connection>>,
-    next_reader: AtomicUsize,
 }
 
 impl std::fmt::Debug for SqliteBackend {
@@ -125,12 +124,7 @@ impl SqliteBackend {
             Synchronous::Normal => "PRAGMA synchronous = NORMAL",
         };
         conn.execute_batch(sync).map_err(backend_error)?;
-        Ok(Self {
-            busy_retries: options.busy_retries,
-            conn: Mutex::new(conn),
-            readers: Vec::new(),
-            next_reader: AtomicUsize::new(0),
-        })
+        Ok(Self { busy_retries: options.busy_retries, conn: Mutex::new(conn), readers: Vec::new() })
     }
 }
 
@@ -139,9 +133,7 @@ impl Backend for SqliteBackend {
         // A panic in an earlier closure poisons the mutex, but the transaction guard below has
         // already rolled that work back, so the connection is in a clean state.
         if access == Access::Read && !self.readers.is_empty() {
-            let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-            let reader = self.readers[i].lock().unwrap_or_else(PoisonError::into_inner);
-            return f(&SqliteConnection(&reader));
+            return f(&SqliteConnection(&self.reader()));
         }
         let writer = self.lock_writer()?;
         let conn = SqliteConnection(&writer.conn);
@@ -205,6 +197,25 @@ impl Drop for Writer<'_> {
 }
 
 impl SqliteBackend {
+    /// A reader connection. Each thread prefers its own (its page cache stays warm for it) and
+    /// takes another free one when that is busy; it waits only when all are.
+    fn reader(&self) -> MutexGuard<'_, rusqlite::Connection> {
+        thread_local! {
+            static PREFERRED: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+        }
+        static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+        let n = self.readers.len();
+        let first = PREFERRED.with(|p| *p) % n;
+        for i in (0..n).map(|k| (first + k) % n) {
+            match self.readers[i].try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        self.readers[first].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Locks the writer connection. A thread that already holds it (a transaction is open
     /// and code inside it writes through the `Db` instead of the transaction) gets an error
     /// rather than waiting for itself forever.

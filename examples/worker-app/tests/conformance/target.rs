@@ -92,8 +92,13 @@ pub struct Http {
 }
 
 impl Http {
-    /// The target named by `DB4_WORKERD_URL`, or `None` (the workerd tests are skipped).
-    pub fn from_env() -> Option<Self> {
+    /// The target named by `DB4_WORKERD_URL`; panics (failing the test) without it.
+    pub fn required() -> Self {
+        Self::from_env().expect("DB4_WORKERD_URL must name the app on workerd; examples/worker-app/e2e.sh sets it")
+    }
+
+    /// The target named by `DB4_WORKERD_URL`, or `None`.
+    fn from_env() -> Option<Self> {
         let url = std::env::var("DB4_WORKERD_URL").ok()?;
         let host = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
         let run = std::env::var("DB4_E2E_RUN_ID").unwrap_or_else(|_| {

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 /// Phases run by `e2e.sh` around workerd restarts (`DB4_E2E_PERSIST`): `write`, then after a
 /// SIGTERM restart `verify`; `write_more`, then after a SIGKILL restart `verify_more`.
 #[test]
+#[ignore = "needs the app on workerd and a phase: run by examples/worker-app/e2e.sh"]
 fn persistence() {
-    let (Some(t), Ok(phase)) = (Http::from_env(), std::env::var("DB4_E2E_PERSIST")) else { return };
+    let t = Http::required();
+    let phase = std::env::var("DB4_E2E_PERSIST").expect("DB4_E2E_PERSIST names the phase; e2e.sh sets it");
     let c = Tenant::new(&t, "persist");
     match phase.as_str() {
         "write" => {
@@ -131,10 +133,7 @@ fn compare(
 #[test]
 #[ignore = "a measurement: run by `e2e.sh --bench` against workerd"]
 fn bench() {
-    let Some(t) = Http::from_env() else {
-        eprintln!("DB4_WORKERD_URL is not set: nothing to measure");
-        return;
-    };
+    let t = Http::required();
     let n: usize = std::env::var("DB4_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let tenant = t.tenant("bench");
     let base = format!("/t/{tenant}");
