@@ -74,7 +74,7 @@ impl RetryPolicy {
     /// A jittered wait before retry `attempt`: uniform in `0..=ceiling(attempt)`.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let ceiling = self.ceiling(attempt).as_nanos() as u64;
-        Duration::from_nanos(if ceiling == 0 { 0 } else { next_random() % (ceiling + 1) })
+        Duration::from_nanos(if ceiling == 0 { 0 } else { next_random() % ceiling.saturating_add(1) })
     }
 }
 
@@ -208,6 +208,9 @@ mod tests {
             }
         }
         let spread: std::collections::HashSet<Duration> = (0..50).map(|_| p.backoff(5)).collect();
+        // Extreme settings stay in range instead of overflowing.
+        let wild = RetryPolicy::default().initial_backoff(Duration::MAX).max_backoff(Duration::MAX);
+        assert!(wild.backoff(63) <= wild.ceiling(63));
         assert!(spread.len() > 10, "backoff is not jittered: {spread:?}");
     }
 
