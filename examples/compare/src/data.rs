@@ -9,7 +9,7 @@ pub const SEED: u64 = 0x0db4_c0de_2026_0001;
 /// How many tenants the documents are spread over.
 pub const TENANTS: u64 = 20;
 
-/// A user-ish record of about 800 bytes of JSON.
+/// A user-ish record of about 830 bytes of JSON.
 ///
 /// The attributes give the table db4 creates, which the raw side reproduces by hand: `_id`
 /// (text primary key), `_doc` (the JSON) and one indexed column each for `tenant`, `status`
@@ -39,6 +39,8 @@ pub struct Doc {
     pub body: String,
     /// Two to five tags.
     pub tags: Vec<String>,
+    /// A counter: 0 when generated; the write benchmarks update and increment it.
+    pub views: u64,
 }
 
 /// The state of a [`Doc`].
@@ -282,6 +284,7 @@ pub fn generate(n: usize) -> Vec<Doc> {
                 title,
                 body,
                 tags: (0..tag_count).map(|_| rng.pick(TAGS).to_owned()).collect(),
+                views: 0,
             }
         })
         .collect()

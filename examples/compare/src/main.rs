@@ -1,12 +1,13 @@
 //! db4-compare: db4 against hand-written rusqlite doing the same work on the same data.
 //!
 //! Run with `cargo run --release -p db4-compare [-- --docs N | --quick]`. Every side gets the
-//! same generated documents, the same pragmas (WAL, `synchronous = FULL`) and a fresh database
+//! same generated documents, the same pragmas (WAL, `synchronous = FULL`; the write
+//! transactions are measured a second time with `NORMAL` on every side) and a fresh database
 //! file under `target/`. The raw baseline uses exactly db4's table and indexes; a second raw
 //! store with plain (application-filled) index columns shows what db4's layout choice costs.
-//! Each measurement is repeated and the median reported; results are cross-checked between
-//! the sides and against the generated data, and the run aborts if they differ. See
-//! `docs/benchmarks.md`.
+//! Each measurement is repeated and the median reported; results and the written state are
+//! cross-checked between the sides and against the generated data (and a model of the writes),
+//! and the run aborts if they differ. See `docs/benchmarks.md`.
 
 mod data;
 mod measure;
@@ -14,9 +15,9 @@ mod raw;
 
 use data::{Doc, SEED, SplitMix64, Status, TENANTS};
 use db4::{Collection, Db, DbOptions, Synchronous};
-use measure::{Measurement, SIDES, Target, interleaved};
+use measure::{Measurement, SIDES, Target, interleaved, write_rounds};
 use raw::{BoxResult, Layout, RawStore};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,14 +37,20 @@ const DB4_TENANT_QUERY_SQL: &str = r#"SELECT "_doc" FROM "docs" WHERE ("f_status
 const DB4_RANGE_QUERY_SQL: &str =
     r#"SELECT "_doc" FROM "docs" WHERE ("f_created_at" BETWEEN ? AND ?) ORDER BY "f_created_at" DESC LIMIT ? OFFSET ?"#;
 
-const USAGE: &str = "usage: db4-compare [--docs N] [--reps N] [--queries N] [--dir PATH] [--db4-readers N] [--quick]
+/// Documents updated by each transaction of the update benchmark.
+const UPDATES_PER_TXN: usize = 10;
+
+const USAGE: &str =
+    "usage: db4-compare [--docs N] [--reps N] [--queries N] [--txns N] [--dir PATH] [--db4-readers N] [--quick]
 
   --docs N         documents to insert, and point gets to run (default 100000)
   --reps N         timed repetitions of each measurement, median reported (default 5)
   --queries N      status+tenant queries per repetition; the range query runs 10×N (default 40)
+  --txns N         update transactions and increments per repetition with synchronous = FULL;
+                   4×N with NORMAL; empty transactions: 20×N (default 500)
   --dir PATH       where the database files go (default: target/<profile>/db4-compare-data)
   --db4-readers N  size of db4's read-connection pool (default: db4's own default)
-  --quick          a smoke run: 2000 docs, 3 reps, 10 queries (explicit flags still win)";
+  --quick          a smoke run: 2000 docs, 3 reps, 10 queries, 20 txns (explicit flags still win)";
 
 /// What to run, from the command line.
 #[derive(Debug)]
@@ -51,6 +58,7 @@ struct Config {
     docs: usize,
     reps: usize,
     queries: usize,
+    txns: usize,
     dir: PathBuf,
     /// db4's read-connection pool size, when not db4's default.
     db4_readers: Option<usize>,
@@ -59,7 +67,8 @@ struct Config {
 impl Config {
     fn from_args() -> BoxResult<Self> {
         let mut args = std::env::args().skip(1);
-        let (mut docs, mut reps, mut queries, mut dir, mut db4_readers) = (None, None, None, None, None);
+        let (mut docs, mut reps, mut queries, mut txns, mut dir, mut db4_readers) =
+            (None, None, None, None, None, None);
         let mut quick = false;
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
@@ -67,6 +76,7 @@ impl Config {
                 "--docs" => docs = Some(value("--docs")?.parse::<usize>()?),
                 "--reps" => reps = Some(value("--reps")?.parse::<usize>()?),
                 "--queries" => queries = Some(value("--queries")?.parse::<usize>()?),
+                "--txns" => txns = Some(value("--txns")?.parse::<usize>()?),
                 "--dir" => dir = Some(PathBuf::from(value("--dir")?)),
                 "--db4-readers" => db4_readers = Some(value("--db4-readers")?.parse::<usize>()?),
                 "--quick" => quick = true,
@@ -86,11 +96,14 @@ impl Config {
             docs: docs.unwrap_or(if quick { 2_000 } else { 100_000 }),
             reps: reps.unwrap_or(if quick { 3 } else { 5 }),
             queries: queries.unwrap_or(if quick { 10 } else { 40 }),
+            txns: txns.unwrap_or(if quick { 20 } else { 500 }),
             dir,
             db4_readers,
         };
-        if config.docs == 0 || config.reps == 0 || config.queries == 0 {
-            return Err("--docs, --reps and --queries must be at least 1".into());
+        if config.docs < UPDATES_PER_TXN || config.reps == 0 || config.queries == 0 || config.txns == 0 {
+            return Err(
+                format!("--docs must be at least {UPDATES_PER_TXN}, --reps, --queries and --txns at least 1").into()
+            );
         }
         Ok(config)
     }
@@ -108,8 +121,10 @@ impl Config {
     }
 }
 
-/// The three stores the read benchmarks run against, in [`SIDES`] order.
+/// The three stores the benchmarks after the insert run against, in [`SIDES`] order (plus
+/// db4's `Db`, for transactions).
 struct Stores {
+    db: Db,
     db4: Collection<Doc>,
     raw: RawStore,
     stored: RawStore,
@@ -135,7 +150,8 @@ fn run() -> BoxResult<()> {
         config.reps,
     );
     println!(
-        "  SQLite {} (bundled), WAL, synchronous = FULL everywhere; db4 read pool: {} connection(s)",
+        "  SQLite {} (bundled), WAL, synchronous = FULL everywhere (then NORMAL everywhere for a second round of \
+         write transactions); db4 read pool: {} connection(s)",
         rusqlite::version(),
         config.db4_options().sqlite.readers
     );
@@ -148,8 +164,14 @@ fn run() -> BoxResult<()> {
     let gets = bench_gets(&config, &docs, &stores)?;
     let tenant_query = bench_tenant_query(&config, &docs, &stores)?;
     let range_query = bench_range_query(&config, &docs, &stores)?;
+    let mut measurements = vec![insert, gets, tenant_query, range_query];
+    let mut model = Model { docs: &docs, changed: HashMap::new() };
+    println!("load average before the write transactions: {}", load_average());
+    measurements.extend(bench_writes(&config, &stores, &mut model, Synchronous::Full)?);
+    let stores = switch_to_normal(&config, stores)?;
+    measurements.extend(bench_writes(&config, &stores, &mut model, Synchronous::Normal)?);
     println!("load average at end: {}\n", load_average());
-    measure::report(&[insert, gets, tenant_query, range_query]);
+    measure::report(&measurements);
     Ok(())
 }
 
@@ -174,13 +196,14 @@ fn remove_database(path: &Path) -> BoxResult<()> {
 }
 
 /// Opens a fresh db4 database and its `docs` collection (untimed), then times `insert_many`.
-fn db4_insert(config: &Config, docs: &[Doc]) -> BoxResult<(Duration, Collection<Doc>)> {
+fn db4_insert(config: &Config, docs: &[Doc]) -> BoxResult<(Duration, (Db, Collection<Doc>))> {
     let path = config.file(0);
     remove_database(&path)?;
-    let collection = Db::open_with(&path, config.db4_options())?.collection::<Doc>()?;
+    let db = Db::open_with(&path, config.db4_options())?;
+    let collection = db.collection::<Doc>()?;
     let start = Instant::now();
     collection.insert_many(docs)?;
-    Ok((start.elapsed(), collection))
+    Ok((start.elapsed(), (db, collection)))
 }
 
 /// Opens a fresh raw database and creates its table (untimed), then times the bulk insert.
@@ -215,11 +238,9 @@ fn bench_insert(config: &Config, docs: &[Doc]) -> BoxResult<(Measurement, Stores
                 }
             }
         }
-        let stores = Stores {
-            db4: db4.ok_or("db4 did not run")?,
-            raw: raw.ok_or("raw did not run")?,
-            stored: stored.ok_or("raw (stored) did not run")?,
-        };
+        let (db, db4) = db4.ok_or("db4 did not run")?;
+        let stores =
+            Stores { db, db4, raw: raw.ok_or("raw did not run")?, stored: stored.ok_or("raw (stored) did not run")? };
         let counts = [stores.db4.count()?, stores.raw.count()?, stores.stored.count()?];
         if counts.iter().any(|&n| n != docs.len() as u64) {
             return Err(format!("insert: expected {} documents, found {counts:?} ({SIDES:?})", docs.len()).into());
@@ -324,7 +345,7 @@ fn fold(sum: u64, doc: &Doc) -> u64 {
 fn bench_gets(config: &Config, docs: &[Doc], stores: &Stores) -> BoxResult<Measurement> {
     let mut rng = SplitMix64::new(SEED ^ 0x6765_7473);
     let picks: Vec<&Doc> = (0..docs.len()).map(|_| &docs[rng.below(docs.len() as u64) as usize]).collect();
-    let Stores { db4, raw, stored } = stores;
+    let Stores { db4, raw, stored, .. } = stores;
 
     // Correctness, which doubles as the warm-up: each get returns the inserted document on
     // every side, and an unknown id returns nothing.
@@ -398,7 +419,7 @@ fn bench_tenant_query(config: &Config, docs: &[Doc], stores: &Stores) -> BoxResu
     let params: Vec<(Status, String)> =
         (0..config.queries).map(|_| (Status::ALL[rng.below(4) as usize], data::tenant(rng.below(TENANTS)))).collect();
     let (plan, stored_plan) = check_plans(config, stores, DB4_TENANT_QUERY_SQL, raw::TENANT_QUERY)?;
-    let Stores { db4, raw, stored } = stores;
+    let Stores { db4, raw, stored, .. } = stores;
     let limit = QUERY_LIMIT as i64;
 
     let mut groups: HashMap<(Status, &str), Vec<&Doc>> = HashMap::new();
@@ -450,7 +471,7 @@ fn bench_range_query(config: &Config, docs: &[Doc], stores: &Stores) -> BoxResul
         })
         .collect();
     let (plan, stored_plan) = check_plans(config, stores, DB4_RANGE_QUERY_SQL, raw::RANGE_QUERY)?;
-    let Stores { db4, raw, stored } = stores;
+    let Stores { db4, raw, stored, .. } = stores;
     let limit = QUERY_LIMIT as i64;
 
     let (expected, rows) = check_query_results(
@@ -479,4 +500,167 @@ fn bench_range_query(config: &Config, docs: &[Doc], stores: &Stores) -> BoxResul
     let mut m = Measurement::new(name, windows.len(), "queries", None);
     interleaved(config.reps, &mut m, &windows, 50, expected, [&db4_op, &raw_op, &stored_op])?;
     Ok(m)
+}
+
+/// What every document should hold while the write benchmarks change them: the generated
+/// documents, overlaid with the ones written since.
+struct Model<'d> {
+    docs: &'d [Doc],
+    changed: HashMap<usize, Doc>,
+}
+
+impl Model<'_> {
+    fn current(&self, i: usize) -> &Doc {
+        self.changed.get(&i).unwrap_or(&self.docs[i])
+    }
+
+    /// Adds 1 to document `i`'s `views` (what both an update and an increment do here) and
+    /// returns its new content.
+    fn bump(&mut self, i: usize) -> &Doc {
+        let docs = self.docs;
+        let doc = self.changed.entry(i).or_insert_with(|| docs[i].clone());
+        doc.views += 1;
+        doc
+    }
+}
+
+/// Aborts unless every side stores exactly the model's JSON (byte for byte: all sides
+/// serialize the same struct with serde_json) for each document in `touched`, db4's `get`
+/// returns the model's document, and no side gained or lost a document.
+fn check_written(config: &Config, stores: &Stores, model: &Model<'_>, touched: &BTreeSet<usize>) -> BoxResult<()> {
+    let db4_conn = open_db4_file(config)?;
+    let conns = [&db4_conn, stores.raw.connection(), stores.stored.connection()];
+    let mut selects = conns
+        .iter()
+        .map(|c| c.prepare(r#"SELECT "_doc" FROM "docs" WHERE "_id" = ?1"#))
+        .collect::<Result<Vec<_>, _>>()?;
+    for &i in touched {
+        let want = model.current(i);
+        let want_json = serde_json::to_string(want)?;
+        for (side, select) in selects.iter_mut().enumerate() {
+            let json: String = select.query_row([&want.id], |r| r.get(0))?;
+            if json != want_json {
+                return Err(
+                    format!("document {}: {} stores\n  {json}\nexpected\n  {want_json}", want.id, SIDES[side]).into()
+                );
+            }
+        }
+        if stores.db4.get(want.id.as_str())?.as_ref() != Some(want) {
+            return Err(format!("document {}: db4's get does not return the written document", want.id).into());
+        }
+    }
+    let counts = [stores.db4.count()?, stores.raw.count()?, stores.stored.count()?];
+    if counts.iter().any(|&n| n != model.docs.len() as u64) {
+        return Err(
+            format!("after writes: expected {} documents, found {counts:?} ({SIDES:?})", model.docs.len()).into()
+        );
+    }
+    Ok(())
+}
+
+/// Reopens db4 with `synchronous = NORMAL` and switches the raw connections to it too. db4's
+/// last connection closing checkpoints its WAL, so the raw files are checkpointed as well.
+fn switch_to_normal(config: &Config, stores: Stores) -> BoxResult<Stores> {
+    let Stores { db, db4, raw, stored } = stores;
+    drop(db4);
+    drop(db);
+    for store in [&raw, &stored] {
+        store.connection().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        store.set_synchronous(true)?;
+    }
+    let db = Db::open_with(config.file(0), config.db4_options().synchronous(Synchronous::Normal))?;
+    let db4 = db.collection::<Doc>()?;
+    Ok(Stores { db, db4, raw, stored })
+}
+
+/// The write transactions, each `BEGIN IMMEDIATE` … `COMMIT` on every side, at the
+/// `synchronous` setting the stores are open with: empty transactions, transactions of
+/// [`UPDATES_PER_TXN`] updates, and increments of a counter field.
+fn bench_writes(
+    config: &Config,
+    stores: &Stores,
+    model: &mut Model<'_>,
+    sync: Synchronous,
+) -> BoxResult<Vec<Measurement>> {
+    let (label, txns, chunk) = match sync {
+        Synchronous::Normal => ("synchronous = NORMAL", config.txns * 4, 100),
+        _ => ("synchronous = FULL", config.txns, 10),
+    };
+    let Stores { db, db4, raw, stored } = stores;
+    let (docs, n) = (model.docs, model.docs.len() as u64);
+    let mut rng = SplitMix64::new(SEED ^ if sync == Synchronous::Normal { 0x6e6f_726d } else { 0x6675_6c6c });
+    let mut out = Vec::new();
+
+    // An empty transaction: what a transaction costs before it does anything.
+    let empties = config.txns * 20;
+    let db4_op = |_: &(), sum: u64| {
+        db.transaction(|_tx| Ok(()))?;
+        Ok(sum + 1)
+    };
+    let raw_op = |_: &(), sum: u64| raw.empty_transaction().map(|()| sum + 1);
+    let stored_op = |_: &(), sum: u64| stored.empty_transaction().map(|()| sum + 1);
+    let mut m = Measurement::new(format!("empty transaction, {label}"), empties, "txns", None);
+    write_rounds(config.reps, &mut m, 500, || (vec![(); empties], empties as u64), [&db4_op, &raw_op, &stored_op])?;
+    check_written(config, stores, model, &BTreeSet::new())?;
+    out.push(m);
+
+    // Transactions of 10 updates of known documents (no reads): each adds 1 to `views` of 10
+    // distinct random documents, every side writing the same new contents.
+    let mut touched = BTreeSet::new();
+    let next_round = || {
+        let batches: Vec<Vec<Doc>> = (0..txns)
+            .map(|_| {
+                let mut picked = Vec::with_capacity(UPDATES_PER_TXN);
+                while picked.len() < UPDATES_PER_TXN {
+                    let i = rng.below(n) as usize;
+                    if !picked.contains(&i) {
+                        picked.push(i);
+                    }
+                }
+                touched.extend(&picked);
+                picked.into_iter().map(|i| model.bump(i).clone()).collect()
+            })
+            .collect();
+        let expected = batches.iter().flatten().fold(0, fold);
+        (batches, expected)
+    };
+    let db4_op = |batch: &Vec<Doc>, sum: u64| {
+        db.transaction(|tx| {
+            let docs = tx.collection::<Doc>()?;
+            batch.iter().try_for_each(|doc| docs.update(doc))
+        })?;
+        Ok(batch.iter().fold(sum, fold))
+    };
+    let raw_op = |batch: &Vec<Doc>, sum: u64| raw.update_all(batch).map(|()| batch.iter().fold(sum, fold));
+    let stored_op = |batch: &Vec<Doc>, sum: u64| stored.update_all(batch).map(|()| batch.iter().fold(sum, fold));
+    let name = format!("transaction of {UPDATES_PER_TXN} updates, {label}");
+    let mut m = Measurement::new(name, txns, "txns", Some(Target::MaxTimeRatio(1.3)));
+    write_rounds(config.reps, &mut m, chunk, next_round, [&db4_op, &raw_op, &stored_op])?;
+    check_written(config, stores, model, &touched)?;
+    println!("{}: {} documents checked on every side", m.name(), touched.len());
+    out.push(m);
+
+    // Atomic increments of `views` on random documents; every side must return the same new
+    // values (folded into the checksum) and end with the same documents.
+    let mut touched = BTreeSet::new();
+    let next_round = || {
+        let picks: Vec<usize> = (0..txns).map(|_| rng.below(n) as usize).collect();
+        touched.extend(&picks);
+        let expected = picks.iter().fold(0, |sum, &i| counter_fold(sum, model.bump(i).views));
+        (picks, expected)
+    };
+    let db4_op = |&i: &usize, sum| Ok(counter_fold(sum, db4.increment(docs[i].id.as_str(), Doc::fields().views, 1)?));
+    let raw_op = |&i: &usize, sum| Ok(counter_fold(sum, raw.increment_views(&docs[i].id)?));
+    let stored_op = |&i: &usize, sum| Ok(counter_fold(sum, stored.increment_views(&docs[i].id)?));
+    let mut m = Measurement::new(format!("increment views, {label}"), txns, "increments", None);
+    write_rounds(config.reps, &mut m, chunk * 2, next_round, [&db4_op, &raw_op, &stored_op])?;
+    check_written(config, stores, model, &touched)?;
+    println!("{}: {} documents checked on every side", m.name(), touched.len());
+    out.push(m);
+    Ok(out)
+}
+
+/// Folds a counter value returned by an increment into a running checksum.
+fn counter_fold(sum: u64, value: u64) -> u64 {
+    sum.rotate_left(7) ^ value
 }

@@ -38,7 +38,7 @@ impl Target {
 /// The timings of one operation on every side, one entry per timed repetition.
 #[derive(Debug)]
 pub struct Measurement {
-    name: &'static str,
+    name: String,
     /// Operations per repetition.
     ops: usize,
     unit: &'static str,
@@ -49,8 +49,13 @@ pub struct Measurement {
 
 impl Measurement {
     /// An operation run `ops` times (counted in `unit`s) per repetition.
-    pub fn new(name: &'static str, ops: usize, unit: &'static str, target: Option<Target>) -> Self {
-        Self { name, ops, unit, times: Default::default(), target }
+    pub fn new(name: impl Into<String>, ops: usize, unit: &'static str, target: Option<Target>) -> Self {
+        Self { name: name.into(), ops, unit, times: Default::default(), target }
+    }
+
+    /// The operation's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Records one repetition: each side's time.
@@ -80,9 +85,7 @@ fn time_chunk<I>(items: &[I], sum: u64, op: SideOp<'_, I>) -> BoxResult<(Duratio
 }
 
 /// Times a read workload on every side: `reps` repetitions over the same `items` in the same
-/// order. Within a repetition the sides take turns in chunks of `chunk` items, the side going
-/// first rotating, so load from other processes on the machine hits all of them alike. Each
-/// side's checksum must come out as `expected` every time.
+/// order (see [`interleaved_round`]).
 pub fn interleaved<I>(
     reps: usize,
     m: &mut Measurement,
@@ -92,24 +95,62 @@ pub fn interleaved<I>(
     sides: [SideOp<'_, I>; SIDES.len()],
 ) -> BoxResult<()> {
     for round in 0..reps {
-        let mut time = [Duration::ZERO; SIDES.len()];
-        let mut sum = [0; SIDES.len()];
-        for (k, part) in items.chunks(chunk.max(1)).enumerate() {
-            for turn in 0..SIDES.len() {
-                let side = (round + k + turn) % SIDES.len();
-                let (t, s) = time_chunk(part, sum[side], sides[side])?;
-                time[side] += t;
-                sum[side] = s;
-            }
+        interleaved_round(round, m, items, chunk, expected, sides)?;
+    }
+    Ok(())
+}
+
+/// Times one repetition of a workload on every side: each side runs all of `items` in order,
+/// but the sides take turns in chunks of `chunk` items, the side going first rotating (and
+/// starting from `round`), so load from other processes on the machine hits all of them alike.
+/// Each side's checksum must come out as `expected`.
+pub fn interleaved_round<I>(
+    round: usize,
+    m: &mut Measurement,
+    items: &[I],
+    chunk: usize,
+    expected: u64,
+    sides: [SideOp<'_, I>; SIDES.len()],
+) -> BoxResult<()> {
+    let mut time = [Duration::ZERO; SIDES.len()];
+    let mut sum = [0; SIDES.len()];
+    for (k, part) in items.chunks(chunk.max(1)).enumerate() {
+        for turn in 0..SIDES.len() {
+            let side = (round + k + turn) % SIDES.len();
+            let (t, s) = time_chunk(part, sum[side], sides[side])?;
+            time[side] += t;
+            sum[side] = s;
         }
-        if let Some(side) = (0..SIDES.len()).find(|&side| sum[side] != expected) {
-            return Err(format!(
-                "{}: {} returned different results (checksum {:#x}, expected {expected:#x})",
-                m.name, SIDES[side], sum[side]
-            )
-            .into());
+    }
+    if let Some(side) = (0..SIDES.len()).find(|&side| sum[side] != expected) {
+        return Err(format!(
+            "{}: {} returned different results (checksum {:#x}, expected {expected:#x})",
+            m.name, SIDES[side], sum[side]
+        )
+        .into());
+    }
+    m.push(time);
+    Ok(())
+}
+
+/// Times a write workload on every side: one untimed warm-up round, then `reps` timed ones,
+/// each interleaved as in [`interleaved_round`]. `next_round` gives each round's items (a
+/// round's writes differ from the previous round's) and the checksum every side must reach.
+pub fn write_rounds<I>(
+    reps: usize,
+    m: &mut Measurement,
+    chunk: usize,
+    mut next_round: impl FnMut() -> (Vec<I>, u64),
+    sides: [SideOp<'_, I>; SIDES.len()],
+) -> BoxResult<()> {
+    for round in 0..=reps {
+        let (items, expected) = next_round();
+        if round == 0 {
+            let mut warm_up = Measurement::new(format!("{} (warm-up)", m.name), m.ops, m.unit, None);
+            interleaved_round(round, &mut warm_up, &items, chunk, expected, sides)?;
+        } else {
+            interleaved_round(round, m, &items, chunk, expected, sides)?;
         }
-        m.push(time);
     }
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! The baseline: the same store written by hand on rusqlite, as a careful user would.
 //!
 //! Same table and indexes as db4 creates for [`Doc`] (or, for reference, plain index columns
-//! the application fills), same pragmas (WAL, `synchronous = FULL`), cached prepared
-//! statements, serde_json for the documents.
+//! the application fills), same pragmas (WAL, `synchronous = FULL` unless switched to `NORMAL`
+//! for the second round of write measurements, as db4 is), cached prepared statements
+//! (including `BEGIN IMMEDIATE` and `COMMIT`), serde_json for the documents.
 
 use crate::data::{Doc, Status};
 use rusqlite::{Connection, TransactionBehavior, params};
@@ -33,6 +34,10 @@ CREATE INDEX IF NOT EXISTS "docs_created_at" ON "docs" ("f_created_at");
 const GENERATED_INSERT: &str = r#"INSERT INTO "docs" ("_id", "_doc") VALUES (?1, ?2)"#;
 const STORED_INSERT: &str =
     r#"INSERT INTO "docs" ("_id", "_doc", "f_tenant", "f_status", "f_created_at") VALUES (?1, ?2, ?3, ?4, ?5)"#;
+/// Exactly db4's update for a collection without a `#[version]` field.
+const GENERATED_UPDATE: &str = r#"UPDATE "docs" SET "_doc" = ?2 WHERE "_id" = ?1"#;
+const STORED_UPDATE: &str =
+    r#"UPDATE "docs" SET "_doc" = ?2, "f_tenant" = ?3, "f_status" = ?4, "f_created_at" = ?5 WHERE "_id" = ?1"#;
 const GET: &str = r#"SELECT "_doc" FROM "docs" WHERE "_id" = ?1"#;
 /// The newest documents of one tenant in one status, as a person would write it.
 pub const TENANT_QUERY: &str =
@@ -86,6 +91,73 @@ impl RawStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Sets `PRAGMA synchronous` to `NORMAL` (or back to `FULL`) and checks that it took.
+    pub fn set_synchronous(&self, normal: bool) -> BoxResult<()> {
+        let (sql, want) = if normal { ("PRAGMA synchronous = NORMAL", 1) } else { ("PRAGMA synchronous = FULL", 2) };
+        self.conn.execute_batch(sql)?;
+        let got: i64 = self.conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        if got != want {
+            return Err(format!("raw: synchronous is {got}, expected {want}").into());
+        }
+        Ok(())
+    }
+
+    /// Runs `f` between `BEGIN IMMEDIATE` and `COMMIT`, both cached prepared statements (as db4
+    /// runs them); rolls back if `f` or the commit fails.
+    pub fn immediate<R>(&self, f: impl FnOnce(&Self) -> BoxResult<R>) -> BoxResult<R> {
+        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let out = f(self).and_then(|out| {
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(out)
+        });
+        if out.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        out
+    }
+
+    /// `BEGIN IMMEDIATE; COMMIT` with nothing in between.
+    pub fn empty_transaction(&self) -> BoxResult<()> {
+        self.immediate(|_| Ok(()))
+    }
+
+    /// Replaces one stored document (serialize, bind, execute); an error unless exactly one
+    /// row changed. To be called inside [`immediate`](Self::immediate).
+    fn update_one(&self, doc: &Doc) -> BoxResult<()> {
+        let json = serde_json::to_string(doc)?;
+        let changed = match self.layout {
+            Layout::Generated => self.conn.prepare_cached(GENERATED_UPDATE)?.execute(params![doc.id, json])?,
+            Layout::Stored => self.conn.prepare_cached(STORED_UPDATE)?.execute(params![
+                doc.id,
+                json,
+                doc.tenant,
+                doc.status.as_str(),
+                doc.created_at
+            ])?,
+        };
+        if changed != 1 {
+            return Err(format!("raw update of {}: {changed} rows changed", doc.id).into());
+        }
+        Ok(())
+    }
+
+    /// Replaces every document of `docs` in one `BEGIN IMMEDIATE` … `COMMIT` transaction.
+    pub fn update_all(&self, docs: &[Doc]) -> BoxResult<()> {
+        self.immediate(|store| docs.iter().try_for_each(|doc| store.update_one(doc)))
+    }
+
+    /// Adds 1 to `views` of document `id` atomically and returns the new value: in one
+    /// `BEGIN IMMEDIATE` … `COMMIT`, select `_doc`, deserialize it into a [`Doc`], add (checked),
+    /// serialize the struct and update the row.
+    pub fn increment_views(&self, id: &str) -> BoxResult<u64> {
+        self.immediate(|store| {
+            let mut doc = store.get(id)?.ok_or_else(|| format!("raw increment: no document {id}"))?;
+            doc.views = doc.views.checked_add(1).ok_or("raw increment: views overflows")?;
+            store.update_one(&doc)?;
+            Ok(doc.views)
+        })
     }
 
     /// Reads one document by id.
