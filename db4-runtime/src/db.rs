@@ -259,6 +259,9 @@ impl Db {
 
     /// Remembers collections whose creation or migration has committed.
     pub(crate) fn register_collections(&self, metas: Vec<Arc<CollectionMeta>>) {
+        if metas.is_empty() {
+            return;
+        }
         let mut known = self.inner.collections.lock().unwrap_or_else(PoisonError::into_inner);
         for meta in metas {
             known.insert(meta.collection, meta);
