@@ -300,3 +300,59 @@ fn writing_through_the_db_inside_its_own_transaction_is_an_error_not_a_hang() ->
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(crate = "db4_runtime", collection = "sequenced")]
+struct Sequenced {
+    #[id]
+    id: i64,
+    thread: u32,
+}
+
+/// Commits from many threads reach observers in commit order: each transaction takes the next
+/// number from a counter (transactions are serialized, so the number is its commit position)
+/// and inserts a document with that id; the observer must see ids 1, 2, 3, ... in order.
+#[test]
+fn observers_see_concurrent_commits_in_commit_order() -> Result<()> {
+    use db4_runtime::{Change, Value};
+    use std::sync::{Arc, Mutex};
+    let dir = std::env::temp_dir().join(format!("db4-order-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = Db::open_with(
+        dir.join("order.db"),
+        db4_runtime::DbOptions::default().synchronous(db4_runtime::Synchronous::Normal),
+    )?;
+    db.collection::<Account>()?.insert(&account("counter", 0))?;
+    db.collection::<Sequenced>()?;
+    let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    db.on_commit(move |changes: &[Change]| {
+        for c in changes.iter().filter(|c| c.collection == "sequenced") {
+            if let Value::Integer(id) = c.id {
+                sink.lock().unwrap().push(id);
+            }
+        }
+    });
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4u32)
+            .map(|t| {
+                let db = db.clone();
+                s.spawn(move || -> Result<()> {
+                    for _ in 0..100 {
+                        db.transaction(|tx| {
+                            let n = tx.collection::<Account>()?.increment("counter", Account::fields().balance, 1)?;
+                            tx.collection::<Sequenced>()?.insert(&Sequenced { id: n, thread: t })
+                        })?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("worker panicked").expect("worker failed");
+        }
+    });
+    assert_eq!(*seen.lock().unwrap(), (1..=400).collect::<Vec<i64>>());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
