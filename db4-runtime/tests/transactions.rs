@@ -356,3 +356,11 @@ fn observers_see_concurrent_commits_in_commit_order() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn db_and_collections_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Db>();
+    assert_send_sync::<db4_runtime::Collection<Account>>();
+    assert_send_sync::<db4_runtime::BatchStore>();
+}
