@@ -304,7 +304,7 @@ macro_rules! collection_methods {
         /// [`update`](Self::update).
         pub fn update_with(&self, id: impl IdArg<T::Id>, policy: RetryPolicy, mut f: impl FnMut(&mut T)) -> Result<T> {
             let key = id_value::<T>(&self.meta, &id)?;
-            read_modify_write(self.exec(), &self.meta, &key, &id.id_display(), &policy, |doc| {
+            read_modify_write(self.exec(), &self.meta, &key, &policy, |doc| {
                 f(doc);
                 true
             })
@@ -327,7 +327,7 @@ macro_rules! collection_methods {
             mut f: impl FnMut(&mut T),
         ) -> Result<Option<T>> {
             let key = id_value::<T>(&self.meta, &id)?;
-            read_modify_write(self.exec(), &self.meta, &key, &id.id_display(), &RetryPolicy::default(), |doc| {
+            read_modify_write(self.exec(), &self.meta, &key, &RetryPolicy::default(), |doc| {
                 if !predicate(doc) {
                     return false;
                 }
@@ -355,13 +355,12 @@ macro_rules! collection_methods {
         {
             let key = id_value::<T>(&self.meta, &id)?;
             let (expected, new) = (json_of(&self.meta, &expected.into())?, json_of(&self.meta, &new.into())?);
-            let current =
-                patch_field::<T>(self.exec(), &self.meta, &key, &id.id_display(), field.index(), |current| {
-                    Ok((*current == expected).then(|| new.clone()))
-                })?;
+            let current = patch_field::<T>(self.exec(), &self.meta, &key, field.index(), |current| {
+                Ok((*current == expected).then(|| new.clone()))
+            })?;
             let swapped = current.1;
             let current = serde_json::from_value(current.0)
-                .map_err(|e| Error::serialization(self.meta.collection, Some(id.id_display()), e))?;
+                .map_err(|e| Error::serialization(self.meta.collection, Some(id_text(&key)), e))?;
             Ok(CasResult { swapped, current })
         }
 
@@ -376,7 +375,7 @@ macro_rules! collection_methods {
             let key = id_value::<T>(&self.meta, &id)?;
             let meta = &self.meta;
             let name = meta.field_name(field.index());
-            let (value, _) = patch_field::<T>(self.exec(), meta, &key, &id.id_display(), field.index(), |current| {
+            let (value, _) = patch_field::<T>(self.exec(), meta, &key, field.index(), |current| {
                 let n: N = serde_json::from_value(current.clone()).map_err(|e| {
                     Error::invalid_value(meta.collection, name, format!("cannot increment {current}: {e}"))
                 })?;
@@ -400,7 +399,6 @@ impl<T: Document> TxCollection<'_, T> {
 
 /// A document ready to write: its parameters in the layout of the collection's statements.
 pub(crate) struct Encoded {
-    pub id: String,
     pub version: Option<u64>,
     pub params: Vec<Value>,
 }
@@ -416,19 +414,20 @@ fn id_field(meta: &CollectionMeta) -> &'static str {
 /// Serializes and checks a document: everything that can fail does so before any write.
 pub(crate) fn encode<T: Document>(meta: &CollectionMeta, doc: &T) -> Result<Encoded> {
     let id_key = doc.id().to_value().map_err(|e| Error::invalid_value(meta.collection, id_field(meta), e.0))?;
-    let id = doc.id().to_display();
+    // The id as text is only needed for an error message: built then, not on every write.
+    let id = || doc.id().to_display();
     let json = crate::json::to_json(doc).map_err(|e| match e {
-        crate::json::JsonError::Serde(e) => Error::serialization(meta.collection, Some(id.clone()), e),
+        crate::json::JsonError::Serde(e) => Error::serialization(meta.collection, Some(id()), e),
         crate::json::JsonError::NonFinite(path) => Error::invalid_value(
             meta.collection,
             path.trim_start_matches('.'),
-            format!("document {id}: NaN and infinite floats cannot be stored (JSON has no such numbers)"),
+            format!("document {}: NaN and infinite floats cannot be stored (JSON has no such numbers)", id()),
         ),
     })?;
     if json.len() > meta.max_document_bytes {
         return Err(Error::TooLarge {
             collection: meta.collection.to_owned(),
-            id,
+            id: id(),
             size: json.len(),
             limit: meta.max_document_bytes,
         });
@@ -447,7 +446,7 @@ pub(crate) fn encode<T: Document>(meta: &CollectionMeta, doc: &T) -> Result<Enco
         }
         params.push(Value::Integer(v as i64));
     }
-    Ok(Encoded { id, version, params })
+    Ok(Encoded { version, params })
 }
 
 fn insert<T: Document>(exec: Exec<'_>, meta: &Arc<CollectionMeta>, doc: &T) -> Result<()> {
@@ -469,7 +468,7 @@ fn write_many<'d, T: Document + 'd>(
 pub(crate) fn insert_encoded(ctx: Ctx<'_>, meta: &Arc<CollectionMeta>, enc: &Encoded) -> Result<()> {
     ctx.tracked(meta, &[&enc.params[0]], ChangeKind::Insert, || match ctx.conn.execute(&meta.sql.insert, &enc.params) {
         Err(e) if e.backend_kind() == Some(crate::BackendErrorKind::Constraint) => {
-            Err(Error::AlreadyExists { collection: meta.collection.to_owned(), id: enc.id.clone() })
+            Err(Error::AlreadyExists { collection: meta.collection.to_owned(), id: id_text(&enc.params[0]) })
         }
         other => other,
     })
@@ -494,7 +493,7 @@ pub(crate) fn update_encoded(ctx: Ctx<'_>, meta: &Arc<CollectionMeta>, enc: &Enc
         return Ok(());
     }
     let conn = ctx.conn;
-    let not_found = || Error::NotFound { collection: meta.collection.to_owned(), id: enc.id.clone() };
+    let not_found = || Error::NotFound { collection: meta.collection.to_owned(), id: id_text(&enc.params[0]) };
     if !meta.versioned {
         return Err(not_found());
     }
@@ -502,7 +501,7 @@ pub(crate) fn update_encoded(ctx: Ctx<'_>, meta: &Arc<CollectionMeta>, enc: &Enc
         None => Err(not_found()),
         Some(actual) => Err(Error::Conflict {
             collection: meta.collection.to_owned(),
-            id: enc.id.clone(),
+            id: id_text(&enc.params[0]),
             expected: enc.version.unwrap_or(0),
             actual,
         }),
@@ -530,15 +529,19 @@ fn select_one<T: Document>(conn: &dyn Connection, meta: &CollectionMeta, key: &V
     Ok(out)
 }
 
+/// A stored id as the text error messages show.
+fn id_text(id: &Value) -> String {
+    match id {
+        Value::Text(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Names the document in a (de)serialization error that lacks its id.
 fn with_id(e: Error, id: &Value) -> Error {
     match e {
         Error::Serialization { collection, id: None, source } => {
-            let id = match id {
-                Value::Text(s) => s.clone(),
-                other => other.to_string(),
-            };
-            Error::Serialization { collection, id: Some(id), source }
+            Error::Serialization { collection, id: Some(id_text(id)), source }
         }
         other => other,
     }
@@ -583,11 +586,10 @@ fn read_modify_write<T: Document>(
     exec: Exec<'_>,
     meta: &Arc<CollectionMeta>,
     key: &Value,
-    id: &str,
     policy: &RetryPolicy,
     mut f: impl FnMut(&mut T) -> bool,
 ) -> Result<Option<T>> {
-    let not_found = || Error::NotFound { collection: meta.collection.to_owned(), id: id.to_owned() };
+    let not_found = || Error::NotFound { collection: meta.collection.to_owned(), id: id_text(key) };
     let mut modify = |mut doc: T| -> Result<Option<(T, Encoded)>> {
         if !f(&mut doc) {
             return Ok(None);
@@ -627,7 +629,6 @@ fn patch_field<T: Document>(
     exec: Exec<'_>,
     meta: &Arc<CollectionMeta>,
     key: &Value,
-    id: &str,
     field: usize,
     decide: impl FnOnce(&serde_json::Value) -> Result<Option<serde_json::Value>>,
 ) -> Result<(serde_json::Value, bool)> {
@@ -652,19 +653,19 @@ fn patch_field<T: Document>(
                 Some(ValueRef::Integer(v)) => Some(u64::try_from(v).unwrap_or(0)),
                 Some(_) => return Err(corrupt(meta, "version")),
             };
-            let doc: serde_json::Value = serde_json::from_str(json)
-                .map_err(|e| Error::serialization(meta.collection, Some(id.to_owned()), e))?;
+            let doc: serde_json::Value =
+                serde_json::from_str(json).map_err(|e| Error::serialization(meta.collection, Some(id_text(key)), e))?;
             raw = Some((doc, version));
             Ok(())
         })?;
         let (mut doc, version) =
-            raw.ok_or_else(|| Error::NotFound { collection: meta.collection.to_owned(), id: id.to_owned() })?;
+            raw.ok_or_else(|| Error::NotFound { collection: meta.collection.to_owned(), id: id_text(key) })?;
         let serde_json::Value::Object(map) = &mut doc else { return Err(corrupt(meta, "document")) };
         let current = map.get(def.key()).cloned().unwrap_or(serde_json::Value::Null);
         let Some(new) = decide(&current)? else { return Ok((current, false)) };
         map.insert(def.key().to_owned(), new.clone());
         let mut typed: T =
-            serde_json::from_value(doc).map_err(|e| Error::serialization(meta.collection, Some(id.to_owned()), e))?;
+            serde_json::from_value(doc).map_err(|e| Error::serialization(meta.collection, Some(id_text(key)), e))?;
         if let Some(v) = version {
             typed.set_version(v);
         }

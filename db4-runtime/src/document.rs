@@ -144,17 +144,11 @@ pub trait IdArg<I: DocumentId> {
     ///
     /// Why the id cannot be stored.
     fn id_value(&self) -> Result<Value, ValueError>;
-
-    /// The id as text, for error messages.
-    fn id_display(&self) -> String;
 }
 
 impl IdArg<String> for &str {
     fn id_value(&self) -> Result<Value, ValueError> {
         text_id(self)
-    }
-    fn id_display(&self) -> String {
-        (*self).to_owned()
     }
 }
 
@@ -162,17 +156,11 @@ impl IdArg<String> for &String {
     fn id_value(&self) -> Result<Value, ValueError> {
         text_id(self)
     }
-    fn id_display(&self) -> String {
-        (*self).clone()
-    }
 }
 
 impl<I: DocumentId> IdArg<I> for I {
     fn id_value(&self) -> Result<Value, ValueError> {
         self.to_value()
-    }
-    fn id_display(&self) -> String {
-        self.to_display()
     }
 }
 
@@ -180,17 +168,11 @@ impl IdArg<i64> for &i64 {
     fn id_value(&self) -> Result<Value, ValueError> {
         (*self).to_value()
     }
-    fn id_display(&self) -> String {
-        self.to_string()
-    }
 }
 
 impl IdArg<u64> for &u64 {
     fn id_value(&self) -> Result<Value, ValueError> {
         (*self).to_value()
-    }
-    fn id_display(&self) -> String {
-        self.to_string()
     }
 }
 

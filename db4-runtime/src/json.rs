@@ -157,49 +157,28 @@ impl ser::Serializer for FloatCheck {
     }
 }
 
-impl ser::SerializeSeq for Compound {
-    type Ok = ();
-    type Error = Check;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Check> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Check> {
-        Ok(())
-    }
+/// The sequence-like compound traits: every element is visited with its index in the path.
+macro_rules! elements {
+    ($($trait:ident::$method:ident),*) => {$(
+        impl ser::$trait for Compound {
+            type Ok = ();
+            type Error = Check;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Check> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), Check> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Compound {
-    type Ok = ();
-    type Error = Check;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Check> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Check> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for Compound {
-    type Ok = ();
-    type Error = Check;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Check> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Check> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleVariant for Compound {
-    type Ok = ();
-    type Error = Check;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Check> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Check> {
-        Ok(())
-    }
-}
+elements!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl ser::SerializeMap for Compound {
     type Ok = ();
@@ -215,27 +194,23 @@ impl ser::SerializeMap for Compound {
     }
 }
 
-impl ser::SerializeStruct for Compound {
-    type Ok = ();
-    type Error = Check;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Check> {
-        self.field(key, value)
-    }
-    fn end(self) -> Result<(), Check> {
-        Ok(())
-    }
+/// The struct-like compound traits: every field is visited with its name in the path.
+macro_rules! fields {
+    ($($trait:ident),*) => {$(
+        impl ser::$trait for Compound {
+            type Ok = ();
+            type Error = Check;
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Check> {
+                self.field(key, value)
+            }
+            fn end(self) -> Result<(), Check> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for Compound {
-    type Ok = ();
-    type Error = Check;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Check> {
-        self.field(key, value)
-    }
-    fn end(self) -> Result<(), Check> {
-        Ok(())
-    }
-}
+fields!(SerializeStruct, SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {
