@@ -88,6 +88,7 @@ impl SqliteBackend {
                 | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
                 | rusqlite::OpenFlags::SQLITE_OPEN_URI;
             let reader = rusqlite::Connection::open_with_flags(path, flags).map_err(backend_error)?;
+            harden(&reader)?;
             reader.busy_timeout(options.busy_timeout).map_err(backend_error)?;
             reader.set_prepared_statement_cache_capacity(options.statement_cache_capacity);
             backend.readers.push(Mutex::new(reader));
@@ -106,6 +107,7 @@ impl SqliteBackend {
     }
 
     fn configure(conn: rusqlite::Connection, options: &SqliteOptions, wal: bool) -> Result<Self> {
+        harden(&conn)?;
         conn.busy_timeout(options.busy_timeout).map_err(backend_error)?;
         conn.set_prepared_statement_cache_capacity(options.statement_cache_capacity);
         if wal {
@@ -177,6 +179,35 @@ impl SqliteBackend {
             }
         }
     }
+}
+
+/// The limits a Cloudflare Durable Object's SQLite enforces, applied to every native
+/// connection too, so that a statement db4 builds fails the same way on both backends (and the
+/// native test suite catches what production on a Durable Object would refuse).
+pub(crate) const PLATFORM_LIMITS: [(rusqlite::limits::Limit, i32); 5] = {
+    use rusqlite::limits::Limit as L;
+    [
+        (L::SQLITE_LIMIT_VARIABLE_NUMBER, crate::sql::MAX_PARAMS as i32),
+        (L::SQLITE_LIMIT_EXPR_DEPTH, crate::sql::MAX_EXPR_DEPTH as i32),
+        (L::SQLITE_LIMIT_SQL_LENGTH, crate::sql::MAX_SQL_BYTES as i32),
+        (L::SQLITE_LIMIT_COLUMN, crate::sql::MAX_COLUMNS as i32),
+        (L::SQLITE_LIMIT_FUNCTION_ARG, crate::sql::MAX_FUNCTION_ARGS as i32),
+    ]
+};
+
+/// Settings every connection gets before its first statement.
+///
+/// Double-quoted string literals are off: with SQLite's legacy fallback, `"f_status"` naming a
+/// column that another handle has since dropped would silently become the string
+/// `'f_status'` and a query would answer wrongly instead of failing.
+fn harden(conn: &rusqlite::Connection) -> Result<()> {
+    use rusqlite::config::DbConfig;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DQS_DML, false).map_err(backend_error)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DQS_DDL, false).map_err(backend_error)?;
+    for (limit, value) in PLATFORM_LIMITS {
+        conn.set_limit(limit, value).map_err(backend_error)?;
+    }
+    Ok(())
 }
 
 thread_local! {
