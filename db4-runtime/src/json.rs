@@ -8,9 +8,17 @@ use serde::Serialize;
 use serde::ser;
 use std::fmt;
 
-/// Serializes `value` to compact JSON, or says where a non-finite float sits.
+/// How deeply arrays and objects may nest in a stored document: serde_json refuses to read
+/// anything deeper, so a deeper document would be stored but unreadable.
+pub(crate) const MAX_DEPTH: usize = 127;
+
+/// Serializes `value` to compact JSON, or says where a non-finite float sits or where the
+/// document nests deeper than it could be read back.
 pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, JsonError> {
     let json = serde_json::to_string(value).map_err(JsonError::Serde)?;
+    if let Some(path) = too_deep(&json) {
+        return Err(JsonError::TooDeep(path));
+    }
     // A non-finite float can only have become `null`: documents without one need no check.
     if json.contains("null") {
         value.serialize(FloatCheck { path: String::new() }).map_err(|e| match e {
@@ -28,6 +36,51 @@ pub(crate) enum JsonError {
     Serde(serde_json::Error),
     /// A NaN or infinite float at this path (`.field[2].inner`).
     NonFinite(String),
+    /// Arrays and objects nest deeper than [`MAX_DEPTH`] under this top-level key.
+    TooDeep(String),
+}
+
+/// The top-level key (as `.key`) under which `json` nests deeper than [`MAX_DEPTH`], if it
+/// does. A single pass over the bytes, outside string literals.
+fn too_deep(json: &str) -> Option<String> {
+    let bytes = json.as_bytes();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    // Where the current top-level key's string starts and ends.
+    let (mut key_start, mut key) = (0usize, (0usize, 0usize));
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => {
+                    in_string = false;
+                    if depth == 1 {
+                        key = (key_start, i);
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                key_start = i + 1;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    let name =
+                        serde_json::from_str::<String>(&json[key.0.saturating_sub(1)..=key.1.min(json.len() - 1)])
+                            .unwrap_or_default();
+                    return Some(if name.is_empty() { ".".to_owned() } else { format!(".{name}") });
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 #[derive(Debug)]
@@ -232,6 +285,22 @@ mod tests {
 
     fn doc(a: f64, x: f64, m: f32) -> Doc {
         Doc { a, inner: vec![Inner { x: 1.0 }, Inner { x }], map: [("k".to_owned(), m)].into(), none: None }
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn the_write_depth_limit_is_the_read_limit() {
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(MAX_DEPTH)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(MAX_DEPTH + 1)).is_err());
+        assert_eq!(too_deep(&nested(MAX_DEPTH)), None);
+        assert_eq!(too_deep(&nested(MAX_DEPTH + 1)).as_deref(), Some("."));
+        let doc = format!("{{\"id\":\"a\",\"n\":{}}}", nested(MAX_DEPTH - 1));
+        assert_eq!(too_deep(&doc), None);
+        let doc = format!("{{\"id\":\"[[[\\\"\",\"deep\":{}}}", nested(MAX_DEPTH));
+        assert_eq!(too_deep(&doc).as_deref(), Some(".deep"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod document;
 mod error;
 mod field;
 mod json;
+mod kind;
 mod lock;
 mod meta;
 mod migrate;
@@ -35,6 +36,7 @@ pub use document::{Document, DocumentId, FtsText, IdArg, OptionField, Ordered, Q
 pub use error::{BackendError, BackendErrorKind, Error, Result};
 pub use field::{Field, Filter, Order};
 pub use lock::{CasResult, Numeric, RetryPolicy, is_retryable, with_optimistic_lock};
+pub use migrate::MigrationReport;
 pub use query::Query;
 pub use schema::{FieldDef, IdKind, IndexKind, Schema, Tokenizer};
 pub use txn::{IsolationLevel, Transaction, TransactionOptions};

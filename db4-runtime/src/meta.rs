@@ -1,8 +1,13 @@
-//! What a collection derives once from its static schema: quoted names and statement texts.
+//! What a collection derives from its static schema and from what its table holds: quoted
+//! names, statement texts, and the slot that keeps that view current when another handle or
+//! process changes the collection's schema.
 
+use crate::backend::Connection;
 use crate::error::{Error, Result};
-use crate::schema::{IdKind, Schema, column_name};
+use crate::kind::FieldKind;
+use crate::schema::{IdKind, Schema};
 use crate::sql::{json_path, quote_ident};
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// How a field is reached from SQL.
 #[derive(Debug, Clone)]
@@ -24,31 +29,89 @@ pub(crate) struct Statements {
     pub select_version: String,
     /// The whole row in the insert-parameter layout (for savepoint before-images).
     pub select_row: String,
+    /// The stored document alone (to keep keys the running type does not know).
+    pub select_doc: String,
     pub delete_ids: String,
     pub delete: String,
     pub count: String,
 }
 
-/// A collection's schema together with everything derived from it.
+/// What the table holds, as its schema record says: the layout a handle must use, whatever
+/// its own type declares.
+#[derive(Debug, Clone)]
+pub(crate) struct Storage {
+    /// Bumped each time the schema record changes.
+    pub generation: i64,
+    /// Index columns: (field name, JSON key, column name).
+    pub columns: Vec<(String, String, String)>,
+    /// Whether the table has a `_version` column.
+    pub versioned: bool,
+    /// Every document key any type that opened the collection declared.
+    pub known_keys: Vec<String>,
+}
+
+/// How writes treat the `_version` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VersionMode {
+    /// No version column.
+    None,
+    /// The type has a `#[version]` field: checked and bumped.
+    Checked,
+    /// The table has a version column the type does not declare (another handle added
+    /// `#[version]`): bumped on every write so optimistic locking still holds for the others.
+    Bumped,
+}
+
+/// A collection's schema together with everything derived from it and from its table.
 #[derive(Debug)]
 pub(crate) struct CollectionMeta {
     pub schema: &'static Schema,
     pub collection: &'static str,
     pub table: String,
     pub id_kind: IdKind,
+    /// The type declares `#[version]` and the table has the column: reads set it, updates
+    /// check it.
     pub versioned: bool,
+    pub version_mode: VersionMode,
     pub fields: Vec<FieldSql>,
     /// `"_doc"` or `"_doc", "_version"`: what every read selects.
     pub doc_columns: &'static str,
     pub sql: Statements,
     pub max_document_bytes: usize,
+    /// Keys stored documents may hold that the type does not declare: writes that replace a
+    /// document carry them over from the stored one.
+    pub foreign_keys: Vec<String>,
+    /// The value kinds of the type's fields, by field index (`None`: unknown).
+    pub kinds: Arc<[Option<FieldKind>]>,
+    pub generation: i64,
 }
 
 impl CollectionMeta {
-    pub fn new(schema: &'static Schema, id_kind: IdKind, max_document_bytes: usize) -> Result<Self> {
+    pub fn new(
+        schema: &'static Schema,
+        id_kind: IdKind,
+        max_document_bytes: usize,
+        kinds: Arc<[Option<FieldKind>]>,
+        storage: &Storage,
+    ) -> Result<Self> {
         schema.validate()?;
-        let table = quote_ident(schema.collection());
-        let versioned = schema.version_field().is_some();
+        let collection = schema.collection();
+        let table = quote_ident(collection);
+        let version_mode = match (schema.version_field().is_some(), storage.versioned) {
+            (false, false) => VersionMode::None,
+            (true, true) => VersionMode::Checked,
+            (false, true) => VersionMode::Bumped,
+            (true, false) => {
+                return Err(Error::SchemaMismatch {
+                    collection: collection.to_owned(),
+                    field: schema.version_field().map(|f| f.name().to_owned()).unwrap_or_default(),
+                    reason: "the collection has no version column any more (a newer schema removed `#[version]`); \
+                             open it with that schema"
+                        .into(),
+                });
+            }
+        };
+        let versioned = version_mode == VersionMode::Checked;
         let fields = schema
             .fields()
             .iter()
@@ -57,9 +120,13 @@ impl CollectionMeta {
                     FieldSql::Column("\"_id\"".into())
                 } else if f.is_version() {
                     FieldSql::Column("\"_version\"".into())
-                } else if f.has_column() {
-                    FieldSql::Column(quote_ident(&column_name(f.name())))
+                } else if let Some((_, _, column)) =
+                    storage.columns.iter().find(|(name, key, _)| name == f.name() && key == f.key())
+                {
+                    FieldSql::Column(quote_ident(column))
                 } else {
+                    // Not indexed, or indexed by the type but not (any more) in the table: the
+                    // document itself answers.
                     FieldSql::Json(json_path(f.key()))
                 }
             })
@@ -67,34 +134,45 @@ impl CollectionMeta {
 
         // Parameter layout shared by insert, update and upsert:
         // ?1 id, ?2 document, [?3 version]. Index columns are generated from the document.
-        let mut names = vec!["\"_id\"".to_owned(), "\"_doc\"".to_owned()];
-        if versioned {
-            names.push("\"_version\"".to_owned());
-        }
-        let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-        let insert = format!("INSERT INTO {table} ({}) VALUES ({})", names.join(", "), placeholders.join(", "));
-
-        let mut sets = vec!["\"_doc\" = ?2".to_owned()];
-        if versioned {
-            sets.push("\"_version\" = ?3 + 1".to_owned());
-        }
-        let update = if versioned {
-            format!("UPDATE {table} SET {} WHERE \"_id\" = ?1 AND \"_version\" = ?3", sets.join(", "))
-        } else {
-            format!("UPDATE {table} SET {} WHERE \"_id\" = ?1", sets.join(", "))
-        };
-        let excluded: Vec<String> =
-            names.iter().skip(1).filter(|n| *n != "\"_version\"").map(|n| format!("{n} = excluded.{n}")).collect();
-        let upsert = format!("{insert} ON CONFLICT(\"_id\") DO UPDATE SET {}", excluded.join(", "));
-
         let doc_columns = if versioned { "\"_doc\", \"_version\"" } else { "\"_doc\"" };
+        let stored = if storage.versioned { "\"_id\", \"_doc\", \"_version\"" } else { "\"_id\", \"_doc\"" };
+        let (insert, update, upsert) = match version_mode {
+            VersionMode::None => (
+                format!("INSERT INTO {table} ({stored}) VALUES (?1, ?2)"),
+                format!("UPDATE {table} SET \"_doc\" = ?2 WHERE \"_id\" = ?1"),
+                format!(
+                    "INSERT INTO {table} ({stored}) VALUES (?1, ?2) ON CONFLICT(\"_id\") DO UPDATE SET \"_doc\" = excluded.\"_doc\""
+                ),
+            ),
+            VersionMode::Checked => (
+                format!("INSERT INTO {table} ({stored}) VALUES (?1, ?2, ?3)"),
+                format!(
+                    "UPDATE {table} SET \"_doc\" = ?2, \"_version\" = ?3 + 1 WHERE \"_id\" = ?1 AND \"_version\" = ?3"
+                ),
+                format!(
+                    "INSERT INTO {table} ({stored}) VALUES (?1, ?2, ?3) ON CONFLICT(\"_id\") DO UPDATE SET \"_doc\" = excluded.\"_doc\""
+                ),
+            ),
+            // ?3 is NULL for a new write (version 0, or the stored one plus one) and the old
+            // version when a savepoint restores a row.
+            VersionMode::Bumped => (
+                format!("INSERT INTO {table} ({stored}) VALUES (?1, ?2, coalesce(?3, 0))"),
+                format!(
+                    "UPDATE {table} SET \"_doc\" = ?2, \"_version\" = \"_version\" + 1 WHERE \"_id\" = ?1 AND ?3 IS NULL"
+                ),
+                format!(
+                    "INSERT INTO {table} ({stored}) VALUES (?1, ?2, coalesce(?3, 0)) ON CONFLICT(\"_id\") DO UPDATE SET \"_doc\" = excluded.\"_doc\", \"_version\" = \"_version\" + 1"
+                ),
+            ),
+        };
         let sql = Statements {
             select_one: format!("SELECT {doc_columns} FROM {table} WHERE \"_id\" = ?1"),
             select_many: format!(
                 "SELECT \"_id\", {doc_columns} FROM {table} WHERE \"_id\" IN (SELECT value FROM json_each(?1))"
             ),
             select_version: format!("SELECT \"_version\" FROM {table} WHERE \"_id\" = ?1"),
-            select_row: format!("SELECT {} FROM {table} WHERE \"_id\" = ?1", names.join(", ")),
+            select_row: format!("SELECT {stored} FROM {table} WHERE \"_id\" = ?1"),
+            select_doc: format!("SELECT \"_doc\" FROM {table} WHERE \"_id\" = ?1"),
             delete_ids: format!("DELETE FROM {table} WHERE \"_id\" IN (SELECT value FROM json_each(?1))"),
             delete: format!("DELETE FROM {table} WHERE \"_id\" = ?1"),
             count: format!("SELECT count(*) FROM {table}"),
@@ -102,22 +180,29 @@ impl CollectionMeta {
             update,
             upsert,
         };
+        let own_keys: Vec<&str> = schema.fields().iter().map(|f| f.key()).collect();
+        let foreign_keys =
+            storage.known_keys.iter().filter(|k| !own_keys.contains(&k.as_str())).cloned().collect::<Vec<_>>();
         Ok(Self {
             schema,
-            collection: schema.collection(),
+            collection,
             table,
             id_kind,
             versioned,
+            version_mode,
             fields,
             doc_columns,
             sql,
             max_document_bytes,
+            foreign_keys,
+            kinds,
+            generation: storage.generation,
         })
     }
 
     /// How many values a row has in the insert-parameter layout.
     pub fn row_width(&self) -> usize {
-        2 + usize::from(self.versioned)
+        2 + usize::from(self.version_mode != VersionMode::None)
     }
 
     pub fn field_name(&self, index: usize) -> &'static str {
@@ -128,6 +213,54 @@ impl CollectionMeta {
         self.fields.get(index).ok_or_else(|| {
             Error::invalid_query(self.collection, format!("field #{index} does not belong to this collection"))
         })
+    }
+}
+
+/// The current [`CollectionMeta`] of a collection, shared by every handle on it in one `Db`.
+///
+/// Another handle or process may migrate the collection (drop an index, add `#[version]`,
+/// learn new document keys). Writes check the schema record's generation inside their
+/// transaction and reload first if it moved, so they never bypass the new schema; reads that
+/// fail (a dropped column is an error, since double-quoted string literals are off) reload
+/// and run once more. A reload that cannot serve the type is [`Error::SchemaMismatch`].
+#[derive(Debug)]
+pub(crate) struct MetaSlot {
+    current: RwLock<Arc<CollectionMeta>>,
+}
+
+impl MetaSlot {
+    pub fn new(meta: CollectionMeta) -> Self {
+        Self { current: RwLock::new(Arc::new(meta)) }
+    }
+
+    pub fn get(&self) -> Arc<CollectionMeta> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub fn schema(&self) -> &'static Schema {
+        self.get().schema
+    }
+
+    /// The meta to use for a statement run through `conn` now: the current one, or a fresh one
+    /// if the stored schema changed since it was built.
+    pub fn fresh(&self, conn: &dyn Connection) -> Result<Arc<CollectionMeta>> {
+        let meta = self.get();
+        let generation = crate::migrate::generation(conn, meta.collection)?;
+        if generation == Some(meta.generation) {
+            return Ok(meta);
+        }
+        self.reload(conn, &meta)
+    }
+
+    /// Whether the stored schema moved since `meta` was built (after a read failed).
+    pub fn moved(&self, conn: &dyn Connection, meta: &CollectionMeta) -> Result<bool> {
+        Ok(crate::migrate::generation(conn, meta.collection)? != Some(meta.generation))
+    }
+
+    fn reload(&self, conn: &dyn Connection, old: &CollectionMeta) -> Result<Arc<CollectionMeta>> {
+        let meta = Arc::new(crate::migrate::load(conn, old)?);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&meta);
+        Ok(meta)
     }
 }
 
@@ -144,10 +277,26 @@ mod tests {
     ];
     static SCHEMA: Schema = Schema::new("notes", "Note", &FIELDS);
 
+    fn storage(versioned: bool) -> Storage {
+        Storage {
+            generation: 1,
+            columns: vec![("status".into(), "status".into(), "f_status".into())],
+            versioned,
+            known_keys: vec!["id".into(), "status".into(), "body".into(), "version".into(), "title".into()],
+        }
+    }
+
     #[test]
     fn statements_for_a_versioned_collection() -> Result<()> {
-        let meta = CollectionMeta::new(&SCHEMA, IdKind::Text, 1024)?;
+        let meta = CollectionMeta::new(&SCHEMA, IdKind::Text, 1024, Arc::from(vec![None; 4]), &storage(true))?;
         insta::assert_debug_snapshot!(meta.sql);
+        assert_eq!(meta.foreign_keys, ["title"]);
         Ok(())
+    }
+
+    #[test]
+    fn a_type_with_a_version_the_table_lacks_is_refused() {
+        let meta = CollectionMeta::new(&SCHEMA, IdKind::Text, 1024, Arc::from(vec![None; 4]), &storage(false));
+        assert!(matches!(meta, Err(Error::SchemaMismatch { field, .. }) if field == "version"));
     }
 }

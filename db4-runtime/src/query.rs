@@ -6,7 +6,7 @@ use crate::collection::{Exec, count, decode};
 use crate::document::Document;
 use crate::error::{Error, Result};
 use crate::field::{CmpOp, Expr, Filter, Order};
-use crate::meta::{CollectionMeta, FieldSql};
+use crate::meta::{CollectionMeta, FieldSql, MetaSlot};
 use crate::value::{Value, ValueRef};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ const MAX_FILTER_DEPTH: usize = 200;
 #[must_use = "a query does nothing until run with all(), first(), count() or delete()"]
 pub struct Query<'c, T> {
     exec: Exec<'c>,
-    meta: &'c Arc<CollectionMeta>,
+    meta: Arc<CollectionMeta>,
     _marker: PhantomData<fn() -> T>,
     filters: Vec<Expr>,
     order: Vec<(usize, bool)>,
@@ -46,7 +46,8 @@ impl<T> std::fmt::Debug for Query<'_, T> {
 }
 
 impl<'c, T: Document> Query<'c, T> {
-    pub(crate) fn new(exec: Exec<'c>, meta: &'c Arc<CollectionMeta>) -> Self {
+    pub(crate) fn new(exec: Exec<'c>, slot: &'c MetaSlot) -> Self {
+        let meta = slot.get();
         Self { exec, meta, _marker: PhantomData, filters: Vec::new(), order: Vec::new(), limit: None, offset: 0 }
     }
 
@@ -82,7 +83,7 @@ impl<'c, T: Document> Query<'c, T> {
     /// order with `None`), [`Error::Serialization`] if a stored document no longer
     /// deserializes, or a backend error.
     pub fn all(self) -> Result<Vec<T>> {
-        let meta = self.meta;
+        let meta = &self.meta;
         let mut sql = Sql::new(meta);
         sql.push(&format!("SELECT {} FROM {}", meta.doc_columns, meta.table));
         self.tail(&mut sql, true)?;
@@ -112,7 +113,7 @@ impl<'c, T: Document> Query<'c, T> {
     ///
     /// As [`all`](Self::all).
     pub fn count(self) -> Result<u64> {
-        let meta = self.meta;
+        let meta = &self.meta;
         let mut sql = Sql::new(meta);
         if self.limit.is_none() && self.offset == 0 {
             sql.push(&format!("SELECT count(*) FROM {}", meta.table));
@@ -132,7 +133,7 @@ impl<'c, T: Document> Query<'c, T> {
     ///
     /// As [`all`](Self::all).
     pub fn delete(self) -> Result<u64> {
-        let meta = self.meta;
+        let meta = &self.meta;
         if let Exec::Tx(_) = self.exec {
             // Inside a transaction a savepoint may need the rows back: find them first.
             let mut select = Sql::new(meta);

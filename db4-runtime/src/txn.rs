@@ -16,7 +16,7 @@ use crate::db::Db;
 use crate::document::Document;
 use crate::error::{Error, Result};
 use crate::lock::{RetryPolicy, is_retryable};
-use crate::meta::CollectionMeta;
+use crate::meta::{CollectionMeta, MetaSlot};
 use crate::value::Value;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -89,7 +89,7 @@ struct TxState {
     next_savepoint: u64,
     /// Collections first created inside this transaction: registered with the `Db` only once
     /// the transaction commits.
-    new_collections: Vec<Arc<CollectionMeta>>,
+    new_collections: Vec<Arc<MetaSlot>>,
     /// Set when an undo failed half-way: the transaction can only be rolled back.
     broken: bool,
 }
@@ -146,7 +146,7 @@ impl<'a> Transaction<'a> {
         }
         let schema = T::schema();
         let pending =
-            self.state.borrow().new_collections.iter().find(|m| std::ptr::eq(m.schema, schema)).map(Arc::clone);
+            self.state.borrow().new_collections.iter().find(|m| std::ptr::eq(m.schema(), schema)).map(Arc::clone);
         if let Some(meta) = pending {
             return Ok(TxCollection::new(self, meta));
         }
@@ -359,7 +359,7 @@ impl<'a> Transaction<'a> {
 
     /// What the transaction leaves to do once committed: collections to register and
     /// changes to report.
-    fn into_outcome(self) -> (Vec<Arc<CollectionMeta>>, Vec<Change>) {
+    fn into_outcome(self) -> (Vec<Arc<MetaSlot>>, Vec<Change>) {
         let state = self.state.into_inner();
         (state.new_collections, state.changes)
     }

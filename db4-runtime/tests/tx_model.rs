@@ -358,7 +358,7 @@ macro_rules! impl_store {
                 <$ty>::insert_many(self, docs)
             }
             fn update(&self, doc: &D) -> Result<()> {
-                <$ty>::update(self, doc)
+                <$ty>::update(self, doc).map(drop)
             }
             fn upsert(&self, doc: &D) -> Result<()> {
                 <$ty>::upsert(self, doc)

@@ -4,6 +4,7 @@ mod common;
 mod crud;
 mod durability;
 mod errors;
+mod evolution;
 mod migration;
 mod queries;
 mod serde_features;

@@ -204,7 +204,7 @@ fn optimistic_retries_lose_no_update_across_threads() -> Result<()> {
                         let mut a = c.get("shared").unwrap().unwrap();
                         a.balance += 1;
                         match c.update(&a) {
-                            Ok(()) => break,
+                            Ok(_) => break,
                             Err(Error::Conflict { .. }) => {
                                 conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 std::thread::yield_now();

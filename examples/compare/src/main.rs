@@ -627,7 +627,7 @@ fn bench_writes(
     let db4_op = |batch: &Vec<Doc>, sum: u64| {
         db.transaction(|tx| {
             let docs = tx.collection::<Doc>()?;
-            batch.iter().try_for_each(|doc| docs.update(doc))
+            batch.iter().try_for_each(|doc| docs.update(doc).map(drop))
         })?;
         Ok(batch.iter().fold(sum, fold))
     };
