@@ -400,6 +400,32 @@ mod tests {
         Ok(())
     }
 
+    /// A schema with `indexed` indexed fields and `fts` full-text fields, leaked for `'static`.
+    fn wide_schema(indexed: usize, fts: usize) -> Schema {
+        let name = |prefix: &str, i: usize| -> &'static str { Box::leak(format!("{prefix}{i}").into_boxed_str()) };
+        let mut fields = vec![FieldDef::new("id", "id", "String").id()];
+        fields.extend((0..indexed).map(|i| {
+            let n = name("i", i);
+            FieldDef::new(n, n, "i64").index(IndexKind::Equality)
+        }));
+        fields.extend((0..fts).map(|i| {
+            let n = name("t", i);
+            FieldDef::new(n, n, "String").fts(1.0)
+        }));
+        Schema::new("wide", "Wide", Box::leak(fields.into_boxed_slice()))
+    }
+
+    #[test]
+    fn validate_keeps_schemas_within_the_platform_limits() {
+        assert!(wide_schema(97, 31).validate().is_ok());
+        for (schema, limit) in [(wide_schema(98, 0), "100 columns"), (wide_schema(0, 32), "32 arguments")] {
+            match schema.validate() {
+                Err(Error::SchemaMismatch { reason, .. }) => assert!(reason.contains(limit), "{reason}"),
+                other => panic!("expected SchemaMismatch naming {limit}, got {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn validate_rejects_bad_hand_built_schemas() {
         static NO_ID: [FieldDef; 1] = [FieldDef::new("n", "n", "i64")];
