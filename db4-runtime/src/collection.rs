@@ -538,7 +538,7 @@ fn id_text(id: &Value) -> String {
 }
 
 /// Names the document in a (de)serialization error that lacks its id.
-fn with_id(e: Error, id: &Value) -> Error {
+pub(crate) fn with_id(e: Error, id: &Value) -> Error {
     match e {
         Error::Serialization { collection, id: None, source } => {
             Error::Serialization { collection, id: Some(id_text(id)), source }

@@ -6,5 +6,6 @@ mod durability;
 mod errors;
 mod migration;
 mod queries;
+mod query_limits;
 mod serde_features;
 mod versioning;
