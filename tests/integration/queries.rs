@@ -222,7 +222,7 @@ fn in_list_short_long_and_with_none() {
         expect(&d, |i| i.note.is_none() || i.note.as_deref() == Some("apple"))
     );
 
-    // Long lists (above the 256 values bound inline) on indexed, non-indexed and id fields.
+    // Long lists (bound as one JSON array) on indexed, non-indexed and id fields.
     let long_scores: Vec<i64> = (1000..1400).chain([2, -5]).collect();
     assert_eq!(run(&c, f.score.in_list(long_scores.clone())), expect(&d, |i| long_scores.contains(&i.score)));
     let long_qty: Vec<i64> = (100..500).chain([1, 9]).collect();

@@ -632,6 +632,18 @@ pub fn none_semantics(t: &dyn Target) {
         "invalid_query",
     );
     assert!(refused["message"].as_str().is_some_and(|m| m.contains("None")), "{refused}");
+    // Prefixes are compared byte by byte, NUL characters included.
+    let nul = Tenant::new(t, "none_semantics_nul");
+    let names = ["a\0b", "a\0c", "a", "ab", "\0"];
+    let docs: Vec<Value> =
+        names.iter().enumerate().map(|(i, n)| json!({ "id": format!("n{i}"), "name": n, "team": n })).collect();
+    expect(nul.post("/players/bulk", &json!(docs)), 201);
+    for field in ["name", "team"] {
+        assert_eq!(find(&nul, &[cond(field, "starts_with", &[json!("a\0")])]), ["n0", "n1"], "{field}");
+        assert_eq!(find(&nul, &[cond(field, "starts_with", &[json!("a\0b")])]), ["n0"], "{field}");
+        assert_eq!(find(&nul, &[cond(field, "starts_with", &[json!("\0")])]), ["n4"], "{field}");
+        assert_eq!(find(&nul, &[not(&cond(field, "starts_with", &[json!("a")]))]), ["n4"], "{field}");
+    }
     // Malformed programs are refused too.
     for bad in [
         json!([["!"]]),
@@ -707,6 +719,13 @@ pub fn statement_limits(t: &dyn Target) {
         assert_eq!(count(&c, std::slice::from_ref(&all)) + count(&c, &[not(&all)]), 200);
     }
 
+    // A list after the first hundred values: its JSON array is itself an element of the array
+    // the values past the parameter limit go to.
+    let mut alternatives: Vec<Value> = (0..101).map(|i| cond("score", "eq", &[json!(1000 + i)])).collect();
+    alternatives.push(cond("team", "in", &[json!((0..50).map(|i| format!("x{}", i * 2)).collect::<Vec<_>>())]));
+    let want = n(&|p| p.team.as_ref().is_some_and(|t| t[1..].parse::<i64>().is_ok_and(|i| i < 100 && i % 2 == 0)));
+    assert_eq!(count(&c, &[join("|", &alternatives)]), want, "a list past the parameter limit");
+
     // Nested negations of any depth are only as deep as the condition.
     let lt = cond("score", "lt", &[json!(50)]);
     for depth in [99, 150, 199, 50_000] {
@@ -737,6 +756,10 @@ pub fn statement_limits(t: &dyn Target) {
     refused(post(&chained), "bytes of SQL");
     let any = join("|", &(0..20_000).map(|i| cond("team", "eq", &[json!(format!("x{i}"))])).collect::<Vec<_>>());
     refused(post(&[any]), "bytes of SQL");
+    // Past 2 MB in one bound value: a long text, or a list's JSON array.
+    refused(post(&[cond("team", "eq", &[json!("y".repeat(3_000_000))])]), "a value of");
+    let ids: Vec<i64> = (0..400_000).map(|i| i * 1_000_003).collect();
+    refused(post(&[cond("score", "in", &[json!(ids)])]), "a value of");
     // The store still answers.
     assert_eq!(count(&c, &[]), 200);
 }
