@@ -450,3 +450,52 @@ impl std::fmt::Debug for Expr {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn atom(i: i64) -> Expr {
+        Expr::Atom(Atom::Compare { field: 0, op: CmpOp::Eq, value: Value::Integer(i) })
+    }
+
+    #[test]
+    fn debug_prints_small_filters_whole() {
+        let e = Expr::And(vec![atom(1), Expr::Not(Box::new(Expr::Or(vec![atom(2), atom(3)])))]);
+        assert_eq!(
+            format!("{e:?}"),
+            "And([Compare { field: 0, op: Eq, value: Integer(1) }, Not(Or([Compare { field: 0, op: Eq, value: \
+             Integer(2) }, Compare { field: 0, op: Eq, value: Integer(3) }]))])"
+        );
+        assert_eq!(format!("{:?}", Expr::Or(Vec::new())), "Or([])");
+    }
+
+    #[test]
+    fn debug_output_is_bounded() {
+        let mut deep = atom(0);
+        for _ in 0..10_000 {
+            deep = Expr::Not(Box::new(deep));
+        }
+        let text = format!("{deep:?}");
+        assert_eq!(text, format!("{}…{}", "Not(".repeat(DEBUG_MAX_DEPTH), ")".repeat(DEBUG_MAX_DEPTH)));
+        let wide = Expr::Or((0..10_000).map(atom).collect());
+        let text = format!("{wide:?}");
+        assert!(text.ends_with(", …])") && text.matches("Compare").count() == DEBUG_MAX_NODES, "{text}");
+    }
+
+    #[test]
+    fn clone_copies_every_node_in_order() {
+        let e = Expr::Or(vec![
+            Expr::And(vec![atom(1), Expr::Not(Box::new(atom(2))), Expr::And(Vec::new())]),
+            atom(3),
+            Expr::Not(Box::new(Expr::Not(Box::new(Expr::Or(vec![atom(4)]))))),
+        ]);
+        assert_eq!(format!("{:?}", e.clone()), format!("{e:?}"));
+        let mut chain = atom(0);
+        for i in 1..50_000 {
+            chain = if i % 2 == 0 { Expr::And(vec![atom(i), chain]) } else { Expr::Not(Box::new(chain)) };
+        }
+        let copy = chain.clone();
+        assert_eq!(format!("{copy:?}"), format!("{chain:?}"));
+    }
+}
