@@ -427,7 +427,7 @@ impl<T: Document> TxCollection<'_, T> {
 /// Runs a read with the slot's current meta. A read that fails with a backend error may have
 /// met a schema another handle changed (a dropped index column is an error, never a string):
 /// if the stored schema moved, it runs once more with a fresh meta.
-fn read<R>(
+pub(crate) fn read<R>(
     exec: Exec<'_>,
     slot: &MetaSlot,
     mut f: impl FnMut(&dyn Connection, &Arc<CollectionMeta>) -> Result<R>,
@@ -448,7 +448,7 @@ fn read<R>(
 
 /// Runs writes with a meta checked against the stored schema inside the write transaction, so
 /// a write never bypasses a schema another handle or process has changed since.
-fn write<R>(
+pub(crate) fn write<R>(
     exec: Exec<'_>,
     slot: &MetaSlot,
     access: Access,

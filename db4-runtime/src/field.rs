@@ -40,30 +40,33 @@ impl<D, T> Field<D, T> {
         self.index
     }
 
-    fn compare(self, op: CmpOp, value: Result<Value, ValueError>) -> Filter<D> {
-        Filter::new(match value {
-            Ok(value) => Expr::Compare { field: self.index, op, value },
-            Err(e) => Expr::Invalid { field: self.index, reason: e.0 },
-        })
+    fn atom(self, atom: Result<Atom, ValueError>) -> Filter<D> {
+        Filter::new(Expr::Atom(atom.unwrap_or_else(|e| Atom::Invalid { field: self.index, reason: e.0 })))
     }
 
-    /// Field equals `value` (`None` matches a missing or null value).
+    fn compare(self, op: CmpOp, value: Result<Value, ValueError>) -> Filter<D> {
+        self.atom(value.map(|value| Atom::Compare { field: self.index, op, value }))
+    }
+
+    /// Field equals `value`, as `==` says: `eq(None)` matches a `None` (a missing key or a JSON
+    /// null), and `eq(v)` for any other value never does.
     pub fn eq(self, value: impl QueryValue<T>) -> Filter<D> {
         self.compare(CmpOp::Eq, value.into_value())
     }
 
-    /// Field differs from `value`; a null field differs from every non-null value.
+    /// Field differs from `value`, as `!=` says: a `None` field differs from every other value.
+    /// Always the same as `!field.eq(value)`.
     pub fn ne(self, value: impl QueryValue<T>) -> Filter<D> {
         self.compare(CmpOp::Ne, value.into_value())
     }
 
-    /// Field is one of `values`.
+    /// Field is one of `values`; a `None` field matches only if `values` holds a `None`.
+    ///
+    /// Any number of values works: short lists are bound value by value, longer ones as one
+    /// JSON array.
     pub fn in_list<V: QueryValue<T>>(self, values: impl IntoIterator<Item = V>) -> Filter<D> {
         let values: Result<Vec<Value>, ValueError> = values.into_iter().map(QueryValue::into_value).collect();
-        Filter::new(match values {
-            Ok(values) => Expr::In { field: self.index, values },
-            Err(e) => Expr::Invalid { field: self.index, reason: e.0 },
-        })
+        self.atom(values.map(|values| Atom::In { field: self.index, values }))
     }
 
     /// Sorts by this field, smallest first.
@@ -77,8 +80,11 @@ impl<D, T> Field<D, T> {
     }
 }
 
+/// The range comparisons follow `Option`'s order, `None < Some(_)` (the order `order_by` sorts
+/// in too): `lt` and `lte` match a `None` field, `gt` and `gte` never do. A `None` operand is
+/// refused with [`Error::InvalidQuery`](crate::Error::InvalidQuery) when the query runs.
 impl<D, T> Field<D, T> {
-    /// Field is greater than `value`.
+    /// Field is greater than `value` (never `None`).
     pub fn gt(self, value: impl QueryValue<T>) -> Filter<D>
     where
         T: Ordered,
@@ -86,7 +92,7 @@ impl<D, T> Field<D, T> {
         self.compare(CmpOp::Gt, value.into_value())
     }
 
-    /// Field is greater than or equal to `value`.
+    /// Field is greater than or equal to `value` (never `None`).
     pub fn gte(self, value: impl QueryValue<T>) -> Filter<D>
     where
         T: Ordered,
@@ -94,7 +100,7 @@ impl<D, T> Field<D, T> {
         self.compare(CmpOp::Gte, value.into_value())
     }
 
-    /// Field is less than `value`.
+    /// Field is less than `value`; `None` is less than every value.
     pub fn lt(self, value: impl QueryValue<T>) -> Filter<D>
     where
         T: Ordered,
@@ -102,7 +108,7 @@ impl<D, T> Field<D, T> {
         self.compare(CmpOp::Lt, value.into_value())
     }
 
-    /// Field is less than or equal to `value`.
+    /// Field is less than or equal to `value`; `None` is less than every value.
     pub fn lte(self, value: impl QueryValue<T>) -> Filter<D>
     where
         T: Ordered,
@@ -110,31 +116,31 @@ impl<D, T> Field<D, T> {
         self.compare(CmpOp::Lte, value.into_value())
     }
 
-    /// Field lies between `low` and `high`, both inclusive.
+    /// Field lies between `low` and `high`, both inclusive (never `None`; empty when
+    /// `low > high`).
     pub fn between(self, low: impl QueryValue<T>, high: impl QueryValue<T>) -> Filter<D>
     where
         T: Ordered,
     {
-        Filter::new(match (low.into_value(), high.into_value()) {
-            (Ok(low), Ok(high)) => Expr::Between { field: self.index, low, high },
-            (Err(e), _) | (_, Err(e)) => Expr::Invalid { field: self.index, reason: e.0 },
-        })
+        let bounds = low.into_value().and_then(|low| Ok((low, high.into_value()?)));
+        self.atom(bounds.map(|(low, high)| Atom::Between { field: self.index, low, high }))
     }
 
-    /// Field is text starting with `prefix` (case-sensitive).
+    /// Field is text starting with `prefix`, compared byte by byte (case-sensitive, no
+    /// wildcards, NUL characters included); a `None` field starts with nothing, not even "".
     pub fn starts_with(self, prefix: impl Into<String>) -> Filter<D>
     where
         T: TextField,
     {
-        Filter::new(Expr::StartsWith { field: self.index, prefix: prefix.into() })
+        self.atom(Ok(Atom::StartsWith { field: self.index, prefix: prefix.into() }))
     }
 
-    /// Field is `None` (or absent).
+    /// Field is `None`: a missing key or a JSON null.
     pub fn is_none(self) -> Filter<D>
     where
         T: OptionField,
     {
-        Filter::new(Expr::IsNull { field: self.index, negated: false })
+        self.atom(Ok(Atom::IsNull { field: self.index, negated: false }))
     }
 
     /// Field is `Some(_)`.
@@ -142,12 +148,18 @@ impl<D, T> Field<D, T> {
     where
         T: OptionField,
     {
-        Filter::new(Expr::IsNull { field: self.index, negated: true })
+        self.atom(Ok(Atom::IsNull { field: self.index, negated: true }))
     }
 }
 
 /// A condition on documents of type `D`; combine with [`and`](Filter::and),
 /// [`or`](Filter::or), [`not`](Filter::not) or the `&`, `|` and `!` operators.
+///
+/// A filter means what the same expression means in Rust over the document's values: for every
+/// filter `p`, a document matches either `p` or `!p`, never both and never neither, also when
+/// a field is `None`. Filters can be nested and combined to any size without risk to the stack;
+/// one that cannot be run as a single SQL statement (too deep, too long: see the limits in
+/// [`Query`](crate::Query)) fails with [`Error::InvalidQuery`](crate::Error::InvalidQuery).
 pub struct Filter<D> {
     pub(crate) expr: Expr,
     _marker: PhantomData<fn() -> D>,
@@ -172,28 +184,27 @@ impl<D> Filter<D> {
 
     /// Both this and `other` hold.
     pub fn and(self, other: Filter<D>) -> Filter<D> {
-        Filter::new(match self.expr {
-            Expr::And(mut all) => {
-                all.push(other.expr);
-                Expr::And(all)
-            }
-            e => Expr::And(vec![e, other.expr]),
-        })
+        let mut expr = self.expr;
+        if let Expr::And(all) = &mut expr {
+            all.push(other.expr);
+            return Filter::new(expr);
+        }
+        Filter::new(Expr::And(vec![expr, other.expr]))
     }
 
     /// This or `other` holds.
     pub fn or(self, other: Filter<D>) -> Filter<D> {
-        Filter::new(match self.expr {
-            Expr::Or(mut any) => {
-                any.push(other.expr);
-                Expr::Or(any)
-            }
-            e => Expr::Or(vec![e, other.expr]),
-        })
+        let mut expr = self.expr;
+        if let Expr::Or(any) = &mut expr {
+            any.push(other.expr);
+            return Filter::new(expr);
+        }
+        Filter::new(Expr::Or(vec![expr, other.expr]))
     }
 
-    /// This does not hold. Under SQL's three-valued logic a comparison with a null field is
-    /// neither true nor false, so `not(x.gt(1))` does not match documents whose `x` is null.
+    /// This does not hold: exactly the documents this filter does not match, `None` fields
+    /// included (`!x.gt(1)` matches a document whose `x` is `None`, as `!(x > Some(1))` is
+    /// true in Rust). `!x.eq(v)` is `x.ne(v)`, and `!!p` is `p`.
     #[allow(clippy::should_implement_trait)]
     pub fn not(self) -> Filter<D> {
         Filter::new(Expr::Not(Box::new(self.expr)))
@@ -263,31 +274,36 @@ pub(crate) enum CmpOp {
     Lte,
 }
 
-impl Expr {
-    /// How deeply combinators nest, counted without recursion (a hostile filter may be deep
-    /// enough to overflow the stack otherwise). A list of `n` items adds about `log2(n)`, as
-    /// rendered.
-    pub(crate) fn depth(&self) -> usize {
-        let mut deepest = 0;
-        let mut stack = vec![(self, 1usize)];
-        while let Some((e, d)) = stack.pop() {
-            deepest = deepest.max(d);
-            match e {
-                Expr::Not(inner) => stack.push((inner, d + 1)),
-                Expr::And(items) | Expr::Or(items) => {
-                    let extra = usize::BITS as usize - items.len().leading_zeros() as usize;
-                    stack.extend(items.iter().map(|i| (i, d + extra.max(1))));
-                }
-                _ => {}
-            }
+impl CmpOp {
+    /// The operator matching exactly the documents this one does not, under `Option`'s order
+    /// (`None` below every value): the complement of `>` is `<=`, `None` included.
+    pub(crate) fn negated(self) -> CmpOp {
+        match self {
+            CmpOp::Eq => CmpOp::Ne,
+            CmpOp::Ne => CmpOp::Eq,
+            CmpOp::Gt => CmpOp::Lte,
+            CmpOp::Gte => CmpOp::Lt,
+            CmpOp::Lt => CmpOp::Gte,
+            CmpOp::Lte => CmpOp::Gt,
         }
-        deepest
     }
 }
 
-/// The untyped filter tree behind [`Filter`]; fields are positions in the schema.
-#[derive(Debug, Clone)]
+/// The untyped filter tree behind [`Filter`]: conditions on one field, and the combinators.
+///
+/// A caller can nest combinators as deeply as memory allows, so nothing here recurses over the
+/// tree: dropping, cloning and printing use a stack on the heap, and so does the SQL rendering
+/// (`sql::filter`).
 pub(crate) enum Expr {
+    Atom(Atom),
+    Not(Box<Expr>),
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+}
+
+/// A condition on one field; fields are positions in the schema.
+#[derive(Debug, Clone)]
+pub(crate) enum Atom {
     Compare {
         field: usize,
         op: CmpOp,
@@ -310,12 +326,176 @@ pub(crate) enum Expr {
         field: usize,
         negated: bool,
     },
-    And(Vec<Expr>),
-    Or(Vec<Expr>),
-    Not(Box<Expr>),
     /// A value that cannot be bound; the query fails with `InvalidQuery` when run.
     Invalid {
         field: usize,
         reason: String,
     },
+}
+
+impl Expr {
+    /// A node owning nothing, to leave behind when a child is moved out.
+    const EMPTY: Expr = Expr::And(Vec::new());
+
+    /// Moves this node's children onto `out`, leaving it childless.
+    fn detach_children(&mut self, out: &mut Vec<Expr>) {
+        match self {
+            Expr::Not(inner) => out.push(std::mem::replace(&mut **inner, Expr::EMPTY)),
+            Expr::And(items) | Expr::Or(items) => out.append(items),
+            Expr::Atom(_) => {}
+        }
+    }
+}
+
+impl Drop for Expr {
+    fn drop(&mut self) {
+        // Each node is emptied before it is dropped, so no drop below this one recurses.
+        let mut pending = Vec::new();
+        self.detach_children(&mut pending);
+        while let Some(mut node) = pending.pop() {
+            node.detach_children(&mut pending);
+        }
+    }
+}
+
+impl Clone for Expr {
+    fn clone(&self) -> Self {
+        enum Step<'e> {
+            Visit(&'e Expr),
+            Not,
+            And(usize),
+            Or(usize),
+        }
+        // Children are cloned onto `done` in order, then their parent gathers them.
+        let mut steps = vec![Step::Visit(self)];
+        let mut done: Vec<Expr> = Vec::new();
+        while let Some(step) = steps.pop() {
+            match step {
+                Step::Visit(Expr::Atom(a)) => done.push(Expr::Atom(a.clone())),
+                Step::Visit(Expr::Not(inner)) => steps.extend([Step::Not, Step::Visit(inner)]),
+                Step::Visit(Expr::And(items)) => {
+                    steps.push(Step::And(items.len()));
+                    steps.extend(items.iter().rev().map(Step::Visit));
+                }
+                Step::Visit(Expr::Or(items)) => {
+                    steps.push(Step::Or(items.len()));
+                    steps.extend(items.iter().rev().map(Step::Visit));
+                }
+                Step::Not => {
+                    let inner = done.pop().unwrap_or(Expr::EMPTY);
+                    done.push(Expr::Not(Box::new(inner)));
+                }
+                Step::And(n) => {
+                    let items = done.split_off(done.len().saturating_sub(n));
+                    done.push(Expr::And(items));
+                }
+                Step::Or(n) => {
+                    let items = done.split_off(done.len().saturating_sub(n));
+                    done.push(Expr::Or(items));
+                }
+            }
+        }
+        done.pop().unwrap_or(Expr::EMPTY)
+    }
+}
+
+/// Printing stops this many combinators deep...
+const DEBUG_MAX_DEPTH: usize = 32;
+/// ...and after this many nodes, so that printing a huge filter stays cheap.
+const DEBUG_MAX_NODES: usize = 256;
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        enum Step<'e> {
+            Node(&'e Expr, usize),
+            Text(&'static str),
+        }
+        let mut steps = vec![Step::Node(self, 0)];
+        let mut budget = DEBUG_MAX_NODES;
+        while let Some(step) = steps.pop() {
+            let (node, depth) = match step {
+                Step::Text(t) => {
+                    f.write_str(t)?;
+                    continue;
+                }
+                Step::Node(node, depth) => (node, depth),
+            };
+            let (open, items): (&str, &[Expr]) = match node {
+                Expr::Atom(a) => {
+                    write!(f, "{a:?}")?;
+                    continue;
+                }
+                _ if depth >= DEBUG_MAX_DEPTH => {
+                    f.write_str("…")?;
+                    continue;
+                }
+                Expr::Not(inner) => ("Not(", std::slice::from_ref(&**inner)),
+                Expr::And(items) => ("And([", items),
+                Expr::Or(items) => ("Or([", items),
+            };
+            f.write_str(open)?;
+            steps.push(Step::Text(if matches!(node, Expr::Not(_)) { ")" } else { "])" }));
+            let shown = items.len().min(budget.max(1));
+            budget = budget.saturating_sub(shown);
+            if shown < items.len() {
+                steps.push(Step::Text(", …"));
+            }
+            for (i, item) in items[..shown].iter().enumerate().rev() {
+                steps.push(Step::Node(item, depth + 1));
+                if i > 0 {
+                    steps.push(Step::Text(", "));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn atom(i: i64) -> Expr {
+        Expr::Atom(Atom::Compare { field: 0, op: CmpOp::Eq, value: Value::Integer(i) })
+    }
+
+    #[test]
+    fn debug_prints_small_filters_whole() {
+        let e = Expr::And(vec![atom(1), Expr::Not(Box::new(Expr::Or(vec![atom(2), atom(3)])))]);
+        assert_eq!(
+            format!("{e:?}"),
+            "And([Compare { field: 0, op: Eq, value: Integer(1) }, Not(Or([Compare { field: 0, op: Eq, value: \
+             Integer(2) }, Compare { field: 0, op: Eq, value: Integer(3) }]))])"
+        );
+        assert_eq!(format!("{:?}", Expr::Or(Vec::new())), "Or([])");
+    }
+
+    #[test]
+    fn debug_output_is_bounded() {
+        let mut deep = atom(0);
+        for _ in 0..10_000 {
+            deep = Expr::Not(Box::new(deep));
+        }
+        let text = format!("{deep:?}");
+        assert_eq!(text, format!("{}…{}", "Not(".repeat(DEBUG_MAX_DEPTH), ")".repeat(DEBUG_MAX_DEPTH)));
+        let wide = Expr::Or((0..10_000).map(atom).collect());
+        let text = format!("{wide:?}");
+        assert!(text.ends_with(", …])") && text.matches("Compare").count() == DEBUG_MAX_NODES, "{text}");
+    }
+
+    #[test]
+    fn clone_copies_every_node_in_order() {
+        let e = Expr::Or(vec![
+            Expr::And(vec![atom(1), Expr::Not(Box::new(atom(2))), Expr::And(Vec::new())]),
+            atom(3),
+            Expr::Not(Box::new(Expr::Not(Box::new(Expr::Or(vec![atom(4)]))))),
+        ]);
+        assert_eq!(format!("{:?}", e.clone()), format!("{e:?}"));
+        let mut chain = atom(0);
+        for i in 1..50_000 {
+            chain = if i % 2 == 0 { Expr::And(vec![atom(i), chain]) } else { Expr::Not(Box::new(chain)) };
+        }
+        let copy = chain.clone();
+        assert_eq!(format!("{copy:?}"), format!("{chain:?}"));
+    }
 }

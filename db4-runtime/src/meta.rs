@@ -200,6 +200,23 @@ impl CollectionMeta {
         })
     }
 
+    /// The meta of a freshly created collection of `schema` (for unit tests of what is built
+    /// on top of it).
+    #[cfg(test)]
+    pub fn fresh(schema: &'static Schema, id_kind: IdKind) -> Result<Self> {
+        let storage = Storage {
+            generation: 1,
+            columns: schema
+                .column_fields()
+                .map(|f| (f.name().to_owned(), f.key().to_owned(), crate::schema::column_name(f.name(), f.key())))
+                .collect(),
+            versioned: schema.version_field().is_some(),
+            known_keys: schema.fields().iter().map(|f| f.key().to_owned()).collect(),
+        };
+        let kinds: Arc<[Option<FieldKind>]> = schema.fields().iter().map(|_| None).collect();
+        Self::new(schema, id_kind, 1 << 20, kinds, &storage)
+    }
+
     /// How many values a row has in the insert-parameter layout.
     pub fn row_width(&self) -> usize {
         2 + usize::from(self.version_mode != VersionMode::None)

@@ -1,32 +1,37 @@
-//! Typed queries compiled to parameterised SQL.
+//! Typed queries compiled to parameterised SQL (see `sql` for how, within which limits).
 
 use crate::backend::Access;
 use crate::change::{Change, ChangeKind};
-use crate::collection::{Exec, count, decode};
+use crate::collection::{Exec, count, decode, read, with_id, write};
 use crate::document::Document;
-use crate::error::{Error, Result};
-use crate::field::{CmpOp, Expr, Filter, Order};
-use crate::meta::{CollectionMeta, FieldSql, MetaSlot};
+use crate::error::Result;
+use crate::field::{Expr, Filter, Order};
+use crate::meta::MetaSlot;
+use crate::sql::Statement;
 use crate::value::{Value, ValueRef};
 use std::marker::PhantomData;
-use std::sync::Arc;
-
-/// Above this many values an `in_list` is bound as one JSON array instead of one parameter
-/// per value, which keeps every list under SQLite's parameter limit.
-const INLINE_LIST_MAX: usize = 256;
-
-/// How deeply `not` / `and` / `or` may nest (long flat lists do not count: they are balanced).
-/// SQLite refuses expressions deeper than 1000; rendering stays well within the stack.
-const MAX_FILTER_DEPTH: usize = 200;
 
 /// A query over a collection, from [`Collection::query`](crate::Collection::query).
 ///
 /// Filters added with [`filter`](Query::filter) must all hold. Without
-/// [`order_by`](Query::order_by) the order of results is unspecified.
+/// [`order_by`](Query::order_by) the order of results is unspecified. Filters mean what they
+/// mean in Rust over the document's values, `None` ordering below every value (see
+/// [`Filter`]).
+///
+/// # Limits
+///
+/// A query runs as one SQL statement, which must fit the limits of every backend (a Durable
+/// Object's SQLite: 100 bound values, expressions 100 levels deep, 100 KB of SQL text, 2 MB per
+/// value). Values beyond the first hundred or so are bound together as one JSON array, and
+/// lists of conditions are balanced, so any number of values, `in_list` entries, conditions
+/// and `filter` calls fits, up to the text limit. What cannot fit fails with
+/// [`Error::InvalidQuery`](crate::Error::InvalidQuery) naming the limit, before anything runs:
+/// `and` and `or` alternating more than about 95 levels deep, or some thousands of conditions
+/// (an `in_list` of the same values takes a few bytes).
 #[must_use = "a query does nothing until run with all(), first(), count() or delete()"]
 pub struct Query<'c, T> {
     exec: Exec<'c>,
-    meta: Arc<CollectionMeta>,
+    slot: &'c MetaSlot,
     _marker: PhantomData<fn() -> T>,
     filters: Vec<Expr>,
     order: Vec<(usize, bool)>,
@@ -47,8 +52,7 @@ impl<T> std::fmt::Debug for Query<'_, T> {
 
 impl<'c, T: Document> Query<'c, T> {
     pub(crate) fn new(exec: Exec<'c>, slot: &'c MetaSlot) -> Self {
-        let meta = slot.get();
-        Self { exec, meta, _marker: PhantomData, filters: Vec::new(), order: Vec::new(), limit: None, offset: 0 }
+        Self { exec, slot, _marker: PhantomData, filters: Vec::new(), order: Vec::new(), limit: None, offset: 0 }
     }
 
     /// Keeps only documents matching `filter` (in addition to earlier filters).
@@ -79,22 +83,27 @@ impl<'c, T: Document> Query<'c, T> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidQuery`] if a filter value could not be bound (a NaN, a comparison of
-    /// order with `None`), [`Error::Serialization`] if a stored document no longer
-    /// deserializes, or a backend error.
+    /// [`Error::InvalidQuery`](crate::Error::InvalidQuery) if a filter value could not be
+    /// bound (a NaN, a comparison of order with `None`) or the query is past a limit (see
+    /// [`Query`]), [`Error::Serialization`](crate::Error::Serialization) naming the document if
+    /// a stored document no longer deserializes, or a backend error.
     pub fn all(self) -> Result<Vec<T>> {
-        let meta = &self.meta;
-        let mut sql = Sql::new(meta);
-        sql.push(&format!("SELECT {} FROM {}", meta.doc_columns, meta.table));
-        self.tail(&mut sql, true)?;
-        let mut out = Vec::new();
-        self.exec.read(|conn| {
-            conn.query(&sql.text, &sql.params, &mut |row| {
-                out.push(decode::<T>(meta, row, 0)?);
+        read(self.exec, self.slot, |conn, meta| {
+            let mut sql = Statement::new(meta);
+            sql.push(&format!("SELECT \"_id\", {} FROM {}", meta.doc_columns, meta.table));
+            self.tail(&mut sql, true, 0)?;
+            let (text, params) = sql.finish()?;
+            let mut out = Vec::new();
+            conn.query(&text, &params, &mut |row| {
+                let doc = decode::<T>(meta, row, 1).map_err(|e| match row.get(0) {
+                    Ok(id) => with_id(e, &id.to_owned()),
+                    Err(_) => e,
+                })?;
+                out.push(doc);
                 Ok(())
-            })
-        })?;
-        Ok(out)
+            })?;
+            Ok(out)
+        })
     }
 
     /// Runs the query and returns the first matching document.
@@ -113,17 +122,20 @@ impl<'c, T: Document> Query<'c, T> {
     ///
     /// As [`all`](Self::all).
     pub fn count(self) -> Result<u64> {
-        let meta = &self.meta;
-        let mut sql = Sql::new(meta);
-        if self.limit.is_none() && self.offset == 0 {
-            sql.push(&format!("SELECT count(*) FROM {}", meta.table));
-            self.tail(&mut sql, false)?;
-        } else {
-            sql.push(&format!("SELECT count(*) FROM (SELECT 1 FROM {}", meta.table));
-            self.tail(&mut sql, true)?;
-            sql.push(")");
-        }
-        self.exec.read(|conn| count(conn, &sql.text, &sql.params))
+        read(self.exec, self.slot, |conn, meta| {
+            let mut sql = Statement::new(meta);
+            if self.limit.is_none() && self.offset == 0 {
+                sql.push(&format!("SELECT count(*) FROM {}", meta.table));
+                self.tail(&mut sql, false, 0)?;
+            } else {
+                // A subquery in FROM is a statement of its own to SQLite: no expression around it.
+                sql.push(&format!("SELECT count(*) FROM (SELECT 1 FROM {}", meta.table));
+                self.tail(&mut sql, true, 0)?;
+                sql.push(")");
+            }
+            let (text, params) = sql.finish()?;
+            count(conn, &text, &params)
+        })
     }
 
     /// Deletes the matching documents (within `order_by`, `limit` and `offset`, if set) and
@@ -133,15 +145,15 @@ impl<'c, T: Document> Query<'c, T> {
     ///
     /// As [`all`](Self::all).
     pub fn delete(self) -> Result<u64> {
-        let meta = &self.meta;
         if let Exec::Tx(_) = self.exec {
             // Inside a transaction a savepoint may need the rows back: find them first.
-            let mut select = Sql::new(meta);
-            select.push(&format!("SELECT \"_id\" FROM {}", meta.table));
-            self.tail(&mut select, true)?;
-            let ids = self.exec.read(|conn| {
+            let ids = read(self.exec, self.slot, |conn, meta| {
+                let mut select = Statement::new(meta);
+                select.push(&format!("SELECT \"_id\" FROM {}", meta.table));
+                self.tail(&mut select, true, 0)?;
+                let (text, params) = select.finish()?;
                 let mut ids = Vec::new();
-                conn.query(&select.text, &select.params, &mut |row| {
+                conn.query(&text, &params, &mut |row| {
                     ids.push(row.get(0)?.to_owned());
                     Ok(())
                 })?;
@@ -157,26 +169,34 @@ impl<'c, T: Document> Query<'c, T> {
                     .collect(),
             );
             let refs: Vec<&Value> = ids.iter().collect();
-            let n = self.exec.write(Access::Write, |ctx| {
+            let n = write(self.exec, self.slot, Access::Write, |ctx, meta| {
                 ctx.tracked(meta, &refs, ChangeKind::Delete, || {
                     ctx.conn.execute(&meta.sql.delete_ids, &[Value::Text(json.to_string())])
                 })
             })?;
             return Ok(n as u64);
         }
-        let mut sql = Sql::new(meta);
-        if self.limit.is_none() && self.offset == 0 {
-            sql.push(&format!("DELETE FROM {}", meta.table));
-            self.tail(&mut sql, false)?;
-        } else {
-            sql.push(&format!("DELETE FROM {0} WHERE \"_id\" IN (SELECT \"_id\" FROM {0}", meta.table));
-            self.tail(&mut sql, true)?;
-            sql.push(")");
-        }
-        sql.push(" RETURNING \"_id\"");
-        let n = self.exec.write(Access::Write, |ctx| {
+        let n = write(self.exec, self.slot, Access::Write, |ctx, meta| {
+            let mut sql = Statement::new(meta);
+            if self.limit.is_none() && self.offset == 0 {
+                sql.push(&format!("DELETE FROM {}", meta.table));
+                self.tail(&mut sql, false, 0)?;
+            } else {
+                // The page of ids is a subquery in FROM of the subquery in IN: SQLite then counts
+                // two levels of expression around the filter. (Directly in the IN subquery's
+                // WHERE, the filter would count twice: once in the IN expression, once
+                // resolving the subquery.)
+                sql.push(&format!(
+                    "DELETE FROM {0} WHERE \"_id\" IN (SELECT \"_id\" FROM (SELECT \"_id\" FROM {0}",
+                    meta.table
+                ));
+                self.tail(&mut sql, true, 2)?;
+                sql.push("))");
+            }
+            sql.push(" RETURNING \"_id\"");
+            let (text, params) = sql.finish()?;
             let mut deleted = Vec::new();
-            ctx.conn.query(&sql.text, &sql.params, &mut |row| {
+            ctx.conn.query(&text, &params, &mut |row| {
                 deleted.push(Change {
                     collection: meta.collection,
                     id: row.get(0)?.to_owned(),
@@ -191,25 +211,13 @@ impl<'c, T: Document> Query<'c, T> {
         Ok(n as u64)
     }
 
-    /// Appends `WHERE`, and with `paging` also `ORDER BY` and `LIMIT`/`OFFSET`.
-    fn tail(&self, sql: &mut Sql<'_>, paging: bool) -> Result<()> {
-        for f in &self.filters {
-            let depth = f.depth();
-            if depth > MAX_FILTER_DEPTH {
-                return Err(Error::invalid_query(
-                    self.meta.collection,
-                    format!("the filter is nested {depth} levels deep; at most {MAX_FILTER_DEPTH} are supported"),
-                ));
-            }
-        }
+    /// Appends `WHERE`, and with `paging` also `ORDER BY` and `LIMIT`/`OFFSET`. `enclosing`
+    /// is the height of the expression the statement's `WHERE` sits in, if any.
+    fn tail(&self, sql: &mut Statement<'_>, paging: bool, enclosing: usize) -> Result<()> {
         if !self.filters.is_empty() {
             sql.push(" WHERE ");
-            for (i, e) in self.filters.iter().enumerate() {
-                if i > 0 {
-                    sql.push(" AND ");
-                }
-                sql.expr(e)?;
-            }
+            // All filter() calls as one list: balanced, however many there are.
+            sql.filters(&self.filters, enclosing)?;
         }
         if !paging {
             return Ok(());
@@ -221,172 +229,14 @@ impl<'c, T: Document> Query<'c, T> {
         }
         if self.limit.is_some() || self.offset > 0 {
             let limit = self.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
-            sql.push(" LIMIT ? OFFSET ?");
-            sql.params.push(Value::Integer(limit));
-            sql.params.push(Value::Integer(i64::try_from(self.offset).unwrap_or(i64::MAX)));
+            let offset = i64::try_from(self.offset).unwrap_or(i64::MAX);
+            sql.push(" LIMIT ");
+            let limit = sql.bind_param(Value::Integer(limit));
+            sql.push_slot(limit);
+            sql.push(" OFFSET ");
+            let offset = sql.bind_param(Value::Integer(offset));
+            sql.push_slot(offset);
         }
-        Ok(())
-    }
-}
-
-/// SQL text and its parameters, built together so placeholders and values stay in step.
-pub(crate) struct Sql<'m> {
-    meta: &'m CollectionMeta,
-    pub text: String,
-    pub params: Vec<Value>,
-}
-
-impl<'m> Sql<'m> {
-    pub fn new(meta: &'m CollectionMeta) -> Self {
-        Self { meta, text: String::with_capacity(128), params: Vec::new() }
-    }
-
-    pub fn push(&mut self, s: &str) {
-        self.text.push_str(s);
-    }
-
-    fn bind(&mut self, v: Value) {
-        self.text.push('?');
-        self.params.push(v);
-    }
-
-    fn invalid(&self, field: usize, reason: impl std::fmt::Display) -> Error {
-        Error::invalid_query(self.meta.collection, format!("field `{}`: {reason}", self.meta.field_name(field)))
-    }
-
-    pub fn field(&mut self, field: usize) -> Result<()> {
-        match self.meta.field_sql(field)? {
-            FieldSql::Column(c) => self.text.push_str(c),
-            FieldSql::Json(path) => {
-                let path = path.clone();
-                self.text.push_str("json_extract(\"_doc\", ");
-                self.bind(Value::Text(path));
-                self.text.push(')');
-            }
-        }
-        Ok(())
-    }
-
-    pub fn expr(&mut self, e: &Expr) -> Result<()> {
-        match e {
-            Expr::Compare { field, op, value } => {
-                let null = matches!(value, Value::Null);
-                let sym = match (op, null) {
-                    (CmpOp::Eq, true) => " IS NULL",
-                    (CmpOp::Ne, true) => " IS NOT NULL",
-                    (CmpOp::Eq, false) => " = ",
-                    (CmpOp::Ne, false) => " IS NOT ",
-                    (_, true) => return Err(self.invalid(*field, "cannot compare order with None")),
-                    (CmpOp::Gt, false) => " > ",
-                    (CmpOp::Gte, false) => " >= ",
-                    (CmpOp::Lt, false) => " < ",
-                    (CmpOp::Lte, false) => " <= ",
-                };
-                self.push("(");
-                self.field(*field)?;
-                self.push(sym);
-                if !null {
-                    self.bind(value.clone());
-                }
-                self.push(")");
-            }
-            Expr::Between { field, low, high } => {
-                if matches!(low, Value::Null) || matches!(high, Value::Null) {
-                    return Err(self.invalid(*field, "between bounds cannot be None"));
-                }
-                self.push("(");
-                self.field(*field)?;
-                self.push(" BETWEEN ");
-                self.bind(low.clone());
-                self.push(" AND ");
-                self.bind(high.clone());
-                self.push(")");
-            }
-            Expr::In { field, values } => self.in_list(*field, values)?,
-            Expr::StartsWith { field, prefix } => {
-                // The lower bound lets an index narrow the scan; substr() checks the prefix
-                // exactly (LIKE would be case-insensitive and treat `%`/`_` as wildcards).
-                self.push("(");
-                self.field(*field)?;
-                self.push(" >= ");
-                self.bind(Value::Text(prefix.clone()));
-                self.push(" AND substr(");
-                self.field(*field)?;
-                self.push(", 1, ");
-                self.bind(Value::Integer(prefix.chars().count() as i64));
-                self.push(") = ");
-                self.bind(Value::Text(prefix.clone()));
-                self.push(")");
-            }
-            Expr::IsNull { field, negated } => {
-                self.push("(");
-                self.field(*field)?;
-                self.push(if *negated { " IS NOT NULL)" } else { " IS NULL)" });
-            }
-            Expr::And(all) => self.list(all, " AND ", "1")?,
-            Expr::Or(any) => self.list(any, " OR ", "0")?,
-            Expr::Not(inner) => {
-                self.push("(NOT ");
-                self.expr(inner)?;
-                self.push(")");
-            }
-            Expr::Invalid { field, reason } => return Err(self.invalid(*field, reason)),
-        }
-        Ok(())
-    }
-
-    /// Renders `a OP b OP c ...` as a balanced tree of parenthesised halves, so a list of
-    /// thousands of conditions stays far below SQLite's expression depth limit (1000).
-    fn list(&mut self, items: &[Expr], sep: &str, empty: &str) -> Result<()> {
-        match items {
-            [] => self.push(empty),
-            [one] => self.expr(one)?,
-            _ => {
-                let (left, right) = items.split_at(items.len() / 2);
-                self.push("(");
-                self.list(left, sep, empty)?;
-                self.push(sep);
-                self.list(right, sep, empty)?;
-                self.push(")");
-            }
-        }
-        Ok(())
-    }
-
-    fn in_list(&mut self, field: usize, values: &[Value]) -> Result<()> {
-        let has_null = values.iter().any(|v| matches!(v, Value::Null));
-        let values: Vec<&Value> = values.iter().filter(|v| !matches!(v, Value::Null)).collect();
-        self.push("(");
-        self.field(field)?;
-        if values.len() <= INLINE_LIST_MAX {
-            self.push(" IN (");
-            for (i, v) in values.iter().enumerate() {
-                if i > 0 {
-                    self.push(", ");
-                }
-                self.bind((*v).clone());
-            }
-            self.push(")");
-        } else {
-            let array = values
-                .iter()
-                .map(|v| match v {
-                    Value::Integer(i) => Ok(serde_json::Value::from(*i)),
-                    Value::Real(r) => Ok(serde_json::Value::from(*r)),
-                    Value::Text(s) => Ok(serde_json::Value::from(s.as_str())),
-                    _ => Err(self.invalid(field, "binary values cannot be used in a long in_list")),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            self.push(" IN (SELECT value FROM json_each(");
-            self.bind(Value::Text(serde_json::Value::Array(array).to_string()));
-            self.push("))");
-        }
-        if has_null {
-            self.push(" OR ");
-            self.field(field)?;
-            self.push(" IS NULL");
-        }
-        self.push(")");
         Ok(())
     }
 }

@@ -7,5 +7,6 @@ mod errors;
 mod evolution;
 mod migration;
 mod queries;
+mod query_limits;
 mod serde_features;
 mod versioning;

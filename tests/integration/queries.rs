@@ -1,6 +1,7 @@
 //! Every query operator, combinator and paging option: hand-written cases first, then a
-//! model-based test comparing db4 with a plain `Vec` filtered in Rust under SQL's three-valued
-//! logic, on a randomized dataset.
+//! model-based test comparing db4 with a plain `Vec` filtered in Rust, with Rust's meaning of
+//! the same expressions over `Option` fields (`None` below every value), on a randomized
+//! dataset.
 
 use db4::prelude::*;
 use db4::{Field, Ordered};
@@ -189,7 +190,9 @@ fn option_fields_none_and_some() {
     // Non-indexed Option<i64> and Option<String>.
     assert_eq!(run(&c, f.level.is_none()), expect(&d, |i| i.level.is_none()));
     assert_eq!(run(&c, f.level.is_some()), expect(&d, |i| i.level.is_some()));
-    assert_eq!(run(&c, f.level.lte(Some(1))), expect(&d, |i| i.level.is_some_and(|l| l <= 1)));
+    // `None` orders below every value, as `Option`'s `Ord` has it.
+    assert_eq!(run(&c, f.level.lte(Some(1))), expect(&d, |i| i.level <= Some(1)));
+    assert!(d.iter().any(|i| i.level.is_none()), "the fixture exercises None");
     assert_eq!(run(&c, f.note.is_some()), vec![1, 2, 3, 4]);
     assert_eq!(run(&c, f.note.eq("apple")), vec![1, 2]);
     assert_eq!(run(&c, f.note.eq(None)), (5..=10).collect::<Vec<_>>());
@@ -219,7 +222,7 @@ fn in_list_short_long_and_with_none() {
         expect(&d, |i| i.note.is_none() || i.note.as_deref() == Some("apple"))
     );
 
-    // Long lists (above the 256 values bound inline) on indexed, non-indexed and id fields.
+    // Long lists (bound as one JSON array) on indexed, non-indexed and id fields.
     let long_scores: Vec<i64> = (1000..1400).chain([2, -5]).collect();
     assert_eq!(run(&c, f.score.in_list(long_scores.clone())), expect(&d, |i| long_scores.contains(&i.score)));
     let long_qty: Vec<i64> = (100..500).chain([1, 9]).collect();
@@ -265,7 +268,8 @@ fn starts_with_is_case_sensitive_and_literal() {
     assert_eq!(run(&c, f.note.starts_with("")), vec![1, 2, 3, 4]);
     assert_eq!(run(&c, f.tag.starts_with("t")), expect(&d, |i| i.tag.is_some()));
     assert_eq!(run(&c, f.tag.starts_with("t2")), expect(&d, |i| i.tag.as_deref() == Some("t2")));
-    assert_eq!(run(&c, !f.tag.starts_with("t2")), expect(&d, |i| i.tag.as_deref().is_some_and(|t| t != "t2")));
+    // The negation matches the None tags too: `!p` is everything `p` is not.
+    assert_eq!(run(&c, !f.tag.starts_with("t2")), expect(&d, |i| i.tag.as_deref().is_none_or(|t| t != "t2")));
 }
 
 #[test]
@@ -301,8 +305,9 @@ fn and_or_not_and_their_operators() {
     assert_eq!(run(&c, Filter::any([])), Vec::<i64>::new());
     assert_eq!(run(&c, Filter::any([f.id.eq(2), f.id.eq(4)])), vec![2, 4]);
     assert_eq!(run(&c, Filter::all([f.id.gte(2), f.id.lte(4)])), vec![2, 3, 4]);
-    // NOT of a comparison with a None field does not match (three-valued logic).
-    assert_eq!(run(&c, !f.rating.gt(Some(1))), expect(&d, |i| i.rating.is_some_and(|r| r <= 1)));
+    // NOT of a comparison matches a None field, as `!(x > Some(1))` is true in Rust.
+    assert_eq!(run(&c, !f.rating.gt(Some(1))), expect(&d, |i| i.rating <= Some(1)));
+    assert_eq!(run(&c, !f.rating.gt(Some(1))), run(&c, f.rating.lte(Some(1))));
     // Double negation.
     assert_eq!(run(&c, !!f.flag.eq(true)), expect(&d, |i| i.flag));
 }
@@ -522,6 +527,204 @@ fn delete_with_order_limit_and_offset_deletes_the_right_ones() {
     assert_eq!(c.count().unwrap(), 2);
 }
 
+/// The example of issue 7: three people, one without a name and a score.
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(collection = "people")]
+struct Person {
+    #[id]
+    id: i64,
+    #[index]
+    name: Option<String>,
+    #[range_index]
+    score: Option<i64>,
+    /// Left out of the JSON when `None`: a missing key counts as `None` too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nick: Option<String>,
+    level: Option<i64>,
+}
+
+fn people() -> (Db, Collection<Person>) {
+    let db = Db::open_in_memory().unwrap();
+    let c = db.collection::<Person>().unwrap();
+    let p = |id, name: Option<&str>, score| Person {
+        id,
+        name: name.map(str::to_owned),
+        score,
+        nick: name.map(|n| n[..1].to_owned()),
+        level: score.map(|s| s / 2),
+    };
+    c.insert_many(&[p(1, None, None), p(2, Some("bob"), Some(3)), p(3, Some("ann"), Some(9))]).unwrap();
+    (db, c)
+}
+
+fn count_of(c: &Collection<Person>, filter: Filter<Person>) -> u64 {
+    c.query().filter(filter).count().unwrap()
+}
+
+#[test]
+fn negation_and_ne_agree_on_none() {
+    let (_db, c) = people();
+    let f = Person::fields();
+    for (name, eq, ne, not_eq, not_in) in [
+        ("indexed", f.name.eq("bob"), f.name.ne("bob"), !f.name.eq("bob"), !f.name.in_list([Some("bob".to_string())])),
+        ("json", f.nick.eq("b"), f.nick.ne("b"), !f.nick.eq("b"), !f.nick.in_list([Some("b".to_string())])),
+    ] {
+        assert_eq!(count_of(&c, eq), 1, "{name}: eq");
+        assert_eq!(count_of(&c, ne), 2, "{name}: ne matches the None row");
+        assert_eq!(count_of(&c, not_eq), 2, "{name}: !eq is ne");
+        assert_eq!(count_of(&c, not_in), 2, "{name}: !in_list");
+    }
+    assert_eq!(count_of(&c, f.score.lt(Some(7)) | f.score.gte(Some(7))), 3, "lt | gte covers None");
+    assert_eq!(count_of(&c, f.level.lt(Some(3)) | f.level.gte(Some(3))), 3, "lt | gte covers a JSON None");
+}
+
+#[test]
+fn none_orders_below_every_value() {
+    let (_db, c) = people();
+    let f = Person::fields();
+    let ids = |filter: Filter<Person>| sorted_ids_of(&c, filter);
+    // Indexed (score: None, 3, 9) and JSON (level: None, 1, 4) fields alike.
+    assert_eq!(ids(f.score.lt(Some(7))), vec![1, 2]);
+    assert_eq!(ids(f.score.lte(Some(3))), vec![1, 2]);
+    assert_eq!(ids(f.score.gt(Some(3))), vec![3]);
+    assert_eq!(ids(f.score.gte(Some(3))), vec![2, 3]);
+    assert_eq!(ids(f.score.between(Some(0), Some(100))), vec![2, 3], "between never matches None");
+    assert_eq!(ids(!f.score.between(Some(0), Some(100))), vec![1]);
+    assert_eq!(ids(f.level.lt(Some(2))), vec![1, 2]);
+    assert_eq!(ids(!f.level.lt(Some(2))), vec![3]);
+    assert_eq!(ids(f.level.gte(Some(1))), vec![2, 3]);
+    assert_eq!(ids(!f.level.gte(Some(1))), vec![1]);
+    assert_eq!(ids(f.name.starts_with("")), vec![2, 3], "starts_with never matches None");
+    assert_eq!(ids(!f.name.starts_with("b")), vec![1, 3]);
+    assert_eq!(ids(!f.nick.starts_with("b")), vec![1, 3]);
+    assert_eq!(ids(f.name.in_list([None, Some("ann".to_string())])), vec![1, 3]);
+    assert_eq!(ids(!f.name.in_list([None, Some("ann".to_string())])), vec![2]);
+    assert_eq!(ids(!f.nick.in_list([None, Some("a".to_string())])), vec![2]);
+    assert_eq!(ids(f.name.in_list([None::<String>])), vec![1]);
+    assert_eq!(ids(!f.name.in_list([None::<String>])), vec![2, 3]);
+    assert_eq!(ids(!f.name.in_list(Vec::<Option<String>>::new())), vec![1, 2, 3]);
+    assert_eq!(ids(!f.name.eq(None)), vec![2, 3]);
+    assert_eq!(ids(!f.name.ne(None)), vec![1]);
+    assert_eq!(ids(!f.nick.is_none()), vec![2, 3]);
+    assert_eq!(ids(!f.nick.is_some()), vec![1]);
+    // De Morgan over combinations.
+    assert_eq!(ids(!(f.score.gt(Some(5)) | f.name.eq("bob"))), vec![1]);
+    assert_eq!(ids(!(f.score.gt(Some(5)) & f.name.ne("bob"))), vec![1, 2]);
+    assert_eq!(ids(!Filter::all([])), Vec::<i64>::new());
+    assert_eq!(ids(!Filter::any([])), vec![1, 2, 3]);
+    // order_by puts None first ascending, as the comparisons do.
+    let order: Vec<i64> = c.query().order_by(f.score.asc()).all().unwrap().iter().map(|p| p.id).collect();
+    assert_eq!(order, vec![1, 2, 3]);
+    let order: Vec<i64> = c.query().order_by(f.level.desc()).all().unwrap().iter().map(|p| p.id).collect();
+    assert_eq!(order, vec![3, 2, 1]);
+}
+
+fn sorted_ids_of(c: &Collection<Person>, filter: Filter<Person>) -> Vec<i64> {
+    let mut ids: Vec<i64> = c.query().filter(filter.clone()).all().unwrap().iter().map(|p| p.id).collect();
+    ids.sort_unstable();
+    assert_eq!(c.query().filter(filter).count().unwrap(), ids.len() as u64);
+    ids
+}
+
+#[test]
+fn every_filter_and_its_negation_partition_the_collection() {
+    let (_db, c) = people();
+    let f = Person::fields();
+    let filters = [
+        f.name.eq("bob"),
+        f.name.ne("bob"),
+        f.name.eq(None),
+        f.name.in_list([Some("bob".to_string())]),
+        f.name.in_list([None, Some("ann".to_string())]),
+        f.name.starts_with("a"),
+        f.name.gt(Some("ann".to_string())),
+        f.nick.lte(Some("a".to_string())),
+        f.score.lt(Some(7)),
+        f.score.gte(Some(7)),
+        f.score.between(Some(3), Some(8)),
+        f.score.is_some(),
+        f.level.gt(Some(0)),
+        f.level.in_list((0..300).map(Some)),
+        f.level.in_list((0..300).map(Some).chain([None])),
+        f.score.lt(Some(7)) & f.name.ne("ann"),
+        f.score.gte(Some(7)) | f.nick.eq("b"),
+        !(f.level.lt(Some(2)) | f.name.starts_with("b")),
+    ];
+    for p in filters {
+        let (yes, no) = (count_of(&c, p.clone()), count_of(&c, !p.clone()));
+        assert_eq!(yes + no, 3, "count(p) + count(!p) == count() for {p:?}");
+        assert_eq!(count_of(&c, !!p.clone()), yes, "!!p is p: {p:?}");
+    }
+}
+
+#[test]
+fn starts_with_finds_values_with_embedded_nuls() {
+    let db = Db::open_in_memory().unwrap();
+    let c = db.collection::<Person>().unwrap();
+    let names = ["a\0b", "a\0bc", "a\0c", "a", "ab", "\0", "\0\0x", "é\0é"];
+    let docs: Vec<Person> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Person {
+            id: i as i64,
+            name: Some(n.to_string()),
+            score: None,
+            nick: Some(n.to_string()),
+            level: None,
+        })
+        .collect();
+    c.insert_many(&docs).unwrap();
+    assert_eq!(c.get(0).unwrap().unwrap().name.as_deref(), Some("a\0b"), "stored with the NUL");
+    let f = Person::fields();
+    for prefix in ["a\0", "a\0b", "a\0bc", "\0", "\0\0", "é\0", "a", ""] {
+        let want: Vec<i64> = (0..names.len() as i64).filter(|&i| names[i as usize].starts_with(prefix)).collect();
+        assert_eq!(sorted_ids_of(&c, f.name.starts_with(prefix)), want, "indexed, prefix {prefix:?}");
+        assert_eq!(sorted_ids_of(&c, f.nick.starts_with(prefix)), want, "JSON, prefix {prefix:?}");
+        let rest: Vec<i64> = (0..names.len() as i64).filter(|i| !want.contains(i)).collect();
+        assert_eq!(sorted_ids_of(&c, !f.name.starts_with(prefix)), rest, "negated, prefix {prefix:?}");
+    }
+    assert_eq!(sorted_ids_of(&c, f.name.eq("a\0b")), vec![0]);
+}
+
+#[test]
+fn a_document_that_fails_to_decode_is_named_by_all() {
+    let dir = db4_tests::TempDir::new("query-decode");
+    let path = dir.join("db.sqlite");
+    {
+        let db = Db::open(&path).unwrap();
+        db.collection::<Person>()
+            .unwrap()
+            .insert_many(&[
+                Person { id: 1, name: None, score: Some(1), nick: None, level: None },
+                Person { id: 2, name: None, score: Some(2), nick: None, level: None },
+            ])
+            .unwrap();
+    }
+    // A document another program wrote: `score` is text, which `Option<i64>` does not take.
+    crate::common::raw(&path)
+        .execute(
+            "INSERT INTO people (_id, _doc) VALUES (7, '{\"id\":7,\"name\":null,\"score\":\"high\",\"level\":null}')",
+            [],
+        )
+        .unwrap();
+    let db = Db::open(&path).unwrap();
+    let c = db.collection::<Person>().unwrap();
+    for result in [
+        c.query().all(),
+        c.query().order_by(Person::fields().id.desc()).limit(1).all(),
+        c.query().filter(Person::fields().id.gt(5)).first().map(|d| d.into_iter().collect()),
+    ] {
+        match result {
+            Err(Error::Serialization { collection, id, .. }) => {
+                assert_eq!(collection, "people");
+                assert_eq!(id.as_deref(), Some("7"), "the error names the document");
+            }
+            other => panic!("expected a serialization error, got {other:?}"),
+        }
+    }
+    assert_eq!(c.query().filter(Person::fields().id.lt(5)).count().unwrap(), 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Model-based: random filters, sorts and pages against a Vec filtered in Rust.
 // ---------------------------------------------------------------------------------------------
@@ -546,7 +749,9 @@ enum Op {
     Lte,
 }
 
-/// The model of a filter, evaluated with SQL's three-valued logic (`None` is "unknown").
+/// The model of a filter: the Rust expression over the field's `Option` value, compared with
+/// `Option`'s order (`None` below every value). A field is the same variant of `V` in every
+/// document, so `V`'s derived order is the field's.
 #[derive(Clone, Debug)]
 enum Pred {
     Cmp(Getter, Op, Option<V>),
@@ -560,79 +765,35 @@ enum Pred {
 }
 
 impl Pred {
-    fn eval(&self, it: &Item) -> Option<bool> {
+    fn matches(&self, it: &Item) -> bool {
         match self {
             Pred::Cmp(get, op, v) => {
                 let x = get(it);
-                match (op, v) {
-                    (Op::Eq, None) => Some(x.is_none()),
-                    (Op::Ne, None) => Some(x.is_some()),
-                    // `IS NOT`: null-safe.
-                    (Op::Ne, Some(v)) => Some(x.as_ref() != Some(v)),
-                    (op, Some(v)) => {
-                        let x = x?;
-                        Some(match op {
-                            Op::Eq => x == *v,
-                            Op::Gt => x > *v,
-                            Op::Gte => x >= *v,
-                            Op::Lt => x < *v,
-                            Op::Lte => x <= *v,
-                            Op::Ne => unreachable!(),
-                        })
-                    }
-                    (_, None) => unreachable!("order comparisons with None are not generated"),
+                match op {
+                    Op::Eq => x == *v,
+                    Op::Ne => x != *v,
+                    Op::Gt => x > *v,
+                    Op::Gte => x >= *v,
+                    Op::Lt => x < *v,
+                    Op::Lte => x <= *v,
                 }
             }
-            Pred::Between(get, lo, hi) => get(it).map(|x| *lo <= x && x <= *hi),
-            Pred::In(get, values) => {
+            Pred::Between(get, lo, hi) => {
                 let x = get(it);
-                let listed: Vec<&V> = values.iter().flatten().collect();
-                let has_null = values.iter().any(Option::is_none);
-                let base = match &x {
-                    None if listed.is_empty() => Some(false),
-                    None => None,
-                    Some(x) => Some(listed.contains(&x)),
-                };
-                if has_null { or3([base, Some(x.is_none())]) } else { base }
+                Some(lo.clone()) <= x && x <= Some(hi.clone())
             }
-            Pred::StartsWith(get, prefix) => match get(it)? {
-                V::S(s) => Some(s.starts_with(prefix.as_str())),
-                other => panic!("starts_with on {other:?}"),
+            Pred::In(get, values) => values.contains(&get(it)),
+            Pred::StartsWith(get, prefix) => match get(it) {
+                None => false,
+                Some(V::S(s)) => s.starts_with(prefix.as_str()),
+                Some(other) => panic!("starts_with on {other:?}"),
             },
-            Pred::IsNull(get, negated) => Some(get(it).is_none() != *negated),
-            Pred::And(all) => and3(all.iter().map(|p| p.eval(it))),
-            Pred::Or(any) => or3(any.iter().map(|p| p.eval(it))),
-            Pred::Not(p) => p.eval(it).map(|b| !b),
+            Pred::IsNull(get, negated) => get(it).is_none() != *negated,
+            Pred::And(all) => all.iter().all(|p| p.matches(it)),
+            Pred::Or(any) => any.iter().any(|p| p.matches(it)),
+            Pred::Not(p) => !p.matches(it),
         }
     }
-
-    fn matches(&self, it: &Item) -> bool {
-        self.eval(it) == Some(true)
-    }
-}
-
-fn and3(values: impl IntoIterator<Item = Option<bool>>) -> Option<bool> {
-    let mut unknown = false;
-    for v in values {
-        match v {
-            Some(false) => return Some(false),
-            None => unknown = true,
-            Some(true) => {}
-        }
-    }
-    if unknown { None } else { Some(true) }
-}
-
-fn or3(values: impl IntoIterator<Item = Option<bool>>) -> Option<bool> {
-    let mut unknown = false;
-    for v in values {
-        match v {
-            Some(true) => return Some(true),
-            None => unknown = true,
-            Some(false) => {}
-        }
-    }
-    if unknown { None } else { Some(false) }
 }
 
 const TEXT_ALPHABET: [&str; 6] = ["a", "b", "A", "%", "_", "é"];
@@ -917,7 +1078,18 @@ fn random_atom(rng: &mut Rng) -> (Filter<Item>, Pred) {
     }
 }
 
+/// A flat list of 30 to 120 conditions: past the parameter limit, so that values spill into the
+/// JSON array parameter.
+fn wide_filter(rng: &mut Rng) -> (Filter<Item>, Pred) {
+    let n = 30 + rng.below(91);
+    let (fs, ps): (Vec<_>, Vec<_>) = (0..n).map(|_| random_atom(rng)).unzip();
+    if rng.chance(1, 2) { (Filter::any(fs), Pred::Or(ps)) } else { (Filter::all(fs), Pred::And(ps)) }
+}
+
 fn random_filter(rng: &mut Rng, depth: u32) -> (Filter<Item>, Pred) {
+    if depth == 3 && rng.chance(1, 25) {
+        return wide_filter(rng);
+    }
     if depth == 0 || rng.chance(2, 5) {
         return random_atom(rng);
     }
@@ -1077,6 +1249,79 @@ impl std::fmt::Debug for RandomQuery {
     }
 }
 
+/// `field.ne(v)` and `!field.eq(v)` for a random field and value (`None` included), with the
+/// model of `ne`.
+fn ne_and_not_eq(rng: &mut Rng) -> (Filter<Item>, Filter<Item>, Pred) {
+    fn pair<T: Serialize + Clone>(
+        field: Field<Item, T>,
+        get: Getter,
+        conv: fn(&T) -> Option<V>,
+        v: T,
+    ) -> (Filter<Item>, Filter<Item>, Pred) {
+        (field.ne(v.clone()), !field.eq(v.clone()), Pred::Cmp(get, Op::Ne, conv(&v)))
+    }
+    let f = Item::fields();
+    let some = |rng: &mut Rng| !rng.chance(1, 4);
+    match rng.below(6) {
+        0 => {
+            let v = some(rng).then(|| rng.range(0, 5));
+            pair(f.rating, |i| i.rating.map(V::I), opt_int, v)
+        }
+        1 => {
+            let v = some(rng).then(|| rng.pick(&TAGS).to_string());
+            pair(f.tag, |i| opt_text(&i.tag), opt_text, v)
+        }
+        2 => {
+            let v = some(rng).then(|| random_text(rng, 2));
+            pair(f.note, |i| opt_text(&i.note), opt_text, v)
+        }
+        3 => {
+            let v = some(rng).then(|| rng.range(-3, 3));
+            pair(f.level, |i| i.level.map(V::I), opt_int, v)
+        }
+        4 => pair(f.qty, |i| Some(V::I(i.qty)), |v| Some(V::I(*v)), rng.range(0, 20)),
+        _ => pair(
+            f.category,
+            |i| Some(V::S(i.category.clone())),
+            |v: &String| Some(V::S(v.clone())),
+            rng.pick(&CATEGORIES).to_string(),
+        ),
+    }
+}
+
+fn ids_of(c: &Collection<Item>, filter: Filter<Item>) -> Vec<i64> {
+    let mut got = ids(&c.query().filter(filter).all().unwrap());
+    got.sort_unstable();
+    got
+}
+
+/// Every filter and its negation split the collection, as the model says; and `ne` is `!eq`,
+/// also on `None`. (Counting is cheap: only every few rounds are the documents compared.)
+fn check_negation(
+    c: &Collection<Item>,
+    rng: &mut Rng,
+    total: u64,
+    model: &dyn Fn(&Pred) -> Vec<i64>,
+    round: usize,
+    wide: &mut usize,
+) {
+    let (p, pred) = random_filter(rng, 3);
+    *wide += usize::from(matches!(&pred, Pred::And(v) | Pred::Or(v) if v.len() >= 30));
+    let not_pred = Pred::Not(Box::new(pred));
+    let (yes, no) = (c.query().filter(p.clone()).count().unwrap(), c.query().filter(!p.clone()).count().unwrap());
+    assert_eq!(yes + no, total, "round {round}: count(p) + count(!p) for {p:?}");
+    assert_eq!(no, model(&not_pred).len() as u64, "round {round}: count(!p) for {p:?}");
+    let (ne, not_eq, pred) = ne_and_not_eq(rng);
+    let want = model(&pred);
+    assert_eq!(c.query().filter(ne.clone()).count().unwrap(), want.len() as u64, "round {round}: {ne:?}");
+    assert_eq!(c.query().filter(not_eq.clone()).count().unwrap(), want.len() as u64, "round {round}: {not_eq:?}");
+    if round.is_multiple_of(16) {
+        assert_eq!(ids_of(c, !p.clone()), model(&not_pred), "round {round}: !{p:?}");
+        assert_eq!(ids_of(c, ne), want, "round {round}");
+        assert_eq!(ids_of(c, not_eq), want, "round {round}");
+    }
+}
+
 #[test]
 fn random_queries_match_a_model() {
     let mut rng = Rng::new(0xDB4_0001);
@@ -1084,8 +1329,18 @@ fn random_queries_match_a_model() {
     let c = db.collection::<Item>().unwrap();
     let docs = random_dataset(&mut rng, 300);
     c.insert_many(&docs).unwrap();
+    let total = docs.len() as u64;
+    let model = |pred: &Pred| -> Vec<i64> {
+        let mut v: Vec<i64> = docs.iter().filter(|d| pred.matches(d)).map(|d| d.id).collect();
+        v.sort_unstable();
+        v
+    };
     let mut nonempty = 0;
-    for round in 0..1500 {
+    let mut wide = 0;
+    for round in 0..1500_usize {
+        if round.is_multiple_of(2) {
+            check_negation(&c, &mut rng, total, &model, round, &mut wide);
+        }
         let q = RandomQuery::new(&mut rng);
         let expected: Vec<i64> = q.expected(&docs).iter().map(|d| d.id).collect();
         let got = q.build(&c).all().unwrap_or_else(|e| panic!("round {round}: {q:?}: {e}"));
@@ -1104,6 +1359,7 @@ fn random_queries_match_a_model() {
         }
     }
     assert!(nonempty > 300, "the generator mostly builds queries that match something ({nonempty})");
+    assert!(wide > 10, "the generator builds filters past the parameter limit ({wide})");
 }
 
 #[test]

@@ -4,9 +4,29 @@
 //! Nothing here touches JavaScript, so the same functions serve the Durable Object (over
 //! `Db::durable`) and the native conformance tests (over `Db::open_in_memory`). Nothing here
 //! panics on any request: a panic inside a Durable Object leaves the request hanging.
+//!
+//! # Player queries
+//!
+//! `POST /players/count` and `POST /players/find` take `{"filters": [program, ...]}`: filters
+//! that must all hold (one `Query::filter` call each), each written as a program in postfix
+//! notation, a JSON array of steps run on a stack:
+//!
+//! - `[field, op, args...]` pushes a condition on `name`, `team` (text) or `score`, `rank`
+//!   (integers), all optional: `["score", "lt", 7]`, `["name", "eq", null]`,
+//!   `["score", "between", 1, 5]`, `["team", "in", ["red", null]]`, `["name", "starts_with",
+//!   "b"]`, `["rank", "is_none"]`; ops `eq ne gt gte lt lte between in starts_with is_none
+//!   is_some`;
+//! - `["!"]` negates the top filter;
+//! - `["&", n]` and `["|", n]` replace the top `n` filters with `Filter::all` / `Filter::any` of
+//!   them (`n` may be 0).
+//!
+//! A program must leave exactly one filter. Postfix keeps the body flat, so a filter of any
+//! depth can be sent (nested JSON is refused past 128 levels) and parsing never recurses.
+//! Queries db4 refuses (past a statement limit, say) are answered 400 `invalid_query`, like a
+//! malformed program.
 
-use crate::model::{Account, Article, Notification, Status, Transfer};
-use db4::{Db, Query, RetryPolicy, Transaction, TxCollection};
+use crate::model::{Account, Article, Notification, Player, Status, Transfer};
+use db4::{Db, Field, Filter, Ordered, Query, RetryPolicy, Transaction, TxCollection};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -17,6 +37,9 @@ pub const MAX_BODY_BYTES: usize = 8 << 20;
 pub const MAX_PAGE: usize = 1000;
 /// The most ids or transfers one request may carry.
 pub const MAX_BATCH: usize = 100;
+/// The most steps the filter programs of one player query may have together: enough for
+/// filters far past db4's statement limits, and a bound on the memory a request can take.
+pub const MAX_FILTER_STEPS: usize = 100_000;
 
 /// The HTTP methods the API distinguishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +286,10 @@ fn dispatch(db: &Db, tenant: &str, req: &ApiRequest<'_>) -> ApiResult {
         (Post, ["transfers", "batch"]) => batch_transfers(db, body),
         (Get, ["transfers", id]) => get_transfer(db, id),
         (Get, ["notifications"]) => list_notifications(db, &query),
+        (Post, ["players", "bulk"]) => bulk_players(db, body),
+        (Post, ["players", "count"]) => count_players(db, body),
+        (Post, ["players", "find"]) => find_players(db, body),
+        (_, ["players", "bulk" | "count" | "find"]) => Err(ApiError::MethodNotAllowed),
         (_, ["articles" | "accounts" | "transfers" | "notifications"])
         | (_, ["articles" | "accounts" | "transfers", _])
         | (_, ["articles", _, "increment" | "cas" | "publish"])
@@ -653,6 +680,133 @@ fn notify(tx: &Transaction<'_>, accounts: &TxCollection<'_, Account>, key: &str,
     accounts.increment(t.to.as_str(), Account::fields().notifications, 1)?;
     let text = format!("{} sent you {}", t.from, t.amount);
     tx.collection::<Notification>()?.insert(&Notification { id: key.to_owned(), account: t.to.clone(), text })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Players: queries written as filter programs (see the module documentation)
+
+fn bulk_players(db: &Db, body: &[u8]) -> ApiResult {
+    let docs: Vec<Player> = parse_json(body)?;
+    check_batch(docs.len())?;
+    db.collection::<Player>()?.insert_many(&docs)?;
+    Ok(ApiResponse::created(json!({ "inserted": docs.len() })))
+}
+
+/// The body of the player queries.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlayerQuery {
+    /// Filter programs, all of which must hold.
+    #[serde(default)]
+    filters: Vec<Vec<Value>>,
+}
+
+impl PlayerQuery {
+    fn parse(body: &[u8]) -> ApiResult<Self> {
+        let q: Self = parse_json(body)?;
+        let steps: usize = q.filters.iter().map(Vec::len).sum();
+        if steps > MAX_FILTER_STEPS {
+            return Err(ApiError::InvalidParam(format!(
+                "the filters have {steps} steps; a request takes at most {MAX_FILTER_STEPS}"
+            )));
+        }
+        Ok(q)
+    }
+
+    fn apply<'c>(&self, mut q: Query<'c, Player>) -> ApiResult<Query<'c, Player>> {
+        for (i, program) in self.filters.iter().enumerate() {
+            q = q.filter(run_program(program).map_err(|e| ApiError::InvalidParam(format!("filter {i}: {e}")))?);
+        }
+        Ok(q)
+    }
+}
+
+fn count_players(db: &Db, body: &[u8]) -> ApiResult {
+    let query = PlayerQuery::parse(body)?;
+    let players = db.collection::<Player>()?;
+    let count = query.apply(players.query())?.count()?;
+    Ok(ApiResponse::ok(json!({ "count": count })))
+}
+
+fn find_players(db: &Db, body: &[u8]) -> ApiResult {
+    let query = PlayerQuery::parse(body)?;
+    let players = db.collection::<Player>()?;
+    let found = query.apply(players.query())?.order_by(Player::fields().id.asc()).limit(MAX_PAGE).all()?;
+    let ids: Vec<&str> = found.iter().map(|p| p.id.as_str()).collect();
+    Ok(ApiResponse::ok(json!({ "ids": ids })))
+}
+
+/// Runs a filter program (postfix: see the module documentation) into one filter.
+fn run_program(steps: &[Value]) -> Result<Filter<Player>, String> {
+    let mut stack: Vec<Filter<Player>> = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let at = |e: String| format!("step {i}: {e}");
+        let Value::Array(parts) = step else { return Err(at(format!("expected an array, got {step}"))) };
+        match parts.as_slice() {
+            [Value::String(op)] if op == "!" => {
+                let top = stack.pop().ok_or_else(|| at("`!` with no filter to negate".into()))?;
+                stack.push(!top);
+            }
+            [Value::String(op), n] if op == "&" || op == "|" => {
+                let n = n.as_u64().and_then(|n| usize::try_from(n).ok()).filter(|&n| n <= stack.len());
+                let n = n.ok_or_else(|| at(format!("`{op}` needs a count of at most {} filters", stack.len())))?;
+                let operands = stack.split_off(stack.len() - n);
+                stack.push(if op == "&" { Filter::all(operands) } else { Filter::any(operands) });
+            }
+            [Value::String(field), Value::String(op), args @ ..] => stack.push(condition(field, op, args).map_err(at)?),
+            _ => {
+                return Err(at(format!(
+                    "expected [field, op, args...], [\"!\"], [\"&\", n] or [\"|\", n], got {step}"
+                )));
+            }
+        }
+    }
+    match (stack.pop(), stack.is_empty()) {
+        (Some(filter), true) => Ok(filter),
+        (None, _) => Err("the program leaves no filter".into()),
+        (Some(_), false) => Err(format!("the program leaves {} filters, not one", stack.len() + 1)),
+    }
+}
+
+/// A condition on one of the player's fields.
+fn condition(field: &str, op: &str, args: &[Value]) -> Result<Filter<Player>, String> {
+    let f = Player::fields();
+    let text = |field: Field<Player, Option<String>>| match (op, args) {
+        ("starts_with", [Value::String(prefix)]) => Ok(field.starts_with(prefix.as_str())),
+        _ => compare(field, op, args),
+    };
+    match field {
+        "name" => text(f.name),
+        "team" => text(f.team),
+        "score" => compare(f.score, op, args),
+        "rank" => compare(f.rank, op, args),
+        _ => Err(format!("unknown field {field:?} (name, team, score or rank)")),
+    }
+}
+
+/// A comparison of an optional field with values of its type (`null` for `None`).
+fn compare<T>(field: Field<Player, Option<T>>, op: &str, args: &[Value]) -> Result<Filter<Player>, String>
+where
+    T: serde::Serialize + DeserializeOwned,
+    Option<T>: Ordered,
+{
+    let value = |v: &Value| {
+        serde_json::from_value::<Option<T>>(v.clone())
+            .map_err(|e| format!("`{op}`: {v} is not a value of the field: {e}"))
+    };
+    Ok(match (op, args) {
+        ("eq", [v]) => field.eq(value(v)?),
+        ("ne", [v]) => field.ne(value(v)?),
+        ("gt", [v]) => field.gt(value(v)?),
+        ("gte", [v]) => field.gte(value(v)?),
+        ("lt", [v]) => field.lt(value(v)?),
+        ("lte", [v]) => field.lte(value(v)?),
+        ("between", [low, high]) => field.between(value(low)?, value(high)?),
+        ("in", [Value::Array(values)]) => field.in_list(values.iter().map(value).collect::<Result<Vec<_>, _>>()?),
+        ("is_none", []) => field.is_none(),
+        ("is_some", []) => field.is_some(),
+        _ => return Err(format!("`{op}` with {} arguments is not a condition", args.len())),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

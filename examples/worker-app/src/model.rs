@@ -1,5 +1,6 @@
-//! The documents the app stores: articles, accounts, transfers between accounts and the
-//! notifications a transfer may leave for its recipient.
+//! The documents the app stores: articles, accounts, transfers between accounts, the
+//! notifications a transfer may leave for its recipient, and players (optional fields, for the
+//! query routes).
 
 use db4::Document;
 use serde::{Deserialize, Serialize};
@@ -122,4 +123,29 @@ pub struct Notification {
     pub account: String,
     /// The message.
     pub text: String,
+}
+
+/// A player of a game, for the query routes: every field but the id is optional, so that they
+/// show how `None` compares. `name` and `team` are left out of the stored JSON when `None` (a
+/// missing key), `score` and `rank` are stored as JSON null; queries treat both as `None`.
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(collection = "players")]
+pub struct Player {
+    /// The player's id.
+    #[id]
+    pub id: String,
+    /// The player's name (an equality index).
+    #[index]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The player's score (a range index).
+    #[range_index]
+    #[serde(default)]
+    pub score: Option<i64>,
+    /// The player's team (not indexed: read from the JSON document).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// The player's rank (not indexed).
+    #[serde(default)]
+    pub rank: Option<i64>,
 }

@@ -50,4 +50,6 @@ suite!(
     tenants_are_isolated,
     large_integers,
     hostile_input,
+    none_semantics,
+    statement_limits,
 );

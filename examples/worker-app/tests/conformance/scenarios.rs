@@ -528,3 +528,238 @@ pub fn hostile_input(t: &dyn Target) {
     let doc = expect(c.get("/articles/h-1"), 200);
     assert_eq!(doc["title"], "Target");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Player queries: filter programs in postfix (see `worker_app::api`)
+
+/// The program of one condition.
+fn cond(field: &str, op: &str, args: &[Value]) -> Value {
+    let mut step = vec![json!(field), json!(op)];
+    step.extend_from_slice(args);
+    json!([step])
+}
+
+/// `program` negated.
+fn not(program: &Value) -> Value {
+    let mut steps = program.as_array().expect("a program").clone();
+    steps.push(json!(["!"]));
+    json!(steps)
+}
+
+/// The programs joined by `&` or `|`.
+fn join(op: &str, programs: &[Value]) -> Value {
+    let mut steps: Vec<Value> = programs.iter().flat_map(|p| p.as_array().expect("a program").clone()).collect();
+    steps.push(json!([op, programs.len()]));
+    json!(steps)
+}
+
+/// How many players all of `filters` select.
+fn count(c: &Tenant<'_>, filters: &[Value]) -> u64 {
+    let body = expect(c.post("/players/count", &json!({ "filters": filters })), 200);
+    body["count"].as_u64().unwrap_or_else(|| panic!("no count: {body}"))
+}
+
+/// The ids of the players all of `filters` select.
+fn find(c: &Tenant<'_>, filters: &[Value]) -> Vec<String> {
+    let body = expect(c.post("/players/find", &json!({ "filters": filters })), 200);
+    body["ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("id").to_owned()).collect()
+}
+
+pub fn none_semantics(t: &dyn Target) {
+    let c = Tenant::new(t, "none_semantics");
+    // p1 has no name or team (keys left out of the JSON) and a null score and rank.
+    let players = json!([
+        { "id": "p1" },
+        { "id": "p2", "name": "bob", "score": 3, "team": "red", "rank": 1 },
+        { "id": "p3", "name": "ann", "score": 9, "team": "blue", "rank": 5 },
+    ]);
+    expect(c.post("/players/bulk", &players), 201);
+    // The indexed fields (name, score) and the ones read from the JSON (team, rank) alike.
+    for (text, number, bob) in [("name", "score", "bob"), ("team", "rank", "red")] {
+        let eq = cond(text, "eq", &[json!(bob)]);
+        assert_eq!(count(&c, std::slice::from_ref(&eq)), 1, "{text} eq");
+        assert_eq!(count(&c, &[cond(text, "ne", &[json!(bob)])]), 2, "{text} ne matches None");
+        assert_eq!(count(&c, &[not(&eq)]), 2, "{text}: !eq is ne");
+        assert_eq!(find(&c, &[not(&eq)]), ["p1", "p3"]);
+        let listed = cond(text, "in", &[json!([bob])]);
+        assert_eq!((count(&c, std::slice::from_ref(&listed)), count(&c, &[not(&listed)])), (1, 2), "{text} in");
+        let with_none = cond(text, "in", &[json!([bob, null])]);
+        assert_eq!(find(&c, std::slice::from_ref(&with_none)), ["p1", "p2"], "{text} in with None");
+        assert_eq!(find(&c, &[not(&with_none)]), ["p3"]);
+        assert_eq!(find(&c, &[cond(text, "eq", &[json!(null)])]), ["p1"]);
+        assert_eq!(find(&c, &[cond(text, "starts_with", &[json!("")])]), ["p2", "p3"]);
+        assert_eq!(find(&c, &[not(&cond(text, "starts_with", &[json!("")]))]), ["p1"]);
+
+        // None is below every value.
+        let (lt, gte) = (cond(number, "lt", &[json!(4)]), cond(number, "gte", &[json!(4)]));
+        assert_eq!(find(&c, std::slice::from_ref(&lt)), ["p1", "p2"], "{number} lt matches None");
+        assert_eq!(find(&c, std::slice::from_ref(&gte)), ["p3"], "{number} gte does not");
+        assert_eq!(count(&c, &[join("|", &[lt.clone(), gte.clone()])]), 3, "lt | gte is everything");
+        assert_eq!(find(&c, &[not(&lt)]), ["p3"]);
+        assert_eq!(find(&c, &[not(&gte)]), ["p1", "p2"]);
+        let between = cond(number, "between", &[json!(0), json!(100)]);
+        assert_eq!(
+            (find(&c, std::slice::from_ref(&between)), find(&c, &[not(&between)])),
+            (vec!["p2".into(), "p3".into()], vec!["p1".into()])
+        );
+        assert_eq!(find(&c, &[cond(number, "is_none", &[])]), ["p1"]);
+
+        // count(p) + count(!p) == count() for every p.
+        let programs = [
+            eq,
+            listed,
+            with_none,
+            lt,
+            gte,
+            between,
+            cond(number, "gt", &[json!(3)]),
+            cond(number, "lte", &[json!(3)]),
+            cond(number, "ne", &[json!(null)]),
+            cond(text, "starts_with", &[json!("b")]),
+            join("&", &[cond(number, "lt", &[json!(7)]), cond(text, "ne", &[json!(bob)])]),
+            not(&join("|", &[cond(number, "gt", &[json!(5)]), cond(text, "eq", &[json!(bob)])])),
+            join("&", &[]),
+            join("|", &[]),
+        ];
+        for p in programs {
+            assert_eq!(count(&c, std::slice::from_ref(&p)) + count(&c, &[not(&p)]), 3, "count(p) + count(!p) for {p}");
+        }
+    }
+    // Order comparisons with a None operand are refused, not guessed.
+    let refused = expect_error(
+        c.post("/players/count", &json!({ "filters": [cond("score", "gt", &[json!(null)])] })),
+        400,
+        "invalid_query",
+    );
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains("None")), "{refused}");
+    // Prefixes are compared byte by byte, NUL characters included.
+    let nul = Tenant::new(t, "none_semantics_nul");
+    let names = ["a\0b", "a\0c", "a", "ab", "\0"];
+    let docs: Vec<Value> =
+        names.iter().enumerate().map(|(i, n)| json!({ "id": format!("n{i}"), "name": n, "team": n })).collect();
+    expect(nul.post("/players/bulk", &json!(docs)), 201);
+    for field in ["name", "team"] {
+        assert_eq!(find(&nul, &[cond(field, "starts_with", &[json!("a\0")])]), ["n0", "n1"], "{field}");
+        assert_eq!(find(&nul, &[cond(field, "starts_with", &[json!("a\0b")])]), ["n0"], "{field}");
+        assert_eq!(find(&nul, &[cond(field, "starts_with", &[json!("\0")])]), ["n4"], "{field}");
+        assert_eq!(find(&nul, &[not(&cond(field, "starts_with", &[json!("a")]))]), ["n4"], "{field}");
+    }
+    // Malformed programs are refused too.
+    for bad in [
+        json!([["!"]]),
+        json!([["score", "lt", 1], ["score", "lt", 2]]),
+        json!([["&", 3]]),
+        json!([["size", "eq", 1]]),
+        json!([["score", "lt", "x"]]),
+    ] {
+        expect_error(c.post("/players/count", &json!({ "filters": [bad] })), 400, "invalid_query");
+    }
+}
+
+/// One player of `statement_limits`: some fields `None`.
+struct Model {
+    id: String,
+    score: Option<i64>,
+    rank: Option<i64>,
+    team: Option<String>,
+}
+
+fn limits_player(i: i64) -> (Value, Model) {
+    let m = Model {
+        id: format!("s{i:03}"),
+        score: (i % 10 != 0).then_some(i),
+        rank: (i % 7 != 0).then_some(i % 17),
+        team: (i % 4 != 0).then(|| format!("x{i}")),
+    };
+    let name = (i % 6 != 0).then(|| format!("n{}", i % 5));
+    (json!({ "id": m.id, "name": name, "score": m.score, "rank": m.rank, "team": m.team }), m)
+}
+
+/// Asserts a refusal of a query past a statement limit: 400 `invalid_query` naming the limit.
+#[track_caller]
+fn refused(reply: Reply, limit: &str) {
+    let body = expect_error(reply, 400, "invalid_query");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains(limit)), "the message names the limit: {body}");
+}
+
+pub fn statement_limits(t: &dyn Target) {
+    let c = Tenant::new(t, "statement_limits");
+    let (docs, players): (Vec<Value>, Vec<Model>) = (0..200).map(limits_player).unzip();
+    for chunk in docs.chunks(100) {
+        expect(c.post("/players/bulk", &json!(chunk)), 201);
+    }
+    let n = |pred: &dyn Fn(&Model) -> bool| players.iter().filter(|p| pred(p)).count() as u64;
+    let post = |filters: &[Value]| c.post("/players/count", &json!({ "filters": filters }));
+
+    // Long lists: past the 100 bound values of a statement (db4 binds them as one JSON array).
+    for len in [101, 256, 5_000] {
+        let values: Vec<i64> = (0..len).map(|i| i * 3).collect();
+        let listed = |x: Option<i64>| x.is_some_and(|x| values.contains(&x));
+        assert_eq!(count(&c, &[cond("score", "in", &[json!(values)])]), n(&|p| listed(p.score)), "score in {len}");
+        assert_eq!(count(&c, &[not(&cond("rank", "in", &[json!(values)]))]), n(&|p| !listed(p.rank)), "rank !in {len}");
+    }
+    let values: Vec<i64> = (0..99).collect();
+    let three =
+        [cond("rank", "in", &[json!(values)]), cond("score", "gte", &[json!(50)]), cond("team", "is_some", &[])];
+    assert_eq!(
+        count(&c, &three),
+        n(&|p| p.rank.is_some() && p.score >= Some(50) && p.team.is_some()),
+        "in_list(99) + 2"
+    );
+
+    // Many alternatives, each its own bound value.
+    for len in [101, 500] {
+        let any = join("|", &(0..len).map(|i| cond("rank", "eq", &[json!(i % 20)])).collect::<Vec<_>>());
+        assert_eq!(count(&c, &[any]), n(&|p| p.rank.is_some_and(|r| r < 20)), "any of {len}");
+        let all = join("&", &(0..len).map(|i| cond("team", "ne", &[json!(format!("x{i}"))])).collect::<Vec<_>>());
+        assert_eq!(
+            count(&c, std::slice::from_ref(&all)),
+            n(&|p| p.team.as_ref().is_none_or(|t| t[1..].parse::<i64>().unwrap_or(0) >= len))
+        );
+        assert_eq!(count(&c, std::slice::from_ref(&all)) + count(&c, &[not(&all)]), 200);
+    }
+
+    // A list after the first hundred values: its JSON array is itself an element of the array
+    // the values past the parameter limit go to.
+    let mut alternatives: Vec<Value> = (0..101).map(|i| cond("score", "eq", &[json!(1000 + i)])).collect();
+    alternatives.push(cond("team", "in", &[json!((0..50).map(|i| format!("x{}", i * 2)).collect::<Vec<_>>())]));
+    let want = n(&|p| p.team.as_ref().is_some_and(|t| t[1..].parse::<i64>().is_ok_and(|i| i < 100 && i % 2 == 0)));
+    assert_eq!(count(&c, &[join("|", &alternatives)]), want, "a list past the parameter limit");
+
+    // Nested negations of any depth are only as deep as the condition.
+    let lt = cond("score", "lt", &[json!(50)]);
+    for depth in [99, 150, 199, 50_000] {
+        let mut program = lt.as_array().expect("a program").clone();
+        program.extend(std::iter::repeat_n(json!(["!"]), depth));
+        let want = if depth % 2 == 0 { n(&|p| p.score < Some(50)) } else { n(&|p| p.score >= Some(50)) };
+        assert_eq!(count(&c, &[json!(program)]), want, "{depth} nested !");
+    }
+    // Alternating and/or nest: up to the depth limit they run, past it they are refused.
+    let alternating = |depth: usize| {
+        let mut steps = vec![json!(["score", "eq", depth + 1])];
+        for level in (0..depth).rev() {
+            steps.push(json!(["score", "eq", level + 1]));
+            steps.push(json!([if level % 2 == 0 { "|" } else { "&" }, 2]));
+        }
+        json!(steps)
+    };
+    assert_eq!(count(&c, &[alternating(60)]), 1, "alternating nesting 60 deep");
+    for depth in [99, 150, 199, 20_000] {
+        refused(post(&[alternating(depth)]), "nests too deeply");
+    }
+
+    // Many filter() calls: one balanced list.
+    let chained: Vec<Value> = (0..1_500).map(|i| cond("score", "ne", &[json!(i)])).collect();
+    assert_eq!(count(&c, &chained), n(&|p| p.score.is_none()), "1,500 filter() calls");
+    // Past 100 KB of SQL.
+    let chained: Vec<Value> = (0..20_000).map(|i| cond("score", "ne", &[json!(i)])).collect();
+    refused(post(&chained), "bytes of SQL");
+    let any = join("|", &(0..20_000).map(|i| cond("team", "eq", &[json!(format!("x{i}"))])).collect::<Vec<_>>());
+    refused(post(&[any]), "bytes of SQL");
+    // Past 2 MB in one bound value: a long text, or a list's JSON array.
+    refused(post(&[cond("team", "eq", &[json!("y".repeat(3_000_000))])]), "a value of");
+    let ids: Vec<i64> = (0..400_000).map(|i| i * 1_000_003).collect();
+    refused(post(&[cond("score", "in", &[json!(ids)])]), "a value of");
+    // The store still answers.
+    assert_eq!(count(&c, &[]), 200);
+}
