@@ -196,8 +196,7 @@ impl Db {
     /// observer's own delivery to finish.
     pub(crate) fn check_not_observing(&self) -> Result<()> {
         if self.inner.has_observers.load(Ordering::Acquire) && DELIVERING.with(std::cell::Cell::get) {
-            return Err(crate::Error::invalid_query(
-                "",
+            return Err(crate::Error::transaction_state(
                 "an on_commit observer cannot write to the database it observes (hand the work to another thread)",
             ));
         }
