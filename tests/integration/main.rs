@@ -6,6 +6,7 @@ mod durability;
 mod errors;
 mod evolution;
 mod migration;
+mod open_modes;
 mod queries;
 mod serde_features;
 mod versioning;
