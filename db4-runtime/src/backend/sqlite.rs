@@ -39,11 +39,12 @@ pub struct SqliteOptions {
     /// thread itself holds, through the same `Db` or another `Db` on the same file, fails at
     /// once with [`BackendErrorKind::WouldDeadlock`].
     pub busy_timeout: Duration,
-    /// Into how many more attempts db4 splits the wait for the write lock: the first attempt
-    /// and each retry wait up to `busy_timeout / (busy_retries + 1)` in SQLite's busy handler,
-    /// with a jittered pause between them, all within `busy_timeout`. SQLite's own waiting is
-    /// not fair between connections (it polls, up to 100 ms apart); fresh attempts poll more
-    /// often. 0: a single wait of `busy_timeout`. Default: 10.
+    /// Into how many waits, after the first, db4 splits the wait for the write lock: each
+    /// attempt waits up to `busy_timeout / (busy_retries + 1)` in SQLite's busy handler, with a
+    /// jittered pause between attempts, and attempts go on until `busy_timeout` has passed
+    /// (so the pauses make for somewhat fewer retries). SQLite's own waiting is not fair
+    /// between connections (it polls, up to 100 ms apart); fresh attempts poll more often.
+    /// 0: a single wait of `busy_timeout`. Default: 10.
     pub busy_retries: u32,
     /// How many prepared statements each connection keeps.
     pub statement_cache_capacity: usize,
@@ -96,20 +97,18 @@ pub struct SqliteBackend {
     readers: Vec<Mutex<rusqlite::Connection>>,
 }
 
-/// How a write waits for the write lock: `total` at most, in waits of `slice` in SQLite's
-/// busy handler, retried up to `retries` times.
+/// How a write waits for the write lock: `total` in all, in waits of `slice` in SQLite's
+/// busy handler.
 #[derive(Debug, Clone, Copy)]
 struct BusyWait {
     total: Duration,
     slice: Duration,
-    retries: u32,
 }
 
 impl BusyWait {
     fn new(options: &SqliteOptions) -> Self {
         let total = options.busy_timeout;
-        let slice = total / options.busy_retries.saturating_add(1);
-        Self { total, slice, retries: options.busy_retries }
+        Self { total, slice: total / options.busy_retries.saturating_add(1) }
     }
 }
 
@@ -386,7 +385,7 @@ impl SqliteBackend {
     }
 
     /// `BEGIN IMMEDIATE`, waiting for another connection's write lock in slices of SQLite's
-    /// busy handler with jittered pauses in between, `busy_timeout` in total.
+    /// busy handler with jittered pauses in between, until `busy_timeout` has passed.
     fn begin_immediate(&self, conn: &rusqlite::Connection) -> Result<()> {
         // A deadline too far to represent is no deadline.
         let deadline = Instant::now().checked_add(self.busy.total);
@@ -398,7 +397,7 @@ impl SqliteBackend {
             match conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])) {
                 Ok(_) => break Ok(()),
                 Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
-                    if attempt >= self.busy.retries || left().is_zero() {
+                    if left().is_zero() {
                         break Err(BackendError::new(
                             BackendErrorKind::Busy,
                             format!(
@@ -411,7 +410,7 @@ impl SqliteBackend {
                         .into());
                     }
                     std::thread::sleep(policy.backoff(attempt).min(left()));
-                    attempt += 1;
+                    attempt = attempt.saturating_add(1);
                     // The last slice ends at the deadline.
                     if left() < self.busy.slice {
                         let _ = set_busy_timeout(conn, left());
