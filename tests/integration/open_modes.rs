@@ -78,7 +78,7 @@ fn check_read_only(db: &Db) {
     assert_eq!(books.query().filter(Book::fields().author.eq("author 1")).count().unwrap(), 1);
     let refused: Vec<db4::Result<()>> = vec![
         books.insert(&book(4)),
-        books.update(&book(1)),
+        books.update(&book(1)).map(drop),
         books.upsert(&book(5)),
         books.delete(1).map(drop),
         books.insert_many(&[book(6)]),
