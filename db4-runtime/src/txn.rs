@@ -419,7 +419,8 @@ fn exact_row(meta: &CollectionMeta, id: &Value, mut row: Vec<Value>) -> Result<V
     if let Some(slot) = row.first_mut() {
         *slot = id.clone();
     }
-    if meta.versioned && !matches!(row.get(2), Some(Value::Integer(_))) {
+    // The layout is id, document and, when the table has one, version.
+    if row.get(2).is_some_and(|v| !matches!(v, Value::Integer(_))) {
         return Err(crate::BackendError::new(
             crate::BackendErrorKind::Unsupported,
             format!(
