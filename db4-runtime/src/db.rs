@@ -24,6 +24,15 @@ pub struct DbOptions {
     /// SQLite settings, for databases opened with [`Db::open_with`].
     #[cfg(feature = "sqlite")]
     pub sqlite: crate::backend::SqliteOptions,
+    /// Open the database file read-only ([`Db::open_with`]): reads work,
+    /// [`Db::collection`] works as long as the stored schema needs no change, and every write
+    /// fails with [`BackendErrorKind::ReadOnly`](crate::BackendErrorKind::ReadOnly). Nothing
+    /// on disk is created or changed, so it also serves a database in a directory the process
+    /// cannot write (see [`SqliteBackend::open_read_only`](crate::SqliteBackend::open_read_only)
+    /// for what that costs). Default: `false`. An in-memory database or a Durable Object
+    /// cannot be opened read-only.
+    #[cfg(feature = "sqlite")]
+    pub read_only: bool,
 }
 
 impl Default for DbOptions {
@@ -32,6 +41,8 @@ impl Default for DbOptions {
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
             #[cfg(feature = "sqlite")]
             sqlite: crate::backend::SqliteOptions::default(),
+            #[cfg(feature = "sqlite")]
+            read_only: false,
         }
     }
 }
@@ -48,6 +59,35 @@ impl DbOptions {
     pub fn synchronous(mut self, synchronous: crate::backend::Synchronous) -> Self {
         self.sqlite.synchronous = synchronous;
         self
+    }
+
+    /// Sets the longest a write waits, in total, for another connection's write lock before
+    /// failing with [`BackendErrorKind::Busy`](crate::BackendErrorKind::Busy)
+    /// ([`SqliteOptions::busy_timeout`](crate::SqliteOptions::busy_timeout); default 5 s).
+    #[cfg(feature = "sqlite")]
+    pub fn busy_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.sqlite.busy_timeout = timeout;
+        self
+    }
+
+    /// Opens the database read-only, or not (see [`read_only`](Self::read_only)).
+    #[cfg(feature = "sqlite")]
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Refuses `read_only` where there is no file to read.
+    #[cfg(feature = "sqlite")]
+    fn check_writable(&self, what: &str) -> Result<()> {
+        if self.read_only {
+            return Err(crate::BackendError::new(
+                crate::BackendErrorKind::Unsupported,
+                format!("{what} cannot be opened read-only (DbOptions::read_only is for database files)"),
+            )
+            .into());
+        }
+        Ok(())
     }
 }
 
@@ -82,9 +122,20 @@ impl std::fmt::Debug for Db {
 impl Db {
     /// Opens (creating if needed) a SQLite database file in WAL mode.
     ///
+    /// `path` must name a file: `""` and `":memory:"`, which SQLite would open as a private
+    /// temporary or in-memory database, are refused rather than opened, because such a
+    /// database is not shared with the reader connections db4 opens next to the writer and is
+    /// lost on close, which a caller of `open` does not expect. Use
+    /// [`open_in_memory`](Self::open_in_memory) for an in-memory database.
+    ///
+    /// Dropping the last clone of the `Db` checkpoints the WAL and removes the `-wal` and
+    /// `-shm` files (unless other connections still use the file).
+    ///
     /// # Errors
     ///
-    /// A backend error if the file cannot be opened or is not a db4 / SQLite database.
+    /// A backend error if the file cannot be opened or is not a db4 / SQLite database;
+    /// [`BackendErrorKind::Unsupported`](crate::BackendErrorKind::Unsupported) for `""` and
+    /// `":memory:"`.
     ///
     /// # Example
     ///
@@ -101,14 +152,45 @@ impl Db {
         Self::open_with(path, DbOptions::default())
     }
 
-    /// Opens a SQLite database file with options.
+    /// Opens a SQLite database file with options; with
+    /// [`read_only`](DbOptions::read_only), an existing file without changing it.
     ///
     /// # Errors
     ///
-    /// As [`open`](Self::open).
+    /// As [`open`](Self::open). Read-only: a backend error if the file does not exist, and
+    /// [`BackendErrorKind::ReadOnly`](crate::BackendErrorKind::ReadOnly) if it is not a db4
+    /// database yet (its schema table would have to be created).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use db4_runtime::{BackendErrorKind, Db, DbOptions};
+    /// # use db4_derive::Document;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Document, Serialize, Deserialize)]
+    /// # #[db4(crate = "db4_runtime")]
+    /// # struct Note { #[id] id: i64, text: String }
+    /// # fn main() -> db4_runtime::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("db4-doc-ro-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// let path = dir.join("notes.db");
+    /// Db::open(&path)?.collection::<Note>()?.insert(&Note { id: 1, text: "hi".into() })?;
+    ///
+    /// let db = Db::open_with(&path, DbOptions::default().read_only(true))?;
+    /// let notes = db.collection::<Note>()?;
+    /// assert_eq!(notes.get(1)?.map(|n| n.text), Some("hi".to_owned()));
+    /// let refused = notes.insert(&Note { id: 2, text: "no".into() }).unwrap_err();
+    /// assert_eq!(refused.backend_kind(), Some(BackendErrorKind::ReadOnly));
+    /// # drop((notes, db)); std::fs::remove_dir_all(&dir).ok();
+    /// # Ok(()) }
+    /// ```
     #[cfg(feature = "sqlite")]
     pub fn open_with(path: impl AsRef<std::path::Path>, options: DbOptions) -> Result<Self> {
-        let backend = crate::backend::SqliteBackend::open(path, &options.sqlite)?;
+        let backend = if options.read_only {
+            crate::backend::SqliteBackend::open_read_only(path, &options.sqlite)?
+        } else {
+            crate::backend::SqliteBackend::open(path, &options.sqlite)?
+        };
         Self::with_backend(backend, options)
     }
 
@@ -126,9 +208,12 @@ impl Db {
     ///
     /// # Errors
     ///
-    /// As [`open_in_memory`](Self::open_in_memory).
+    /// As [`open_in_memory`](Self::open_in_memory);
+    /// [`BackendErrorKind::Unsupported`](crate::BackendErrorKind::Unsupported) with
+    /// [`read_only`](DbOptions::read_only).
     #[cfg(feature = "sqlite")]
     pub fn open_in_memory_with(options: DbOptions) -> Result<Self> {
+        options.check_writable("an in-memory database")?;
         let backend = crate::backend::SqliteBackend::open_in_memory(&options.sqlite)?;
         Self::with_backend(backend, options)
     }
@@ -148,9 +233,13 @@ impl Db {
     ///
     /// # Errors
     ///
-    /// As [`durable`](Self::durable).
+    /// As [`durable`](Self::durable);
+    /// [`BackendErrorKind::Unsupported`](crate::BackendErrorKind::Unsupported) with
+    /// `read_only` (when the `sqlite` feature provides it).
     #[cfg(feature = "cloudflare")]
     pub fn durable_with(storage: &worker::Storage, options: DbOptions) -> Result<Self> {
+        #[cfg(feature = "sqlite")]
+        options.check_writable("a Durable Object's storage")?;
         Self::with_backend(crate::backend::DurableBackend::new(storage), options)
     }
 
@@ -196,8 +285,7 @@ impl Db {
     /// observer's own delivery to finish.
     pub(crate) fn check_not_observing(&self) -> Result<()> {
         if self.inner.has_observers.load(Ordering::Acquire) && DELIVERING.with(std::cell::Cell::get) {
-            return Err(crate::Error::invalid_query(
-                "",
+            return Err(crate::Error::transaction_state(
                 "an on_commit observer cannot write to the database it observes (hand the work to another thread)",
             ));
         }

@@ -10,11 +10,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Each variant carries the context a caller needs to act on it: the collection, the document
 /// id, the field or the limit involved. Backend errors are wrapped in [`BackendError`]; no
 /// `rusqlite` or `worker` type appears here.
+///
+/// The fields hold the full values; the `Display` text shortens ids (and savepoint names)
+/// longer than 64 characters to their first 64 and their size, so that a huge id does not
+/// make a huge message.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The document the operation needs does not exist.
-    #[error("{collection}: no document with id {id}")]
+    #[error("{collection}: no document with id {}", Short(id))]
     NotFound {
         /// The collection that was searched.
         collection: String,
@@ -23,7 +27,7 @@ pub enum Error {
     },
 
     /// A document with this id is already stored.
-    #[error("{collection}: a document with id {id} already exists")]
+    #[error("{collection}: a document with id {} already exists", Short(id))]
     AlreadyExists {
         /// The collection written to.
         collection: String,
@@ -32,7 +36,7 @@ pub enum Error {
     },
 
     /// An optimistic-lock check failed: the stored version is not the one the caller read.
-    #[error("{collection}: version conflict on {id}: expected version {expected}, stored version is {actual}")]
+    #[error("{collection}: version conflict on {}: expected version {expected}, stored version is {actual}", Short(id))]
     Conflict {
         /// The collection written to.
         collection: String,
@@ -66,7 +70,7 @@ pub enum Error {
     },
 
     /// A document is larger than the configured limit. Nothing was written.
-    #[error("{collection}: document {id} is {size} bytes, above the limit of {limit} bytes")]
+    #[error("{collection}: document {} is {size} bytes, above the limit of {limit} bytes", Short(id))]
     TooLarge {
         /// The collection written to.
         collection: String,
@@ -90,7 +94,7 @@ pub enum Error {
     },
 
     /// A document could not be serialized to, or deserialized from, its stored JSON.
-    #[error("{collection}: cannot (de)serialize document{}: {source}", id.as_deref().map(|id| format!(" {id}")).unwrap_or_default())]
+    #[error("{collection}: cannot (de)serialize document{}: {source}", id.as_deref().map(|id| format!(" {}", Short(id))).unwrap_or_default())]
     Serialization {
         /// The collection.
         collection: String,
@@ -102,11 +106,33 @@ pub enum Error {
     },
 
     /// A savepoint name that is not active in this transaction.
-    #[error("no active savepoint named {name:?} in this transaction")]
+    #[error("no active savepoint named {:?} in this transaction", Short(name))]
     UnknownSavepoint {
         /// The name asked for.
         name: String,
     },
+
+    /// A transaction was used in a way its state does not allow, and the call was refused
+    /// without changing anything: rolling back to (or releasing) a savepoint of an enclosing
+    /// transaction from inside a nested one, committing or rolling back a closure transaction
+    /// by hand, writing from inside an [`on_commit`](crate::Db::on_commit) observer, or going
+    /// on with a transaction after one of its savepoint rollbacks failed (it can then only be
+    /// rolled back, which returning `Err` from its closure or dropping it does).
+    #[error("transaction misuse: {reason}")]
+    TransactionState {
+        /// What was refused, and why.
+        reason: String,
+    },
+
+    /// The application aborted the work with an error of its own, for example a business
+    /// rule or an I/O error inside a transaction closure. Built with [`Error::aborted`]; taken
+    /// back out with [`Error::downcast`], [`Error::downcast_ref`] or [`Error::into_aborted`].
+    /// Its `Display` and `source` are those of the application's error.
+    ///
+    /// [`Db::try_transaction`](crate::Db::try_transaction) carries an application's own error
+    /// type without this wrapper.
+    #[error(transparent)]
+    Aborted(Box<dyn std::error::Error + Send + Sync + 'static>),
 
     /// The storage backend failed.
     #[error(transparent)]
@@ -127,6 +153,9 @@ pub enum BackendErrorKind {
     Corrupt,
     /// An operating-system level I/O failure, or the file cannot be opened.
     Io,
+    /// The database was opened read-only ([`DbOptions::read_only`](crate::DbOptions)) or its
+    /// file cannot be written: the write was refused and nothing changed.
+    ReadOnly,
     /// The call would wait for a lock the calling thread already holds (for example a write
     /// through the `Db` from inside one of its own transactions); refused instead of hanging.
     WouldDeadlock,
@@ -193,11 +222,166 @@ impl Error {
         Error::Serialization { collection: collection.to_owned(), id, source }
     }
 
+    pub(crate) fn transaction_state(reason: impl Into<String>) -> Self {
+        Error::TransactionState { reason: reason.into() }
+    }
+
     /// The backend error kind, when this is a backend error.
     pub fn backend_kind(&self) -> Option<BackendErrorKind> {
         match self {
             Error::Backend(e) => Some(e.kind()),
             _ => None,
         }
+    }
+
+    /// Wraps an application's own error (or message) as [`Error::Aborted`], so that it can
+    /// leave a closure that must return [`db4::Result`](Result), such as the one passed to
+    /// [`Db::transaction`](crate::Db::transaction): the transaction rolls back and the error
+    /// comes out of `transaction` as it went in.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use db4_runtime::{Db, Error};
+    ///
+    /// #[derive(Debug, PartialEq)]
+    /// struct InsufficientFunds { missing: i64 }
+    /// impl std::fmt::Display for InsufficientFunds {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         write!(f, "{} missing", self.missing)
+    ///     }
+    /// }
+    /// impl std::error::Error for InsufficientFunds {}
+    ///
+    /// # fn main() -> db4_runtime::Result<()> {
+    /// let db = Db::open_in_memory()?;
+    /// let err = db.transaction(|_tx| -> db4_runtime::Result<()> {
+    ///     Err(Error::aborted(InsufficientFunds { missing: 40 }))
+    /// }).unwrap_err();
+    /// assert_eq!(err.to_string(), "40 missing");
+    /// assert_eq!(err.downcast::<InsufficientFunds>().ok(), Some(InsufficientFunds { missing: 40 }));
+    /// # Ok(()) }
+    /// ```
+    pub fn aborted(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Error::Aborted(error.into())
+    }
+
+    /// The application's error inside an [`Error::Aborted`], if it has type `E`.
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Error::Aborted(e) => e.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
+
+    /// Takes the application's error of type `E` out of an [`Error::Aborted`].
+    ///
+    /// # Errors
+    ///
+    /// `self`, unchanged, if it is another variant or holds an error of another type.
+    pub fn downcast<E: std::error::Error + 'static>(self) -> std::result::Result<E, Self> {
+        match self {
+            Error::Aborted(e) => e.downcast::<E>().map(|e| *e).map_err(Error::Aborted),
+            other => Err(other),
+        }
+    }
+
+    /// Takes the application's error out of an [`Error::Aborted`], whatever its type.
+    ///
+    /// # Errors
+    ///
+    /// `self`, unchanged, if it is another variant.
+    pub fn into_aborted(self) -> std::result::Result<Box<dyn std::error::Error + Send + Sync + 'static>, Self> {
+        match self {
+            Error::Aborted(e) => Ok(e),
+            other => Err(other),
+        }
+    }
+}
+
+/// How many characters of an id (or a savepoint name) an error message shows.
+const SHOWN_CHARS: usize = 64;
+
+/// Displays a string in an error message, shortened to its first [`SHOWN_CHARS`] characters
+/// and its size when longer: an error about a 3 MB id must not carry a 3 MB message. The
+/// error's fields keep the whole value.
+pub(crate) struct Short<'a>(pub &'a str);
+
+impl Short<'_> {
+    /// The part shown, cut on a character boundary, and whether anything was cut.
+    fn parts(&self) -> (&str, bool) {
+        match self.0.char_indices().nth(SHOWN_CHARS) {
+            Some((end, _)) => (&self.0[..end], true),
+            None => (self.0, false),
+        }
+    }
+}
+
+impl fmt::Display for Short<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.parts() {
+            (all, false) => f.write_str(all),
+            (head, true) => write!(f, "{head}… ({} bytes)", self.0.len()),
+        }
+    }
+}
+
+impl fmt::Debug for Short<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.parts() {
+            (all, false) => write!(f, "{all:?}"),
+            (head, true) => write!(f, "{head:?}… ({} bytes)", self.0.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_ids_are_shortened_on_a_char_boundary() {
+        assert_eq!(Short("abc").to_string(), "abc");
+        let exact = "x".repeat(SHOWN_CHARS);
+        assert_eq!(Short(&exact).to_string(), exact);
+        let accents = "é".repeat(SHOWN_CHARS + 1);
+        assert_eq!(Short(&accents).to_string(), format!("{}… ({} bytes)", "é".repeat(SHOWN_CHARS), accents.len()));
+        assert_eq!(format!("{:?}", Short("a\"b")), "\"a\\\"b\"");
+        let e = Error::NotFound { collection: "c".into(), id: "i".repeat(3 << 20) };
+        let shown = e.to_string();
+        assert_eq!(shown, format!("c: no document with id {}… (3145728 bytes)", "i".repeat(SHOWN_CHARS)));
+        assert!(matches!(e, Error::NotFound { ref id, .. } if id.len() == 3 << 20), "the field keeps the whole id");
+
+        let id = || "i".repeat(3 << 20);
+        let c = || "c".to_owned();
+        let json_error = serde_json::from_str::<u8>("x").unwrap_err();
+        for e in [
+            Error::AlreadyExists { collection: c(), id: id() },
+            Error::Conflict { collection: c(), id: id(), expected: 1, actual: 2 },
+            Error::TooLarge { collection: c(), id: id(), size: 3 << 20, limit: 1 },
+            Error::Serialization { collection: c(), id: Some(id()), source: json_error },
+            Error::UnknownSavepoint { name: id() },
+        ] {
+            let shown = e.to_string();
+            assert!(shown.len() < 200, "{} bytes: {e:?}", shown.len());
+            assert!(shown.contains("… (3145728 bytes)"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn aborted_errors_come_back_out() {
+        let io = std::io::Error::other("disk on fire");
+        let e = Error::aborted(io);
+        assert_eq!(e.to_string(), "disk on fire");
+        assert!(e.downcast_ref::<std::io::Error>().is_some());
+        assert!(e.downcast_ref::<std::fmt::Error>().is_none());
+        let e = e.downcast::<std::fmt::Error>().unwrap_err();
+        assert_eq!(e.downcast::<std::io::Error>().map(|io| io.kind()).ok(), Some(std::io::ErrorKind::Other));
+        let e = Error::aborted("balance below zero");
+        assert_eq!(e.to_string(), "balance below zero");
+        assert_eq!(e.into_aborted().map(|inner| inner.to_string()).ok().as_deref(), Some("balance below zero"));
+        let not = Error::transaction_state("x");
+        assert!(not.downcast_ref::<std::io::Error>().is_none());
+        assert!(matches!(not.into_aborted(), Err(Error::TransactionState { .. })));
     }
 }

@@ -168,23 +168,34 @@ impl<'a> Transaction<'a> {
     /// Undoes every write made since savepoint `name`. The savepoint stays active (savepoints
     /// created after it are removed), so it can be rolled back to again.
     ///
+    /// Inside a nested [`transaction`](Self::transaction), only the savepoints it created
+    /// itself can be rolled back to: undoing the enclosing transaction's work from inside
+    /// would pull the nested transaction's own start away from under it.
+    ///
     /// # Errors
     ///
-    /// [`Error::UnknownSavepoint`] if no active savepoint has this name; a backend error
+    /// [`Error::UnknownSavepoint`] if no active savepoint has this name;
+    /// [`Error::TransactionState`] if it belongs to a transaction enclosing the current
+    /// nested one (nothing is undone then, and both transactions go on); a backend error
     /// while undoing, after which the transaction can only be rolled back.
     pub fn rollback_to(&self, name: &str) -> Result<()> {
-        let index = self.find(name)?;
+        let index = self.find_own(name, "roll back to")?;
         self.undo_to(index, false)
     }
 
     /// Forgets savepoint `name` and the ones created after it, keeping their writes (they
     /// still commit or roll back with the transaction).
     ///
+    /// Inside a nested [`transaction`](Self::transaction), only the savepoints it created
+    /// itself can be released.
+    ///
     /// # Errors
     ///
-    /// [`Error::UnknownSavepoint`] if no active savepoint has this name.
+    /// [`Error::UnknownSavepoint`] if no active savepoint has this name;
+    /// [`Error::TransactionState`] if it belongs to a transaction enclosing the current
+    /// nested one (nothing changes then).
     pub fn release(&self, name: &str) -> Result<()> {
-        let index = self.find(name)?;
+        let index = self.find_own(name, "release")?;
         self.truncate_savepoints(index);
         Ok(())
     }
@@ -197,6 +208,17 @@ impl<'a> Transaction<'a> {
     ///
     /// Whatever `f` returns, or a backend error while undoing.
     pub fn transaction<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<R> {
+        self.try_transaction(f)
+    }
+
+    /// [`transaction`](Self::transaction) for a closure with an error type of its own: any
+    /// `Err` (or a panic) undoes only the nested transaction's writes and is returned as it
+    /// is. db4's errors inside `f` convert with `?` through `E: From<db4::Error>`.
+    ///
+    /// # Errors
+    ///
+    /// Whatever `f` returns, or a db4 error (converted into `E`) while undoing.
+    pub fn try_transaction<R, E: From<Error>>(&self, f: impl FnOnce(&Self) -> Result<R, E>) -> Result<R, E> {
         let id = self.push_savepoint(None)?;
         let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
             Ok(result) => result,
@@ -212,8 +234,11 @@ impl<'a> Transaction<'a> {
         };
         let index = self.state.borrow().savepoints.iter().position(|s| s.id == id);
         let Some(index) = index else {
-            // The closure rolled back or released past its own savepoint.
-            return result.and(Err(Error::UnknownSavepoint { name: "<nested transaction>".into() }));
+            // Unreachable through the API (rollback_to and release refuse to reach past a
+            // nested transaction's start), but if it happened the work is not ours to judge.
+            return Err(result
+                .err()
+                .unwrap_or_else(|| Error::transaction_state("a nested transaction lost its own savepoint").into()));
         };
         if result.is_err() {
             self.undo_to(index, true)?;
@@ -251,7 +276,9 @@ impl<'a> Transaction<'a> {
                 held.rollback()?;
                 Err(broken())
             }
-            TxConn::Lent(_) => Err(Error::invalid_query("", "a closure transaction commits when it returns")),
+            TxConn::Lent(_) => Err(Error::transaction_state(
+                "a closure transaction cannot be committed by hand: it commits when its closure returns Ok",
+            )),
         }
     }
 
@@ -263,7 +290,9 @@ impl<'a> Transaction<'a> {
     pub fn rollback(self) -> Result<()> {
         match self.conn {
             TxConn::Held(held) => held.rollback(),
-            TxConn::Lent(_) => Err(Error::invalid_query("", "a closure transaction rolls back by returning Err")),
+            TxConn::Lent(_) => Err(Error::transaction_state(
+                "a closure transaction cannot be rolled back by hand: return Err from its closure",
+            )),
         }
     }
 
@@ -279,13 +308,24 @@ impl<'a> Transaction<'a> {
         Ok(id)
     }
 
-    fn find(&self, name: &str) -> Result<usize> {
-        self.state
-            .borrow()
+    /// The savepoint named `name`, if the innermost nested transaction (or the transaction
+    /// itself, outside any nested one) owns it. `action` names the refused call.
+    fn find_own(&self, name: &str, action: &str) -> Result<usize> {
+        let state = self.state.borrow();
+        let index = state
             .savepoints
             .iter()
             .rposition(|s| s.name.as_deref() == Some(name))
-            .ok_or_else(|| Error::UnknownSavepoint { name: name.to_owned() })
+            .ok_or_else(|| Error::UnknownSavepoint { name: name.to_owned() })?;
+        // Unnamed savepoints are the starts of nested transactions still running.
+        if state.savepoints[index + 1..].iter().any(|s| s.name.is_none()) {
+            return Err(Error::transaction_state(format!(
+                "cannot {action} savepoint {:?} from inside a nested transaction: it belongs to an enclosing \
+                 transaction (return Err from the nested closure to undo the nested part)",
+                crate::error::Short(name)
+            )));
+        }
+        Ok(index)
     }
 
     fn truncate_savepoints(&self, index: usize) {
@@ -343,6 +383,7 @@ impl<'a> Transaction<'a> {
         ids.iter()
             .map(|id| {
                 let before = if inserted { None } else { select_row(conn, meta, id)? };
+                let before = before.map(|row| exact_row(meta, id, row)).transpose()?;
                 Ok(Undo { meta: Arc::clone(meta), id: (*id).clone(), before })
             })
             .collect()
@@ -366,7 +407,31 @@ impl<'a> Transaction<'a> {
 }
 
 fn broken() -> Error {
-    Error::invalid_query("", "a savepoint rollback failed earlier; this transaction can only be rolled back")
+    Error::transaction_state("a savepoint rollback failed earlier; this transaction can only be rolled back")
+}
+
+/// A before-image fit to be written back as it was read. The id is the one the write was
+/// addressed by, not the one read back: on a Durable Object an integer id beyond 2^53 reads
+/// back rounded (through JavaScript), and restoring the rounded one would move the document.
+/// A version that did not read back as an integer (the same rounding) is refused rather than
+/// restored wrongly.
+fn exact_row(meta: &CollectionMeta, id: &Value, mut row: Vec<Value>) -> Result<Vec<Value>> {
+    if let Some(slot) = row.first_mut() {
+        *slot = id.clone();
+    }
+    // The layout is id, document and, when the table has one, version.
+    if row.get(2).is_some_and(|v| !matches!(v, Value::Integer(_))) {
+        return Err(crate::BackendError::new(
+            crate::BackendErrorKind::Unsupported,
+            format!(
+                "{}: the stored version of a document cannot be read back exactly (beyond 2^53 on a Durable \
+                 Object), so a savepoint could not restore it",
+                meta.collection
+            ),
+        )
+        .into());
+    }
+    Ok(row)
 }
 
 /// Reads a whole row in the insert-parameter layout, or `None` if it does not exist.
@@ -384,6 +449,9 @@ impl Db {
     /// Runs `f` in a transaction: everything it writes commits together when it returns
     /// `Ok`, and nothing does when it returns `Err` or panics (the panic then continues).
     ///
+    /// To leave with an error of the application's own, wrap it with [`Error::aborted`], or
+    /// use [`try_transaction`](Self::try_transaction), whose closure returns any error type.
+    ///
     /// # Errors
     ///
     /// Whatever `f` returns, or a backend error beginning or committing.
@@ -392,17 +460,80 @@ impl Db {
     ///
     /// See the crate documentation for a transfer between accounts with a savepoint.
     pub fn transaction<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
+        self.try_transaction(f)
+    }
+
+    /// Runs `f` in a transaction, like [`transaction`](Self::transaction), for a closure that
+    /// returns the application's own error type `E`: any `Err` rolls everything back and is
+    /// returned unchanged (a panic rolls back too, and continues). db4's own errors inside `f`
+    /// convert with `?` through `E: From<db4::Error>`.
+    ///
+    /// # Errors
+    ///
+    /// Whatever `f` returns, or a db4 error (converted into `E`) beginning or committing.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use db4_runtime::{Db, Document, Result};
+    /// # use db4_derive::Document;
+    /// # use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Document, Serialize, Deserialize)]
+    /// # #[db4(crate = "db4_runtime")]
+    /// struct Account { #[id] id: String, balance: i64 }
+    ///
+    /// #[derive(Debug)]
+    /// enum TransferError {
+    ///     Insufficient { balance: i64 },
+    ///     Db(db4_runtime::Error),
+    /// }
+    /// impl From<db4_runtime::Error> for TransferError {
+    ///     fn from(e: db4_runtime::Error) -> Self { TransferError::Db(e) }
+    /// }
+    ///
+    /// # fn main() -> Result<()> {
+    /// let db = Db::open_in_memory()?;
+    /// db.collection::<Account>()?.insert(&Account { id: "a1".into(), balance: 30 })?;
+    /// let outcome = db.try_transaction(|tx| {
+    ///     let accounts = tx.collection::<Account>()?;          // db4 errors convert with `?`
+    ///     let mut a = accounts.get("a1")?.expect("seeded");
+    ///     a.balance -= 100;
+    ///     accounts.update(&a)?;
+    ///     if a.balance < 0 {
+    ///         return Err(TransferError::Insufficient { balance: a.balance }); // rolls back
+    ///     }
+    ///     Ok(a.balance)
+    /// });
+    /// assert!(matches!(outcome, Err(TransferError::Insufficient { balance: -70 })));
+    /// assert_eq!(db.collection::<Account>()?.get("a1")?.map(|a| a.balance), Some(30));
+    /// # Ok(()) }
+    /// ```
+    pub fn try_transaction<R, E: From<Error>>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R, E>) -> Result<R, E> {
         self.check_not_observing()?;
         let mut ticket = None;
-        let (out, (new_collections, changes)) = crate::backend::run(self.backend(), Access::Atomic, |conn| {
+        // The closure's own error waits here; the backend only needs to know to roll back.
+        let mut failure: Option<E> = None;
+        let outcome = crate::backend::run(self.backend(), Access::Atomic, |conn| {
             let tx = Transaction::new(self, TxConn::Lent(conn));
-            let out = f(&tx)?;
+            let out = match f(&tx) {
+                Ok(out) => out,
+                Err(e) => {
+                    failure = Some(e);
+                    return Err(Error::transaction_state("the transaction's closure returned Err"));
+                }
+            };
             if tx.state.borrow().broken {
                 return Err(broken());
             }
             ticket = self.commit_ticket();
             Ok((out, tx.into_outcome()))
-        })?;
+        });
+        let (out, (new_collections, changes)) = match (outcome, failure) {
+            (Ok(done), _) => done,
+            (Err(_), Some(e)) => return Err(e),
+            (Err(e), None) => return Err(e.into()),
+        };
         self.register_collections(new_collections);
         if let Some(ticket) = ticket {
             ticket.deliver(&changes);

@@ -490,3 +490,93 @@ fn a_panic_while_another_thread_waits_to_write_leaves_it_working() -> Result<()>
     assert_eq!((c.n, c.version), (committed as i64, committed as u64));
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bounded waits for the write lock
+
+/// A configured busy timeout, and the generous bound a refused write must return within.
+const SHORT_TIMEOUT: Duration = Duration::from_millis(200);
+const WAIT_BOUND: Duration = Duration::from_secs(2);
+
+fn short_timeout() -> db4_runtime::DbOptions {
+    db4_runtime::DbOptions::default().busy_timeout(SHORT_TIMEOUT)
+}
+
+#[test]
+fn a_write_waiting_for_this_threads_own_transaction_on_another_handle_fails_at_once() -> Result<()> {
+    let dir = TempDir::new("same-thread");
+    // The default timeout: the refusal must not wait for it.
+    let (a, b) = (Db::open(dir.db())?, Db::open(dir.db())?);
+    let (ca, cb) = (a.collection::<Counter>()?, b.collection::<Counter>()?);
+    ca.insert(&counter("c"))?;
+
+    let held = b.begin()?;
+    held.collection::<Counter>()?.increment("c", Counter::fields().n, 1)?;
+    let started = std::time::Instant::now();
+    let refused = [
+        ca.increment("c", Counter::fields().n, 1).map(drop),
+        a.transaction(|tx| tx.collection::<Counter>()?.insert(&counter("d"))),
+        a.begin().map(drop),
+        Db::open(dir.db()).map(drop),
+    ];
+    let waited = started.elapsed();
+    for r in refused {
+        assert_eq!(r.unwrap_err().backend_kind(), Some(BackendErrorKind::WouldDeadlock));
+    }
+    assert!(waited < WAIT_BOUND, "refusing took {waited:?}");
+    // Reads through the other handle do not wait: they see the last commit.
+    assert_eq!(ca.get("c")?.map(|c| c.n), Some(0));
+    held.commit()?;
+
+    // Once the transaction is over, both handles write again.
+    ca.increment("c", Counter::fields().n, 1)?;
+    let tx = a.begin()?;
+    tx.collection::<Counter>()?.increment("c", Counter::fields().n, 1)?;
+    tx.commit()?;
+    // A transaction only read through (no write lock taken yet) does not block the other handle.
+    a.transaction(|tx| {
+        assert_eq!(tx.collection::<Counter>()?.get("c")?.map(|c| c.n), Some(3));
+        Ok(())
+    })?;
+    assert_eq!(cb.increment("c", Counter::fields().n, 1)?, 4);
+    Ok(())
+}
+
+#[test]
+fn a_write_waiting_for_another_threads_transaction_gives_up_after_the_busy_timeout() -> Result<()> {
+    let dir = TempDir::new("other-thread");
+    let db = Db::open_with(dir.db(), short_timeout())?;
+    let counters = db.collection::<Counter>()?;
+    counters.insert(&counter("c"))?;
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release_tx, release) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| -> Result<()> {
+        // Owned by this closure, so that a failing assertion drops it and frees the holder.
+        let release_tx = release_tx;
+        let dir = &dir;
+        let holder = s.spawn(move || -> Result<()> {
+            // Another handle, on another thread: a lock this thread cannot tell from another
+            // process's, so the write must wait for it, but only as long as configured.
+            let other = Db::open(dir.db())?;
+            let tx = other.begin()?;
+            tx.collection::<Counter>()?.increment("c", Counter::fields().n, 10)?;
+            locked_tx.send(()).expect("the test waits");
+            // An error: the test failed and went away; commit anyway.
+            let _ = release.recv();
+            tx.commit()
+        });
+        locked.recv().expect("the holder locks");
+        for attempt in 0..2 {
+            let started = std::time::Instant::now();
+            let r = counters.increment("c", Counter::fields().n, 1);
+            let waited = started.elapsed();
+            assert_eq!(r.unwrap_err().backend_kind(), Some(BackendErrorKind::Busy), "attempt {attempt}");
+            assert!(waited >= SHORT_TIMEOUT, "gave up early, after {waited:?}");
+            assert!(waited < WAIT_BOUND, "waited {waited:?} with a busy timeout of {SHORT_TIMEOUT:?}");
+        }
+        release_tx.send(()).expect("the holder waits");
+        holder.join().expect("the holder panicked")
+    })?;
+    assert_eq!(counters.increment("c", Counter::fields().n, 1)?, 11, "nothing was written by the refused writes");
+    Ok(())
+}

@@ -247,7 +247,7 @@ fn observers_see_only_committed_changes_in_order() -> Result<()> {
     let flag = Arc::clone(&refused);
     db.on_commit(move |_| {
         let r = db2.collection::<Account>().and_then(|c| c.insert(&account("from-observer", 1)));
-        *flag.lock().unwrap() = Some(matches!(r, Err(Error::InvalidQuery { .. })));
+        *flag.lock().unwrap() = Some(matches!(r, Err(Error::TransactionState { .. })));
     });
     accounts.insert(&account("c", 1))?;
     assert_eq!(*refused.lock().unwrap(), Some(true));
@@ -363,4 +363,224 @@ fn db_and_collections_are_send_and_sync() {
     assert_send_sync::<Db>();
     assert_send_sync::<db4_runtime::Collection<Account>>();
     assert_send_sync::<db4_runtime::BatchStore>();
+}
+
+#[test]
+fn a_nested_transaction_cannot_roll_back_or_release_a_savepoint_of_its_parent() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    let accounts = db.collection::<Account>()?;
+    db.transaction(|tx| {
+        let acc = tx.collection::<Account>()?;
+        acc.insert(&account("before", 1))?;
+        tx.savepoint("parent")?;
+        acc.insert(&account("parent-work", 2))?;
+        tx.transaction(|inner| {
+            let acc = inner.collection::<Account>()?;
+            acc.insert(&account("nested-1", 3))?;
+            for refused in [inner.rollback_to("parent"), inner.release("parent")] {
+                match refused {
+                    Err(e @ Error::TransactionState { .. }) => {
+                        assert!(e.to_string().starts_with("transaction misuse: cannot "), "{e}");
+                        assert!(e.to_string().contains("\"parent\""), "{e}");
+                    }
+                    other => panic!("expected TransactionState, got {other:?}"),
+                }
+            }
+            assert!(acc.get("parent-work")?.is_some(), "the refused call undid nothing");
+            assert!(acc.get("nested-1")?.is_some(), "the refused call undid nothing");
+            // The nested transaction's own savepoints work, also one shadowing the parent's name.
+            inner.savepoint("parent")?;
+            acc.insert(&account("undone", 0))?;
+            inner.rollback_to("parent")?;
+            inner.release("parent")?;
+            assert!(acc.get("undone")?.is_none());
+            acc.insert(&account("nested-2", 4))
+        })?;
+        // The parent goes on, and its savepoint still undoes everything since it was taken.
+        for id in ["before", "parent-work", "nested-1", "nested-2"] {
+            assert!(acc.get(id)?.is_some(), "{id}");
+        }
+        tx.rollback_to("parent")?;
+        for id in ["parent-work", "nested-1", "nested-2"] {
+            assert!(acc.get(id)?.is_none(), "{id} is rolled back");
+        }
+        acc.insert(&account("after", 5))?;
+        tx.release("parent")?;
+        Ok(())
+    })?;
+    let mut ids: Vec<String> = accounts.query().all()?.into_iter().map(|a| a.id).collect();
+    ids.sort();
+    assert_eq!(ids, ["after", "before"]);
+    Ok(())
+}
+
+#[test]
+fn a_nested_transaction_inside_a_nested_one_only_reaches_its_own_savepoints() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    let accounts = db.collection::<Account>()?;
+    db.transaction(|tx| {
+        tx.transaction(|middle| {
+            middle.savepoint("middle")?;
+            middle.collection::<Account>()?.insert(&account("m", 1))?;
+            let r = middle.transaction(|inner| {
+                inner.collection::<Account>()?.insert(&account("i", 1))?;
+                inner.rollback_to("middle")
+            });
+            assert!(matches!(r, Err(Error::TransactionState { .. })), "{r:?}");
+            // The innermost one returned Err: only its own insert is undone.
+            assert!(middle.collection::<Account>()?.get("i")?.is_none());
+            assert!(middle.collection::<Account>()?.get("m")?.is_some());
+            middle.rollback_to("middle")
+        })
+    })?;
+    assert_eq!(accounts.count()?, 0);
+    Ok(())
+}
+
+/// An application's own error type, as a transaction closure would return it.
+#[derive(Debug)]
+enum AppError {
+    Insufficient { balance: i64 },
+    Db(Error),
+}
+
+impl From<Error> for AppError {
+    fn from(e: Error) -> Self {
+        AppError::Db(e)
+    }
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppError::Insufficient { balance } => write!(f, "insufficient funds: balance would be {balance}"),
+            AppError::Db(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for AppError {}
+
+/// Debits `amount` from `id`; the application refuses a negative balance.
+fn debit(tx: &db4_runtime::Transaction<'_>, id: &str, amount: i64) -> std::result::Result<i64, AppError> {
+    let accounts = tx.collection::<Account>()?;
+    let mut a = accounts.get(id)?.ok_or(Error::NotFound { collection: "accounts".into(), id: id.into() })?;
+    a.balance -= amount;
+    accounts.update(&a)?;
+    if a.balance < 0 {
+        return Err(AppError::Insufficient { balance: a.balance });
+    }
+    Ok(a.balance)
+}
+
+#[test]
+fn try_transaction_returns_the_applications_error_and_rolls_back() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    let accounts = db.collection::<Account>()?;
+    accounts.insert(&account("a", 100))?;
+    let r = db.try_transaction(|tx| {
+        tx.collection::<Account>()?.insert(&account("audit", 0))?;
+        debit(tx, "a", 150)
+    });
+    assert!(matches!(r, Err(AppError::Insufficient { balance: -50 })), "{r:?}");
+    assert_eq!(accounts.get("a")?.map(|a| (a.balance, a.version)), Some((100, 0)), "rolled back");
+    assert!(accounts.get("audit")?.is_none(), "rolled back");
+
+    // A db4 error inside comes out converted, and rolls back the same way.
+    let r = db.try_transaction(|tx| -> std::result::Result<(), AppError> {
+        tx.collection::<Account>()?.insert(&account("b", 1))?;
+        tx.collection::<Account>()?.insert(&account("a", 1))?;
+        Ok(())
+    });
+    assert!(matches!(r, Err(AppError::Db(Error::AlreadyExists { .. }))), "{r:?}");
+    assert!(accounts.get("b")?.is_none());
+
+    assert_eq!(db.try_transaction(|tx| debit(tx, "a", 30)).map_err(|e| e.to_string()), Ok(70));
+    assert_eq!(accounts.get("a")?.map(|a| a.balance), Some(70), "Ok commits");
+
+    // Nested: the application's error undoes only the nested part.
+    let outer = db.try_transaction(|tx| -> std::result::Result<(), AppError> {
+        tx.collection::<Account>()?.insert(&account("kept", 1))?;
+        let inner = tx.try_transaction(|inner| debit(inner, "a", 1_000));
+        assert!(matches!(inner, Err(AppError::Insufficient { balance: -930 })), "{inner:?}");
+        assert_eq!(tx.collection::<Account>()?.get("a")?.map(|a| a.balance), Some(70));
+        Ok(())
+    });
+    assert!(outer.is_ok(), "{outer:?}");
+    assert!(accounts.get("kept")?.is_some());
+    assert_eq!(accounts.get("a")?.map(|a| a.balance), Some(70));
+    Ok(())
+}
+
+#[test]
+fn try_transaction_rolls_back_on_panic() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    let accounts = db.collection::<Account>()?;
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = db.try_transaction(|tx| -> std::result::Result<(), AppError> {
+            tx.collection::<Account>()?.insert(&account("x", 1))?;
+            panic!("boom");
+        });
+    }));
+    assert!(caught.is_err());
+    assert_eq!(accounts.count()?, 0);
+    accounts.insert(&account("y", 1))?;
+    Ok(())
+}
+
+#[test]
+fn an_aborted_error_carries_an_io_error_out_of_a_transaction() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    let accounts = db.collection::<Account>()?;
+    let r = db.transaction(|tx| {
+        tx.collection::<Account>()?.insert(&account("x", 1))?;
+        std::fs::read("/definitely/not/here/db4").map_err(Error::aborted)?;
+        Ok(())
+    });
+    let e = r.unwrap_err();
+    assert!(matches!(e, Error::Aborted(_)), "{e:?}");
+    assert_eq!(e.downcast_ref::<std::io::Error>().map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound));
+    let io = e.downcast::<std::io::Error>().expect("the io::Error comes back out");
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(accounts.count()?, 0, "rolled back");
+
+    // A plain message works too, and a nested transaction undoes only itself.
+    db.transaction(|tx| {
+        tx.collection::<Account>()?.insert(&account("kept", 1))?;
+        let inner = tx.transaction(|inner| {
+            inner.collection::<Account>()?.insert(&account("undone", 1))?;
+            Err::<(), _>(Error::aborted("business rule"))
+        });
+        assert_eq!(inner.unwrap_err().to_string(), "business rule");
+        Ok(())
+    })?;
+    assert_eq!(accounts.query().all()?.into_iter().map(|a| a.id).collect::<Vec<_>>(), ["kept"]);
+    Ok(())
+}
+
+/// Closures written for `transaction` before `try_transaction` existed keep compiling: their
+/// error type is inferred as db4's without any annotation.
+#[test]
+fn existing_transaction_closures_still_infer() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    db.transaction(|tx| {
+        tx.collection::<Account>()?.insert(&account("a", 1))?;
+        Ok(())
+    })?;
+    let n = db.transaction(|tx| {
+        let acc = tx.collection::<Account>()?;
+        acc.insert(&account("b", 2))?;
+        acc.count()
+    })?;
+    assert_eq!(n, 2);
+    let balance = db.transaction(|tx| Ok(tx.collection::<Account>()?.get("b")?.map(|a| a.balance)))?;
+    assert_eq!(balance, Some(2));
+    db.transaction(|tx| tx.transaction(|inner| inner.collection::<Account>()?.delete("a").map(drop)))?;
+    let options = db4_runtime::TransactionOptions::default();
+    db.transaction_with(&options, |tx| {
+        tx.collection::<Account>()?.insert(&account("c", 3))?;
+        Ok(())
+    })?;
+    assert_eq!(db.collection::<Account>()?.count()?, 2);
+    Ok(())
 }

@@ -333,3 +333,66 @@ fn two_handles_on_one_file_write_concurrently() {
         assert_eq!(c.query().filter(Entry::fields().version.eq(1)).count().unwrap(), 4 * 34);
     }
 }
+
+// --- The WAL file ------------------------------------------------------------------------------
+
+/// `path`'s `-wal` file's size, or `None` if there is none.
+fn wal_size(path: &Path) -> Option<u64> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).ok().map(|m| m.len())
+}
+
+/// `n` documents of about 800 bytes each, with ids from `first`.
+fn big_batch(first: i64, n: i64) -> Vec<Entry> {
+    (first..first + n)
+        .map(|id| Entry { id, batch: id / 1000, seq: id, payload: format!("{id:>12}{}", "p".repeat(700)), version: 0 })
+        .collect()
+}
+
+#[test]
+fn dropping_the_db_after_a_large_write_removes_its_wal() {
+    let dir = TempDir::new("wal-on-drop");
+    let path = dir.join("db.sqlite");
+    let db = Db::open(&path).unwrap();
+    let c = db.collection::<Entry>().unwrap();
+    c.insert_many(&big_batch(0, 12_000)).unwrap();
+    // Reads open the reader connections on the WAL: they, too, must not keep it.
+    assert_eq!(c.count().unwrap(), 12_000);
+    assert_eq!(c.get_many([1, 5_000, 11_999]).unwrap().iter().flatten().count(), 3);
+    assert!(wal_size(&path).unwrap_or(0) > 8_000_000, "the write went through a large WAL");
+    let other = db.clone();
+    drop((c, db));
+    assert!(wal_size(&path).is_some(), "a clone still holds the database open");
+    drop(other);
+    assert_eq!(wal_size(&path).unwrap_or(0), 0, "the WAL is left behind (or not empty) after the drop");
+    // Everything is in the database file itself.
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.collection::<Entry>().unwrap().count().unwrap(), 12_000);
+}
+
+#[test]
+fn the_wal_shrinks_back_to_its_limit_during_a_run() {
+    const LIMIT: u64 = 1 << 20;
+    // What a one-document commit adds to a WAL cut back to the limit: a few pages.
+    const SLACK: u64 = 256 << 10;
+    let dir = TempDir::new("wal-limit");
+    let path = dir.join("db.sqlite");
+    let mut options = DbOptions::default();
+    options.sqlite.journal_size_limit = LIMIT;
+    let db = Db::open_with(&path, options).unwrap();
+    let c = db.collection::<Entry>().unwrap();
+    let mut next = 0;
+    for round in 0..3 {
+        c.insert_many(&big_batch(next, 6_000)).unwrap();
+        next += 6_000;
+        let after_big = wal_size(&path).unwrap_or(0);
+        assert!(after_big > 4 * LIMIT, "round {round}: a large transaction makes a large WAL ({after_big} bytes)");
+        assert_eq!(c.count().unwrap(), (next + round) as u64);
+        // The next commit starts the checkpointed WAL over and cuts the file back.
+        c.insert(&entry(1_000_000, round)).unwrap();
+        let after_small = wal_size(&path).unwrap_or(0);
+        assert!(after_small <= LIMIT + SLACK, "round {round}: the WAL stays at {after_small} bytes");
+    }
+    assert_eq!(c.count().unwrap(), next as u64 + 3);
+}

@@ -802,3 +802,120 @@ fn an_index_name_does_not_block_a_collection_name() {
     let second = db.collection::<Outer>();
     assert!(second.is_ok(), "{second:?}");
 }
+
+// --- Long ids in messages ----------------------------------------------------------------------
+
+/// The longest message an error about a huge id may have: the collection, the fixed text, the
+/// first 64 characters of the id and its size.
+const SHORT_MESSAGE: usize = 200;
+
+#[test]
+fn messages_shorten_huge_ids_and_fields_keep_them() {
+    let db = Db::open_in_memory().unwrap();
+    let notes = db.collection::<PlainNote>().unwrap();
+    let three_mb = "i".repeat(3 << 20);
+    let check = |e: Error, what: &str| {
+        let text = e.to_string();
+        assert!(text.len() < SHORT_MESSAGE, "{what}: a {} byte message", text.len());
+        assert!(text.contains(&format!("{}… ({} bytes)", "i".repeat(64), 3 << 20)), "{what}: {text}");
+        e
+    };
+    match check(
+        notes.insert(&PlainNote { id: three_mb.clone(), tag: "t".into(), text: String::new() }).unwrap_err(),
+        "TooLarge",
+    ) {
+        Error::TooLarge { id, .. } => assert_eq!(id, three_mb, "the field keeps the whole id"),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+
+    let db = Db::open_in_memory_with(DbOptions::default().max_document_bytes(8 << 20)).unwrap();
+    let notes = db.collection::<PlainNote>().unwrap();
+    let note = PlainNote { id: three_mb.clone(), tag: "t".into(), text: String::new() };
+    match check(notes.update(&note).unwrap_err(), "NotFound") {
+        Error::NotFound { id, .. } => assert_eq!(id, three_mb),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    notes.insert(&note).unwrap();
+    match check(notes.insert(&note).unwrap_err(), "AlreadyExists") {
+        Error::AlreadyExists { id, .. } => assert_eq!(id, three_mb),
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    let measures = db.collection::<Measure>().unwrap();
+    let m = measure(&three_mb, 1);
+    measures.insert(&m).unwrap();
+    measures.update(&m).unwrap();
+    match check(measures.update(&m).unwrap_err(), "Conflict") {
+        Error::Conflict { id, expected: 0, actual: 1, .. } => assert_eq!(id, three_mb),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    // Multi-byte characters are cut on a character boundary.
+    let accents = "é".repeat(100);
+    let e = notes.update(&PlainNote { id: accents.clone(), tag: "t".into(), text: String::new() }).unwrap_err();
+    assert_eq!(e.to_string(), format!("plain_notes: no document with id {}… (200 bytes)", "é".repeat(64)));
+    // Short ids are shown whole.
+    let e = notes.update(&PlainNote { id: "x".repeat(64), tag: "t".into(), text: String::new() }).unwrap_err();
+    assert_eq!(e.to_string(), format!("plain_notes: no document with id {}", "x".repeat(64)));
+}
+
+// --- Transaction misuse ------------------------------------------------------------------------
+
+#[test]
+fn a_write_from_an_observer_is_a_transaction_state_error() {
+    let db = Db::open_in_memory().unwrap();
+    let notes = db.collection::<PlainNote>().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (inner, sink) = (db.clone(), std::sync::Arc::clone(&seen));
+    db.on_commit(move |_| {
+        let r = inner.collection::<PlainNote>().and_then(|c| c.delete("a"));
+        *sink.lock().unwrap() = Some(r);
+    });
+    notes.insert(&PlainNote { id: "a".into(), tag: "t".into(), text: String::new() }).unwrap();
+    let r = seen.lock().unwrap().take().expect("the observer ran");
+    let e = r.unwrap_err();
+    assert!(matches!(e, Error::TransactionState { .. }), "{e:?}");
+    assert!(e.to_string().starts_with("transaction misuse: an on_commit observer cannot write"), "{e}");
+    assert_eq!(notes.count().unwrap(), 1, "the observer's delete did not happen");
+}
+
+#[test]
+fn a_failed_savepoint_rollback_leaves_a_transaction_that_can_only_roll_back() {
+    let dir = TempDir::new("broken-savepoint");
+    let path = dir.join("db.sqlite");
+    let db = Db::open(&path).unwrap();
+    let notes = db.collection::<PlainNote>().unwrap();
+    let markers = db.collection::<Unsigned>().unwrap();
+    notes.insert(&PlainNote { id: "a".into(), tag: "t".into(), text: "kept".into() }).unwrap();
+    // Re-inserting "a" (which undoing its delete does) fails while a marker exists.
+    common::raw(&path)
+        .execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON plain_notes WHEN NEW._id = 'a' AND EXISTS (SELECT 1 FROM unsigned) \
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+        )
+        .unwrap();
+    let state_error = |e: Error| {
+        assert!(matches!(e, Error::TransactionState { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("transaction misuse: a savepoint rollback failed"), "{e}");
+    };
+    let r = db.transaction(|tx| {
+        tx.collection::<Unsigned>()?.insert(&Unsigned { id: 1, n: 1 })?;
+        tx.savepoint("s")?;
+        tx.collection::<PlainNote>()?.delete("a")?;
+        assert!(tx.rollback_to("s").is_err(), "the undo hits the trigger");
+        state_error(tx.collection::<PlainNote>()?.get("a").unwrap_err());
+        state_error(tx.savepoint("t").unwrap_err());
+        Ok(())
+    });
+    state_error(r.unwrap_err());
+    assert_eq!(notes.get("a").unwrap().map(|n| n.text), Some("kept".into()), "everything rolled back");
+    assert_eq!(markers.count().unwrap(), 0);
+
+    // An explicit transaction in that state refuses to commit, and rolls back.
+    let tx = db.begin().unwrap();
+    tx.collection::<Unsigned>().unwrap().insert(&Unsigned { id: 1, n: 1 }).unwrap();
+    tx.savepoint("s").unwrap();
+    tx.collection::<PlainNote>().unwrap().delete("a").unwrap();
+    assert!(tx.rollback_to("s").is_err());
+    state_error(tx.commit().unwrap_err());
+    assert_eq!(notes.count().unwrap(), 1);
+    assert_eq!(markers.count().unwrap(), 0);
+}

@@ -6,6 +6,7 @@ mod durability;
 mod errors;
 mod evolution;
 mod migration;
+mod open_modes;
 mod queries;
 mod query_limits;
 mod serde_features;

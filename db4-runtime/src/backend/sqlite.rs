@@ -4,10 +4,10 @@ use super::{Access, Backend, Connection, HeldTransaction, Row};
 use crate::error::{BackendError, BackendErrorKind, Result};
 use crate::value::{Value, ValueRef};
 use rusqlite::types::{ToSqlOutput, ValueRef as SqlValueRef};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 /// How hard SQLite works to make a commit survive a power loss (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -27,13 +27,24 @@ pub enum Synchronous {
 pub struct SqliteOptions {
     /// Durability of commits.
     pub synchronous: Synchronous,
-    /// How long a statement waits for a lock held by another connection (SQLite's busy
-    /// timeout).
+    /// The longest a write waits, in total, for the database's write lock while another
+    /// connection holds it (another `Db` on the same file, another process); then it fails
+    /// with [`BackendErrorKind::Busy`] and writes nothing. SQLite's busy handler and db4's
+    /// retries (see [`busy_retries`](Self::busy_retries)) share this one deadline. Default:
+    /// 5 s.
+    ///
+    /// Not counted: a write waiting for another thread of this process that is writing
+    /// through the same `Db` (they take turns on its one writer connection, and the wait ends
+    /// with that thread's transaction). A write that would wait for a transaction the calling
+    /// thread itself holds, through the same `Db` or another `Db` on the same file, fails at
+    /// once with [`BackendErrorKind::WouldDeadlock`].
     pub busy_timeout: Duration,
-    /// How many more times a write transaction that still found the database locked after
-    /// `busy_timeout` is retried, after a jittered backoff, before failing with
-    /// [`BackendErrorKind::Busy`]. SQLite's own waiting is not fair between connections, so
-    /// under heavy contention from other processes one wait can run out.
+    /// Into how many waits, after the first, db4 splits the wait for the write lock: each
+    /// attempt waits up to `busy_timeout / (busy_retries + 1)` in SQLite's busy handler, with a
+    /// jittered pause between attempts, and attempts go on until `busy_timeout` has passed
+    /// (so the pauses make for somewhat fewer retries). SQLite's own waiting is not fair
+    /// between connections (it polls, up to 100 ms apart); fresh attempts poll more often.
+    /// 0: a single wait of `busy_timeout`. Default: 10.
     pub busy_retries: u32,
     /// How many prepared statements each connection keeps.
     pub statement_cache_capacity: usize,
@@ -41,6 +52,15 @@ pub struct SqliteOptions {
     /// only; an in-memory database has one connection). Readers see the last committed state
     /// and never wait for the writer (WAL).
     pub readers: usize,
+    /// The size in bytes a WAL file is cut back to once its content is checkpointed into the
+    /// database (SQLite's `PRAGMA journal_size_limit`). A large transaction makes the WAL at
+    /// least as large as itself; without a limit the file keeps that size until the database
+    /// is closed. Default: 8 MiB (twice what SQLite's automatic checkpoints let a WAL reach
+    /// with small transactions, so ordinary work never truncates it).
+    ///
+    /// On close the WAL is checkpointed and removed (or, while other connections still use
+    /// the file, truncated to zero bytes when they let it).
+    pub journal_size_limit: u64,
 }
 
 impl Default for SqliteOptions {
@@ -51,6 +71,7 @@ impl Default for SqliteOptions {
             busy_retries: 10,
             statement_cache_capacity: 256,
             readers: 4,
+            journal_size_limit: 8 << 20,
         }
     }
 }
@@ -60,11 +81,35 @@ impl Default for SqliteOptions {
 ///
 /// Writes are serialized on the writer; a write transaction takes SQLite's write lock up
 /// front (`BEGIN IMMEDIATE`), so two processes never deadlock upgrading read locks, and a
-/// lock held by another process is waited for up to the busy timeout.
+/// lock held by another connection is waited for up to [`SqliteOptions::busy_timeout`] in
+/// total.
+///
+/// Dropping it closes the readers first and the writer last, checkpointing the WAL: the last
+/// connection to a file removes its `-wal` and `-shm` files, which a read-only connection
+/// cannot do.
 pub struct SqliteBackend {
-    busy_retries: u32,
+    busy: BusyWait,
+    /// The database file, canonical; `None` in memory. Two backends on one file are told
+    /// apart from two files by it, to refuse a same-thread wait that could never end.
+    file: Option<Arc<Path>>,
+    read_only: bool,
     conn: Mutex<rusqlite::Connection>,
     readers: Vec<Mutex<rusqlite::Connection>>,
+}
+
+/// How a write waits for the write lock: `total` in all, in waits of `slice` in SQLite's
+/// busy handler.
+#[derive(Debug, Clone, Copy)]
+struct BusyWait {
+    total: Duration,
+    slice: Duration,
+}
+
+impl BusyWait {
+    fn new(options: &SqliteOptions) -> Self {
+        let total = options.busy_timeout;
+        Self { total, slice: total / options.busy_retries.saturating_add(1) }
+    }
 }
 
 impl std::fmt::Debug for SqliteBackend {
@@ -78,21 +123,53 @@ impl SqliteBackend {
     ///
     /// # Errors
     ///
-    /// A backend error if the file cannot be opened or is not a SQLite database.
+    /// A backend error if the file cannot be opened or is not a SQLite database;
+    /// [`BackendErrorKind::Unsupported`] for `""` and `":memory:"`, which SQLite would open as
+    /// a private temporary or in-memory database instead of a file (use
+    /// [`open_in_memory`](Self::open_in_memory)).
     pub fn open(path: impl AsRef<Path>, options: &SqliteOptions) -> Result<Self> {
         let path = path.as_ref();
+        check_file_path(path)?;
         let conn = rusqlite::Connection::open(path).map_err(backend_error)?;
-        let mut backend = Self::configure(conn, options, true)?;
-        for _ in 0..options.readers {
-            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | rusqlite::OpenFlags::SQLITE_OPEN_URI;
-            let reader = rusqlite::Connection::open_with_flags(path, flags).map_err(backend_error)?;
-            harden(&reader)?;
-            reader.busy_timeout(options.busy_timeout).map_err(backend_error)?;
-            reader.set_prepared_statement_cache_capacity(options.statement_cache_capacity);
-            backend.readers.push(Mutex::new(reader));
-        }
+        let mut backend = Self::configure(conn, options, Some(canonical(path)), false)?;
+        backend.readers = open_readers(path, options)?;
+        Ok(backend)
+    }
+
+    /// Opens an existing database file read-only: reads work, every write fails with
+    /// [`BackendErrorKind::ReadOnly`], and nothing is created or changed on disk (not even
+    /// the journal mode). Atomic closures run in a deferred read transaction.
+    ///
+    /// A WAL-mode database needs its `-wal` and `-shm` files beside it. When they do not
+    /// exist and cannot be created (a directory the process cannot write), SQLite cannot open
+    /// it normally, and the file is opened as *immutable* instead: no locks, no change
+    /// detection. The `-wal` file's absence means nothing is waiting in it to be
+    /// checkpointed, so every committed write is in the file; but another process writing
+    /// the database while this handle reads it would go unnoticed and could make reads fail
+    /// or answer from a half-changed file.
+    ///
+    /// # Errors
+    ///
+    /// A backend error if the file does not exist or cannot be read; as
+    /// [`open`](Self::open) for `""` and `":memory:"`.
+    pub fn open_read_only(path: impl AsRef<Path>, options: &SqliteOptions) -> Result<Self> {
+        let path = path.as_ref();
+        check_file_path(path)?;
+        let mut target = path.to_path_buf();
+        let conn = open_reader(&target, options)?;
+        let conn = match probe(&conn) {
+            Ok(()) => conn,
+            Err(e) if cannot_open_wal(&e, path) => {
+                drop(conn);
+                target = immutable_uri(path).ok_or_else(|| backend_error(e))?;
+                let conn = open_reader(&target, options)?;
+                probe(&conn).map_err(backend_error)?;
+                conn
+            }
+            Err(e) => return Err(backend_error(e)),
+        };
+        let mut backend = Self::configure(conn, options, Some(canonical(path)), true)?;
+        backend.readers = open_readers(&target, options)?;
         Ok(backend)
     }
 
@@ -103,30 +180,137 @@ impl SqliteBackend {
     /// A backend error if SQLite cannot allocate it.
     pub fn open_in_memory(options: &SqliteOptions) -> Result<Self> {
         let conn = rusqlite::Connection::open_in_memory().map_err(backend_error)?;
-        Self::configure(conn, options, false)
+        Self::configure(conn, options, None, false)
     }
 
-    fn configure(conn: rusqlite::Connection, options: &SqliteOptions, wal: bool) -> Result<Self> {
+    fn configure(
+        conn: rusqlite::Connection,
+        options: &SqliteOptions,
+        file: Option<Arc<Path>>,
+        read_only: bool,
+    ) -> Result<Self> {
+        let busy = BusyWait::new(options);
         harden(&conn)?;
-        conn.busy_timeout(options.busy_timeout).map_err(backend_error)?;
+        // Only BEGIN IMMEDIATE waits for a lock on this connection; it waits in slices.
+        set_busy_timeout(&conn, busy.slice)?;
         conn.set_prepared_statement_cache_capacity(options.statement_cache_capacity);
-        if wal {
+        if file.is_some() && !read_only {
             let mode: String =
                 conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(backend_error)?;
             if !mode.eq_ignore_ascii_case("wal") {
                 return Err(BackendError::new(
                     BackendErrorKind::Io,
-                    format!("cannot switch the database to WAL mode (journal_mode is {mode})"),
+                    format!(
+                        "cannot switch the database to WAL mode (journal_mode is {mode}): db4 needs a database \
+                         file on a file system that supports WAL (for an in-memory database use Db::open_in_memory)"
+                    ),
                 )
                 .into());
             }
+            let limit = i64::try_from(options.journal_size_limit).unwrap_or(i64::MAX);
+            conn.pragma_update(None, "journal_size_limit", limit).map_err(backend_error)?;
         }
         let sync = match options.synchronous {
             Synchronous::Full => "PRAGMA synchronous = FULL",
             Synchronous::Normal => "PRAGMA synchronous = NORMAL",
         };
         conn.execute_batch(sync).map_err(backend_error)?;
-        Ok(Self { busy_retries: options.busy_retries, conn: Mutex::new(conn), readers: Vec::new() })
+        Ok(Self { busy, file, read_only, conn: Mutex::new(conn), readers: Vec::new() })
+    }
+}
+
+/// Refuses the names SQLite opens as something other than a file.
+fn check_file_path(path: &Path) -> Result<()> {
+    let name = path.as_os_str();
+    if name.is_empty() || name == ":memory:" {
+        return Err(BackendError::new(
+            BackendErrorKind::Unsupported,
+            format!(
+                "{path:?} names no database file: SQLite would open a private temporary or in-memory database, \
+                 which db4's reader connections cannot share and which is gone on close; pass a file path, or \
+                 use Db::open_in_memory() for an in-memory database"
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The file's canonical path (the given one if it cannot be resolved): the identity of the
+/// database file among this process's handles.
+fn canonical(path: &Path) -> Arc<Path> {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).into()
+}
+
+/// A read-only connection with db4's settings.
+fn open_reader(target: &Path, options: &SqliteOptions) -> Result<rusqlite::Connection> {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+    let reader = rusqlite::Connection::open_with_flags(target, flags).map_err(backend_error)?;
+    harden(&reader)?;
+    set_busy_timeout(&reader, options.busy_timeout)?;
+    reader.set_prepared_statement_cache_capacity(options.statement_cache_capacity);
+    Ok(reader)
+}
+
+fn open_readers(target: &Path, options: &SqliteOptions) -> Result<Vec<Mutex<rusqlite::Connection>>> {
+    (0..options.readers).map(|_| open_reader(target, options).map(Mutex::new)).collect()
+}
+
+/// SQLite opens a file lazily: reading the schema makes it open the WAL too.
+fn probe(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+}
+
+/// Whether a read-only connection failed because the WAL-mode database's `-wal` / `-shm`
+/// files neither exist nor can be created; SQLite reports that as "cannot open" or as
+/// "read-only directory".
+fn cannot_open_wal(e: &rusqlite::Error, path: &Path) -> bool {
+    use rusqlite::ErrorCode as C;
+    let sidecar = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    matches!(e.sqlite_error_code(), Some(C::CannotOpen | C::ReadOnly))
+        && !sidecar("-wal").exists()
+        && !sidecar("-shm").exists()
+}
+
+/// `file:<path>?immutable=1`, the path percent-encoded; `None` if the path is not UTF-8.
+fn immutable_uri(path: &Path) -> Option<PathBuf> {
+    let path = std::fs::canonicalize(path).ok()?;
+    let mut uri = String::from("file:");
+    for b in path.to_str()?.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?immutable=1");
+    Some(PathBuf::from(uri))
+}
+
+/// Sets SQLite's busy timeout; rusqlite panics above `i32::MAX` milliseconds, so longer ones
+/// are cut to that (24 days).
+fn set_busy_timeout(conn: &rusqlite::Connection, timeout: Duration) -> Result<()> {
+    conn.busy_timeout(timeout.min(Duration::from_millis(i32::MAX as u64))).map_err(backend_error)
+}
+
+impl Drop for SqliteBackend {
+    fn drop(&mut self) {
+        // Readers first: the last connection to close a WAL-mode file checkpoints the WAL and
+        // deletes it, and a read-only connection cannot, so the writer must be that one.
+        self.readers.clear();
+        if self.file.is_some() && !self.read_only {
+            let conn = self.conn.get_mut().unwrap_or_else(PoisonError::into_inner);
+            // Still-open connections elsewhere may be using the WAL; a destructor must not wait
+            // for them: checkpoint what can be now, and truncate only if nobody is in it.
+            let _ = conn.busy_timeout(Duration::ZERO);
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
     }
 }
 
@@ -137,6 +321,9 @@ impl Backend for SqliteBackend {
         if access == Access::Read && !self.readers.is_empty() {
             return f(&SqliteConnection(&self.reader()));
         }
+        if access == Access::Write && self.read_only {
+            return Err(read_only());
+        }
         let writer = self.lock_writer()?;
         let conn = SqliteConnection(&writer.conn);
         if access == Access::Read {
@@ -144,7 +331,7 @@ impl Backend for SqliteBackend {
         }
         // Writes take the write lock up front (BEGIN IMMEDIATE), where a busy database can be
         // waited for and retried safely; once held, no statement of the closure meets a lock.
-        self.begin_immediate(conn.0)?;
+        self.begin_transaction(&writer)?;
         let mut guard = Rollback { conn: conn.0, armed: true };
         f(&conn)?;
         conn.0.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map_err(backend_error)?;
@@ -154,31 +341,99 @@ impl Backend for SqliteBackend {
 
     fn begin(&self) -> Result<Box<dyn HeldTransaction + '_>> {
         let conn = self.lock_writer()?;
-        self.begin_immediate(&conn.conn)?;
+        self.begin_transaction(&conn)?;
         Ok(Box::new(SqliteHeld { conn, open: true }))
     }
 }
 
 impl SqliteBackend {
-    /// `BEGIN IMMEDIATE`, retried with jittered backoff while another connection holds the
-    /// write lock past the busy timeout.
-    fn begin_immediate(&self, conn: &rusqlite::Connection) -> Result<()> {
-        let policy = crate::lock::RetryPolicy::default();
-        let mut attempt = 0;
-        loop {
-            match conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])) {
-                Ok(_) => return Ok(()),
-                Err(e)
-                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
-                        && attempt < self.busy_retries =>
-                {
-                    std::thread::sleep(policy.backoff(attempt));
-                    attempt += 1;
-                }
-                Err(e) => return Err(backend_error(e)),
+    /// Opens the writer's transaction: a deferred one (reads only) on a read-only database,
+    /// otherwise one holding the write lock.
+    fn begin_transaction(&self, writer: &Writer<'_>) -> Result<()> {
+        if self.read_only {
+            return writer
+                .conn
+                .prepare_cached("BEGIN")
+                .and_then(|mut s| s.execute([]))
+                .map(drop)
+                .map_err(backend_error);
+        }
+        if let Some(file) = &self.file {
+            let waits_for_itself = HELD_WRITERS
+                .with(|held| held.borrow().iter().any(|h| h.key != writer.key && h.writing.as_ref() == Some(file)));
+            if waits_for_itself {
+                return Err(BackendError::new(
+                    BackendErrorKind::WouldDeadlock,
+                    format!(
+                        "this thread holds a write transaction on {} through another Db handle, which this write \
+                         would wait for forever: write through that transaction, or finish it first",
+                        file.display()
+                    ),
+                )
+                .into());
             }
         }
+        self.begin_immediate(&writer.conn)?;
+        if let Some(file) = &self.file {
+            HELD_WRITERS.with(|held| {
+                if let Some(h) = held.borrow_mut().iter_mut().find(|h| h.key == writer.key) {
+                    h.writing = Some(Arc::clone(file));
+                }
+            });
+        }
+        Ok(())
     }
+
+    /// `BEGIN IMMEDIATE`, waiting for another connection's write lock in slices of SQLite's
+    /// busy handler with jittered pauses in between, until `busy_timeout` has passed.
+    fn begin_immediate(&self, conn: &rusqlite::Connection) -> Result<()> {
+        // A deadline too far to represent is no deadline.
+        let deadline = Instant::now().checked_add(self.busy.total);
+        let left = || deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+        let policy = crate::lock::RetryPolicy::default();
+        let mut attempt = 0;
+        let mut narrowed = false;
+        let outcome = loop {
+            match conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])) {
+                Ok(_) => break Ok(()),
+                Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                    if left().is_zero() {
+                        break Err(BackendError::new(
+                            BackendErrorKind::Busy,
+                            format!(
+                                "another connection held the database's write lock for the whole busy timeout of \
+                                 {:?}; nothing was written",
+                                self.busy.total
+                            ),
+                        )
+                        .with_source(e)
+                        .into());
+                    }
+                    std::thread::sleep(policy.backoff(attempt).min(left()));
+                    attempt = attempt.saturating_add(1);
+                    // The last slice ends at the deadline.
+                    if left() < self.busy.slice {
+                        let _ = set_busy_timeout(conn, left());
+                        narrowed = true;
+                    }
+                }
+                Err(e) => break Err(backend_error(e)),
+            }
+        };
+        if narrowed {
+            // Ignored on failure: it cannot fail, and an open transaction must be returned as Ok.
+            let _ = set_busy_timeout(conn, self.busy.slice);
+        }
+        outcome
+    }
+}
+
+fn read_only() -> crate::Error {
+    BackendError::new(
+        BackendErrorKind::ReadOnly,
+        "the database was opened read-only (DbOptions::read_only): writes are refused",
+    )
+    .into()
 }
 
 /// The limits a Cloudflare Durable Object's SQLite enforces, applied to every native
@@ -210,9 +465,18 @@ fn harden(conn: &rusqlite::Connection) -> Result<()> {
     Ok(())
 }
 
+/// A writer connection this thread holds.
+struct HeldWriter {
+    /// The backend's address.
+    key: usize,
+    /// The file whose write lock its transaction holds, once it holds it.
+    writing: Option<Arc<Path>>,
+}
+
 thread_local! {
-    /// The backends whose writer connection this thread holds.
-    static HELD_WRITERS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The backends whose writer connection this thread holds. Only ever about this thread's
+    /// own transactions, so it cannot mistake another thread's or process's lock for one.
+    static HELD_WRITERS: std::cell::RefCell<Vec<HeldWriter>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The writer connection, locked by this thread.
@@ -223,7 +487,8 @@ struct Writer<'a> {
 
 impl Drop for Writer<'_> {
     fn drop(&mut self) {
-        HELD_WRITERS.with(|held| held.borrow_mut().retain(|k| *k != self.key));
+        // Dropped after the transaction ended (the rollback guards are dropped first).
+        HELD_WRITERS.with(|held| held.borrow_mut().retain(|h| h.key != self.key));
     }
 }
 
@@ -252,7 +517,7 @@ impl SqliteBackend {
     /// rather than waiting for itself forever.
     fn lock_writer(&self) -> Result<Writer<'_>> {
         let key = self as *const Self as usize;
-        if HELD_WRITERS.with(|held| held.borrow().contains(&key)) {
+        if HELD_WRITERS.with(|held| held.borrow().iter().any(|h| h.key == key)) {
             return Err(BackendError::new(
                 BackendErrorKind::WouldDeadlock,
                 "this thread is inside a transaction on this database: use the transaction's collections \
@@ -261,7 +526,7 @@ impl SqliteBackend {
             .into());
         }
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        HELD_WRITERS.with(|held| held.borrow_mut().push(key));
+        HELD_WRITERS.with(|held| held.borrow_mut().push(HeldWriter { key, writing: None }));
         Ok(Writer { conn, key })
     }
 }
@@ -388,9 +653,8 @@ fn backend_error(e: rusqlite::Error) -> crate::Error {
         Some(C::ConstraintViolation) => BackendErrorKind::Constraint,
         Some(C::TooBig) => BackendErrorKind::TooBig,
         Some(C::DatabaseCorrupt | C::NotADatabase) => BackendErrorKind::Corrupt,
-        Some(C::CannotOpen | C::SystemIoFailure | C::DiskFull | C::ReadOnly | C::PermissionDenied) => {
-            BackendErrorKind::Io
-        }
+        Some(C::ReadOnly) => BackendErrorKind::ReadOnly,
+        Some(C::CannotOpen | C::SystemIoFailure | C::DiskFull | C::PermissionDenied) => BackendErrorKind::Io,
         _ => BackendErrorKind::Other,
     };
     BackendError::new(kind, e.to_string()).with_source(e).into()
