@@ -481,14 +481,17 @@ pub(crate) fn json_error(meta: &CollectionMeta, e: crate::json::JsonError, id: i
         crate::json::JsonError::NonFinite(path) => Error::invalid_value(
             meta.collection,
             path.trim_start_matches('.'),
-            format!("document {}: NaN and infinite floats cannot be stored (JSON has no such numbers)", id()),
+            format!(
+                "document {}: NaN and infinite floats cannot be stored (JSON has no such numbers)",
+                crate::error::Short(&id())
+            ),
         ),
         crate::json::JsonError::TooDeep(path) => Error::invalid_value(
             meta.collection,
             path.trim_start_matches('.'),
             format!(
                 "document {}: nested more than {} levels deep, which could not be read back",
-                id(),
+                crate::error::Short(&id()),
                 crate::json::MAX_DEPTH
             ),
         ),
@@ -708,6 +711,9 @@ fn get_many<T: Document, I: IdArg<T::Id>>(
         let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(keys.len()).collect();
         conn.query(&meta.sql.select_many, &[Value::Text(json.clone())], &mut |row| {
             let key = IdKey::from_ref(row.get(0)?);
+            if key == IdKey::Other {
+                return Err(corrupt(meta, "id", &row.get(0)?.to_owned()));
+            }
             // A duplicated id in the request gets its own decoded copy at each position.
             for &pos in positions.get(&key).map_or(&[][..], Vec::as_slice) {
                 out[pos] = Some(decode::<T>(meta, row, 1).map_err(|e| with_id(e, &keys[pos]))?);
@@ -827,7 +833,11 @@ fn json_of<V: serde::Serialize>(collection: &str, value: &V) -> Result<serde_jso
 pub(crate) fn corrupt(meta: &CollectionMeta, what: &str, id: &Value) -> Error {
     Error::Backend(crate::BackendError::new(
         crate::BackendErrorKind::Corrupt,
-        format!("{}: stored {what} of document {} has an unexpected type or value", meta.collection, id_text(id)),
+        format!(
+            "{}: stored {what} of document {} has an unexpected type or value",
+            meta.collection,
+            crate::error::Short(&id_text(id))
+        ),
     ))
 }
 

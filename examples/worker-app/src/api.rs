@@ -25,6 +25,7 @@
 //! Queries db4 refuses (past a statement limit, say) are answered 400 `invalid_query`, like a
 //! malformed program.
 
+use crate::model::evolution::{JobRetyped, JobV1, JobV2};
 use crate::model::{Account, Article, Notification, Player, Status, Transfer};
 use db4::{Db, Field, Filter, Ordered, Query, RetryPolicy, Transaction, TxCollection};
 use serde::Deserialize;
@@ -160,6 +161,7 @@ pub fn db_status(e: &db4::Error) -> (u16, &'static str) {
         E::InvalidQuery { .. } => (400, "invalid_query"),
         E::InvalidValue { .. } => (400, "invalid_value"),
         E::TooLarge { .. } => (413, "too_large"),
+        E::SchemaMismatch { .. } => (409, "schema_mismatch"),
         E::Backend(b) => match b.kind() {
             K::TooBig => (413, "too_large"),
             // The Durable Object refuses integers it cannot hold exactly (beyond 2^53).
@@ -290,8 +292,15 @@ fn dispatch(db: &Db, tenant: &str, req: &ApiRequest<'_>) -> ApiResult {
         (Post, ["players", "count"]) => count_players(db, body),
         (Post, ["players", "find"]) => find_players(db, body),
         (_, ["players", "bulk" | "count" | "find"]) => Err(ApiError::MethodNotAllowed),
+        (Post, ["jobs", "v1"]) => create_job_v1(db, body),
+        (Get, ["jobs", "v1", id]) => get_job::<JobV1>(db, id),
+        (Get, ["jobs", "v2", id]) => get_job::<JobV2>(db, id),
+        (Put, ["jobs", "v2", id]) => update_job_v2(db, id, body),
+        (Get, ["jobs", "retyped", id]) => get_job::<JobRetyped>(db, id),
         (_, ["articles" | "accounts" | "transfers" | "notifications"])
         | (_, ["articles" | "accounts" | "transfers", _])
+        | (_, ["jobs", "v1"])
+        | (_, ["jobs", "v1" | "v2" | "retyped", _])
         | (_, ["articles", _, "increment" | "cas" | "publish"])
         | (_, ["accounts", _, "deposit"]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NoRoute),
@@ -684,6 +693,25 @@ fn notify(tx: &Transaction<'_>, accounts: &TxCollection<'_, Account>, key: &str,
 
 // ---------------------------------------------------------------------------------------------
 // Players: queries written as filter programs (see the module documentation)
+
+fn create_job_v1(db: &Db, body: &[u8]) -> ApiResult {
+    let doc: JobV1 = parse_json(body)?;
+    db.collection::<JobV1>()?.insert(&doc)?;
+    Ok(ApiResponse::created(json!(doc)))
+}
+
+/// Reads a job through one deploy's type (opening, and so migrating, the collection with it).
+fn get_job<T: db4::Document<Id = String> + serde::Serialize>(db: &Db, id: &str) -> ApiResult {
+    let doc = db.collection::<T>()?.get(id)?.ok_or_else(|| not_found("jobs", id))?;
+    Ok(ApiResponse::ok(json!(doc)))
+}
+
+fn update_job_v2(db: &Db, id: &str, body: &[u8]) -> ApiResult {
+    let mut doc: JobV2 = parse_json(body)?;
+    doc.id = id.to_owned();
+    let version = db.collection::<JobV2>()?.update(&doc)?;
+    Ok(ApiResponse::ok(json!({ "version": version })))
+}
 
 fn bulk_players(db: &Db, body: &[u8]) -> ApiResult {
     let docs: Vec<Player> = parse_json(body)?;

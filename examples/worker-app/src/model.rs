@@ -149,3 +149,55 @@ pub struct Player {
     #[serde(default)]
     pub rank: Option<i64>,
 }
+
+/// Two deploys of one collection, `jobs`, for the schema-evolution scenario: what an older
+/// binary stored must survive a newer one, and a newer one must not reinterpret it.
+pub mod evolution {
+    use db4::Document;
+    use serde::{Deserialize, Serialize};
+
+    /// The first deploy's job.
+    #[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+    #[db4(collection = "jobs")]
+    pub struct JobV1 {
+        /// The job's id.
+        #[id]
+        pub id: String,
+        /// Its priority (a range index).
+        #[range_index]
+        pub prio: i64,
+        /// A field the second deploy no longer declares.
+        pub title: String,
+    }
+
+    /// The second deploy's job: `title` gone, an owner added, and `#[version]` added without
+    /// any serde attribute.
+    #[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+    #[db4(collection = "jobs")]
+    pub struct JobV2 {
+        /// The job's id.
+        #[id]
+        pub id: String,
+        /// Its priority.
+        #[range_index]
+        pub prio: i64,
+        /// Who works on it.
+        #[serde(default)]
+        pub owner: String,
+        /// The optimistic-locking counter.
+        #[version]
+        pub version: u64,
+    }
+
+    /// A deploy that changed the indexed `prio` to text: refused when it opens the collection.
+    #[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+    #[db4(collection = "jobs")]
+    pub struct JobRetyped {
+        /// The job's id.
+        #[id]
+        pub id: String,
+        /// Its priority, now text.
+        #[range_index]
+        pub prio: String,
+    }
+}

@@ -52,4 +52,5 @@ suite!(
     hostile_input,
     none_semantics,
     statement_limits,
+    schema_evolution,
 );

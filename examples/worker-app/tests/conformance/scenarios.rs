@@ -763,3 +763,33 @@ pub fn statement_limits(t: &dyn Target) {
     // The store still answers.
     assert_eq!(count(&c, &[]), 200);
 }
+
+// ---------------------------------------------------------------------------------------------
+
+/// Two deploys of one collection on one database: the newer type reads what the older stored
+/// (a `#[version]` it added reads as 0, a field it dropped stays in the documents), their
+/// writes keep each other's fields, and a deploy that changed an indexed field's type is
+/// refused before it writes anything.
+pub fn schema_evolution(t: &dyn Target) {
+    let c = Tenant::new(t, "schema_evolution");
+    expect(c.post("/jobs/v1", &json!({ "id": "j1", "prio": 3, "title": "keep me" })), 201);
+
+    let refused = expect_error(c.get("/jobs/retyped/j1"), 409, "schema_mismatch");
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains("prio")), "{refused}");
+    assert_eq!(expect(c.get("/jobs/v1/j1"), 200), json!({ "id": "j1", "prio": 3, "title": "keep me" }));
+
+    assert_eq!(expect(c.get("/jobs/v2/j1"), 200), json!({ "id": "j1", "prio": 3, "owner": "", "version": 0 }));
+    let updated = expect(c.put("/jobs/v2/j1", &json!({ "id": "j1", "prio": 4, "owner": "ann", "version": 0 })), 200);
+    assert_eq!(updated, json!({ "version": 1 }));
+    expect_error(
+        c.put("/jobs/v2/j1", &json!({ "id": "j1", "prio": 5, "owner": "bob", "version": 0 })),
+        409,
+        "conflict",
+    );
+    // The first deploy still reads its field, and sees the second one's priority.
+    assert_eq!(expect(c.get("/jobs/v1/j1"), 200), json!({ "id": "j1", "prio": 4, "title": "keep me" }));
+    // A job the first deploy writes now reads through the second with version 0.
+    expect(c.post("/jobs/v1", &json!({ "id": "j2", "prio": 1, "title": "new" })), 201);
+    assert_eq!(expect(c.get("/jobs/v2/j2"), 200)["version"], 0);
+    assert_eq!(expect(c.get("/jobs/v2/j1"), 200), json!({ "id": "j1", "prio": 4, "owner": "ann", "version": 1 }));
+}
