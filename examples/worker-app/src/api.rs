@@ -164,7 +164,8 @@ pub fn db_status(e: &db4::Error) -> (u16, &'static str) {
         E::SchemaMismatch { .. } => (409, "schema_mismatch"),
         E::Backend(b) => match b.kind() {
             K::TooBig => (413, "too_large"),
-            // The Durable Object refuses integers it cannot hold exactly (beyond 2^53).
+            // A backend that cannot do what was asked with a value (a read-only database, a
+            // named parameter beyond 2^53 on a Durable Object).
             K::Unsupported => (400, "unsupported_value"),
             K::Busy => (503, "busy"),
             _ => (500, "internal"),

@@ -8,15 +8,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use worker_app::api::{self, ApiRequest, Method};
 
-/// Which backend answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// db4 on its embedded SQLite (rusqlite), called in-process.
-    Native,
-    /// The wasm build inside workerd, over HTTP, on Durable Object storage.
-    Workerd,
-}
-
 /// A response as the scenarios see it.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -28,9 +19,6 @@ pub struct Reply {
 pub trait Target {
     /// Sends `method path` (path from the root: `/t/{tenant}/...`) with an optional body.
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Reply;
-
-    /// Which backend this is.
-    fn backend(&self) -> Backend;
 
     /// A tenant name unique to this scenario and run (workerd keeps its storage between runs).
     fn tenant(&self, scenario: &str) -> String;
@@ -76,10 +64,6 @@ impl Target for Native {
         Reply { status: r.status, body: serde_json::from_str(&text).expect("JSON body") }
     }
 
-    fn backend(&self) -> Backend {
-        Backend::Native
-    }
-
     fn tenant(&self, scenario: &str) -> String {
         scenario.to_owned()
     }
@@ -122,10 +106,6 @@ impl Target for Http {
             )
         });
         Reply { status: reply.status, body }
-    }
-
-    fn backend(&self) -> Backend {
-        Backend::Workerd
     }
 
     fn tenant(&self, scenario: &str) -> String {
