@@ -240,3 +240,4 @@ impl<'c, T: Document> Query<'c, T> {
         Ok(())
     }
 }
+
