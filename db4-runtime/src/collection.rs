@@ -455,7 +455,10 @@ pub(crate) fn write<R>(
     f: impl FnOnce(Ctx<'_>, &Arc<CollectionMeta>) -> Result<R>,
 ) -> Result<R> {
     exec.write(access, |ctx| {
-        let meta = slot.fresh(ctx.conn)?;
+        let meta = match ctx.tx {
+            Some(tx) => tx.fresh_meta(slot)?,
+            None => slot.fresh(ctx.conn)?,
+        };
         f(ctx, &meta)
     })
 }

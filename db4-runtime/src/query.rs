@@ -240,4 +240,3 @@ impl<'c, T: Document> Query<'c, T> {
         Ok(())
     }
 }
-

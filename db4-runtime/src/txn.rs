@@ -92,6 +92,11 @@ struct TxState {
     new_collections: Vec<Arc<MetaSlot>>,
     /// Set when an undo failed half-way: the transaction can only be rolled back.
     broken: bool,
+    /// Collection layouts (slot address, generation) already checked against the stored
+    /// schema in this transaction. Nobody else can change a schema while the transaction
+    /// holds the write lock, so one check per collection is enough, until the transaction
+    /// migrates a collection itself.
+    checked: Vec<(usize, i64)>,
 }
 
 enum TxConn<'a> {
@@ -151,8 +156,24 @@ impl<'a> Transaction<'a> {
             return Ok(TxCollection::new(self, meta));
         }
         let meta = self.db.prepare_collection::<T>(self.conn()?)?;
-        self.state.borrow_mut().new_collections.push(Arc::clone(&meta));
+        let mut state = self.state.borrow_mut();
+        state.new_collections.push(Arc::clone(&meta));
+        // The migration may have moved a schema other handles' layouts were checked against.
+        state.checked.clear();
+        drop(state);
         Ok(TxCollection::new(self, meta))
+    }
+
+    /// `slot`'s layout, checked against the stored schema once per transaction.
+    pub(crate) fn fresh_meta(&self, slot: &MetaSlot) -> Result<Arc<CollectionMeta>> {
+        let key = std::ptr::from_ref(slot) as usize;
+        let meta = slot.get();
+        if self.state.borrow().checked.contains(&(key, meta.generation)) {
+            return Ok(meta);
+        }
+        let meta = slot.fresh(self.conn()?)?;
+        self.state.borrow_mut().checked.push((key, meta.generation));
+        Ok(meta)
     }
 
     /// Marks a savepoint named `name`; [`rollback_to`](Self::rollback_to) undoes every write

@@ -39,6 +39,25 @@ mod tickets_v2 {
     }
 }
 
+mod tickets_v3 {
+    use super::*;
+    /// A third deploy: one more field.
+    #[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+    #[db4(collection = "tickets")]
+    pub struct Ticket {
+        #[id]
+        pub id: String,
+        pub status: String,
+        pub title: String,
+        #[serde(default)]
+        pub assignee: String,
+        #[serde(default)]
+        pub due: String,
+        #[version]
+        pub version: u64,
+    }
+}
+
 use tickets_v1::Ticket as V1;
 use tickets_v2::Ticket as V2;
 
@@ -106,6 +125,24 @@ fn writes_through_a_stale_handle_respect_the_newer_schema() {
     old.upsert(&v1("b", "reopened")).unwrap();
     let b = new.get("b").unwrap().unwrap();
     assert_eq!((b.status.as_str(), b.assignee.as_str(), b.version), ("reopened", "bob", 2));
+
+    // Inside a transaction of the old handle too: a third deploy adds a field after the old
+    // handle's last write, and the transaction's first write learns it.
+    let third = Db::open(&path).unwrap().collection::<tickets_v3::Ticket>().unwrap();
+    let mut b3 = third.get("b").unwrap().unwrap();
+    b3.due = "friday".into();
+    third.update(&b3).unwrap();
+    old_db
+        .transaction(|tx| {
+            let c = tx.collection::<V1>()?;
+            c.update(&v1("b", "done"))?;
+            c.update(&v1("b", "done twice"))?;
+            Ok(())
+        })
+        .unwrap();
+    let b = new.get("b").unwrap().unwrap();
+    assert_eq!((b.status.as_str(), b.assignee.as_str(), b.version), ("done twice", "bob", 5));
+    assert_eq!(third.get("b").unwrap().unwrap().due, "friday");
 }
 
 mod notes {
