@@ -12,6 +12,7 @@
 //! `id_len: u32 | doc_len: u32 | crc32(id ++ doc): u32 | id (UTF-8) | doc (JSON)`.
 
 use crate::backend::{Access, Connection, Row, run};
+use crate::checksum::crc32;
 use crate::db::Db;
 use crate::error::{BackendError, BackendErrorKind, Error, Result};
 use crate::schema::is_valid_name;
@@ -1339,33 +1340,6 @@ fn slice_at(bytes: &[u8], pos: u64, len: u64) -> Option<&[u8]> {
     let start = usize::try_from(pos).ok()?;
     let end = start.checked_add(usize::try_from(len).ok()?)?;
     bytes.get(start..end)
-}
-
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
-/// CRC-32 (IEEE) of the concatenation of `parts`.
-fn crc32(parts: &[&[u8]]) -> u32 {
-    let mut c = !0u32;
-    for part in parts {
-        for &b in *part {
-            c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-        }
-    }
-    !c
 }
 
 // ---- small conversions ----
