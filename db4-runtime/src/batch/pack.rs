@@ -70,3 +70,46 @@ impl Packer {
         (bin.blob, pos)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Packer;
+
+    #[test]
+    fn each_entry_goes_to_the_fullest_bin_it_fits() {
+        let mut packer = Packer::new(100, 7);
+        packer.add_existing(1, 50);
+        packer.add_existing(2, 80);
+        packer.add_existing(3, 100);
+        // 20 bytes fit blob 2 exactly, which then closes; blob 3 was full from the start.
+        assert_eq!(packer.place(&[0; 20]), (2, 80));
+        assert_eq!(packer.place(&[0; 20]), (1, 50));
+        assert_eq!(packer.place(&[0; 30]), (1, 70));
+        // Nothing has room for 40 bytes: a fresh bin, numbered from `next_id`.
+        assert_eq!(packer.place(&[0; 40]), (7, 0));
+        assert_eq!(packer.place(&[0; 60]), (7, 40));
+        assert_eq!(packer.place(&[0; 1]), (8, 0));
+        let bins: Vec<_> = packer.bins.iter().map(|b| (b.blob, b.base, b.used, b.fresh, b.added_count)).collect();
+        assert_eq!(
+            bins,
+            [
+                (1, 50, 100, false, 2),
+                (2, 80, 100, false, 1),
+                (3, 100, 100, false, 0),
+                (7, 0, 100, true, 2),
+                (8, 0, 1, true, 1)
+            ]
+        );
+        assert_eq!(packer.bins[0].append.len(), 50);
+    }
+
+    #[test]
+    fn an_entry_above_the_limit_gets_a_bin_of_its_own() {
+        let mut packer = Packer::new(64, 1);
+        assert_eq!(packer.place(&[1; 10]), (1, 0));
+        assert_eq!(packer.place(&[2; 90]), (2, 0));
+        assert_eq!(packer.place(&[3; 10]), (1, 10));
+        assert_eq!(packer.bins[1].append, [2; 90]);
+        assert_eq!(packer.bins[0].append, [[1; 10], [3; 10]].concat());
+    }
+}

@@ -117,9 +117,11 @@ pub(super) fn json_list<S: AsRef<str>>(items: impl Iterator<Item = S>) -> Value 
 
 #[cfg(all(test, feature = "sqlite"))]
 mod tests {
+    use super::{int, json_list, signed};
     use crate::batch::{BatchOptions, BatchStore};
     use crate::db::Db;
     use crate::error::Result;
+    use crate::value::Value;
 
     #[test]
     fn stores_are_independent_and_names_case_insensitive() -> Result<()> {
@@ -134,5 +136,13 @@ mod tests {
         let upper = BatchStore::open(&db, "A_BLOBS", BatchOptions::default())?;
         assert_eq!(upper.get::<i32>("x")?, Some(2));
         Ok(())
+    }
+
+    #[test]
+    fn parameters_keep_their_values() {
+        assert_eq!(json_list(["a", "b\"c", "é"].iter()), Value::Text(r#"["a","b\"c","é"]"#.to_owned()));
+        assert_eq!(json_list(std::iter::empty::<&str>()), Value::Text("[]".to_owned()));
+        assert_eq!(int(42), Value::Integer(42));
+        assert_eq!(signed(u64::MAX), i64::MAX);
     }
 }
