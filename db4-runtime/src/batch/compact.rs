@@ -12,9 +12,9 @@ use std::collections::HashMap;
 
 impl BatchStore {
     /// Repacks the blobs whose live documents fill less than
-    /// [`BatchOptions::compact_below`] of `max_blob_bytes`, dropping their dead bytes, in one
-    /// atomic call. Nothing is rewritten unless it frees a row or reclaims dead bytes; no
-    /// document is lost or duplicated.
+    /// [`BatchOptions::compact_below`](super::BatchOptions::compact_below) of `max_blob_bytes`,
+    /// dropping their dead bytes, in one atomic call. Nothing is rewritten unless it frees a row
+    /// or reclaims dead bytes; no document is lost or duplicated.
     ///
     /// The blobs repacked are read into memory together.
     ///

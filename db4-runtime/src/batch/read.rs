@@ -16,9 +16,9 @@ impl BatchStore {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidValue`] for an empty id, [`Error::Serialization`] if the stored JSON
-    /// does not deserialize into `T`, a backend error of kind `Corrupt` if the stored bytes
-    /// are damaged.
+    /// [`Error::InvalidValue`](crate::Error::InvalidValue) for an empty id,
+    /// [`Error::Serialization`](crate::Error::Serialization) if the stored JSON does not
+    /// deserialize into `T`, a backend error of kind `Corrupt` if the stored bytes are damaged.
     ///
     /// # Example
     ///
@@ -94,7 +94,7 @@ impl BatchStore {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidValue`] for an empty id, or a backend error.
+    /// [`Error::InvalidValue`](crate::Error::InvalidValue) for an empty id, or a backend error.
     ///
     /// # Example
     ///
