@@ -7,6 +7,7 @@
 mod backend;
 mod batch;
 mod change;
+mod checksum;
 mod collection;
 mod db;
 mod document;

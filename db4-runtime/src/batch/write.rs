@@ -1,0 +1,339 @@
+//! Writing documents: [`BatchStore::put`], [`put_many`](BatchStore::put_many),
+//! [`delete`](BatchStore::delete) and [`delete_many`](BatchStore::delete_many), and the steps
+//! they share with compaction: encoding an entry, placing it (with `pack.rs`), writing new and
+//! appended blobs, and taking released documents off their blobs' counters.
+
+use super::codec::encode_entry;
+use super::pack::{Bin, Packer};
+use super::sql::{int, json_list, signed};
+use super::{BATCH_ENTRY_OVERHEAD, BatchStore, Entry, Release};
+use crate::backend::{Access, Connection, run};
+use crate::error::{Error, Result};
+use crate::value::Value;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Where a stored document lives.
+#[derive(Debug, Clone, Copy)]
+struct Location {
+    blob: i64,
+    len: u64,
+}
+
+impl BatchStore {
+    /// Stores `doc` under `id`, replacing any document with that id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidValue`] for an empty id, [`Error::TooLarge`] if the packed document
+    /// (JSON + id + [`BATCH_ENTRY_OVERHEAD`]) exceeds `max_blob_bytes`,
+    /// [`Error::Serialization`] if it does not serialize; nothing is written then. A backend
+    /// error (kind `Corrupt` if the store's rows are damaged).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> db4_runtime::Result<()> {
+    /// use db4_runtime::{BatchOptions, BatchStore, Db, Error};
+    ///
+    /// let db = Db::open_in_memory()?;
+    /// let store = BatchStore::open(&db, "small", BatchOptions::default().max_blob_bytes(64))?;
+    /// store.put("k", &vec![1, 2, 3])?;
+    /// store.put("k", &vec![4])?; // replaces
+    /// assert_eq!(store.get::<Vec<u8>>("k")?, Some(vec![4]));
+    /// let big = "x".repeat(100);
+    /// assert!(matches!(store.put("big", &big), Err(Error::TooLarge { limit: 64, .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn put<T: Serialize + ?Sized>(&self, id: &str, doc: &T) -> Result<()> {
+        let entry = self.encode(id, doc)?;
+        self.write(vec![entry])
+    }
+
+    /// Stores many documents in one atomic call: all of them, or none. A repeated id keeps its
+    /// last document, as consecutive [`put`](Self::put)s would.
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put), for the first document that fails; then nothing is written.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> db4_runtime::Result<()> {
+    /// # let db = db4_runtime::Db::open_in_memory()?;
+    /// let store = db4_runtime::BatchStore::open(&db, "points", Default::default())?;
+    /// let docs = vec![("p1".to_owned(), [1.0, 2.0]), ("p2".to_owned(), [3.0, 4.0])];
+    /// store.put_many(docs.iter().map(|(id, p)| (id, p)))?;
+    /// assert_eq!(store.len()?, 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn put_many<'d, K, T>(&self, docs: impl IntoIterator<Item = (K, &'d T)>) -> Result<()>
+    where
+        K: AsRef<str>,
+        T: Serialize + ?Sized + 'd,
+    {
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut slot: HashMap<String, usize> = HashMap::new();
+        for (id, doc) in docs {
+            let entry = self.encode(id.as_ref(), doc)?;
+            match slot.get(&entry.id) {
+                Some(&i) => entries[i] = entry,
+                None => {
+                    slot.insert(entry.id.clone(), entries.len());
+                    entries.push(entry);
+                }
+            }
+        }
+        self.write(entries)
+    }
+
+    /// Deletes the document stored under `id`; returns whether there was one. A blob left
+    /// without live documents is dropped; other space is reclaimed by
+    /// [`compact`](Self::compact).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidValue`] for an empty id, or a backend error.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> db4_runtime::Result<()> {
+    /// # let db = db4_runtime::Db::open_in_memory()?;
+    /// let store = db4_runtime::BatchStore::open(&db, "tmp", Default::default())?;
+    /// store.put("a", &1)?;
+    /// assert!(store.delete("a")?);
+    /// assert!(!store.delete("a")?);
+    /// assert_eq!(store.stats()?.rows, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        self.delete_many([id]).map(|n| n > 0)
+    }
+
+    /// Deletes the documents stored under `ids` in one atomic call; returns how many there
+    /// were (a repeated id counts once).
+    ///
+    /// # Errors
+    ///
+    /// As [`delete`](Self::delete); then nothing is deleted.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> db4_runtime::Result<()> {
+    /// # let db = db4_runtime::Db::open_in_memory()?;
+    /// let store = db4_runtime::BatchStore::open(&db, "tmp", Default::default())?;
+    /// store.put_many([("a", &1), ("b", &2)])?;
+    /// assert_eq!(store.delete_many(["a", "b", "c"])?, 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn delete_many<K: AsRef<str>>(&self, ids: impl IntoIterator<Item = K>) -> Result<u64> {
+        let ids: BTreeSet<String> = ids.into_iter().map(|id| id.as_ref().to_owned()).collect();
+        ids.iter().try_for_each(|id| self.check_id(id))?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let list = json_list(ids.iter());
+        run(self.db.backend(), Access::Atomic, |conn| {
+            let found = self.locate(conn, &list)?;
+            if found.is_empty() {
+                return Ok(0);
+            }
+            conn.execute(&self.inner.sql.delete_docs, std::slice::from_ref(&list))?;
+            let mut releases: BTreeMap<i64, Release> = BTreeMap::new();
+            for loc in found.values() {
+                let r = releases.entry(loc.blob).or_default();
+                r.bytes += loc.len;
+                r.count += 1;
+            }
+            self.apply_releases(conn, &releases)?;
+            Ok(found.len() as u64)
+        })
+    }
+
+    /// Serializes and checks one document: everything that can fail does so before any write.
+    fn encode<T: Serialize + ?Sized>(&self, id: &str, doc: &T) -> Result<Entry> {
+        self.check_id(id)?;
+        let json = serde_json::to_vec(doc).map_err(|e| self.serialization(id, e))?;
+        let size = BATCH_ENTRY_OVERHEAD.saturating_add(id.len()).saturating_add(json.len());
+        if size > self.inner.options.max_blob_bytes {
+            return Err(Error::TooLarge {
+                collection: self.inner.name.clone(),
+                id: id.to_owned(),
+                size,
+                limit: self.inner.options.max_blob_bytes,
+            });
+        }
+        Ok(Entry { id: id.to_owned(), bytes: encode_entry(id.as_bytes(), &json) })
+    }
+
+    /// Places and writes `entries` (distinct ids, each fitting a blob) atomically.
+    fn write(&self, entries: Vec<Entry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let sql = &self.inner.sql;
+        let limit = self.inner.limit;
+        let list = json_list(entries.iter().map(|e| &e.id));
+        run(self.db.backend(), Access::Atomic, |conn| {
+            let old = self.locate(conn, &list)?;
+            let mut packer = Packer::new(limit, self.next_blob_id(conn)?);
+            // Only blobs with room for the smallest entry matter; a single put reads one row.
+            let smallest = entries.iter().map(|e| e.bytes.len() as u64).min().unwrap_or(0);
+            let fit_sql = if entries.len() == 1 { &sql.best_fit } else { &sql.fitting };
+            conn.query(fit_sql, &[int(limit - smallest)], &mut |row| {
+                packer.add_existing(self.int(row, 0, "blob id")?, self.uint(row, 1, "blob size")?);
+                Ok(())
+            })?;
+            // Biggest first packs tighter (best-fit decreasing).
+            let mut order: Vec<usize> = (0..entries.len()).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(entries[i].bytes.len()));
+            let mut placed = vec![(0i64, 0u64); entries.len()];
+            for i in order {
+                placed[i] = packer.place(&entries[i].bytes);
+            }
+            let mut releases: BTreeMap<i64, Release> = BTreeMap::new();
+            for loc in old.values() {
+                let r = releases.entry(loc.blob).or_default();
+                r.bytes += loc.len;
+                r.count += 1;
+            }
+            let (fresh, existing): (Vec<Bin>, Vec<Bin>) =
+                packer.bins.into_iter().filter(|b| b.added_count > 0).partition(|b| b.fresh);
+            for bin in fresh {
+                self.insert_bin(conn, bin)?;
+            }
+            for bin in existing {
+                let r = releases.remove(&bin.blob).unwrap_or_default();
+                let changed = conn.execute(
+                    &sql.append,
+                    &[
+                        Value::Integer(bin.blob),
+                        Value::Blob(bin.append),
+                        int(bin.used - bin.base),
+                        Value::Integer(signed(bin.used - bin.base) - signed(r.bytes)),
+                        Value::Integer(signed(bin.added_count) - signed(r.count)),
+                        int(bin.base),
+                    ],
+                )?;
+                // Zero means the guard failed; a Durable Object may count index writes too, so not `!= 1`.
+                if changed == 0 {
+                    return Err(
+                        self.corrupt(format!("blob {}: its size or counters disagree with its payload", bin.blob))
+                    );
+                }
+            }
+            self.apply_releases(conn, &releases)?;
+            for (entry, (blob, pos)) in entries.iter().zip(placed) {
+                conn.execute(
+                    &sql.upsert_doc,
+                    &[Value::Text(entry.id.clone()), Value::Integer(blob), int(pos), int(entry.bytes.len() as u64)],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    pub(super) fn insert_bin(&self, conn: &dyn Connection, bin: Bin) -> Result<()> {
+        conn.execute(
+            &self.inner.sql.insert_blob,
+            &[Value::Integer(bin.blob), int(bin.used), Value::Blob(bin.append), int(bin.added_count)],
+        )
+        .map(drop)
+    }
+
+    /// Takes released documents off their blobs' counters and drops blobs left empty.
+    fn apply_releases(&self, conn: &dyn Connection, releases: &BTreeMap<i64, Release>) -> Result<()> {
+        for (&blob, r) in releases {
+            let params = [Value::Integer(blob), Value::Integer(-signed(r.bytes)), Value::Integer(-signed(r.count))];
+            if conn.execute(&self.inner.sql.release, &params)? == 0 {
+                return Err(self.corrupt(format!("blob {blob}: missing, or its counters are below what it holds")));
+            }
+            conn.execute(&self.inner.sql.drop_empty, &[Value::Integer(blob)])?;
+        }
+        Ok(())
+    }
+
+    /// Where the documents with the ids in the JSON array `list` are stored.
+    fn locate(&self, conn: &dyn Connection, list: &Value) -> Result<HashMap<String, Location>> {
+        let mut out = HashMap::new();
+        conn.query(&self.inner.sql.locate, std::slice::from_ref(list), &mut |row| {
+            let id = self.text(row, 0, "document id")?.to_owned();
+            let blob = self.int(row, 1, "blob id")?;
+            let len = self.uint(row, 2, "entry length")?;
+            out.insert(id, Location { blob, len });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    pub(super) fn next_blob_id(&self, conn: &dyn Connection) -> Result<i64> {
+        let mut next = 1;
+        conn.query(&self.inner.sql.next_blob_id, &[], &mut |row| {
+            next = self.int(row, 0, "next blob id")?;
+            Ok(())
+        })?;
+        Ok(next)
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::batch::model::{is_corrupt, options, raw};
+    use crate::db::Db;
+    use crate::sql::quote_ident;
+
+    #[test]
+    fn size_limit_is_exact_and_refusals_change_nothing() -> Result<()> {
+        let db = Db::open_in_memory()?;
+        let store = BatchStore::open(&db, "limits", options(64))?;
+        store.put("seed", &1)?;
+        let before = store.verify()?;
+        // 12 + 3 + (47 + 2) = 64: fits exactly, in a blob of its own.
+        let fits = "y".repeat(47);
+        let over = "y".repeat(48);
+        match store.put("big", &over) {
+            Err(Error::TooLarge { collection, id, size, limit }) => {
+                assert_eq!((collection.as_str(), id.as_str(), size, limit), ("limits", "big", 65, 64));
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(matches!(store.put_many([("ok", &"small".to_owned()), ("big", &over)]), Err(Error::TooLarge { .. })));
+        assert!(matches!(store.put_many([("seed", &"new".to_owned()), ("big", &over)]), Err(Error::TooLarge { .. })));
+        assert_eq!(store.verify()?, before);
+        assert_eq!(store.ids()?, ["seed"]);
+        assert_eq!(store.get::<i32>("seed")?, Some(1));
+        store.put("big", &fits)?;
+        let stats = store.verify()?;
+        assert_eq!((stats.rows, stats.live_bytes, stats.free_bytes), (2, 64 + 17, 64 - 17));
+        assert_eq!(store.get::<String>("big")?, Some(fits));
+        Ok(())
+    }
+
+    #[test]
+    fn a_failure_midway_through_put_many_writes_nothing() -> Result<()> {
+        let db = Db::open_in_memory()?;
+        let store = BatchStore::open(&db, "atomic", options(64))?;
+        store.put("a", "xxxx")?; // 19 bytes in blob 1
+        // Blob 1's recorded size now disagrees with its payload, so appending to it fails.
+        raw(&db, &format!(r#"UPDATE {} SET "used" = 20"#, quote_ident("_db4_batch_atomic_blobs")), &[])?;
+        // "big" (60 bytes) needs a fresh blob, written first; "s" (19) then goes to blob 1 and fails.
+        let big = "b".repeat(43);
+        let result = store.put_many([("big", &big), ("s", &"xxxx".to_owned())]);
+        assert!(is_corrupt(result));
+        assert_eq!(store.ids()?, ["a"]);
+        assert_eq!(store.get::<String>("big")?, None);
+        let mut blobs = 0;
+        run(db.backend(), Access::Read, |conn| {
+            conn.query(&format!("SELECT count(*) FROM {}", quote_ident("_db4_batch_atomic_blobs")), &[], &mut |row| {
+                blobs = store.uint(row, 0, "count")?;
+                Ok(())
+            })
+        })?;
+        assert_eq!(blobs, 1);
+        Ok(())
+    }
+}
