@@ -44,6 +44,10 @@ pub(crate) enum JsonError {
 /// does. A single pass over the bytes, outside string literals.
 fn too_deep(json: &str) -> Option<String> {
     let bytes = json.as_bytes();
+    // Nesting needs an opening bracket per level: most documents have too few to check.
+    if bytes.iter().filter(|&&b| b == b'{' || b == b'[').count() <= MAX_DEPTH {
+        return None;
+    }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     // Where the current top-level key's string starts and ends.
     let (mut key_start, mut key) = (0usize, (0usize, 0usize));

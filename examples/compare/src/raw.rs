@@ -63,6 +63,9 @@ impl RawStore {
             return Err(format!("raw: journal_mode is {mode}, not WAL").into());
         }
         conn.execute_batch("PRAGMA synchronous = FULL")?;
+        // db4 bounds its WAL (SqliteOptions::journal_size_limit, 8 MiB by default): the same here,
+        // so a large transaction regrows the WAL file on both sides alike.
+        conn.execute_batch("PRAGMA journal_size_limit = 8388608")?;
         conn.execute_batch(match layout {
             Layout::Generated => GENERATED_TABLE,
             Layout::Stored => STORED_TABLE,
