@@ -309,7 +309,7 @@ macro_rules! collection_methods {
         ///
         /// A backend error.
         pub fn count(&self) -> Result<u64> {
-            read(self.exec(), &self.slot, |conn, meta| count(conn, &meta.sql.count, &[]))
+            read(self.exec(), &self.slot, |conn, meta| count(conn, meta.collection, &meta.sql.count, &[]))
         }
 
         /// Starts a query over the collection.
@@ -680,12 +680,13 @@ pub(crate) fn id_text(id: &Value) -> String {
     }
 }
 
-/// Names the document in a (de)serialization error that lacks its id.
+/// Names the document in a (de)serialization or corruption error that lacks its id.
 pub(crate) fn with_id(e: Error, id: &Value) -> Error {
     match e {
         Error::Serialization { collection, id: None, source } => {
             Error::Serialization { collection, id: Some(id_text(id)), source }
         }
+        Error::Corrupted { what, collection, id: None } => Error::Corrupted { what, collection, id: Some(id_text(id)) },
         other => other,
     }
 }
@@ -834,17 +835,11 @@ fn json_of<V: serde::Serialize>(collection: &str, value: &V) -> Result<serde_jso
 
 /// Stored data of an unexpected type: corruption, named with the document it is in.
 pub(crate) fn corrupt(meta: &CollectionMeta, what: &str, id: &Value) -> Error {
-    Error::Backend(crate::BackendError::new(
-        crate::BackendErrorKind::Corrupt,
-        format!(
-            "{}: stored {what} of document {} has an unexpected type or value",
-            meta.collection,
-            crate::error::Short(&id_text(id))
-        ),
-    ))
+    let id = (!matches!(id, Value::Null)).then(|| id_text(id));
+    Error::corrupted(meta.collection, id, format!("the stored {what} has an unexpected type or value"))
 }
 
-pub(crate) fn count(conn: &dyn Connection, sql: &str, params: &[Value]) -> Result<u64> {
+pub(crate) fn count(conn: &dyn Connection, collection: &str, sql: &str, params: &[Value]) -> Result<u64> {
     let mut n = None;
     conn.query(sql, params, &mut |row| {
         n = match row.get(0)? {
@@ -853,18 +848,14 @@ pub(crate) fn count(conn: &dyn Connection, sql: &str, params: &[Value]) -> Resul
         };
         Ok(())
     })?;
-    n.ok_or_else(|| {
-        crate::BackendError::new(crate::BackendErrorKind::Corrupt, "count(*) did not return a non-negative integer")
-            .into()
-    })
+    n.ok_or_else(|| Error::corrupted(collection, None, "count(*) did not return a non-negative integer"))
 }
 
 /// Reads a document from `row`, whose column `at` is `_doc` (and `at + 1` is `_version` in a
 /// versioned collection).
 pub(crate) fn decode<T: Document>(meta: &CollectionMeta, row: &dyn Row, at: usize) -> Result<T> {
-    let ValueRef::Text(json) = row.get(at)? else {
-        return Err(corrupt(meta, "document", &row.get(0).map_or(Value::Null, ValueRef::to_owned)));
-    };
+    // The caller names the document (`with_id`): the row may not hold its id.
+    let ValueRef::Text(json) = row.get(at)? else { return Err(corrupt(meta, "document", &Value::Null)) };
     let version = if meta.versioned {
         match row.get(at + 1)? {
             ValueRef::Integer(v) if v >= 0 => Some(v),

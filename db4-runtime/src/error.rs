@@ -124,6 +124,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// Stored data is damaged: something db4 wrote itself reads back with the wrong type or an
+    /// impossible value (a document that is not JSON text, a negative version, a checksum that
+    /// does not match). Nothing was changed. [`Error::backend_kind`] reports it as
+    /// [`BackendErrorKind::Corrupt`], as it does a damaged database file.
+    #[error("{collection}: stored data is damaged{}: {what}", id.as_deref().map(|id| format!(" (document {})", Short(id))).unwrap_or_default())]
+    Corrupted {
+        /// What was found damaged.
+        what: String,
+        /// The collection (or batch store) it belongs to.
+        collection: String,
+        /// The document it belongs to, when known.
+        id: Option<String>,
+    },
+
     /// The application aborted the work with an error of its own, for example a business
     /// rule or an I/O error inside a transaction closure. Built with [`Error::aborted`]; taken
     /// back out with [`Error::downcast`], [`Error::downcast_ref`] or [`Error::into_aborted`].
@@ -226,10 +240,17 @@ impl Error {
         Error::TransactionState { reason: reason.into() }
     }
 
-    /// The backend error kind, when this is a backend error.
+    /// The one constructor of [`Error::Corrupted`].
+    pub(crate) fn corrupted(collection: &str, id: Option<String>, what: impl Into<String>) -> Self {
+        Error::Corrupted { what: what.into(), collection: collection.to_owned(), id }
+    }
+
+    /// The backend error kind, when this is a backend error ([`BackendErrorKind::Corrupt`] for
+    /// [`Error::Corrupted`] too).
     pub fn backend_kind(&self) -> Option<BackendErrorKind> {
         match self {
             Error::Backend(e) => Some(e.kind()),
+            Error::Corrupted { .. } => Some(BackendErrorKind::Corrupt),
             _ => None,
         }
     }

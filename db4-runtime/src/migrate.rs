@@ -174,10 +174,7 @@ fn mismatch(collection: &str, field: &str, reason: impl Into<String>) -> Error {
 }
 
 fn corrupt_record(collection: &str, what: &str) -> Error {
-    Error::Backend(crate::BackendError::new(
-        crate::BackendErrorKind::Corrupt,
-        format!("{collection}: db4's schema record is damaged: {what}"),
-    ))
+    Error::corrupted(collection, None, format!("db4's schema record: {what}"))
 }
 
 /// Reads the stored record and its generation.

@@ -134,7 +134,7 @@ impl<'c, T: Document> Query<'c, T> {
                 sql.push(")");
             }
             let (text, params) = sql.finish()?;
-            count(conn, &text, &params)
+            count(conn, meta.collection, &text, &params)
         })
     }
 

@@ -4,6 +4,7 @@
 //! explicit `Db::migrate`.
 
 use crate::common;
+use db4::BackendErrorKind;
 use db4::prelude::*;
 use db4_tests::TempDir;
 use serde::{Deserialize, Serialize};
@@ -492,4 +493,35 @@ fn a_stale_handle_never_reads_a_same_named_column_over_another_key() {
     assert_eq!(old.query().filter(owner.eq("ann")).count().unwrap(), 1);
     assert_eq!(old.query().filter(owner.eq("bob")).count().unwrap(), 0);
     assert_eq!(new.query().filter(After::fields().owner.eq("bob")).count().unwrap(), 1);
+}
+
+#[test]
+fn damaged_stored_values_are_corrupted_errors_naming_the_document() {
+    use accounts::Account;
+    let dir = TempDir::new("corrupted");
+    let path = dir.join("db.sqlite");
+    let db = Db::open(&path).unwrap();
+    let c = db.collection::<Account>().unwrap();
+    c.insert_many(&[
+        Account { id: "a".into(), balance: 1, version: 0 },
+        Account { id: "b".into(), balance: 2, version: 0 },
+    ])
+    .unwrap();
+    let raw = common::raw(&path);
+    raw.execute("UPDATE account SET _version = -1 WHERE _id = 'a'", []).unwrap();
+    raw.execute("UPDATE account SET _doc = x'00ff' WHERE _id = 'b'", []).unwrap();
+    drop(raw);
+    for (id, what) in [("a", "version"), ("b", "document")] {
+        let err = c.get(id).unwrap_err();
+        assert_eq!(err.backend_kind(), Some(BackendErrorKind::Corrupt), "{err:?}");
+        match err {
+            Error::Corrupted { collection, id: Some(doc), what: w } => {
+                assert_eq!((collection.as_str(), doc.as_str()), ("account", id));
+                assert!(w.contains(what), "{w}");
+            }
+            other => panic!("expected Corrupted for {id}, got {other:?}"),
+        }
+    }
+    // A stored version is never read leniently (a negative one is not 0).
+    assert!(matches!(c.increment("a", Account::fields().balance, 1), Err(Error::Corrupted { .. })));
 }

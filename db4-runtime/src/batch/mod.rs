@@ -37,7 +37,7 @@ mod write;
 
 use crate::backend::{Access, run};
 use crate::db::Db;
-use crate::error::{BackendError, BackendErrorKind, Error, Result};
+use crate::error::{Error, Result};
 use crate::schema::is_valid_name;
 use sql::Statements;
 use std::fmt;
@@ -367,7 +367,7 @@ impl BatchStore {
     }
 
     fn corrupt(&self, what: impl fmt::Display) -> Error {
-        BackendError::new(BackendErrorKind::Corrupt, format!("batch store `{}`: {what}", self.inner.name)).into()
+        Error::corrupted(&self.inner.name, None, what.to_string())
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::backend::{Access, run};
+use crate::error::BackendErrorKind;
 use crate::value::{Value, ValueRef};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
