@@ -435,12 +435,11 @@ pub(crate) fn read<R>(
     let meta = slot.get();
     match exec.read(|conn| f(conn, &meta)) {
         Err(e) if e.backend_kind() == Some(crate::BackendErrorKind::Other) => {
-            let fresh =
-                exec.read(|conn| if slot.moved(conn, &meta)? { slot.fresh(conn).map(Some) } else { Ok(None) })?;
-            match fresh {
-                Some(meta) => exec.read(|conn| f(conn, &meta)),
-                None => Err(e),
+            let fresh = exec.read(|conn| slot.fresh(conn))?;
+            if fresh.generation == meta.generation {
+                return Err(e);
             }
+            exec.read(|conn| f(conn, &fresh))
         }
         other => other,
     }
@@ -876,18 +875,13 @@ pub(crate) fn decode<T: Document>(meta: &CollectionMeta, row: &dyn Row, at: usiz
 pub(crate) fn decode_json<T: Document>(meta: &CollectionMeta, json: &str, version: Option<i64>) -> Result<T> {
     let mut doc = match serde_json::from_str::<T>(json) {
         Ok(doc) => doc,
-        Err(e) => {
-            let with_version = version.zip(meta.schema.version_field()).and_then(|(v, f)| {
-                match serde_json::from_str::<serde_json::Value>(json) {
-                    Ok(serde_json::Value::Object(mut map)) if !map.contains_key(f.key()) => {
-                        map.insert(f.key().to_owned(), v.into());
-                        serde_json::from_value::<T>(serde_json::Value::Object(map)).ok()
-                    }
-                    _ => None,
-                }
-            });
-            with_version.ok_or_else(|| Error::serialization(meta.collection, None, e))?
-        }
+        // Only a document lacking the version key can read with it added.
+        Err(e) => match (version, meta.schema.version_field(), serde_json::from_str(json)) {
+            (Some(_), Some(f), Ok(doc @ serde_json::Value::Object(_))) if doc.get(f.key()).is_none() => {
+                decode_value(meta, doc, version).map_err(|_| Error::serialization(meta.collection, None, e))?
+            }
+            _ => return Err(Error::serialization(meta.collection, None, e)),
+        },
     };
     if let (true, Some(v)) = (meta.versioned, version) {
         doc.set_version(u64::try_from(v).unwrap_or(0));

@@ -269,11 +269,6 @@ impl MetaSlot {
         self.reload(conn, &meta)
     }
 
-    /// Whether the stored schema moved since `meta` was built (after a read failed).
-    pub fn moved(&self, conn: &dyn Connection, meta: &CollectionMeta) -> Result<bool> {
-        Ok(crate::migrate::generation(conn, meta.collection)? != Some(meta.generation))
-    }
-
     fn reload(&self, conn: &dyn Connection, old: &CollectionMeta) -> Result<Arc<CollectionMeta>> {
         let meta = Arc::new(crate::migrate::load(conn, old)?);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&meta);

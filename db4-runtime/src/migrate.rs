@@ -290,7 +290,7 @@ pub(crate) fn ensure<T: Document>(
         } else if stored.columns.iter().any(|s| s.column() == c.column() && !s.same(c)) {
             // The plain name once meant another key: a handle that still knows that meaning
             // must not find a column of that name reading something else.
-            c.column = Some(column_name_unique(&c.field, c.key()));
+            c.column = Some(crate::schema::hashed_column_name(&c.field, c.key()));
         }
     }
     if stored == wanted {
@@ -365,11 +365,6 @@ pub(crate) fn load(conn: &dyn Connection, old: &CollectionMeta) -> Result<Collec
         Arc::clone(&old.kinds),
         &stored.storage(generation),
     )
-}
-
-/// A column name that says which key it reads, for a field whose plain name was taken.
-fn column_name_unique(field: &str, key: &str) -> String {
-    format!("f_{field}_{:08x}", crate::schema::key_hash(key))
 }
 
 /// Writes the keys `T` declares and a stored document lacks into that document, with the

@@ -329,7 +329,12 @@ impl Schema {
 /// handle that knows an older layout then never finds a same-named column reading another
 /// key).
 pub(crate) fn column_name(field: &str, key: &str) -> String {
-    if field == key { format!("f_{field}") } else { format!("f_{field}_{:08x}", key_hash(key)) }
+    if field == key { format!("f_{field}") } else { hashed_column_name(field, key) }
+}
+
+/// `f_<field>_<hash of the key>`: also used when the plain name once meant another key.
+pub(crate) fn hashed_column_name(field: &str, key: &str) -> String {
+    format!("f_{field}_{:08x}", key_hash(key))
 }
 
 /// FNV-1a: a stable 32-bit hash for column names.
