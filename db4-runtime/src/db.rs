@@ -1,15 +1,12 @@
 //! The database handle.
 
-use crate::backend::{Access, Backend, Connection, run};
-use crate::change::{Change, CommitObserver};
-use crate::collection::Collection;
-use crate::document::{Document, DocumentId};
+use crate::backend::{Access, Backend, run};
 use crate::error::Result;
-use crate::meta::MetaSlot;
-use crate::migrate::{self, MigrationReport};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use crate::store::change::Change;
+use crate::store::commit::Commits;
+use crate::store::migrate;
+use crate::store::registry::Registry;
+use std::sync::Arc;
 
 /// The default document size limit: 2 MiB, the largest row a Durable Object stores.
 pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 2 * 1024 * 1024;
@@ -33,6 +30,11 @@ pub struct DbOptions {
     /// cannot be opened read-only.
     #[cfg(feature = "sqlite")]
     pub read_only: bool,
+    /// Record each change's before-image for [`Db::on_commit`] observers
+    /// ([`Change::before`](crate::Change)): the document as it was before an update or
+    /// delete. It costs one read of the row before each such write, and only while someone
+    /// observes commits. Default: `false`.
+    pub before_images: bool,
 }
 
 impl Default for DbOptions {
@@ -43,6 +45,7 @@ impl Default for DbOptions {
             sqlite: crate::backend::SqliteOptions::default(),
             #[cfg(feature = "sqlite")]
             read_only: false,
+            before_images: false,
         }
     }
 }
@@ -67,6 +70,13 @@ impl DbOptions {
     #[cfg(feature = "sqlite")]
     pub fn busy_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.sqlite.busy_timeout = timeout;
+        self
+    }
+
+    /// Records before-images of changes for commit observers, or not (see
+    /// [`before_images`](Self::before_images)).
+    pub fn before_images(mut self, before_images: bool) -> Self {
+        self.before_images = before_images;
         self
     }
 
@@ -102,15 +112,10 @@ pub struct Db {
 struct DbInner {
     backend: Box<dyn Backend>,
     options: DbOptions,
-    /// Called with each commit's changes, in commit order.
-    observers: Mutex<Vec<Arc<CommitObserver>>>,
-    has_observers: AtomicBool,
-    /// Delivery order: tickets are taken while holding the write lock (so their order is the
-    /// commit order) and delivered one after the other once the lock is released.
-    tickets: Mutex<Tickets>,
-    turn: Condvar,
-    /// Collections already created or migrated by this handle, by name.
-    collections: Mutex<HashMap<&'static str, Arc<MetaSlot>>>,
+    /// Commit observers and the order commits reach them in.
+    commits: Commits,
+    /// Collections already created or migrated by this handle.
+    registry: Registry,
 }
 
 impl std::fmt::Debug for Db {
@@ -254,12 +259,9 @@ impl Db {
         Ok(Self {
             inner: Arc::new(DbInner {
                 backend,
+                commits: Commits::new(options.before_images),
                 options,
-                observers: Mutex::new(Vec::new()),
-                has_observers: AtomicBool::new(false),
-                tickets: Mutex::new(Tickets::default()),
-                turn: Condvar::new(),
-                collections: Mutex::new(HashMap::new()),
+                registry: Registry::default(),
             }),
         })
     }
@@ -270,36 +272,7 @@ impl Db {
     /// operation. Observers run in commit order, on the committing thread, after the data is
     /// durable; keep them short.
     pub fn on_commit(&self, observer: impl Fn(&[Change]) + Send + Sync + 'static) {
-        self.inner.observers.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::new(Box::new(observer)));
-        self.inner.has_observers.store(true, Ordering::Release);
-    }
-
-    /// A place in the delivery order, taken while holding the write lock just before
-    /// committing; `None` when nobody observes commits.
-    /// Whether anyone observes commits (change sets are only collected then).
-    pub(crate) fn observed(&self) -> bool {
-        self.inner.has_observers.load(Ordering::Acquire)
-    }
-
-    /// Refuses a write from inside a commit observer of this thread: it would wait for the
-    /// observer's own delivery to finish.
-    pub(crate) fn check_not_observing(&self) -> Result<()> {
-        if self.inner.has_observers.load(Ordering::Acquire) && DELIVERING.with(std::cell::Cell::get) {
-            return Err(crate::Error::transaction_state(
-                "an on_commit observer cannot write to the database it observes (hand the work to another thread)",
-            ));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn commit_ticket(&self) -> Option<Ticket<'_>> {
-        if !self.inner.has_observers.load(Ordering::Acquire) {
-            return None;
-        }
-        let mut t = self.inner.tickets.lock().unwrap_or_else(PoisonError::into_inner);
-        let number = t.issued;
-        t.issued += 1;
-        Some(Ticket { db: self, number, done: false })
+        self.inner.commits.observe(observer);
     }
 
     /// The options this database was opened with.
@@ -311,136 +284,11 @@ impl Db {
         &*self.inner.backend
     }
 
-    /// The collection of documents of type `T`.
-    ///
-    /// The first call for a collection creates its table and indexes, or migrates them to
-    /// `T`'s schema: index columns (generated by SQLite from the stored JSON) are added or
-    /// dropped, fields `T` has and stored documents lack are written into them with the values
-    /// `T` reads them with (so serde defaults become queryable), and the change is recorded in
-    /// db4's schema table, all in one transaction. Opening never removes or replaces what a
-    /// stored document holds: keys `T` does not know are kept, also by later updates through
-    /// `T` (see [`Db::migrate`] to drop them). Later calls are cheap. See `docs/design.md`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) if the stored schema is
-    /// incompatible with `T` (the id type changed, an indexed field's values would not read
-    /// back as its new type), [`Error::Serialization`](crate::Error::Serialization) naming a
-    /// stored document that does not deserialize as `T` when documents get new fields, or a
-    /// backend error. Nothing is changed then.
-    pub fn collection<T: Document>(&self) -> Result<Collection<T>> {
-        if let Some(slot) = self.known_collection::<T>() {
-            return Ok(Collection::new(self.clone(), slot));
-        }
-        let slot = run(self.backend(), Access::Atomic, |conn| self.prepare_collection::<T>(conn))?;
-        self.register_collections(vec![Arc::clone(&slot)]);
-        Ok(Collection::new(self.clone(), slot))
+    pub(crate) fn commits(&self) -> &Commits {
+        &self.inner.commits
     }
 
-    /// Rewrites every document of `T`'s collection through `T`, in one transaction, and
-    /// reports what changed: keys `T` does not declare are removed from the stored documents
-    /// (opening a collection keeps them, for other versions of the type), fields `T` has are
-    /// filled with the values it reads them with, and the schema table forgets the other
-    /// versions' keys, so updates no longer carry them over.
-    ///
-    /// Run it once every binary that used the old fields is gone: an older binary would then
-    /// read its removed fields with its defaults, or fail to read the documents.
-    ///
-    /// # Errors
-    ///
-    /// As [`collection`](Self::collection), and [`Error::Serialization`](crate::Error::Serialization)
-    /// naming a stored document that does not deserialize as `T`. Nothing is changed then.
-    pub fn migrate<T: Document>(&self) -> Result<MigrationReport> {
-        let (slot, report) = run(self.backend(), Access::Atomic, |conn| {
-            let meta = migrate::ensure::<T>(conn, T::Id::KIND, self.inner.options.max_document_bytes)?;
-            let report = migrate::rewrite_all::<T>(conn, &meta)?;
-            let meta = migrate::load(conn, &meta)?;
-            Ok((Arc::new(MetaSlot::new(meta)), report))
-        })?;
-        self.register_collections(vec![slot]);
-        Ok(report)
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.inner.registry
     }
-
-    /// `T`'s collection if this handle has already created or migrated it.
-    pub(crate) fn known_collection<T: Document>(&self) -> Option<Arc<MetaSlot>> {
-        let schema = T::schema();
-        let known = self.inner.collections.lock().unwrap_or_else(PoisonError::into_inner);
-        known.get(schema.collection()).filter(|slot| std::ptr::eq(slot.schema(), schema)).map(Arc::clone)
-    }
-
-    /// Creates or migrates `T`'s collection through `conn` (inside a transaction).
-    pub(crate) fn prepare_collection<T: Document>(&self, conn: &dyn Connection) -> Result<Arc<MetaSlot>> {
-        let meta = migrate::ensure::<T>(conn, T::Id::KIND, self.inner.options.max_document_bytes)?;
-        Ok(Arc::new(MetaSlot::new(meta)))
-    }
-
-    /// Remembers collections whose creation or migration has committed.
-    pub(crate) fn register_collections(&self, slots: Vec<Arc<MetaSlot>>) {
-        if slots.is_empty() {
-            return;
-        }
-        let mut known = self.inner.collections.lock().unwrap_or_else(PoisonError::into_inner);
-        for slot in slots {
-            known.insert(slot.schema().collection(), slot);
-        }
-    }
-}
-
-#[derive(Default)]
-struct Tickets {
-    issued: u64,
-    delivered: u64,
-}
-
-/// A commit's place in the order observers see commits in. Delivered (or, if dropped,
-/// skipped) exactly once, so later commits never wait forever.
-pub(crate) struct Ticket<'a> {
-    db: &'a Db,
-    number: u64,
-    done: bool,
-}
-
-impl Ticket<'_> {
-    /// Waits for the earlier commits to be delivered, then hands `changes` to the observers.
-    /// Call after the commit is durable and the write lock released.
-    pub(crate) fn deliver(mut self, changes: &[Change]) {
-        self.advance(Some(changes));
-    }
-
-    fn advance(&mut self, changes: Option<&[Change]>) {
-        self.done = true;
-        let inner = &self.db.inner;
-        let mut t = inner.tickets.lock().unwrap_or_else(PoisonError::into_inner);
-        while t.delivered != self.number {
-            t = inner.turn.wait(t).unwrap_or_else(PoisonError::into_inner);
-        }
-        if let Some(changes) = changes.filter(|c| !c.is_empty()) {
-            drop(t);
-            let observers = inner.observers.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            DELIVERING.with(|d| d.set(true));
-            // Observers are the caller's code: a panicking one must not stall later commits.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                for observer in &observers {
-                    observer(changes);
-                }
-            }));
-            DELIVERING.with(|d| d.set(false));
-            t = inner.tickets.lock().unwrap_or_else(PoisonError::into_inner);
-        }
-        t.delivered += 1;
-        inner.turn.notify_all();
-    }
-}
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.advance(None);
-        }
-    }
-}
-
-thread_local! {
-    /// Set while this thread runs commit observers.
-    static DELIVERING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

@@ -390,7 +390,7 @@ impl SqliteBackend {
         // A deadline too far to represent is no deadline.
         let deadline = Instant::now().checked_add(self.busy.total);
         let left = || deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
-        let policy = crate::lock::RetryPolicy::default();
+        let policy = crate::retry::RetryPolicy::default();
         let mut attempt = 0;
         let mut narrowed = false;
         let outcome = loop {

@@ -4,7 +4,7 @@
 //! readers of `rows.rs` before their JSON is decoded.
 
 use super::BatchStore;
-use super::sql::json_list;
+use super::sql::id_list;
 use crate::backend::{Access, run};
 use crate::error::Result;
 use crate::value::Value;
@@ -75,7 +75,7 @@ impl BatchStore {
         if ids.is_empty() {
             return Ok(out);
         }
-        let list = json_list(positions.keys());
+        let list = id_list(positions.keys());
         run(self.db.backend(), Access::Read, |conn| {
             conn.query(&self.inner.sql.get_many, std::slice::from_ref(&list), &mut |row| {
                 let id = self.text(row, 0, "document id")?;

@@ -63,7 +63,7 @@ mod tests {
     use super::*;
     use crate::batch::model::{is_corrupt, options, payload, raw};
     use crate::db::Db;
-    use crate::sql::quote_ident;
+    use crate::schema::quote_ident;
     use crate::value::Value;
 
     #[test]

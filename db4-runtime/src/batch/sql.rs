@@ -1,7 +1,7 @@
 //! The SQL of a batch store: its two tables (blobs, and the directory of documents), their
 //! indexes, every statement the store runs, and the conversions of its parameters.
 
-use crate::sql::quote_ident;
+use crate::schema::quote_ident;
 use crate::value::Value;
 
 /// The SQL of one store, built once from its validated name.
@@ -110,14 +110,15 @@ pub(super) fn signed(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// A JSON array of strings, bound as one parameter and read back with `json_each`.
-pub(super) fn json_list<S: AsRef<str>>(items: impl Iterator<Item = S>) -> Value {
-    Value::Text(serde_json::Value::from(items.map(|s| s.as_ref().to_owned()).collect::<Vec<_>>()).to_string())
+/// Document ids bound as one JSON array parameter (see [`crate::sql::json_list`]).
+pub(super) fn id_list<S: AsRef<str>>(ids: impl Iterator<Item = S>) -> Value {
+    let ids: Vec<S> = ids.collect();
+    crate::sql::json_list(ids.iter().map(|s| crate::value::ValueRef::Text(s.as_ref())))
 }
 
 #[cfg(all(test, feature = "sqlite"))]
 mod tests {
-    use super::{int, json_list, signed};
+    use super::{id_list, int, signed};
     use crate::batch::{BatchOptions, BatchStore};
     use crate::db::Db;
     use crate::error::Result;
@@ -140,8 +141,8 @@ mod tests {
 
     #[test]
     fn parameters_keep_their_values() {
-        assert_eq!(json_list(["a", "b\"c", "é"].iter()), Value::Text(r#"["a","b\"c","é"]"#.to_owned()));
-        assert_eq!(json_list(std::iter::empty::<&str>()), Value::Text("[]".to_owned()));
+        assert_eq!(id_list(["a", "b\"c", "é"].iter()), Value::Text(r#"["a","b\"c","é"]"#.to_owned()));
+        assert_eq!(id_list(std::iter::empty::<&str>()), Value::Text("[]".to_owned()));
         assert_eq!(int(42), Value::Integer(42));
         assert_eq!(signed(u64::MAX), i64::MAX);
     }

@@ -5,7 +5,7 @@
 
 use super::codec::encode_entry;
 use super::pack::{Bin, Packer};
-use super::sql::{int, json_list, signed};
+use super::sql::{id_list, int, signed};
 use super::{BATCH_ENTRY_OVERHEAD, BatchStore, Entry, Release};
 use crate::backend::{Access, Connection, run};
 use crate::error::{Error, Result};
@@ -135,7 +135,7 @@ impl BatchStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let list = json_list(ids.iter());
+        let list = id_list(ids.iter());
         run(self.db.backend(), Access::Atomic, |conn| {
             let found = self.locate(conn, &list)?;
             if found.is_empty() {
@@ -176,7 +176,7 @@ impl BatchStore {
         }
         let sql = &self.inner.sql;
         let limit = self.inner.limit;
-        let list = json_list(entries.iter().map(|e| &e.id));
+        let list = id_list(entries.iter().map(|e| &e.id));
         run(self.db.backend(), Access::Atomic, |conn| {
             let old = self.locate(conn, &list)?;
             let mut packer = Packer::new(limit, self.next_blob_id(conn)?);
@@ -284,7 +284,7 @@ mod tests {
     use super::*;
     use crate::batch::model::{is_corrupt, options, raw};
     use crate::db::Db;
-    use crate::sql::quote_ident;
+    use crate::schema::quote_ident;
 
     #[test]
     fn size_limit_is_exact_and_refusals_change_nothing() -> Result<()> {

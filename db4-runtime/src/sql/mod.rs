@@ -4,14 +4,12 @@
 //! parameters. [`Statement`] is the one place query statements are built, and the one place
 //! their limits are checked: it counts bound values and spills those past the parameter limit
 //! into a single JSON array parameter, keeps filters within the expression depth limit (see
-//! [`filter`]), and refuses a statement whose SQL text or bound values are too long. Whatever
+//! `query::render`), and refuses a statement whose SQL text or bound values are too long. Whatever
 //! it refuses fails with [`Error::InvalidQuery`] naming the limit, before anything runs.
 
-mod filter;
-
 use crate::error::{Error, Result};
-use crate::meta::{CollectionMeta, FieldSql};
-use crate::value::Value;
+use crate::schema::Schema;
+use crate::value::{Value, ValueRef};
 
 /// At most this many bound parameters per statement (a Durable Object's limit).
 pub(crate) const MAX_PARAMS: usize = 100;
@@ -29,23 +27,28 @@ pub(crate) const MAX_VALUE_BYTES: usize = 2_000_000;
 /// Parameters values never take, kept for the spilled-values array, `LIMIT` and `OFFSET`.
 const RESERVED_PARAMS: usize = 3;
 
-/// Quotes an SQL identifier, doubling any embedded quote.
-pub(crate) fn quote_ident(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('"');
-    for c in name.chars() {
-        if c == '"' {
-            out.push('"');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
+/// Values bound as one parameter: a JSON array, read back in SQL with `json_each(?n)`. For
+/// ids and keys (integers and text); anything else is written as JSON null, which equals
+/// nothing in SQL.
+pub(crate) fn json_list<'v>(values: impl IntoIterator<Item = ValueRef<'v>>) -> Value {
+    let array = values
+        .into_iter()
+        .map(|v| match v {
+            ValueRef::Integer(i) => serde_json::Value::from(i),
+            ValueRef::Text(s) => serde_json::Value::from(s),
+            _ => serde_json::Value::Null,
+        })
+        .collect();
+    Value::Text(serde_json::Value::Array(array).to_string())
 }
 
-/// The SQLite JSON path addressing a top-level key of a stored document.
-pub(crate) fn json_path(key: &str) -> String {
-    format!("$.\"{key}\"")
+/// How a field is reached from SQL.
+#[derive(Debug, Clone)]
+pub(crate) enum FieldSql {
+    /// A column (quoted): `"_id"`, `"_version"` or an index column.
+    Column(String),
+    /// A key inside the JSON document: this path is bound as a parameter of `json_extract`.
+    Json(String),
 }
 
 /// Where a bound value appears in the statement text.
@@ -77,9 +80,10 @@ impl Slot {
 /// (integer, real or text) and compares the same way, so where a value lands changes nothing
 /// but the statement's text.
 pub(crate) struct Statement<'m> {
-    meta: &'m CollectionMeta,
+    schema: &'static Schema,
+    fields: &'m [FieldSql],
     text: String,
-    params: Vec<Value>,
+    pub(crate) params: Vec<Value>,
     /// Values past the inline budget, bound as one JSON array at `spill_param`.
     spill: Vec<serde_json::Value>,
     spill_param: Option<usize>,
@@ -88,18 +92,20 @@ pub(crate) struct Statement<'m> {
     /// The slot of each JSON path bound so far, by field: a path is bound once per statement.
     paths: Vec<Option<Slot>>,
     /// Whether the filter reads a list through a subquery, which SQLite counts as a level.
-    has_subquery: bool,
+    pub(crate) has_subquery: bool,
 }
 
 impl<'m> Statement<'m> {
-    /// An empty statement over `meta`'s collection.
-    pub fn new(meta: &'m CollectionMeta) -> Self {
-        Self::with_inline_budget(meta, MAX_PARAMS - RESERVED_PARAMS)
+    /// An empty statement over the collection of `schema`, whose fields are read as `fields`
+    /// says (by field index).
+    pub fn new(schema: &'static Schema, fields: &'m [FieldSql]) -> Self {
+        Self::with_inline_budget(schema, fields, MAX_PARAMS - RESERVED_PARAMS)
     }
 
-    fn with_inline_budget(meta: &'m CollectionMeta, inline_budget: usize) -> Self {
+    pub(crate) fn with_inline_budget(schema: &'static Schema, fields: &'m [FieldSql], inline_budget: usize) -> Self {
         Self {
-            meta,
+            schema,
+            fields,
             text: String::with_capacity(128),
             params: Vec::new(),
             spill: Vec::new(),
@@ -209,7 +215,11 @@ impl<'m> Statement<'m> {
     ///
     /// [`Error::InvalidQuery`] for a field not in the collection.
     pub fn field(&mut self, field: usize) -> Result<usize> {
-        let path = match self.meta.field_sql(field)? {
+        let path = match self.fields.get(field) {
+            None => return Err(self.invalid(format!("field #{field} does not belong to this collection"))),
+            Some(sql) => sql,
+        };
+        let path = match path {
             FieldSql::Column(c) => {
                 self.text.push_str(c);
                 return Ok(1);
@@ -235,12 +245,12 @@ impl<'m> Statement<'m> {
 
     /// The error for a query that cannot run as built.
     pub fn invalid(&self, reason: impl Into<String>) -> Error {
-        Error::invalid_query(self.meta.collection, reason)
+        Error::invalid_query(self.schema.collection(), reason)
     }
 
     /// The error for a bad condition on field `field`.
     pub fn invalid_field(&self, field: usize, reason: impl std::fmt::Display) -> Error {
-        self.invalid(format!("field `{}`: {reason}", self.meta.field_name(field)))
+        self.invalid(format!("field `{}`: {reason}", self.schema.fields().get(field).map_or("?", |f| f.name())))
     }
 
     /// Checks that an expression of `height` levels fits where `room` levels are left.
@@ -314,10 +324,18 @@ impl<'m> Statement<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::quote_ident;
 
     #[test]
     fn quoting_doubles_quotes() {
         assert_eq!(quote_ident("a"), "\"a\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn lists_are_json_arrays_of_ids() {
+        let list = json_list([ValueRef::Integer(-3), ValueRef::Text("b\"c"), ValueRef::Text("é"), ValueRef::Null]);
+        assert_eq!(list, Value::Text(r#"[-3,"b\"c","é",null]"#.to_owned()));
+        assert_eq!(json_list([]), Value::Text("[]".to_owned()));
     }
 }

@@ -25,11 +25,11 @@
 //! the limit whatever the filter's shape; negations and one-operand lists, which add no level,
 //! are looked through in loops. A statement SQLite would refuse is refused here first.
 
-#[cfg(all(test, feature = "sqlite"))]
-use super::MAX_VALUE_BYTES;
-use super::{MAX_EXPR_DEPTH, Statement};
 use crate::error::Result;
-use crate::field::{Atom, CmpOp, Expr};
+use crate::query::filter::{Atom, CmpOp, Expr};
+#[cfg(all(test, feature = "sqlite"))]
+use crate::sql::MAX_VALUE_BYTES;
+use crate::sql::{MAX_EXPR_DEPTH, Statement};
 use crate::value::Value;
 
 /// Lists of up to this many values are bound value by value (`x IN (?1, ?2)`), longer ones as
@@ -344,9 +344,9 @@ mod tests {
     //! and spilled, against a real connection with the Durable Object limits.
 
     use super::*;
-    use crate::meta::CollectionMeta;
     use crate::schema::{FieldDef, IdKind, IndexKind, Schema};
     use crate::sql::{MAX_PARAMS, MAX_SQL_BYTES};
+    use crate::store::meta::CollectionMeta;
 
     static FIELDS: [FieldDef; 4] = [
         FieldDef::new("id", "id", "i64").id(),
@@ -392,7 +392,7 @@ mod tests {
 
     /// The statement's condition for `expr` with `enclosing` levels around it, if it fits.
     fn render(meta: &CollectionMeta, expr: &Expr, budget: usize, enclosing: usize) -> Result<(String, Vec<Value>)> {
-        let mut sql = Statement::with_inline_budget(meta, budget);
+        let mut sql = Statement::with_inline_budget(meta.schema, &meta.fields, budget);
         sql.filters(std::slice::from_ref(expr), enclosing)?;
         sql.finish()
     }
@@ -538,7 +538,7 @@ mod tests {
             Value::Text("a\0b\"é\\\n".into()),
         ];
         for value in values {
-            let mut sql = Statement::with_inline_budget(&meta, 0);
+            let mut sql = Statement::with_inline_budget(meta.schema, &meta.fields, 0);
             sql.push("SELECT ");
             let slot = sql.bind(value.clone()).unwrap();
             sql.push_slot(slot);
@@ -554,20 +554,20 @@ mod tests {
     #[test]
     fn finish_refuses_what_is_past_a_limit() {
         let meta = meta();
-        let mut sql = Statement::new(&meta);
+        let mut sql = meta.statement();
         for i in 0..=MAX_PARAMS {
             let slot = sql.bind_param(Value::Integer(i as i64));
             sql.push_slot(slot);
         }
         let e = sql.finish().unwrap_err();
         assert!(e.to_string().contains("binds 101 values"), "{e}");
-        let mut sql = Statement::new(&meta);
+        let mut sql = meta.statement();
         sql.bind(Value::Text("x".repeat(MAX_VALUE_BYTES + 1))).unwrap();
         assert!(sql.finish().unwrap_err().to_string().contains("a value of"));
-        let mut sql = Statement::new(&meta);
+        let mut sql = meta.statement();
         sql.push(&" ".repeat(MAX_SQL_BYTES + 1));
         assert!(sql.finish().unwrap_err().to_string().contains("bytes of SQL"));
-        let mut sql = Statement::with_inline_budget(&meta, 0);
+        let mut sql = Statement::with_inline_budget(meta.schema, &meta.fields, 0);
         assert!(sql.bind(Value::Blob(vec![1])).is_err(), "JSON holds no blobs");
     }
 }

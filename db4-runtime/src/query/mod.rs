@@ -1,14 +1,22 @@
-//! Typed queries compiled to parameterised SQL (see `sql` for how, within which limits).
+//! Typed queries: the filter and sort AST built from typed fields (`filter`), its rendering
+//! as parameterised SQL within the platform limits (`render`, over `sql::Statement`), and the
+//! [`Query`] builder that runs it.
+
+pub(crate) mod filter;
+mod render;
+
+pub use filter::{Field, Filter, Order};
 
 use crate::backend::Access;
-use crate::change::{Change, ChangeKind};
-use crate::collection::{Exec, count, decode, read, with_id, write};
-use crate::document::Document;
 use crate::error::Result;
-use crate::field::{Expr, Filter, Order};
-use crate::meta::MetaSlot;
+use crate::schema::Document;
 use crate::sql::Statement;
-use crate::value::{Value, ValueRef};
+use crate::store::codec::{count, decode, with_id};
+use crate::store::meta::MetaSlot;
+use crate::store::pipeline::Op;
+use crate::txn::Exec;
+use crate::value::Value;
+use filter::Expr;
 use std::marker::PhantomData;
 
 /// A query over a collection, from [`Collection::query`](crate::Collection::query).
@@ -88,8 +96,8 @@ impl<'c, T: Document> Query<'c, T> {
     /// [`Query`]), [`Error::Serialization`](crate::Error::Serialization) naming the document if
     /// a stored document no longer deserializes, or a backend error.
     pub fn all(self) -> Result<Vec<T>> {
-        read(self.exec, self.slot, |conn, meta| {
-            let mut sql = Statement::new(meta);
+        self.exec.read_meta(self.slot, |conn, meta| {
+            let mut sql = meta.statement();
             sql.push(&format!("SELECT \"_id\", {} FROM {}", meta.doc_columns, meta.table));
             self.tail(&mut sql, true, 0)?;
             let (text, params) = sql.finish()?;
@@ -122,8 +130,8 @@ impl<'c, T: Document> Query<'c, T> {
     ///
     /// As [`all`](Self::all).
     pub fn count(self) -> Result<u64> {
-        read(self.exec, self.slot, |conn, meta| {
-            let mut sql = Statement::new(meta);
+        self.exec.read_meta(self.slot, |conn, meta| {
+            let mut sql = meta.statement();
             if self.limit.is_none() && self.offset == 0 {
                 sql.push(&format!("SELECT count(*) FROM {}", meta.table));
                 self.tail(&mut sql, false, 0)?;
@@ -145,39 +153,22 @@ impl<'c, T: Document> Query<'c, T> {
     ///
     /// As [`all`](Self::all).
     pub fn delete(self) -> Result<u64> {
-        if let Exec::Tx(_) = self.exec {
-            // Inside a transaction a savepoint may need the rows back: find them first.
-            let ids = read(self.exec, self.slot, |conn, meta| {
-                let mut select = Statement::new(meta);
+        let n = self.exec.write_meta(self.slot, Access::Write, |w, meta| {
+            if w.keeps_undo() {
+                // A savepoint may need the rows back: find them first, so the pipeline reads
+                // their before-images before anything is deleted.
+                let mut select = meta.statement();
                 select.push(&format!("SELECT \"_id\" FROM {}", meta.table));
                 self.tail(&mut select, true, 0)?;
                 let (text, params) = select.finish()?;
                 let mut ids = Vec::new();
-                conn.query(&text, &params, &mut |row| {
+                w.conn.query(&text, &params, &mut |row| {
                     ids.push(row.get(0)?.to_owned());
                     Ok(())
                 })?;
-                Ok(ids)
-            })?;
-            let json = serde_json::Value::Array(
-                ids.iter()
-                    .map(|id| match id.as_ref() {
-                        ValueRef::Integer(i) => serde_json::Value::from(i),
-                        ValueRef::Text(s) => serde_json::Value::from(s),
-                        _ => serde_json::Value::Null,
-                    })
-                    .collect(),
-            );
-            let refs: Vec<&Value> = ids.iter().collect();
-            let n = write(self.exec, self.slot, Access::Write, |ctx, meta| {
-                ctx.tracked(meta, &refs, ChangeKind::Delete, || {
-                    ctx.conn.execute(&meta.sql.delete_ids, &[Value::Text(json.to_string())])
-                })
-            })?;
-            return Ok(n as u64);
-        }
-        let n = write(self.exec, self.slot, Access::Write, |ctx, meta| {
-            let mut sql = Statement::new(meta);
+                return w.apply(meta, Op::DeleteIds(&ids));
+            }
+            let mut sql = meta.statement();
             if self.limit.is_none() && self.offset == 0 {
                 sql.push(&format!("DELETE FROM {}", meta.table));
                 self.tail(&mut sql, false, 0)?;
@@ -193,20 +184,7 @@ impl<'c, T: Document> Query<'c, T> {
                 self.tail(&mut sql, true, 2)?;
                 sql.push("))");
             }
-            sql.push(" RETURNING \"_id\"");
-            let (text, params) = sql.finish()?;
-            let mut deleted = Vec::new();
-            ctx.conn.query(&text, &params, &mut |row| {
-                deleted.push(Change {
-                    collection: meta.collection,
-                    id: row.get(0)?.to_owned(),
-                    kind: ChangeKind::Delete,
-                });
-                Ok(())
-            })?;
-            let n = deleted.len();
-            ctx.record(deleted);
-            Ok(n)
+            w.apply(meta, Op::DeleteWhere(sql))
         })?;
         Ok(n as u64)
     }

@@ -4,8 +4,12 @@
 //! builders here) and lives in a `static`. The runtime derives everything else from it: column
 //! names, DDL, the statements a collection runs and the record kept in the schema table.
 
+mod document;
+pub(crate) mod kind;
+
+pub use document::{Document, DocumentId, FtsText, IdArg, OptionField, Ordered, QueryValue, TextField, VersionValue};
+
 use crate::error::{Error, Result};
-use crate::sql::quote_ident;
 
 /// How a document id is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -349,7 +353,7 @@ pub(crate) fn key_hash(key: &str) -> u32 {
 pub(crate) fn column_ddl(field: &FieldDef, column: &str) -> String {
     // The key is validated (no quote, backslash or control character); the literal is still
     // escaped as SQL requires.
-    let path = crate::sql::json_path(field.key()).replace('\'', "''");
+    let path = json_path(field.key()).replace('\'', "''");
     format!("{} GENERATED ALWAYS AS (json_extract(\"_doc\", '{path}')) VIRTUAL", quote_ident(column))
 }
 
@@ -373,6 +377,25 @@ pub(crate) fn is_valid_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.to_ascii_lowercase().starts_with("_db4")
         && !name.to_ascii_lowercase().starts_with("sqlite_")
+}
+
+/// Quotes an SQL identifier, doubling any embedded quote.
+pub(crate) fn quote_ident(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// The SQLite JSON path addressing a top-level key of a stored document.
+pub(crate) fn json_path(key: &str) -> String {
+    format!("$.\"{key}\"")
 }
 
 #[cfg(test)]

@@ -3,8 +3,6 @@
 //! `increment`, ...) are methods of [`Collection`](crate::Collection).
 
 use crate::error::{BackendErrorKind, Error, Result};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
@@ -148,48 +146,6 @@ fn next_random() -> u64 {
         state.set(x);
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     })
-}
-
-/// The outcome of [`Collection::compare_and_swap`](crate::Collection::compare_and_swap).
-#[derive(Debug, Clone, PartialEq)]
-pub struct CasResult<V> {
-    /// Whether the field held the expected value and now holds the new one.
-    pub swapped: bool,
-    /// The field's value after the call.
-    pub current: V,
-}
-
-/// A number type that [`Collection::increment`](crate::Collection::increment) can add to.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a number db4 can increment",
-    label = "`increment` needs an integer or float field"
-)]
-pub trait Numeric: Copy + Serialize + DeserializeOwned {
-    /// `self + delta`, or `None` on overflow (or a non-finite float result).
-    fn checked_add(self, delta: Self) -> Option<Self>;
-}
-
-macro_rules! numeric_int {
-    ($($t:ty),*) => {$(
-        impl Numeric for $t {
-            fn checked_add(self, delta: Self) -> Option<Self> {
-                <$t>::checked_add(self, delta)
-            }
-        }
-    )*};
-}
-numeric_int!(i8, i16, i32, i64, u8, u16, u32, u64);
-
-impl Numeric for f64 {
-    fn checked_add(self, delta: Self) -> Option<Self> {
-        Some(self + delta).filter(|v| v.is_finite())
-    }
-}
-
-impl Numeric for f32 {
-    fn checked_add(self, delta: Self) -> Option<Self> {
-        Some(self + delta).filter(|v| v.is_finite())
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Typed field handles and the filters and sort orders built from them.
+//! Typed field handles, the filters and sort orders built from them, and the untyped tree
+//! behind those that SQL rendering (`render`) and in-memory evaluation read.
 
-use crate::document::{OptionField, Ordered, QueryValue, TextField};
+use crate::schema::{OptionField, Ordered, QueryValue, TextField};
 use crate::value::{Value, ValueError};
 use std::marker::PhantomData;
 

@@ -9,15 +9,19 @@
 //!
 //! [`Backend::begin`]: crate::Backend::begin
 
+mod scope;
+
+pub(crate) use scope::Exec;
+pub use scope::Scope;
+
 use crate::backend::{Access, Connection, HeldTransaction};
-use crate::change::Change;
-use crate::collection::TxCollection;
 use crate::db::Db;
-use crate::document::Document;
 use crate::error::{Error, Result};
-use crate::lock::{RetryPolicy, is_retryable};
-use crate::meta::{CollectionMeta, MetaSlot};
-use crate::value::Value;
+use crate::retry::{RetryPolicy, is_retryable};
+use crate::schema::Schema;
+use crate::store::change::Change;
+use crate::store::meta::{CollectionMeta, MetaSlot};
+use crate::store::pipeline::{WriteLog, restore};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -64,27 +68,15 @@ impl TransactionOptions {
     }
 }
 
-/// A write that a savepoint may have to undo: the row's content before it.
-pub(crate) struct Undo {
-    meta: Arc<CollectionMeta>,
-    id: Value,
-    /// The full row in the collection's insert-parameter layout; `None` if it did not exist.
-    before: Option<Vec<Value>>,
-}
-
 struct Savepoint {
     id: u64,
     name: Option<String>,
-    /// Lengths of the undo log and of the change set when the savepoint was taken.
-    mark: usize,
-    change_mark: usize,
+    /// Where the write log stood when the savepoint was taken.
+    mark: (usize, usize),
 }
 
 #[derive(Default)]
 struct TxState {
-    undo: Vec<Undo>,
-    /// What has been written so far (minus what savepoints undid): reported on commit.
-    changes: Vec<Change>,
     savepoints: Vec<Savepoint>,
     next_savepoint: u64,
     /// Collections first created inside this transaction: registered with the `Db` only once
@@ -113,6 +105,9 @@ pub struct Transaction<'a> {
     db: &'a Db,
     conn: TxConn<'a>,
     state: RefCell<TxState>,
+    /// What the transaction's writes recorded: undo entries while a savepoint is active, and
+    /// the changes reported on commit (minus what savepoints undid).
+    log: RefCell<WriteLog>,
 }
 
 impl std::fmt::Debug for Transaction<'_> {
@@ -120,14 +115,14 @@ impl std::fmt::Debug for Transaction<'_> {
         let state = self.state.borrow();
         f.debug_struct("Transaction")
             .field("savepoints", &state.savepoints.iter().map(|s| s.name.as_deref()).collect::<Vec<_>>())
-            .field("undo_entries", &state.undo.len())
+            .field("undo_entries", &self.log.borrow().mark().0)
             .finish_non_exhaustive()
     }
 }
 
 impl<'a> Transaction<'a> {
     fn new(db: &'a Db, conn: TxConn<'a>) -> Self {
-        Self { db, conn, state: RefCell::new(TxState::default()) }
+        Self { db, conn, state: RefCell::new(TxState::default()), log: RefCell::new(db.commits().log()) }
     }
 
     pub(crate) fn conn(&self) -> Result<&dyn Connection> {
@@ -140,28 +135,25 @@ impl<'a> Transaction<'a> {
         })
     }
 
-    /// The collection of documents of type `T`, inside this transaction.
-    ///
-    /// # Errors
-    ///
-    /// As [`Db::collection`].
-    pub fn collection<T: Document>(&self) -> Result<TxCollection<'_, T>> {
-        if let Some(meta) = self.db.known_collection::<T>() {
-            return Ok(TxCollection::new(self, meta));
-        }
-        let schema = T::schema();
-        let pending =
-            self.state.borrow().new_collections.iter().find(|m| std::ptr::eq(m.schema(), schema)).map(Arc::clone);
-        if let Some(meta) = pending {
-            return Ok(TxCollection::new(self, meta));
-        }
-        let meta = self.db.prepare_collection::<T>(self.conn()?)?;
+    pub(crate) fn db(&self) -> &'a Db {
+        self.db
+    }
+
+    pub(crate) fn log(&self) -> &RefCell<WriteLog> {
+        &self.log
+    }
+
+    /// A collection first created by this transaction, not yet registered with the `Db`.
+    pub(crate) fn pending_collection(&self, schema: &'static Schema) -> Option<Arc<MetaSlot>> {
+        self.state.borrow().new_collections.iter().find(|m| std::ptr::eq(m.schema(), schema)).map(Arc::clone)
+    }
+
+    /// Remembers a collection this transaction created or migrated, to register on commit.
+    pub(crate) fn add_pending_collection(&self, slot: Arc<MetaSlot>) {
         let mut state = self.state.borrow_mut();
-        state.new_collections.push(Arc::clone(&meta));
+        state.new_collections.push(slot);
         // The migration may have moved a schema other handles' layouts were checked against.
         state.checked.clear();
-        drop(state);
-        Ok(TxCollection::new(self, meta))
     }
 
     /// `slot`'s layout, checked against the stored schema once per transaction.
@@ -277,17 +269,15 @@ impl<'a> Transaction<'a> {
     /// savepoint undo failed is refused (and rolls it back).
     pub fn commit(self) -> Result<()> {
         let is_broken = self.state.borrow().broken;
-        let (new_collections, changes) = {
-            let mut state = self.state.borrow_mut();
-            (std::mem::take(&mut state.new_collections), std::mem::take(&mut state.changes))
-        };
+        let new_collections = std::mem::take(&mut self.state.borrow_mut().new_collections);
+        let changes = std::mem::take(&mut *self.log.borrow_mut()).into_changes();
         let db = self.db;
         match self.conn {
             TxConn::Held(held) if !is_broken => {
                 // Taken while the held transaction still has the write lock.
-                let ticket = db.commit_ticket();
+                let ticket = db.commits().ticket();
                 held.commit()?;
-                db.register_collections(new_collections);
+                db.registry().register(new_collections);
                 if let Some(ticket) = ticket {
                     ticket.deliver(&changes);
                 }
@@ -324,8 +314,10 @@ impl<'a> Transaction<'a> {
         }
         let id = state.next_savepoint;
         state.next_savepoint += 1;
-        let (mark, change_mark) = (state.undo.len(), state.changes.len());
-        state.savepoints.push(Savepoint { id, name, mark, change_mark });
+        let mut log = self.log.borrow_mut();
+        let mark = log.mark();
+        log.keep_undo(true);
+        state.savepoints.push(Savepoint { id, name, mark });
         Ok(id)
     }
 
@@ -355,115 +347,37 @@ impl<'a> Transaction<'a> {
         if state.savepoints.is_empty() {
             // Nothing can roll back to these writes any more but the whole transaction,
             // which the backend does by itself.
-            state.undo.clear();
+            self.log.borrow_mut().keep_undo(false);
         }
     }
 
     /// Undoes the writes after savepoint `index`; removes the savepoint too if `remove`.
     fn undo_to(&self, index: usize, remove: bool) -> Result<()> {
-        let entries = {
+        let (entries, none_left) = {
             let mut state = self.state.borrow_mut();
-            let (mark, change_mark) = (state.savepoints[index].mark, state.savepoints[index].change_mark);
+            let mark = state.savepoints[index].mark;
             state.savepoints.truncate(if remove { index } else { index + 1 });
-            state.changes.truncate(change_mark);
-            state.undo.split_off(mark)
+            (self.log.borrow_mut().rewind(mark), state.savepoints.is_empty())
         };
-        let conn = self.conn()?;
-        for u in entries.into_iter().rev() {
-            let restored = conn
-                .execute(&u.meta.sql.delete, std::slice::from_ref(&u.id))
-                .and_then(|_| u.before.as_ref().map_or(Ok(0), |row| conn.execute(&u.meta.sql.insert, row)));
-            if let Err(e) = restored {
-                self.state.borrow_mut().broken = true;
-                return Err(e);
-            }
+        if let Err(e) = restore(self.conn()?, entries) {
+            self.state.borrow_mut().broken = true;
+            return Err(e);
         }
-        if self.state.borrow().savepoints.is_empty() {
-            self.state.borrow_mut().undo.clear();
+        if none_left {
+            self.log.borrow_mut().keep_undo(false);
         }
         Ok(())
-    }
-
-    /// Whether writes must record before-images.
-    fn logging(&self) -> bool {
-        !self.state.borrow().savepoints.is_empty()
-    }
-
-    /// Reads the before-images of rows about to be written, if a savepoint needs them.
-    /// `inserted` rows are known not to exist (an insert fails otherwise).
-    pub(crate) fn before_images(
-        &self,
-        meta: &Arc<CollectionMeta>,
-        ids: &[&Value],
-        inserted: bool,
-    ) -> Result<Vec<Undo>> {
-        if !self.logging() {
-            return Ok(Vec::new());
-        }
-        let conn = self.conn()?;
-        ids.iter()
-            .map(|id| {
-                let before = if inserted { None } else { select_row(conn, meta, id)? };
-                let before = before.map(|row| exact_row(meta, id, row)).transpose()?;
-                Ok(Undo { meta: Arc::clone(meta), id: (*id).clone(), before })
-            })
-            .collect()
-    }
-
-    /// Records a write that succeeded: its undo entries and its changes.
-    pub(crate) fn record(&self, undo: Vec<Undo>, changes: impl IntoIterator<Item = Change>) {
-        let mut state = self.state.borrow_mut();
-        state.undo.extend(undo);
-        if self.db.observed() {
-            state.changes.extend(changes);
-        }
     }
 
     /// What the transaction leaves to do once committed: collections to register and
     /// changes to report.
     fn into_outcome(self) -> (Vec<Arc<MetaSlot>>, Vec<Change>) {
-        let state = self.state.into_inner();
-        (state.new_collections, state.changes)
+        (self.state.into_inner().new_collections, self.log.into_inner().into_changes())
     }
 }
 
 fn broken() -> Error {
     Error::transaction_state("a savepoint rollback failed earlier; this transaction can only be rolled back")
-}
-
-/// A before-image fit to be written back as it was read. The id is the one the write was
-/// addressed by, not the one read back: on a Durable Object an integer id beyond 2^53 reads
-/// back rounded (through JavaScript), and restoring the rounded one would move the document.
-/// A version that did not read back as an integer (the same rounding) is refused rather than
-/// restored wrongly.
-fn exact_row(meta: &CollectionMeta, id: &Value, mut row: Vec<Value>) -> Result<Vec<Value>> {
-    if let Some(slot) = row.first_mut() {
-        *slot = id.clone();
-    }
-    // The layout is id, document and, when the table has one, version.
-    if row.get(2).is_some_and(|v| !matches!(v, Value::Integer(_))) {
-        return Err(crate::BackendError::new(
-            crate::BackendErrorKind::Unsupported,
-            format!(
-                "{}: the stored version of a document cannot be read back exactly (beyond 2^53 on a Durable \
-                 Object), so a savepoint could not restore it",
-                meta.collection
-            ),
-        )
-        .into());
-    }
-    Ok(row)
-}
-
-/// Reads a whole row in the insert-parameter layout, or `None` if it does not exist.
-fn select_row(conn: &dyn Connection, meta: &CollectionMeta, id: &Value) -> Result<Option<Vec<Value>>> {
-    let mut out = None;
-    let width = meta.row_width();
-    conn.query(&meta.sql.select_row, std::slice::from_ref(id), &mut |row| {
-        out = Some((0..width).map(|i| row.get(i).map(|v| v.to_owned())).collect::<Result<Vec<_>>>()?);
-        Ok(())
-    })?;
-    Ok(out)
 }
 
 impl Db {
@@ -531,7 +445,7 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub fn try_transaction<R, E: From<Error>>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R, E>) -> Result<R, E> {
-        self.check_not_observing()?;
+        self.commits().check_not_observing()?;
         let mut ticket = None;
         // The closure's own error waits here; the backend only needs to know to roll back.
         let mut failure: Option<E> = None;
@@ -547,7 +461,7 @@ impl Db {
             if tx.state.borrow().broken {
                 return Err(broken());
             }
-            ticket = self.commit_ticket();
+            ticket = self.commits().ticket();
             Ok((out, tx.into_outcome()))
         });
         let (out, (new_collections, changes)) = match (outcome, failure) {
@@ -555,7 +469,7 @@ impl Db {
             (Err(_), Some(e)) => return Err(e),
             (Err(e), None) => return Err(e.into()),
         };
-        self.register_collections(new_collections);
+        self.registry().register(new_collections);
         if let Some(ticket) = ticket {
             ticket.deliver(&changes);
         }
@@ -577,7 +491,7 @@ impl Db {
         loop {
             match self.transaction(&mut f) {
                 Err(e) if is_retryable(&e) && attempt < options.retry.max_retries => {
-                    crate::lock::pause(options.retry.backoff(attempt));
+                    crate::retry::pause(options.retry.backoff(attempt));
                     attempt += 1;
                 }
                 other => return other,
@@ -594,7 +508,7 @@ impl Db {
     /// A backend error; [`BackendErrorKind::Unsupported`](crate::BackendErrorKind::Unsupported)
     /// on backends with closure transactions only (Durable Objects).
     pub fn begin(&self) -> Result<Transaction<'_>> {
-        self.check_not_observing()?;
+        self.commits().check_not_observing()?;
         let held = self.backend().begin()?;
         Ok(Transaction::new(self, TxConn::Held(held)))
     }

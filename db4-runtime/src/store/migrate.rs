@@ -9,12 +9,13 @@
 //! [`Error::SchemaMismatch`] before anything is written. The rules are in `docs/design.md`.
 
 use crate::backend::Connection;
-use crate::document::Document;
 use crate::error::{Error, Result};
-use crate::kind::{FieldKind, field_kind};
-use crate::meta::{CollectionMeta, Storage};
+use crate::schema::Document;
+use crate::schema::kind::{FieldKind, field_kind};
 use crate::schema::{IdKind, IndexKind, Tokenizer, column_ddl, column_name, index_name};
-use crate::sql::{json_path, quote_ident};
+use crate::schema::{json_path, quote_ident};
+use crate::store::meta::{CollectionMeta, Storage};
+use crate::store::pipeline::{Op, Writer};
 use crate::value::{Value, ValueRef};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -245,10 +246,11 @@ fn check_compatible(
 /// Creates or migrates `T`'s collection and returns its meta. Runs inside one atomic backend
 /// call: a refused or failed migration changes nothing.
 pub(crate) fn ensure<T: Document>(
-    conn: &dyn Connection,
+    writer: &Writer<'_>,
     id_kind: IdKind,
     max_document_bytes: usize,
-) -> Result<CollectionMeta> {
+) -> Result<Arc<CollectionMeta>> {
+    let conn = writer.conn;
     let schema = T::schema();
     schema.validate()?;
     let kinds = kinds_of::<T>();
@@ -275,7 +277,7 @@ pub(crate) fn ensure<T: Document>(
             conn.execute_ddl(&stmt)?;
         }
         save(conn, collection, &wanted, 1)?;
-        return meta(&wanted, 1);
+        return meta(&wanted, 1).map(Arc::new);
     };
 
     // What is known of other types' keys and kinds survives this type's opening.
@@ -294,7 +296,7 @@ pub(crate) fn ensure<T: Document>(
         }
     }
     if stored == wanted {
-        return meta(&stored, generation);
+        return meta(&stored, generation).map(Arc::new);
     }
     check_compatible(collection, schema, &stored, &SchemaRecord { kinds: own_kinds, ..wanted.clone() })?;
 
@@ -341,9 +343,9 @@ pub(crate) fn ensure<T: Document>(
     }
     let new_generation = generation + 1;
     let added_keys = wanted.keys.iter().any(|k| !stored.known().contains(k));
-    let meta = meta(&wanted, new_generation)?;
+    let meta = Arc::new(meta(&wanted, new_generation)?);
     if added_keys {
-        add_missing_keys::<T>(conn, &meta)?;
+        add_missing_keys::<T>(writer, &meta)?;
     }
     save(conn, collection, &wanted, new_generation)?;
     Ok(meta)
@@ -371,7 +373,8 @@ pub(crate) fn load(conn: &dyn Connection, old: &CollectionMeta) -> Result<Collec
 /// values `T` gives them when it reads the document (its serde defaults), so queries and
 /// indexes see what reads see. Nothing the document holds is replaced or removed. A document
 /// that does not deserialize as `T` fails the migration, which then changes nothing.
-fn add_missing_keys<T: Document>(conn: &dyn Connection, meta: &CollectionMeta) -> Result<()> {
+fn add_missing_keys<T: Document>(writer: &Writer<'_>, meta: &Arc<CollectionMeta>) -> Result<()> {
+    let conn = writer.conn;
     let keys: Vec<&str> = meta.schema.fields().iter().map(|f| f.key()).collect();
     let mut changed: Vec<(Value, String)> = Vec::new();
     each_document(conn, meta, &mut |id, json, version| {
@@ -379,7 +382,7 @@ fn add_missing_keys<T: Document>(conn: &dyn Connection, meta: &CollectionMeta) -
         if keys.iter().all(|k| stored.contains_key(*k)) {
             return Ok(());
         }
-        let doc: T = crate::collection::decode_json(meta, json, version).map_err(|e| with_id(e, &id))?;
+        let doc: T = crate::store::codec::decode_json(meta, json, version).map_err(|e| with_id(e, &id))?;
         let serde_json::Value::Object(full) = reencode(meta, &id, &doc)? else { return Ok(()) };
         for (k, v) in full {
             stored.entry(k).or_insert(v);
@@ -387,7 +390,7 @@ fn add_missing_keys<T: Document>(conn: &dyn Connection, meta: &CollectionMeta) -
         changed.push((id, serde_json::Value::Object(stored).to_string()));
         Ok(())
     })?;
-    write_documents(conn, meta, changed)
+    write_documents(writer, meta, changed)
 }
 
 /// What [`Db::migrate`](crate::Db::migrate) did.
@@ -407,14 +410,15 @@ pub struct MigrationReport {
 /// Rewrites every stored document through `T`: keys `T` does not declare are removed, missing
 /// ones get `T`'s defaults, and the schema record forgets every other type's keys. Runs after
 /// [`ensure`] in the same atomic call.
-pub(crate) fn rewrite_all<T: Document>(conn: &dyn Connection, meta: &CollectionMeta) -> Result<MigrationReport> {
+pub(crate) fn rewrite_all<T: Document>(writer: &Writer<'_>, meta: &Arc<CollectionMeta>) -> Result<MigrationReport> {
+    let conn = writer.conn;
     let mut documents = 0;
     let mut dropped = std::collections::BTreeSet::new();
     let mut changed: Vec<(Value, String)> = Vec::new();
     each_document(conn, meta, &mut |id, json, version| {
         documents += 1;
         let stored = parse_object(meta, &id, json)?;
-        let doc: T = crate::collection::decode_json(meta, json, version).map_err(|e| with_id(e, &id))?;
+        let doc: T = crate::store::codec::decode_json(meta, json, version).map_err(|e| with_id(e, &id))?;
         let new = reencode(meta, &id, &doc)?;
         if let serde_json::Value::Object(new) = &new {
             dropped.extend(stored.keys().filter(|k| !new.contains_key(*k)).cloned());
@@ -426,7 +430,7 @@ pub(crate) fn rewrite_all<T: Document>(conn: &dyn Connection, meta: &CollectionM
         Ok(())
     })?;
     let rewritten = changed.len() as u64;
-    write_documents(conn, meta, changed)?;
+    write_documents(writer, meta, changed)?;
     let collection = meta.collection;
     let (mut record, generation) = read_record(conn, collection)?
         .ok_or_else(|| mismatch(collection, "", "the collection's schema record is gone"))?;
@@ -456,12 +460,12 @@ fn each_document(conn: &dyn Connection, meta: &CollectionMeta, f: &mut DocumentV
     conn.query(&select, &[], &mut |row| {
         let id = row.get(0)?.to_owned();
         let ValueRef::Text(json) = row.get(1)? else {
-            return Err(crate::collection::corrupt(meta, "document", &id));
+            return Err(crate::store::codec::corrupt(meta, "document", &id));
         };
         let version = if versioned {
             match row.get(2)? {
                 ValueRef::Integer(v) => Some(v),
-                _ => return Err(crate::collection::corrupt(meta, "version", &id)),
+                _ => return Err(crate::store::codec::corrupt(meta, "version", &id)),
             }
         } else {
             None
@@ -473,26 +477,26 @@ fn each_document(conn: &dyn Connection, meta: &CollectionMeta, f: &mut DocumentV
 fn parse_object(meta: &CollectionMeta, id: &Value, json: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
     match serde_json::from_str(json) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
-        Ok(_) => Err(crate::collection::corrupt(meta, "document", id)),
-        Err(e) => Err(Error::serialization(meta.collection, Some(crate::collection::id_text(id)), e)),
+        Ok(_) => Err(crate::store::codec::corrupt(meta, "document", id)),
+        Err(e) => Err(Error::serialization(meta.collection, Some(crate::store::codec::id_text(id)), e)),
     }
 }
 
 fn reencode<T: Document>(meta: &CollectionMeta, id: &Value, doc: &T) -> Result<serde_json::Value> {
     let json = crate::json::to_json(doc)
-        .map_err(|e| crate::collection::json_error(meta, e, || crate::collection::id_text(id)))?;
+        .map_err(|e| crate::store::codec::json_error(meta, e, || crate::store::codec::id_text(id)))?;
     serde_json::from_str(&json)
-        .map_err(|e| Error::serialization(meta.collection, Some(crate::collection::id_text(id)), e))
+        .map_err(|e| Error::serialization(meta.collection, Some(crate::store::codec::id_text(id)), e))
 }
 
 fn with_id(e: Error, id: &Value) -> Error {
-    crate::collection::with_id(e, id)
+    crate::store::codec::with_id(e, id)
 }
 
-fn write_documents(conn: &dyn Connection, meta: &CollectionMeta, docs: Vec<(Value, String)>) -> Result<()> {
-    let update = format!("UPDATE {} SET \"_doc\" = ?2 WHERE \"_id\" = ?1", meta.table);
+/// Rewrites documents through the write pipeline (recorded as updates).
+fn write_documents(writer: &Writer<'_>, meta: &Arc<CollectionMeta>, docs: Vec<(Value, String)>) -> Result<()> {
     for (id, json) in docs {
-        conn.execute(&update, &[id, Value::Text(json)])?;
+        writer.apply(meta, Op::Rewrite { id: &id, json })?;
     }
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! The [`Document`] trait `#[derive(Document)]` implements, and the traits that type-check the
 //! fields it is applied to.
 
+use super::{IdKind, Schema};
 use crate::error::Result;
-use crate::schema::{IdKind, Schema};
 use crate::value::{Value, ValueError, ValueRef, to_value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -4,19 +4,12 @@
 
 use crate::backend::Connection;
 use crate::error::{Error, Result};
-use crate::kind::FieldKind;
+use crate::schema::kind::FieldKind;
 use crate::schema::{IdKind, Schema};
-use crate::sql::{json_path, quote_ident};
+use crate::schema::{json_path, quote_ident};
+pub(crate) use crate::sql::FieldSql;
+use crate::sql::Statement;
 use std::sync::{Arc, PoisonError, RwLock};
-
-/// How a field is reached from SQL.
-#[derive(Debug, Clone)]
-pub(crate) enum FieldSql {
-    /// A column (quoted): `"_id"`, `"_version"` or an index column.
-    Column(String),
-    /// A key inside the JSON document: this path is bound as a parameter of `json_extract`.
-    Json(String),
-}
 
 /// The statement texts a collection runs; built once, reused through the statement cache.
 #[derive(Debug)]
@@ -33,6 +26,10 @@ pub(crate) struct Statements {
     pub select_doc: String,
     pub delete_ids: String,
     pub delete: String,
+    /// Replaces the stored document alone, keeping the version (a migration's rewrite).
+    pub rewrite: String,
+    /// What a `DELETE` returns to record a deleted row whole: the insert-parameter layout.
+    pub returning_row: String,
     pub count: String,
 }
 
@@ -175,6 +172,8 @@ impl CollectionMeta {
             select_doc: format!("SELECT \"_doc\" FROM {table} WHERE \"_id\" = ?1"),
             delete_ids: format!("DELETE FROM {table} WHERE \"_id\" IN (SELECT value FROM json_each(?1))"),
             delete: format!("DELETE FROM {table} WHERE \"_id\" = ?1"),
+            rewrite: format!("UPDATE {table} SET \"_doc\" = ?2 WHERE \"_id\" = ?1"),
+            returning_row: format!(" RETURNING {stored}"),
             count: format!("SELECT count(*) FROM {table}"),
             insert,
             update,
@@ -226,10 +225,9 @@ impl CollectionMeta {
         self.schema.fields().get(index).map_or("?", |f| f.name())
     }
 
-    pub fn field_sql(&self, index: usize) -> Result<&FieldSql> {
-        self.fields.get(index).ok_or_else(|| {
-            Error::invalid_query(self.collection, format!("field #{index} does not belong to this collection"))
-        })
+    /// An empty statement over this collection (see [`Statement`]).
+    pub fn statement(&self) -> Statement<'_> {
+        Statement::new(self.schema, &self.fields)
     }
 }
 
@@ -246,8 +244,8 @@ pub(crate) struct MetaSlot {
 }
 
 impl MetaSlot {
-    pub fn new(meta: CollectionMeta) -> Self {
-        Self { current: RwLock::new(Arc::new(meta)) }
+    pub fn new(meta: Arc<CollectionMeta>) -> Self {
+        Self { current: RwLock::new(meta) }
     }
 
     pub fn get(&self) -> Arc<CollectionMeta> {
@@ -262,7 +260,7 @@ impl MetaSlot {
     /// if the stored schema changed since it was built.
     pub fn fresh(&self, conn: &dyn Connection) -> Result<Arc<CollectionMeta>> {
         let meta = self.get();
-        let generation = crate::migrate::generation(conn, meta.collection)?;
+        let generation = crate::store::migrate::generation(conn, meta.collection)?;
         if generation == Some(meta.generation) {
             return Ok(meta);
         }
@@ -270,7 +268,7 @@ impl MetaSlot {
     }
 
     fn reload(&self, conn: &dyn Connection, old: &CollectionMeta) -> Result<Arc<CollectionMeta>> {
-        let meta = Arc::new(crate::migrate::load(conn, old)?);
+        let meta = Arc::new(crate::store::migrate::load(conn, old)?);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&meta);
         Ok(meta)
     }

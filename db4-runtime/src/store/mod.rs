@@ -1,0 +1,12 @@
+//! Storage of documents inside one database: what each collection's table holds and how it
+//! is read (`meta`, `codec`), how it follows its type's schema (`migrate`), the one write
+//! pipeline every write goes through (`pipeline`), the changes it records (`change`), and
+//! their delivery to commit observers (`commit`).
+
+pub(crate) mod change;
+pub(crate) mod codec;
+pub(crate) mod commit;
+pub(crate) mod meta;
+pub(crate) mod migrate;
+pub(crate) mod pipeline;
+pub(crate) mod registry;

@@ -1,0 +1,398 @@
+//! The one write pipeline: every change to a stored document goes through [`Writer::apply`].
+//!
+//! Collections (`insert`, `update`, `upsert`, `delete`, the `_many` forms and the atomic
+//! operations), a query's `delete`, a migration's rewrite and a
+//! [`BatchStore`](crate::BatchStore) all write through a [`Writer`], inside the backend
+//! transaction of the work they belong to. For each write it
+//!
+//! 1. reads the row's before-image, **only** if a hook needs it: the undo log while a savepoint
+//!    is active, or change observers when [`DbOptions::before_images`](crate::DbOptions) asks
+//!    for them (an insert needs none: the row does not exist);
+//! 2. runs the statement;
+//! 3. if the statement changed a row, records it in the [`WriteLog`] of the unit of work: an
+//!    undo entry (savepoints) and a [`Change`] (commit observers; the change log hooks here).
+//!
+//! Nothing is recorded for a failed statement or one that changed nothing, and nothing is read
+//! or copied that no hook asks for: outside a savepoint and without observers, a write costs
+//! its statement alone.
+
+use crate::backend::Connection;
+use crate::error::{BackendErrorKind, Error, Result};
+use crate::sql::{Statement, json_list};
+use crate::store::change::{Change, ChangeKind};
+use crate::store::codec::{Encoded, id_text};
+use crate::store::meta::{CollectionMeta, VersionMode};
+use crate::value::{Value, ValueRef};
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// What the writes of one unit of work (a single operation, or a whole transaction) leave
+/// behind for the hooks: undo entries for savepoints and changes for observers.
+#[derive(Default)]
+pub(crate) struct WriteLog {
+    undo: Vec<Undo>,
+    changes: Vec<Change>,
+    /// Writes keep before-images to be undone (a savepoint is active).
+    keep_undo: bool,
+    /// Changes are collected (someone observes commits).
+    collect: bool,
+    /// Collected changes carry before-images.
+    before_images: bool,
+}
+
+impl WriteLog {
+    /// A log collecting changes if `collect`, with their before-images if `before_images`.
+    pub fn new(collect: bool, before_images: bool) -> Self {
+        Self { collect, before_images: collect && before_images, ..Self::default() }
+    }
+
+    /// Starts or stops keeping undo entries; stopping forgets the ones kept.
+    pub fn keep_undo(&mut self, keep: bool) {
+        self.keep_undo = keep;
+        if !keep {
+            self.undo.clear();
+        }
+    }
+
+    /// The lengths of the undo log and the change set: a savepoint's mark.
+    pub fn mark(&self) -> (usize, usize) {
+        (self.undo.len(), self.changes.len())
+    }
+
+    /// Drops the changes after `mark` and hands back the undo entries after it, oldest first.
+    pub fn rewind(&mut self, mark: (usize, usize)) -> Vec<Undo> {
+        self.changes.truncate(mark.1);
+        self.undo.split_off(mark.0.min(self.undo.len()))
+    }
+
+    /// The changes recorded, in write order.
+    pub fn into_changes(self) -> Vec<Change> {
+        self.changes
+    }
+
+    fn needs_before(&self) -> bool {
+        self.keep_undo || self.before_images
+    }
+}
+
+/// A write a savepoint may have to undo.
+pub(crate) enum Undo {
+    /// A document row: deleted, then re-inserted as it was if it existed.
+    Document {
+        meta: Arc<CollectionMeta>,
+        id: Value,
+        /// The row in the collection's insert-parameter layout; `None` if it did not exist.
+        before: Option<Vec<Value>>,
+    },
+    #[allow(dead_code)] // BatchStore records through it next.
+    /// Statements that put rows of db4's own tables back as they were (a batch store's blobs
+    /// and directory), run in order.
+    Statements(Vec<(Arc<str>, Vec<Value>)>),
+}
+
+/// Puts back what `entries` (oldest first) changed, newest first.
+///
+/// # Errors
+///
+/// A backend error; the rows are then partly restored, and the caller must roll back.
+pub(crate) fn restore(conn: &dyn Connection, entries: Vec<Undo>) -> Result<()> {
+    for entry in entries.into_iter().rev() {
+        match entry {
+            Undo::Document { meta, id, before } => {
+                conn.execute(&meta.sql.delete, std::slice::from_ref(&id))?;
+                if let Some(row) = before {
+                    conn.execute(&meta.sql.insert, &row)?;
+                }
+            }
+            Undo::Statements(statements) => {
+                for (sql, params) in statements {
+                    conn.execute(&sql, &params)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A document write, in the terms the pipeline records it.
+pub(crate) enum Op<'a> {
+    /// Stores a new document; fails with [`Error::AlreadyExists`] if the id is taken.
+    Insert(&'a Encoded),
+    /// Replaces a stored document (version-checked in a versioned collection); changes
+    /// nothing if none matches.
+    Update(&'a Encoded),
+    /// Inserts or replaces (a collection without a version field or foreign keys).
+    Upsert(&'a Encoded),
+    /// Deletes the document with this id.
+    Delete(&'a Value),
+    /// Deletes the documents with these ids.
+    DeleteIds(&'a [Value]),
+    /// Deletes what a `DELETE` statement selects; the pipeline adds its `RETURNING` clause.
+    /// Not while undo entries are kept ([`Writer::keeps_undo`]): a row would come back only
+    /// once deleted, too late to refuse one that could not be restored.
+    DeleteWhere(Statement<'a>),
+    /// Replaces the stored JSON, keeping the version (a migration).
+    Rewrite { id: &'a Value, json: String },
+}
+
+/// A connection to write through, and the log of the unit of work the writes belong to.
+#[derive(Clone, Copy)]
+pub(crate) struct Writer<'c> {
+    pub conn: &'c dyn Connection,
+    log: &'c RefCell<WriteLog>,
+}
+
+impl<'c> Writer<'c> {
+    pub fn new(conn: &'c dyn Connection, log: &'c RefCell<WriteLog>) -> Self {
+        Self { conn, log }
+    }
+
+    /// Whether writes keep before-images (for the undo log or for observers).
+    pub fn needs_before(&self) -> bool {
+        self.log.borrow().needs_before()
+    }
+
+    /// Whether writes keep undo entries (a savepoint is active): a query's `delete` then
+    /// selects the ids first (see [`Op::DeleteWhere`]), and a batch store hands its own.
+    pub fn keeps_undo(&self) -> bool {
+        self.log.borrow().keep_undo
+    }
+
+    /// Whether changes are collected.
+    #[allow(dead_code)] // BatchStore records through it next.
+    pub fn collects(&self) -> bool {
+        self.log.borrow().collect
+    }
+
+    /// Runs a document write and records it; returns how many rows it changed.
+    pub fn apply(&self, meta: &Arc<CollectionMeta>, op: Op<'_>) -> Result<usize> {
+        let conn = self.conn;
+        let (kind, id, after) = match &op {
+            Op::Insert(enc) => (ChangeKind::Insert, &enc.params[0], Some(enc)),
+            Op::Update(enc) => (ChangeKind::Update, &enc.params[0], Some(enc)),
+            Op::Upsert(enc) => (ChangeKind::Upsert, &enc.params[0], Some(enc)),
+            Op::Delete(id) => (ChangeKind::Delete, *id, None),
+            Op::Rewrite { id, .. } => (ChangeKind::Update, *id, None),
+            Op::DeleteIds(ids) => return self.delete_ids(meta, ids),
+            Op::DeleteWhere(_) => {
+                let Op::DeleteWhere(statement) = op else { unreachable!("matched above") };
+                return self.delete_where(meta, statement);
+            }
+        };
+        // 1. The before-image, if a hook needs it (checked before anything is written).
+        let before = match kind {
+            ChangeKind::Insert => None,
+            _ if self.needs_before() => Some(self.before_image(meta, id)?),
+            _ => None,
+        };
+        // 2. The statement.
+        let changed = match &op {
+            Op::Insert(enc) => match conn.execute(&meta.sql.insert, &enc.params) {
+                Err(e) if e.backend_kind() == Some(BackendErrorKind::Constraint) => {
+                    return Err(Error::AlreadyExists { collection: meta.collection.to_owned(), id: id_text(id) });
+                }
+                other => other?,
+            },
+            Op::Update(enc) => conn.execute(&meta.sql.update, &enc.params)?,
+            Op::Upsert(enc) => conn.execute(&meta.sql.upsert, &enc.params)?,
+            Op::Delete(id) => conn.execute(&meta.sql.delete, std::slice::from_ref(*id))?,
+            Op::Rewrite { id, json } => conn.execute(&meta.sql.rewrite, &[(*id).clone(), Value::Text(json.clone())])?,
+            Op::DeleteIds(_) | Op::DeleteWhere(_) => unreachable!("returned above"),
+        };
+        if changed == 0 {
+            return Ok(0);
+        }
+        // 3. The record.
+        let kind = match (kind, &before) {
+            (ChangeKind::Upsert, Some(None)) => ChangeKind::Insert,
+            (ChangeKind::Upsert, Some(Some(_))) => ChangeKind::Update,
+            (kind, _) => kind,
+        };
+        let after = match (&op, after) {
+            (Op::Rewrite { json, .. }, _) => Some(Cow::Borrowed(json.as_str())),
+            (_, Some(enc)) => match &enc.params[1] {
+                Value::Text(json) => Some(Cow::Borrowed(json.as_str())),
+                _ => None,
+            },
+            _ => None,
+        };
+        let version = new_version(meta, kind, after_version(&op), before.as_ref().and_then(|b| b.as_deref()));
+        self.record(meta, kind, id, before.flatten(), after, version)?;
+        Ok(changed)
+    }
+
+    #[allow(dead_code)] // BatchStore records through it next.
+    /// Records a write made outside [`apply`](Self::apply): its change (if collected) and
+    /// what undoes it (if a savepoint is active).
+    pub fn record_external(&self, change: impl FnOnce() -> Change, undo: impl FnOnce() -> Option<Undo>) {
+        let mut log = self.log.borrow_mut();
+        if log.keep_undo
+            && let Some(undo) = undo()
+        {
+            log.undo.push(undo);
+        }
+        if log.collect {
+            log.changes.push(change());
+        }
+    }
+
+    fn record(
+        &self,
+        meta: &Arc<CollectionMeta>,
+        kind: ChangeKind,
+        id: &Value,
+        before: Option<Vec<Value>>,
+        after: Option<Cow<'_, str>>,
+        version: Option<u64>,
+    ) -> Result<()> {
+        let mut log = self.log.borrow_mut();
+        if log.collect {
+            let before_doc = match before.as_ref().and_then(|row| row.get(1)) {
+                Some(Value::Text(json)) if log.before_images => Some(json.clone()),
+                _ => None,
+            };
+            log.changes.push(Change {
+                collection: Cow::Borrowed(meta.collection),
+                id: id.clone(),
+                kind,
+                version,
+                after: after.map(Cow::into_owned),
+                before: before_doc,
+            });
+        }
+        if log.keep_undo {
+            log.undo.push(Undo::Document { meta: Arc::clone(meta), id: id.clone(), before });
+        }
+        Ok(())
+    }
+
+    /// The row `id` as it is before a write, made fit for the undo log if one is kept.
+    fn before_image(&self, meta: &CollectionMeta, id: &Value) -> Result<Option<Vec<Value>>> {
+        let row = select_row(self.conn, meta, id)?;
+        if !self.log.borrow().keep_undo {
+            return Ok(row);
+        }
+        row.map(|row| exact_row(meta, id, row)).transpose()
+    }
+
+    fn delete_ids(&self, meta: &Arc<CollectionMeta>, ids: &[Value]) -> Result<usize> {
+        let befores = if self.needs_before() {
+            ids.iter().map(|id| self.before_image(meta, id)).collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
+        let list = json_list(ids.iter().map(Value::as_ref));
+        let changed = self.conn.execute(&meta.sql.delete_ids, &[list])?;
+        if changed == 0 {
+            return Ok(0);
+        }
+        let mut befores = befores.into_iter();
+        for id in ids {
+            match befores.next() {
+                // Known not to exist: nothing was deleted there.
+                Some(None) => {}
+                Some(Some(row)) => {
+                    let version = stored_version(meta, &row);
+                    self.record(meta, ChangeKind::Delete, id, Some(row), None, version)?;
+                }
+                None => self.record(meta, ChangeKind::Delete, id, None, None, None)?,
+            }
+        }
+        Ok(changed)
+    }
+
+    fn delete_where(&self, meta: &Arc<CollectionMeta>, mut statement: Statement<'_>) -> Result<usize> {
+        if self.log.borrow().keep_undo {
+            // The rows come back only once deleted, too late to refuse one the undo log could
+            // not restore: the caller selects the ids first and deletes them with `DeleteIds`.
+            return Err(Error::transaction_state(
+                "internal: a DELETE by condition cannot keep undo entries; select the ids first",
+            ));
+        }
+        let whole = self.log.borrow().before_images;
+        statement.push(if whole { &meta.sql.returning_row } else { " RETURNING \"_id\"" });
+        let (text, params) = statement.finish()?;
+        let width = if whole { meta.row_width() } else { 1 };
+        let mut rows: Vec<Vec<Value>> = Vec::new();
+        self.conn.query(&text, &params, &mut |row| {
+            rows.push((0..width).map(|i| row.get(i).map(ValueRef::to_owned)).collect::<Result<_>>()?);
+            Ok(())
+        })?;
+        let n = rows.len();
+        for mut row in rows {
+            let id = row[0].clone();
+            if whole {
+                let version = stored_version(meta, &row);
+                self.record(meta, ChangeKind::Delete, &id, Some(std::mem::take(&mut row)), None, version)?;
+            } else {
+                self.record(meta, ChangeKind::Delete, &id, None, None, None)?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The version a write's parameters set, if they say.
+fn after_version(op: &Op<'_>) -> Option<u64> {
+    match op {
+        Op::Insert(enc) | Op::Update(enc) | Op::Upsert(enc) => enc.version,
+        _ => None,
+    }
+}
+
+/// The version a changed document has after the write, where it is known without a read.
+fn new_version(meta: &CollectionMeta, kind: ChangeKind, written: Option<u64>, before: Option<&[Value]>) -> Option<u64> {
+    let stored = before.and_then(|row| stored_version(meta, row));
+    match (meta.version_mode, kind) {
+        (VersionMode::None, _) => None,
+        (_, ChangeKind::Delete) => stored,
+        (VersionMode::Checked, ChangeKind::Insert) => Some(written.unwrap_or(0)),
+        (VersionMode::Checked, ChangeKind::Update) => written.map(|v| v + 1),
+        (VersionMode::Bumped, ChangeKind::Insert) => Some(0),
+        (_, _) => stored.map(|v| v + 1),
+    }
+}
+
+/// The version in a row of the insert-parameter layout.
+fn stored_version(meta: &CollectionMeta, row: &[Value]) -> Option<u64> {
+    match (meta.row_width() > 2, row.get(2)) {
+        (true, Some(Value::Integer(v))) => u64::try_from(*v).ok(),
+        _ => None,
+    }
+}
+
+/// Reads a whole row in the insert-parameter layout, or `None` if it does not exist.
+fn select_row(conn: &dyn Connection, meta: &CollectionMeta, id: &Value) -> Result<Option<Vec<Value>>> {
+    let mut out = None;
+    let width = meta.row_width();
+    conn.query(&meta.sql.select_row, std::slice::from_ref(id), &mut |row| {
+        out = Some((0..width).map(|i| row.get(i).map(ValueRef::to_owned)).collect::<Result<Vec<_>>>()?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// A before-image fit to be written back as it was read. The id is the one the write was
+/// addressed by, not the one read back: on a Durable Object an integer id beyond 2^53 reads
+/// back rounded (through JavaScript), and restoring the rounded one would move the document.
+/// A version that did not read back as an integer (the same rounding) is refused rather than
+/// restored wrongly.
+fn exact_row(meta: &CollectionMeta, id: &Value, mut row: Vec<Value>) -> Result<Vec<Value>> {
+    if let Some(slot) = row.first_mut() {
+        *slot = id.clone();
+    }
+    // The layout is id, document and, when the table has one, version.
+    if row.get(2).is_some_and(|v| !matches!(v, Value::Integer(_))) {
+        return Err(crate::BackendError::new(
+            BackendErrorKind::Unsupported,
+            format!(
+                "{}: the stored version of a document cannot be read back exactly (beyond 2^53 on a Durable \
+                 Object), so a savepoint could not restore it",
+                meta.collection
+            ),
+        )
+        .into());
+    }
+    Ok(row)
+}

@@ -1,0 +1,51 @@
+//! The collections a [`Db`](crate::Db) handle has created or migrated, by name.
+
+use crate::error::Result;
+use crate::schema::{Document, DocumentId};
+use crate::store::meta::MetaSlot;
+use crate::store::migrate;
+use crate::store::pipeline::Writer;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The layouts of the collections a handle knows, shared by all its clones.
+#[derive(Default)]
+pub(crate) struct Registry {
+    known: Mutex<HashMap<&'static str, Arc<MetaSlot>>>,
+}
+
+impl Registry {
+    /// `T`'s collection if this handle has already created or migrated it.
+    pub fn get<T: Document>(&self) -> Option<Arc<MetaSlot>> {
+        let schema = T::schema();
+        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        known.get(schema.collection()).filter(|slot| std::ptr::eq(slot.schema(), schema)).map(Arc::clone)
+    }
+
+    #[allow(dead_code)] // Db::stats reads it next.
+    /// Every collection known, by name.
+    pub fn all(&self) -> Vec<Arc<MetaSlot>> {
+        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<_> = known.values().map(Arc::clone).collect();
+        all.sort_by_key(|slot| slot.schema().collection());
+        all
+    }
+
+    /// Creates or migrates `T`'s collection (inside a write transaction); register it once
+    /// that commits.
+    pub fn prepare<T: Document>(writer: &Writer<'_>, max_document_bytes: usize) -> Result<Arc<MetaSlot>> {
+        let meta = migrate::ensure::<T>(writer, T::Id::KIND, max_document_bytes)?;
+        Ok(Arc::new(MetaSlot::new(meta)))
+    }
+
+    /// Remembers collections whose creation or migration has committed.
+    pub fn register(&self, slots: Vec<Arc<MetaSlot>>) {
+        if slots.is_empty() {
+            return;
+        }
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        for slot in slots {
+            known.insert(slot.schema().collection(), slot);
+        }
+    }
+}

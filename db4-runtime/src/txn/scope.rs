@@ -1,0 +1,129 @@
+//! Where operations run: straight on the database (each call its own transaction), or inside
+//! a [`Transaction`]. A [`Collection`](crate::Collection) is generic over its scope.
+
+use crate::backend::{Access, Connection, run};
+use crate::db::Db;
+use crate::error::{BackendErrorKind, Result};
+use crate::store::meta::{CollectionMeta, MetaSlot};
+use crate::store::pipeline::Writer;
+use crate::txn::Transaction;
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// Where a [`Collection`](crate::Collection) runs its operations: a [`Db`] (each call runs on
+/// its own) or a `&Transaction` (each call joins the transaction). Implemented by db4 only.
+pub trait Scope: sealed::Sealed {}
+
+impl Scope for Db {}
+impl<'tx> Scope for &'tx Transaction<'tx> {}
+
+mod sealed {
+    /// The private half of [`Scope`](super::Scope).
+    pub trait Sealed {
+        /// The database or transaction to run on.
+        fn exec(&self) -> super::Exec<'_>;
+    }
+
+    impl Sealed for crate::db::Db {
+        fn exec(&self) -> super::Exec<'_> {
+            super::Exec::Db(self)
+        }
+    }
+
+    impl<'tx> Sealed for &'tx crate::txn::Transaction<'tx> {
+        fn exec(&self) -> super::Exec<'_> {
+            super::Exec::Tx(self)
+        }
+    }
+}
+
+/// A scope, resolved: the database or the transaction to run on. Nominally public only
+/// because the sealed half of [`Scope`] returns it; nothing outside the crate can reach it.
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub enum Exec<'a> {
+    /// Each call on its own.
+    Db(&'a Db),
+    /// Inside the transaction.
+    Tx(&'a Transaction<'a>),
+}
+
+impl<'a> Exec<'a> {
+    /// Runs reads: on a reader connection, or through the transaction (seeing its writes).
+    pub(crate) fn read<R>(self, f: impl FnOnce(&dyn Connection) -> Result<R>) -> Result<R> {
+        match self {
+            Exec::Db(db) => run(db.backend(), Access::Read, f),
+            Exec::Tx(tx) => f(tx.conn()?),
+        }
+    }
+
+    /// Runs writes through the write pipeline: with [`Access::Atomic`] all-or-nothing (inside a
+    /// transaction: undone to where they started on error, the transaction going on).
+    /// Outside a transaction the writes commit on their own, and their changes then reach the
+    /// commit observers.
+    pub(crate) fn write<R>(self, access: Access, f: impl FnOnce(Writer<'_>) -> Result<R>) -> Result<R> {
+        match self {
+            Exec::Db(db) => {
+                let commits = db.commits();
+                commits.check_not_observing()?;
+                let log = RefCell::new(commits.log());
+                let mut ticket = None;
+                let out = run(db.backend(), access, |conn| {
+                    let out = f(Writer::new(conn, &log))?;
+                    // Taken while the write lock is held: ticket order is commit order.
+                    ticket = commits.ticket();
+                    Ok(out)
+                })?;
+                if let Some(ticket) = ticket {
+                    ticket.deliver(&log.into_inner().into_changes());
+                }
+                Ok(out)
+            }
+            Exec::Tx(tx) if access == Access::Atomic => tx.transaction(|tx| f(Writer::new(tx.conn()?, tx.log()))),
+            Exec::Tx(tx) => f(Writer::new(tx.conn()?, tx.log())),
+        }
+    }
+
+    pub(crate) fn in_transaction(self) -> bool {
+        matches!(self, Exec::Tx(_))
+    }
+
+    /// Runs a read with the slot's current meta. A read that fails with a backend error may
+    /// have met a schema another handle changed (a dropped index column is an error, never a
+    /// string): if the stored schema moved, it runs once more with a fresh meta.
+    pub(crate) fn read_meta<R>(
+        self,
+        slot: &MetaSlot,
+        mut f: impl FnMut(&dyn Connection, &Arc<CollectionMeta>) -> Result<R>,
+    ) -> Result<R> {
+        let meta = slot.get();
+        match self.read(|conn| f(conn, &meta)) {
+            Err(e) if e.backend_kind() == Some(BackendErrorKind::Other) => {
+                let fresh = self.read(|conn| slot.fresh(conn))?;
+                if fresh.generation == meta.generation {
+                    return Err(e);
+                }
+                self.read(|conn| f(conn, &fresh))
+            }
+            other => other,
+        }
+    }
+
+    /// Runs writes with a meta checked against the stored schema inside the write
+    /// transaction, so a write never bypasses a schema another handle or process has changed
+    /// since.
+    pub(crate) fn write_meta<R>(
+        self,
+        slot: &MetaSlot,
+        access: Access,
+        f: impl FnOnce(Writer<'_>, &Arc<CollectionMeta>) -> Result<R>,
+    ) -> Result<R> {
+        self.write(access, |writer| {
+            let meta = match self {
+                Exec::Tx(tx) => tx.fresh_meta(slot)?,
+                Exec::Db(_) => slot.fresh(writer.conn)?,
+            };
+            f(writer, &meta)
+        })
+    }
+}
