@@ -7,6 +7,7 @@ mod errors;
 mod evolution;
 mod migration;
 mod open_modes;
+mod pipeline;
 mod queries;
 mod query_limits;
 mod serde_features;

@@ -194,7 +194,7 @@ pub(crate) fn decode_json<T: Document>(meta: &CollectionMeta, json: &str, versio
         },
     };
     if let (true, Some(v)) = (meta.versioned, version) {
-        doc.set_version(u64::try_from(v).unwrap_or(0));
+        doc.set_version(u64::try_from(v).map_err(|_| corrupt(meta, "version", &Value::Null))?);
     }
     Ok(doc)
 }

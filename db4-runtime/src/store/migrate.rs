@@ -464,7 +464,7 @@ fn each_document(conn: &dyn Connection, meta: &CollectionMeta, f: &mut DocumentV
         };
         let version = if versioned {
             match row.get(2)? {
-                ValueRef::Integer(v) => Some(v),
+                ValueRef::Integer(v) if v >= 0 => Some(v),
                 _ => return Err(crate::store::codec::corrupt(meta, "version", &id)),
             }
         } else {

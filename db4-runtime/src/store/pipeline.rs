@@ -396,3 +396,163 @@ fn exact_row(meta: &CollectionMeta, id: &Value, mut row: Vec<Value>) -> Result<V
     }
     Ok(row)
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    //! What the pipeline reads and records for each combination of hooks: nothing beyond the
+    //! statement when no hook asks, a before-image when the undo log or observers do.
+
+    use super::*;
+    use crate::backend::{Access, Row, SqliteBackend, SqliteOptions, run};
+    use crate::schema::{FieldDef, IdKind, Schema};
+    use crate::store::codec::encode;
+    use std::cell::Cell;
+
+    static FIELDS: [FieldDef; 3] = [
+        FieldDef::new("id", "id", "String").id(),
+        FieldDef::new("text", "text", "String"),
+        FieldDef::new("version", "version", "u64").version(),
+    ];
+    static SCHEMA: Schema = Schema::new("notes", "Note", &FIELDS);
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Note {
+        id: String,
+        text: String,
+        version: u64,
+    }
+
+    impl crate::schema::Document for Note {
+        type Id = String;
+        type Fields = ();
+        fn schema() -> &'static Schema {
+            &SCHEMA
+        }
+        fn fields() {}
+        fn id(&self) -> &String {
+            &self.id
+        }
+        fn version(&self) -> Option<u64> {
+            Some(self.version)
+        }
+        fn set_version(&mut self, v: u64) {
+            self.version = v;
+        }
+    }
+
+    /// A connection that counts the statements it is asked to run.
+    struct Counting<'c> {
+        inner: &'c dyn Connection,
+        reads: Cell<usize>,
+        writes: Cell<usize>,
+    }
+
+    impl Connection for Counting<'_> {
+        fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
+            self.writes.set(self.writes.get() + 1);
+            self.inner.execute(sql, params)
+        }
+
+        fn query(&self, sql: &str, params: &[Value], row: &mut dyn FnMut(&dyn Row) -> Result<()>) -> Result<()> {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.query(sql, params, row)
+        }
+    }
+
+    fn note(id: &str, text: &str, version: u64) -> Note {
+        Note { id: id.into(), text: text.into(), version }
+    }
+
+    /// Runs an insert, an update and a delete through a log with the given hooks; returns the
+    /// reads the pipeline made and what the log recorded.
+    fn run_writes(collect: bool, before_images: bool, keep_undo: bool) -> (usize, usize, Vec<Change>, usize) {
+        let backend = SqliteBackend::open_in_memory(&SqliteOptions::default()).unwrap();
+        let meta = Arc::new(CollectionMeta::fresh(&SCHEMA, IdKind::Text).unwrap());
+        run(&backend, Access::Atomic, |conn| {
+            for ddl in SCHEMA.ddl(IdKind::Text) {
+                conn.execute_ddl(&ddl)?;
+            }
+            let counting = Counting { inner: conn, reads: Cell::new(0), writes: Cell::new(0) };
+            let mut log = WriteLog::new(collect, before_images);
+            log.keep_undo(keep_undo);
+            let log = RefCell::new(log);
+            let w = Writer::new(&counting, &log);
+            w.apply(&meta, Op::Insert(&encode(&meta, &note("n1", "a", 0))?))?;
+            w.apply(&meta, Op::Update(&encode(&meta, &note("n1", "b", 0))?))?;
+            w.apply(&meta, Op::Delete(&Value::Text("n1".into())))?;
+            // A write that changes nothing records nothing.
+            assert_eq!(w.apply(&meta, Op::Delete(&Value::Text("n1".into())))?, 0);
+            let log = log.into_inner();
+            let undo = log.mark().0;
+            Ok((counting.reads.get(), counting.writes.get(), log.into_changes(), undo))
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn without_hooks_a_write_is_its_statement_alone() {
+        let (reads, writes, changes, undo) = run_writes(false, false, false);
+        assert_eq!((reads, writes, changes.len(), undo), (0, 4, 0, 0));
+    }
+
+    #[test]
+    fn observers_get_changes_without_extra_reads_unless_they_ask_for_before_images() {
+        let (reads, _, changes, undo) = run_writes(true, false, false);
+        assert_eq!((reads, undo), (0, 0));
+        let kinds: Vec<_> = changes.iter().map(|c| (c.kind, c.version, c.before.is_some())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (ChangeKind::Insert, Some(0), false),
+                (ChangeKind::Update, Some(1), false),
+                (ChangeKind::Delete, None, false)
+            ]
+        );
+
+        // With before-images: one read before the update and each delete, none for the insert.
+        let (reads, _, changes, undo) = run_writes(true, true, false);
+        assert_eq!((reads, undo), (3, 0));
+        let befores: Vec<_> = changes.iter().map(|c| (c.before.is_some(), c.version)).collect();
+        assert_eq!(befores, [(false, Some(0)), (true, Some(1)), (true, Some(1))]);
+    }
+
+    #[test]
+    fn the_undo_log_reads_before_images_and_restores_them() {
+        let (reads, _, changes, undo) = run_writes(false, false, true);
+        assert_eq!((reads, changes.len(), undo), (3, 0, 3));
+
+        // Restoring the entries, newest first, puts the table back as it was before them.
+        let backend = SqliteBackend::open_in_memory(&SqliteOptions::default()).unwrap();
+        let meta = Arc::new(CollectionMeta::fresh(&SCHEMA, IdKind::Text).unwrap());
+        let docs = run(&backend, Access::Atomic, |conn| {
+            for ddl in SCHEMA.ddl(IdKind::Text) {
+                conn.execute_ddl(&ddl)?;
+            }
+            let log = RefCell::new(WriteLog::new(false, false));
+            let w = Writer::new(conn, &log);
+            w.apply(&meta, Op::Insert(&encode(&meta, &note("kept", "k", 0))?))?;
+            log.borrow_mut().keep_undo(true);
+            let mark = log.borrow().mark();
+            w.apply(&meta, Op::Update(&encode(&meta, &note("kept", "changed", 0))?))?;
+            w.apply(&meta, Op::Insert(&encode(&meta, &note("new", "n", 0))?))?;
+            w.apply(&meta, Op::DeleteIds(&[Value::Text("kept".into()), Value::Text("absent".into())]))?;
+            let entries = log.borrow_mut().rewind(mark);
+            restore(conn, entries)?;
+            let mut docs = Vec::new();
+            conn.query("SELECT _id, _doc, _version FROM notes ORDER BY _id", &[], &mut |row| {
+                docs.push((row.get(0)?.to_owned(), row.get(1)?.to_owned(), row.get(2)?.to_owned()));
+                Ok(())
+            })?;
+            Ok(docs)
+        })
+        .unwrap();
+        assert_eq!(
+            docs,
+            [(
+                Value::Text("kept".into()),
+                Value::Text(r#"{"id":"kept","text":"k","version":0}"#.into()),
+                Value::Integer(0)
+            )]
+        );
+    }
+}
