@@ -8,6 +8,7 @@
 mod checksum;
 mod error;
 mod json;
+mod limits;
 mod retry;
 mod value;
 

@@ -442,11 +442,11 @@ fn read_only() -> crate::Error {
 pub(crate) const PLATFORM_LIMITS: [(rusqlite::limits::Limit, i32); 5] = {
     use rusqlite::limits::Limit as L;
     [
-        (L::SQLITE_LIMIT_VARIABLE_NUMBER, crate::sql::MAX_PARAMS as i32),
-        (L::SQLITE_LIMIT_EXPR_DEPTH, crate::sql::MAX_EXPR_DEPTH as i32),
-        (L::SQLITE_LIMIT_SQL_LENGTH, crate::sql::MAX_SQL_BYTES as i32),
-        (L::SQLITE_LIMIT_COLUMN, crate::sql::MAX_COLUMNS as i32),
-        (L::SQLITE_LIMIT_FUNCTION_ARG, crate::sql::MAX_FUNCTION_ARGS as i32),
+        (L::SQLITE_LIMIT_VARIABLE_NUMBER, crate::limits::MAX_PARAMS as i32),
+        (L::SQLITE_LIMIT_EXPR_DEPTH, crate::limits::MAX_EXPR_DEPTH as i32),
+        (L::SQLITE_LIMIT_SQL_LENGTH, crate::limits::MAX_SQL_BYTES as i32),
+        (L::SQLITE_LIMIT_COLUMN, crate::limits::MAX_COLUMNS as i32),
+        (L::SQLITE_LIMIT_FUNCTION_ARG, crate::limits::MAX_FUNCTION_ARGS as i32),
     ]
 };
 

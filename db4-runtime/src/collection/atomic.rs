@@ -11,7 +11,8 @@ use crate::schema::{Document, IdArg};
 use crate::store::codec::{
     Encoded, corrupt, decode_value, encode, id_field, id_text, id_value, select_one, stored_version_value, with_id,
 };
-use crate::store::meta::{CollectionMeta, MetaSlot};
+use crate::store::meta::CollectionMeta;
+use crate::store::slot::MetaSlot;
 use crate::txn::{Exec, Scope};
 use crate::value::{Value, ValueRef};
 use serde::Serialize;

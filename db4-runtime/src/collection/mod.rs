@@ -19,10 +19,11 @@ use crate::store::codec::{
     Encoded, IdKey, check_size, corrupt, count, decode, encode, id_text, id_value, select_one, stored_doc,
     stored_version, with_id,
 };
-use crate::store::meta::{CollectionMeta, MetaSlot};
+use crate::store::meta::CollectionMeta;
 use crate::store::migrate::{self, MigrationReport};
 use crate::store::pipeline::{Op, Writer};
 use crate::store::registry::Registry;
+use crate::store::slot::MetaSlot;
 use crate::txn::{Exec, Scope, Transaction};
 use crate::value::Value;
 use std::collections::HashMap;

@@ -274,26 +274,26 @@ impl Schema {
             return Err(mismatch("", "more than one version field".into()));
         }
         // `_id`, `_doc` and `_version` take three of a table's columns.
-        let max_indexed = crate::sql::MAX_COLUMNS - 3;
+        let max_indexed = crate::limits::MAX_COLUMNS - 3;
         if count(FieldDef::has_column) > max_indexed {
             return Err(mismatch(
                 "",
                 format!(
                     "{} indexed fields (including the partition key); a table has at most {} columns, so at most {max_indexed} can be indexed",
                     count(FieldDef::has_column),
-                    crate::sql::MAX_COLUMNS
+                    crate::limits::MAX_COLUMNS
                 ),
             ));
         }
         // bm25() takes the table plus one weight per column, within 32 function arguments.
-        let max_fts = crate::sql::MAX_FUNCTION_ARGS - 1;
+        let max_fts = crate::limits::MAX_FUNCTION_ARGS - 1;
         if count(|f| f.fts_weight.is_some()) > max_fts {
             return Err(mismatch(
                 "",
                 format!(
                     "{} full-text fields; at most {max_fts} fit (bm25() takes one weight per field within {} arguments)",
                     count(|f| f.fts_weight.is_some()),
-                    crate::sql::MAX_FUNCTION_ARGS
+                    crate::limits::MAX_FUNCTION_ARGS
                 ),
             ));
         }

@@ -11,18 +11,7 @@ use crate::error::{Error, Result};
 use crate::schema::Schema;
 use crate::value::{Value, ValueRef};
 
-/// At most this many bound parameters per statement (a Durable Object's limit).
-pub(crate) const MAX_PARAMS: usize = 100;
-/// SQL expressions nest at most this deep (a Durable Object's SQLite limit).
-pub(crate) const MAX_EXPR_DEPTH: usize = 100;
-/// At most this many bytes of SQL text per statement (a Durable Object's limit).
-pub(crate) const MAX_SQL_BYTES: usize = 100_000;
-/// At most this many columns per table, result or index (a Durable Object's limit).
-pub(crate) const MAX_COLUMNS: usize = 100;
-/// At most this many arguments per SQL function call (a Durable Object's limit).
-pub(crate) const MAX_FUNCTION_ARGS: usize = 32;
-/// At most this many bytes per bound text or blob (a Durable Object's 2 MB per value).
-pub(crate) const MAX_VALUE_BYTES: usize = 2_000_000;
+pub(crate) use crate::limits::{MAX_EXPR_DEPTH, MAX_PARAMS, MAX_SQL_BYTES, MAX_VALUE_BYTES};
 
 /// Parameters values never take, kept for the spilled-values array, `LIMIT` and `OFFSET`.
 const RESERVED_PARAMS: usize = 3;

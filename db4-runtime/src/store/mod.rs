@@ -10,3 +10,4 @@ pub(crate) mod meta;
 pub(crate) mod migrate;
 pub(crate) mod pipeline;
 pub(crate) mod registry;
+pub(crate) mod slot;

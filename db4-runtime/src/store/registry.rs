@@ -2,9 +2,9 @@
 
 use crate::error::Result;
 use crate::schema::{Document, DocumentId};
-use crate::store::meta::MetaSlot;
 use crate::store::migrate;
 use crate::store::pipeline::Writer;
+use crate::store::slot::MetaSlot;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -20,8 +20,9 @@ use crate::error::{Error, Result};
 use crate::retry::{RetryPolicy, is_retryable};
 use crate::schema::Schema;
 use crate::store::change::Change;
-use crate::store::meta::{CollectionMeta, MetaSlot};
+use crate::store::meta::CollectionMeta;
 use crate::store::pipeline::{WriteLog, restore};
+use crate::store::slot::MetaSlot;
 use std::cell::RefCell;
 use std::sync::Arc;
 

@@ -4,8 +4,9 @@
 use crate::backend::{Access, Connection, run};
 use crate::db::Db;
 use crate::error::{BackendErrorKind, Result};
-use crate::store::meta::{CollectionMeta, MetaSlot};
+use crate::store::meta::CollectionMeta;
 use crate::store::pipeline::Writer;
+use crate::store::slot::MetaSlot;
 use crate::txn::Transaction;
 use std::cell::RefCell;
 use std::sync::Arc;
