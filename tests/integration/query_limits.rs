@@ -413,3 +413,39 @@ fn deep_filters_can_be_built_cloned_printed_dropped_and_run() {
         drop(q);
     });
 }
+
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(collection = "long_ids")]
+struct LongId {
+    #[id]
+    id: String,
+    n: i64,
+}
+
+#[test]
+fn id_lists_longer_than_one_bound_value_are_split() {
+    // 2 500 ids of 1 000 bytes: 2.5 MB of JSON, more than one value may hold (2 MB).
+    let db = Db::open_in_memory().unwrap();
+    let c = db.collection::<LongId>().unwrap();
+    let ids: Vec<String> = (0..2500).map(|i| format!("{i:04}{}", "x".repeat(996))).collect();
+    let docs: Vec<LongId> = ids.iter().enumerate().map(|(n, id)| LongId { id: id.clone(), n: n as i64 }).collect();
+    c.insert_many(&docs).unwrap();
+    let mut wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    wanted.push("absent");
+    let got = c.get_many(wanted.iter().copied()).unwrap();
+    assert_eq!(got.len(), 2501);
+    assert!(got[..2500].iter().enumerate().all(|(n, d)| d.as_ref().map(|d| d.n) == Some(n as i64)));
+    assert_eq!(got[2500], None);
+    // Inside a transaction with a savepoint, a query delete goes by id lists too.
+    db.transaction(|tx| {
+        let c = tx.collection::<LongId>()?;
+        tx.savepoint("s")?;
+        assert_eq!(c.query().delete()?, 2500);
+        tx.rollback_to("s")?;
+        assert_eq!(c.count()?, 2500);
+        assert_eq!(c.query().delete()?, 2500);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(c.count().unwrap(), 0);
+}

@@ -14,7 +14,7 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::query::Query;
 use crate::schema::{Document, DocumentId, IdArg};
-use crate::sql::json_list;
+use crate::sql::{MAX_VALUE_BYTES, json_lists};
 use crate::store::codec::{
     Encoded, IdKey, check_size, corrupt, count, decode, encode, id_text, id_value, select_one, stored_doc,
     stored_version, with_id,
@@ -379,24 +379,26 @@ fn get_many<T: Document, I: IdArg<T::Id>>(
     ids: impl IntoIterator<Item = I>,
 ) -> Result<Vec<Option<T>>> {
     let keys = ids.into_iter().map(|id| id_value::<T>(&slot.get(), &id)).collect::<Result<Vec<_>>>()?;
-    let list = json_list(keys.iter().map(Value::as_ref));
+    let lists = json_lists(keys.iter().map(Value::as_ref), MAX_VALUE_BYTES);
     let mut positions: HashMap<IdKey, Vec<usize>> = HashMap::with_capacity(keys.len());
     for (i, k) in keys.iter().enumerate() {
         positions.entry(IdKey::from_ref(k.as_ref())).or_default().push(i);
     }
     exec.read_meta(slot, |conn, meta| {
         let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(keys.len()).collect();
-        conn.query(&meta.sql.select_many, std::slice::from_ref(&list), &mut |row| {
-            let key = IdKey::from_ref(row.get(0)?);
-            if key == IdKey::Other {
-                return Err(corrupt(meta, "id", &row.get(0)?.to_owned()));
-            }
-            // A duplicated id in the request gets its own decoded copy at each position.
-            for &pos in positions.get(&key).map_or(&[][..], Vec::as_slice) {
-                out[pos] = Some(decode::<T>(meta, row, 1).map_err(|e| with_id(e, &keys[pos]))?);
-            }
-            Ok(())
-        })?;
+        for list in &lists {
+            conn.query(&meta.sql.select_many, std::slice::from_ref(list), &mut |row| {
+                let key = IdKey::from_ref(row.get(0)?);
+                if key == IdKey::Other {
+                    return Err(corrupt(meta, "id", &row.get(0)?.to_owned()));
+                }
+                // A duplicated id in the request gets its own decoded copy at each position.
+                for &pos in positions.get(&key).map_or(&[][..], Vec::as_slice) {
+                    out[pos] = Some(decode::<T>(meta, row, 1).map_err(|e| with_id(e, &keys[pos]))?);
+                }
+                Ok(())
+            })?;
+        }
         Ok(out)
     })
 }

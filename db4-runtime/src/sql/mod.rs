@@ -20,15 +20,37 @@ const RESERVED_PARAMS: usize = 3;
 /// ids and keys (integers and text); anything else is written as JSON null, which equals
 /// nothing in SQL.
 pub(crate) fn json_list<'v>(values: impl IntoIterator<Item = ValueRef<'v>>) -> Value {
-    let array = values
-        .into_iter()
-        .map(|v| match v {
+    let mut lists = json_lists(values, usize::MAX);
+    lists.pop().unwrap_or_else(|| Value::Text("[]".to_owned()))
+}
+
+/// [`json_list`] split into lists of at most `max_bytes` of JSON each (a list holds at least
+/// one value, however long): what one statement can bind within [`MAX_VALUE_BYTES`]. No list
+/// for no values.
+pub(crate) fn json_lists<'v>(values: impl IntoIterator<Item = ValueRef<'v>>, max_bytes: usize) -> Vec<Value> {
+    let mut lists = Vec::new();
+    let mut current = String::from("[");
+    for v in values {
+        let item = match v {
             ValueRef::Integer(i) => serde_json::Value::from(i),
             ValueRef::Text(s) => serde_json::Value::from(s),
             _ => serde_json::Value::Null,
-        })
-        .collect();
-    Value::Text(serde_json::Value::Array(array).to_string())
+        }
+        .to_string();
+        if current.len() > 1 && current.len() + item.len() + 2 > max_bytes {
+            current.push(']');
+            lists.push(Value::Text(std::mem::replace(&mut current, String::from("["))));
+        }
+        if current.len() > 1 {
+            current.push(',');
+        }
+        current.push_str(&item);
+    }
+    if current.len() > 1 || lists.is_empty() && max_bytes == usize::MAX {
+        current.push(']');
+        lists.push(Value::Text(current));
+    }
+    lists
 }
 
 /// How a field is reached from SQL.
@@ -326,5 +348,24 @@ mod tests {
         let list = json_list([ValueRef::Integer(-3), ValueRef::Text("b\"c"), ValueRef::Text("é"), ValueRef::Null]);
         assert_eq!(list, Value::Text(r#"[-3,"b\"c","é",null]"#.to_owned()));
         assert_eq!(json_list([]), Value::Text("[]".to_owned()));
+    }
+
+    #[test]
+    fn long_lists_split_within_the_value_limit() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("id-{i:04}")).collect();
+        let lists = json_lists(ids.iter().map(|s| ValueRef::Text(s)), 100);
+        assert!(lists.len() > 50, "{}", lists.len());
+        let mut back = Vec::new();
+        for list in &lists {
+            let Value::Text(json) = list else { panic!("{list:?}") };
+            assert!(json.len() <= 100, "{json}");
+            let items: Vec<String> = serde_json::from_str(json).unwrap();
+            back.extend(items);
+        }
+        assert_eq!(back, ids);
+        assert!(json_lists([], MAX_VALUE_BYTES).is_empty());
+        // A value longer than the limit still goes, alone.
+        let long = "x".repeat(300);
+        assert_eq!(json_lists([ValueRef::Text(&long), ValueRef::Integer(1)], 100).len(), 2);
     }
 }

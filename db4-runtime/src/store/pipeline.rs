@@ -18,7 +18,7 @@
 
 use crate::backend::Connection;
 use crate::error::{BackendErrorKind, Error, Result};
-use crate::sql::{Statement, json_list};
+use crate::sql::{MAX_VALUE_BYTES, Statement, json_lists};
 use crate::store::change::{Change, ChangeKind};
 use crate::store::codec::{Encoded, id_text};
 use crate::store::meta::{CollectionMeta, VersionMode};
@@ -282,8 +282,10 @@ impl<'c> Writer<'c> {
         } else {
             Vec::new()
         };
-        let list = json_list(ids.iter().map(Value::as_ref));
-        let changed = self.conn.execute(&meta.sql.delete_ids, &[list])?;
+        let mut changed = 0;
+        for list in json_lists(ids.iter().map(Value::as_ref), MAX_VALUE_BYTES) {
+            changed += self.conn.execute(&meta.sql.delete_ids, &[list])?;
+        }
         if changed == 0 {
             return Ok(0);
         }
