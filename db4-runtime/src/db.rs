@@ -75,6 +75,13 @@ impl DbOptions {
 
     /// Records before-images of changes for commit observers, or not (see
     /// [`before_images`](Self::before_images)).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let options = db4_runtime::DbOptions::default().before_images(true);
+    /// assert!(options.before_images);
+    /// ```
     pub fn before_images(mut self, before_images: bool) -> Self {
         self.before_images = before_images;
         self
@@ -271,6 +278,40 @@ impl Db {
     /// transaction that rolled back, from writes undone to a savepoint, or from a failed
     /// operation. Observers run in commit order, on the committing thread, after the data is
     /// durable; keep them short.
+    ///
+    /// Each [`Change`] names the collection and document, says what happened, and carries the
+    /// version and the stored JSON after the write; with [`DbOptions::before_images`] also the
+    /// JSON before it. Every writer reports through the same pipeline: collections, query
+    /// deletes, migrations that rewrite documents, and [`BatchStore`](crate::BatchStore)s.
+    ///
+    /// An observer cannot write to the database it observes (it would wait for its own
+    /// delivery): such a write fails with
+    /// [`Error::TransactionState`](crate::Error::TransactionState). Opening a collection this
+    /// handle has not opened yet counts as a write (it may create or migrate the table); reads
+    /// are fine.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use db4_runtime::{ChangeKind, Db, Value};
+    /// # use db4_derive::Document;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Document, Serialize, Deserialize)]
+    /// # #[db4(crate = "db4_runtime")]
+    /// # struct Note { #[id] id: i64, text: String }
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// # fn main() -> db4_runtime::Result<()> {
+    /// let db = Db::open_in_memory()?;
+    /// let notes = db.collection::<Note>()?;
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Arc::clone(&seen);
+    /// db.on_commit(move |changes| sink.lock().unwrap().extend(changes.iter().map(|c| (c.kind, c.id.clone()))));
+    /// notes.insert(&Note { id: 1, text: "hi".into() })?;
+    /// notes.delete(1)?;
+    /// assert_eq!(*seen.lock().unwrap(), [(ChangeKind::Insert, Value::Integer(1)), (ChangeKind::Delete, Value::Integer(1))]);
+    /// # Ok(()) }
+    /// ```
     pub fn on_commit(&self, observer: impl Fn(&[Change]) + Send + Sync + 'static) {
         self.inner.commits.observe(observer);
     }
