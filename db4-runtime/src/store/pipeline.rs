@@ -217,7 +217,12 @@ impl<'c> Writer<'c> {
             },
             _ => None,
         };
-        let version = new_version(meta, kind, after_version(&op), before.as_ref().and_then(|b| b.as_deref()));
+        let stored = before.as_ref().and_then(|b| b.as_deref());
+        let version = match op {
+            // A rewrite keeps the version.
+            Op::Rewrite { .. } => stored.and_then(|row| stored_version(meta, row)),
+            _ => new_version(meta, kind, after_version(&op), stored),
+        };
         self.record(meta, kind, id, before.flatten(), after, version)?;
         Ok(changed)
     }
