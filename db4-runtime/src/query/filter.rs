@@ -452,6 +452,31 @@ impl std::fmt::Debug for Expr {
     }
 }
 
+/// A filter node as seen through its negations: a condition, or a list whose operands are
+/// joined by AND (`conj`) or OR, each of them negated if `neg`.
+#[derive(Clone, Copy)]
+pub(crate) enum Stripped<'e> {
+    Atom(&'e Atom, bool),
+    List { conj: bool, items: &'e [Expr], neg: bool },
+}
+
+/// Looks through negations (flipping `neg`) and one-operand lists.
+pub(crate) fn strip(mut e: &Expr, mut neg: bool) -> Stripped<'_> {
+    loop {
+        match e {
+            Expr::Not(inner) => {
+                neg = !neg;
+                e = inner;
+            }
+            Expr::And(items) | Expr::Or(items) if items.len() == 1 => e = &items[0],
+            // De Morgan: a negated AND is an OR of negations, and the other way round.
+            Expr::And(items) => return Stripped::List { conj: !neg, items, neg },
+            Expr::Or(items) => return Stripped::List { conj: neg, items, neg },
+            Expr::Atom(atom) => return Stripped::Atom(atom, neg),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

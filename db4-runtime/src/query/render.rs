@@ -26,7 +26,7 @@
 //! are looked through in loops. A statement SQLite would refuse is refused here first.
 
 use crate::error::Result;
-use crate::query::filter::{Atom, CmpOp, Expr};
+use crate::query::filter::{Atom, CmpOp, Expr, Stripped as Node, strip};
 #[cfg(all(test, feature = "sqlite"))]
 use crate::sql::MAX_VALUE_BYTES;
 use crate::sql::{MAX_EXPR_DEPTH, Statement};
@@ -40,31 +40,6 @@ const INLINE_LIST_MAX: usize = 16;
 /// The height SQLite gives an operator or function over operands of these heights.
 fn over(operands: &[usize]) -> usize {
     1 + operands.iter().copied().max().unwrap_or(0)
-}
-
-/// A filter node as seen through its negations: a condition, or a list whose operands are
-/// joined by AND (`conj`) or OR, each of them negated if `neg`.
-#[derive(Clone, Copy)]
-enum Node<'e> {
-    Atom(&'e Atom, bool),
-    List { conj: bool, items: &'e [Expr], neg: bool },
-}
-
-/// Looks through negations (flipping `neg`) and one-operand lists.
-fn strip(mut e: &Expr, mut neg: bool) -> Node<'_> {
-    loop {
-        match e {
-            Expr::Not(inner) => {
-                neg = !neg;
-                e = inner;
-            }
-            Expr::And(items) | Expr::Or(items) if items.len() == 1 => e = &items[0],
-            // De Morgan: a negated AND is an OR of negations, and the other way round.
-            Expr::And(items) => return Node::List { conj: !neg, items, neg },
-            Expr::Or(items) => return Node::List { conj: neg, items, neg },
-            Expr::Atom(atom) => return Node::Atom(atom, neg),
-        }
-    }
 }
 
 /// The operands of a list, in order, with the operands of nested lists of the same operator

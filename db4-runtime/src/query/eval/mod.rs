@@ -58,7 +58,7 @@
 //! a filter nested as deeply as memory allows evaluates.
 
 use crate::error::{Error, Result};
-use crate::query::filter::{Atom, CmpOp, Expr, Filter, Order};
+use crate::query::filter::{Atom, CmpOp, Expr, Filter, Order, Stripped, strip};
 use crate::schema::Schema;
 use crate::schema::{Document, DocumentId};
 use crate::value::Value;
@@ -569,28 +569,6 @@ enum Node<'e> {
 #[derive(Debug)]
 pub(crate) struct Matcher<'e> {
     nodes: Vec<Node<'e>>,
-}
-
-/// A node as seen through its negations and one-operand lists.
-enum Stripped<'e> {
-    Atom(&'e Atom, bool),
-    List { conj: bool, items: &'e [Expr], neg: bool },
-}
-
-fn strip(mut e: &Expr, mut neg: bool) -> Stripped<'_> {
-    loop {
-        match e {
-            Expr::Not(inner) => {
-                neg = !neg;
-                e = inner;
-            }
-            Expr::And(items) | Expr::Or(items) if items.len() == 1 => e = &items[0],
-            // De Morgan: a negated AND is an OR of negated operands, and the other way round.
-            Expr::And(items) => return Stripped::List { conj: !neg, items, neg },
-            Expr::Or(items) => return Stripped::List { conj: neg, items, neg },
-            Expr::Atom(atom) => return Stripped::Atom(atom, neg),
-        }
-    }
 }
 
 /// A condition's operand, refused where the SQL path refuses it.
