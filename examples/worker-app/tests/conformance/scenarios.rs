@@ -755,7 +755,7 @@ pub fn statement_limits(t: &dyn Target) {
 // A batch store inside transactions (`POST /events/tx`: steps run in one transaction)
 
 fn event(i: usize) -> Value {
-    json!({ "kind": if i % 2 == 0 { "click" } else { "scroll" }, "n": i, "note": "x".repeat(i % 7) })
+    json!({ "kind": if i.is_multiple_of(2) { "click" } else { "scroll" }, "n": i, "note": "x".repeat(i % 7) })
 }
 
 fn put_event(id: &str, doc: &Value) -> Value {
