@@ -35,7 +35,9 @@ pub use backend::DurableBackend;
 pub use backend::{Access, Backend, Connection, HeldTransaction, Row};
 #[cfg(feature = "sqlite")]
 pub use backend::{SqliteBackend, SqliteOptions, Synchronous};
-pub use batch::{BATCH_ENTRY_OVERHEAD, BatchOptions, BatchStats, BatchStore, CompactionReport, DEFAULT_MAX_BLOB_BYTES};
+pub use batch::{
+    BATCH_ENTRY_OVERHEAD, BatchOptions, BatchStats, BatchStore, CompactionReport, DEFAULT_MAX_BLOB_BYTES, TxBatchStore,
+};
 pub use collection::{CasResult, Collection, Numeric, TxCollection};
 pub use db::{DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions};
 pub use error::{BackendError, BackendErrorKind, Error, Result};

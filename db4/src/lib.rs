@@ -27,7 +27,7 @@ pub use db4_runtime::{Access, Backend, BackendError, BackendErrorKind, Connectio
 pub use db4_runtime::{SqliteBackend, SqliteOptions, Synchronous};
 // Bin-packed batch storage.
 pub use db4_runtime::{
-    BATCH_ENTRY_OVERHEAD, BatchOptions, BatchStats, BatchStore, CompactionReport, DEFAULT_MAX_BLOB_BYTES,
+    BATCH_ENTRY_OVERHEAD, BatchOptions, BatchStats, BatchStore, CompactionReport, DEFAULT_MAX_BLOB_BYTES, TxBatchStore,
 };
 
 /// The storage seam and its backends, also at the crate root.
@@ -43,6 +43,7 @@ pub mod backend {
 pub mod batch {
     pub use db4_runtime::{
         BATCH_ENTRY_OVERHEAD, BatchOptions, BatchStats, BatchStore, CompactionReport, DEFAULT_MAX_BLOB_BYTES,
+        TxBatchStore,
     };
 }
 

@@ -1,22 +1,30 @@
 //! Compaction: [`BatchStore::compact`] repacks under-filled blobs, dropping their dead bytes,
 //! and only when that frees a row or reclaims bytes.
+//!
+//! It runs in either scope. It changes no document, so it reports no change; inside a
+//! transaction with a savepoint active it records what undoes it, from what it has read anyway
+//! (the repacked blobs' rows and payloads, the moved documents' old places).
 
 use super::codec::slice_at;
 use super::pack::Packer;
 use super::sql::int;
+use super::write::undo;
 use super::{BatchStore, CompactionReport, Entry, Release};
-use crate::backend::{Access, Connection, run};
+use crate::backend::{Access, Connection};
 use crate::error::Result;
+use crate::txn::Scope;
 use crate::value::{Value, ValueRef};
 use std::collections::HashMap;
+use std::sync::Arc;
 
-impl BatchStore {
+impl<S: Scope> BatchStore<S> {
     /// Repacks the blobs whose live documents fill less than
     /// [`BatchOptions::compact_below`](super::BatchOptions::compact_below) of `max_blob_bytes`,
     /// dropping their dead bytes, in one atomic call. Nothing is rewritten unless it frees a row
     /// or reclaims dead bytes; no document is lost or duplicated.
     ///
-    /// The blobs repacked are read into memory together.
+    /// The blobs repacked are read into memory together (and, inside a transaction with a
+    /// savepoint active, kept there until the savepoint goes, to be put back if rolled back to).
     ///
     /// # Errors
     ///
@@ -44,7 +52,8 @@ impl BatchStore {
         let sql = &self.inner.sql;
         let limit = self.inner.limit;
         let threshold = (limit as f64 * self.inner.options.compact_below).ceil() as u64;
-        run(self.db.backend(), Access::Atomic, |conn| {
+        self.exec().write(Access::Atomic, |w| {
+            let conn = w.conn;
             let rows_before = self.count(conn, &sql.blob_count)?;
             let unchanged = CompactionReport { rows_before, rows_after: rows_before, ..CompactionReport::default() };
             let mut candidates: Vec<(i64, u64, u64, u64)> = Vec::new();
@@ -75,7 +84,8 @@ impl BatchStore {
                 payloads.insert(blob, payload.to_vec());
                 Ok(())
             })?;
-            let mut entries: Vec<Entry> = Vec::new();
+            // Each entry with the place it moves from.
+            let mut entries: Vec<(Entry, (i64, u64))> = Vec::new();
             let mut seen: HashMap<i64, Release> = HashMap::new();
             conn.query(&sql.docs_in_blobs, std::slice::from_ref(&blob_list), &mut |row| {
                 let id = self.text(row, 0, "document id")?;
@@ -92,7 +102,7 @@ impl BatchStore {
                 let r = seen.entry(blob).or_default();
                 r.bytes += len;
                 r.count += 1;
-                entries.push(Entry { id: id.to_owned(), bytes: bytes.to_vec() });
+                entries.push((Entry { id: id.to_owned(), bytes: bytes.to_vec() }, (blob, pos)));
                 Ok(())
             })?;
             for &(blob, _, live, count) in &candidates {
@@ -104,21 +114,30 @@ impl BatchStore {
                     )));
                 }
             }
-            entries.sort_by(|a, b| b.bytes.len().cmp(&a.bytes.len()).then_with(|| a.id.cmp(&b.id)));
+            entries.sort_by(|(a, _), (b, _)| b.bytes.len().cmp(&a.bytes.len()).then_with(|| a.id.cmp(&b.id)));
             let mut packer = Packer::new(limit, self.next_blob_id(conn)?);
-            let placed: Vec<(i64, u64)> = entries.iter().map(|e| packer.place(&e.bytes)).collect();
+            let placed: Vec<(i64, u64)> = entries.iter().map(|(e, _)| packer.place(&e.bytes)).collect();
             let new_rows = packer.bins.len();
             if new_rows > candidates.len() || (new_rows == candidates.len() && dead == 0) {
                 return Ok(unchanged);
             }
-            for &(blob, ..) in &candidates {
+            for &(blob, used, live, count) in &candidates {
+                let payload = payloads.remove(&blob).ok_or_else(|| self.corrupt(format!("blob {blob} vanished")))?;
                 conn.execute(&sql.delete_blob, &[Value::Integer(blob)])?;
+                undo(&w, || {
+                    let row = vec![Value::Integer(blob), Value::Blob(payload), int(used), int(live), int(count)];
+                    vec![(Arc::clone(&sql.restore_blob), row)]
+                });
             }
             for bin in packer.bins {
-                self.insert_bin(conn, bin)?;
+                self.insert_bin(&w, bin)?;
             }
-            for (entry, (blob, pos)) in entries.iter().zip(placed) {
+            for ((entry, (from_blob, from_pos)), (blob, pos)) in entries.iter().zip(placed) {
                 conn.execute(&sql.move_doc, &[Value::Text(entry.id.clone()), Value::Integer(blob), int(pos)])?;
+                undo(&w, || {
+                    let back = vec![Value::Text(entry.id.clone()), Value::Integer(*from_blob), int(*from_pos)];
+                    vec![(Arc::clone(&sql.move_doc), back)]
+                });
             }
             Ok(CompactionReport {
                 rows_before,

@@ -11,18 +11,20 @@
 //! Packed entry format (all integers little-endian):
 //! `id_len: u32 | doc_len: u32 | crc32(id ++ doc): u32 | id (UTF-8) | doc (JSON)`.
 //!
-//! This file holds the public types, [`BatchStore::open`] and the store's error helpers; the
-//! rest of `BatchStore` is spread over one file per job:
+//! This file holds the public types, [`BatchStore::open`], [`Transaction::batch`] and the
+//! store's error helpers; the rest of `BatchStore` is spread over one file per job:
 //!
 //! - `read.rs`: `get`, `get_many`, `contains`, `ids`, `len`, `is_empty`;
-//! - `write.rs`: `put`, `put_many`, `delete`, `delete_many`;
+//! - `write.rs`: `put`, `put_many`, `delete`, `delete_many`, and how their writes are recorded
+//!   (changes for observers, undo entries for savepoints);
 //! - `verify.rs`: `stats` and `verify`;
 //! - `compact.rs`: `compact`;
 //! - `pack.rs`: the best-fit placement of entries into blobs;
 //! - `codec.rs`: the packed entry format;
 //! - `rows.rs`: the strict readers of stored rows;
 //! - `sql.rs`: the tables and statements of a store;
-//! - `model.rs` (tests only): the store against a `BTreeMap` model, and shared test helpers.
+//! - `model.rs` (tests only): the store against a `BTreeMap` model, and shared test helpers;
+//! - `tx_tests.rs` (tests only): the store inside transactions, savepoints and observers.
 
 mod codec;
 mod compact;
@@ -32,6 +34,8 @@ mod pack;
 mod read;
 mod rows;
 mod sql;
+#[cfg(all(test, feature = "sqlite"))]
+mod tx_tests;
 mod verify;
 mod write;
 
@@ -39,6 +43,7 @@ use crate::backend::{Access, run};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::schema::is_valid_name;
+use crate::txn::{Exec, Scope, Transaction};
 use sql::Statements;
 use std::fmt;
 use std::sync::Arc;
@@ -215,11 +220,18 @@ impl CompactionReport {
 }
 
 /// Many small documents bin-packed into blobs of bounded size, each readable, replaceable and
-/// deletable by its string id (the counterpart of the seed's `createBatchOperations`).
+/// deletable by its string id (the counterpart of the seed's `createBatchOperations`), over a
+/// scope `S`: the [`Db`] (the default, from [`BatchStore::open`]), where each call runs on its
+/// own, or a transaction ([`TxBatchStore`], from [`Transaction::batch`]), where each call joins
+/// it and sees its writes.
 ///
 /// Documents are any `serde` type, stored as JSON; a store does not fix their type. Each
-/// mutating call is atomic. Cheap to clone. Calls go straight to the database, so they cannot
-/// be made inside [`Db::transaction`](crate::Db::transaction)'s closure.
+/// mutating call is atomic; its writes go through db4's write pipeline, so they commit or roll
+/// back with the transaction they belong to, are undone by
+/// [`Transaction::rollback_to`](crate::Transaction::rollback_to) and failed nested
+/// transactions, and reach [`Db::on_commit`](crate::Db::on_commit) observers once committed:
+/// one [`Change`](crate::Change) per document, its `collection` the store's name, its id a
+/// [`Value::Text`](crate::Value::Text). Cheap to clone.
 ///
 /// # Example
 ///
@@ -235,13 +247,28 @@ impl CompactionReport {
 /// assert!(events.delete("e2")?);
 /// assert_eq!(events.ids()?, ["e1", "e3"]);
 /// assert_eq!(events.stats()?.rows, 1);
+///
+/// // Inside a transaction, with a savepoint.
+/// db.transaction(|tx| {
+///     let events = tx.batch(&events);
+///     events.put("e4", &("click", 1))?;
+///     tx.savepoint("more")?;
+///     events.delete("e1")?;
+///     tx.rollback_to("more")?;
+///     assert_eq!(events.ids()?, ["e1", "e3", "e4"]);
+///     Ok(())
+/// })?;
+/// assert_eq!(events.len()?, 3);
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct BatchStore {
-    db: Db,
+pub struct BatchStore<S = Db> {
+    scope: S,
     inner: Arc<Inner>,
 }
+
+/// A [`BatchStore`] inside a [`Transaction`], from [`Transaction::batch`]: the same operations
+/// as on the [`Db`], seeing the transaction's own writes.
+pub type TxBatchStore<'tx> = BatchStore<&'tx Transaction<'tx>>;
 
 struct Inner {
     name: String,
@@ -250,7 +277,13 @@ struct Inner {
     sql: Statements,
 }
 
-impl fmt::Debug for BatchStore {
+impl<S: Clone> Clone for BatchStore<S> {
+    fn clone(&self) -> Self {
+        Self { scope: self.scope.clone(), inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<S> fmt::Debug for BatchStore<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BatchStore").field("name", &self.inner.name).field("options", &self.inner.options).finish()
     }
@@ -260,6 +293,14 @@ impl fmt::Debug for BatchStore {
 struct Entry {
     id: String,
     bytes: Vec<u8>,
+}
+
+impl Entry {
+    /// The document's JSON, for its change.
+    fn json(&self) -> String {
+        // Written by serde_json, so UTF-8; the lossy conversion never changes it.
+        String::from_utf8_lossy(self.bytes.get(BATCH_ENTRY_OVERHEAD + self.id.len()..).unwrap_or_default()).into_owned()
+    }
 }
 
 /// Live-data changes to one blob: bytes and documents leaving it.
@@ -320,9 +361,40 @@ impl BatchStore {
         let sql = Statements::new(name);
         run(db.backend(), Access::Atomic, |conn| sql.create.iter().try_for_each(|ddl| conn.execute_ddl(ddl)))?;
         let limit = options.max_blob_bytes as u64;
-        Ok(BatchStore { db: db.clone(), inner: Arc::new(Inner { name: name.to_owned(), options, limit, sql }) })
+        Ok(BatchStore { scope: db.clone(), inner: Arc::new(Inner { name: name.to_owned(), options, limit, sql }) })
     }
+}
 
+impl<'a> Transaction<'a> {
+    /// `store` inside this transaction: its reads see the transaction's writes, and its writes
+    /// commit or roll back with the transaction (and are undone by savepoints).
+    ///
+    /// The store's tables must exist in the transaction's database: open the store on that
+    /// database with [`BatchStore::open`] (the handle names the tables; calls run on the
+    /// transaction's connection).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> db4_runtime::Result<()> {
+    /// use db4_runtime::{BatchStore, Db, Error};
+    ///
+    /// let db = Db::open_in_memory()?;
+    /// let store = BatchStore::open(&db, "drafts", Default::default())?;
+    /// let failed = db.transaction(|tx| {
+    ///     tx.batch(&store).put("d1", "lost")?;
+    ///     Err::<(), _>(Error::aborted("changed my mind"))
+    /// });
+    /// assert!(failed.is_err());
+    /// assert!(store.is_empty()?);
+    /// # Ok(()) }
+    /// ```
+    pub fn batch(&self, store: &BatchStore) -> TxBatchStore<'_> {
+        BatchStore { scope: self, inner: Arc::clone(&store.inner) }
+    }
+}
+
+impl<S> BatchStore<S> {
     /// The store's name.
     ///
     /// # Example
@@ -368,6 +440,20 @@ impl BatchStore {
 
     fn corrupt(&self, what: impl fmt::Display) -> Error {
         Error::corrupted(&self.inner.name, None, what.to_string())
+    }
+}
+
+impl<S: Scope> BatchStore<S> {
+    fn exec(&self) -> Exec<'_> {
+        self.scope.exec()
+    }
+
+    /// The database the store's calls run on.
+    fn db(&self) -> &Db {
+        match self.exec() {
+            Exec::Db(db) => db,
+            Exec::Tx(tx) => tx.db(),
+        }
     }
 }
 

@@ -1,9 +1,11 @@
 //! Model-based tests: random operations on a store checked against a `BTreeMap`, in memory and
-//! across reopening a file; and the helpers the other files' tests share.
+//! across reopening a file; and the helpers the other files' tests share (`tx_tests.rs` runs
+//! the same operations inside transactions, with savepoints).
 
 use super::*;
 use crate::backend::{Access, run};
 use crate::error::BackendErrorKind;
+use crate::schema::quote_ident;
 use crate::value::{Value, ValueRef};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,7 +56,7 @@ pub(super) fn is_corrupt<T: fmt::Debug>(r: Result<T>) -> bool {
 }
 
 /// Checks everything observable against the model.
-pub(super) fn check(store: &BatchStore, model: &BTreeMap<String, Doc>) -> Result<()> {
+pub(super) fn check<S: Scope>(store: &BatchStore<S>, model: &BTreeMap<String, Doc>) -> Result<()> {
     assert_eq!(store.ids()?, model.keys().cloned().collect::<Vec<_>>());
     assert_eq!(store.len()?, model.len() as u64);
     let got: Vec<Option<Doc>> = store.get_many(model.keys())?;
@@ -68,8 +70,8 @@ pub(super) fn check(store: &BatchStore, model: &BTreeMap<String, Doc>) -> Result
 }
 
 /// Runs `steps` random operations against `store` and `model`, checking as it goes.
-pub(super) fn random_ops(
-    store: &BatchStore,
+pub(super) fn random_ops<S: Scope>(
+    store: &BatchStore<S>,
     model: &mut BTreeMap<String, Doc>,
     rng: &mut Rng,
     steps: usize,
@@ -142,6 +144,29 @@ pub(super) fn random_ops(
         }
     }
     check(store, model)
+}
+
+/// Every row of the store's two tables as stored, blobs then directory, each in id order: what
+/// an undo must put back bit for bit.
+pub(super) fn table_rows<S: Scope>(store: &BatchStore<S>) -> Result<Vec<Vec<Value>>> {
+    let name = store.name();
+    let tables = [(format!("_db4_batch_{name}_blobs"), 5), (format!("_db4_batch_{name}_docs"), 4)];
+    let mut out = Vec::new();
+    store.exec().read(|conn| {
+        for (table, width) in &tables {
+            let sql = format!(r#"SELECT * FROM {} ORDER BY "id""#, quote_ident(table));
+            conn.query(&sql, &[], &mut |row| {
+                let mut values = vec![Value::Text(table.clone())];
+                for i in 0..*width {
+                    values.push(row.get(i)?.to_owned());
+                }
+                out.push(values);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Runs one raw statement through the connection, as a damaged file or a stray writer

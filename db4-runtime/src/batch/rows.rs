@@ -7,7 +7,7 @@ use crate::backend::Row;
 use crate::error::Result;
 use crate::value::ValueRef;
 
-impl BatchStore {
+impl<S> BatchStore<S> {
     /// The JSON of the entry in a row of `blob, pos, len, substr(payload)` starting at column
     /// `at`, checked to be `id`'s.
     pub(super) fn entry_in_row<'r>(&self, row: &'r dyn Row, at: usize, id: &str) -> Result<&'r [u8]> {

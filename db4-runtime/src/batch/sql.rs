@@ -3,8 +3,10 @@
 
 use crate::schema::quote_ident;
 use crate::value::Value;
+use std::sync::Arc;
 
-/// The SQL of one store, built once from its validated name.
+/// The SQL of one store, built once from its validated name. The statements an undo entry
+/// may hold are shared (`Arc<str>`), so recording one copies no SQL text.
 pub(super) struct Statements {
     pub(super) create: [String; 4],
     pub(super) get_one: String,
@@ -16,10 +18,18 @@ pub(super) struct Statements {
     pub(super) next_blob_id: String,
     pub(super) insert_blob: String,
     pub(super) append: String,
-    pub(super) release: String,
+    pub(super) release: Arc<str>,
     pub(super) drop_empty: String,
-    pub(super) upsert_doc: String,
+    /// `drop_empty`, handing back the dropped row for the undo log.
+    pub(super) drop_empty_returning: String,
+    pub(super) upsert_doc: Arc<str>,
     pub(super) delete_docs: String,
+    /// Undo: deletes one directory row.
+    pub(super) delete_doc: Arc<str>,
+    /// Undo: takes an append off a blob (its bytes, and what it added to the counters).
+    pub(super) truncate: Arc<str>,
+    /// Undo: puts back a whole blob row.
+    pub(super) restore_blob: Arc<str>,
     pub(super) ids: String,
     pub(super) count: String,
     pub(super) blob_count: String,
@@ -27,8 +37,8 @@ pub(super) struct Statements {
     pub(super) candidates: String,
     pub(super) payloads: String,
     pub(super) docs_in_blobs: String,
-    pub(super) delete_blob: String,
-    pub(super) move_doc: String,
+    pub(super) delete_blob: Arc<str>,
+    pub(super) move_doc: Arc<str>,
     pub(super) all_docs: String,
     pub(super) all_blobs: String,
 }
@@ -60,7 +70,7 @@ impl Statements {
                 r#"SELECT d."id", {entry} FROM {d} AS d LEFT JOIN {b} AS b ON b."id" = d."blob" WHERE d."id" IN (SELECT "value" FROM json_each(?1))"#
             ),
             contains: format!(r#"SELECT 1 FROM {d} WHERE "id" = ?1"#),
-            locate: format!(r#"SELECT "id", "blob", "len" FROM {d} WHERE "id" IN (SELECT "value" FROM json_each(?1))"#),
+            locate: format!(r#"SELECT "id", "blob", "pos", "len" FROM {d} WHERE "id" IN (SELECT "value" FROM json_each(?1))"#),
             best_fit: format!(r#"SELECT "id", "used" FROM {b} WHERE "used" <= ?1 ORDER BY "used" DESC, "id" LIMIT 1"#),
             fitting: format!(r#"SELECT "id", "used" FROM {b} WHERE "used" <= ?1 ORDER BY "id""#),
             next_blob_id: format!(r#"SELECT coalesce(max("id"), 0) + 1 FROM {b}"#),
@@ -73,12 +83,27 @@ impl Statements {
             ),
             release: format!(
                 r#"UPDATE {b} SET "live_bytes" = "live_bytes" + ?2, "live_count" = "live_count" + ?3 WHERE "id" = ?1 AND "live_bytes" + ?2 >= 0 AND "live_count" + ?3 >= 0"#
-            ),
+            )
+            .into(),
             drop_empty: format!(r#"DELETE FROM {b} WHERE "id" = ?1 AND "live_count" = 0"#),
+            drop_empty_returning: format!(
+                r#"DELETE FROM {b} WHERE "id" = ?1 AND "live_count" = 0 RETURNING "payload", "used", "live_bytes", "live_count""#
+            ),
             upsert_doc: format!(
                 r#"INSERT INTO {d} ("id", "blob", "pos", "len") VALUES (?1, ?2, ?3, ?4) ON CONFLICT ("id") DO UPDATE SET "blob" = excluded."blob", "pos" = excluded."pos", "len" = excluded."len""#
-            ),
+            )
+            .into(),
             delete_docs: format!(r#"DELETE FROM {d} WHERE "id" IN (SELECT "value" FROM json_each(?1))"#),
+            delete_doc: format!(r#"DELETE FROM {d} WHERE "id" = ?1"#).into(),
+            // A BLOB's substr counts bytes and is a BLOB: the payload as it was before the append.
+            truncate: format!(
+                r#"UPDATE {b} SET "payload" = substr("payload", 1, ?2), "used" = ?2, "live_bytes" = "live_bytes" + ?3, "live_count" = "live_count" + ?4 WHERE "id" = ?1"#
+            )
+            .into(),
+            restore_blob: format!(
+                r#"INSERT INTO {b} ("id", "payload", "used", "live_bytes", "live_count") VALUES (?1, ?2, ?3, ?4, ?5)"#
+            )
+            .into(),
             ids: format!(r#"SELECT "id" FROM {d} ORDER BY "id""#),
             count: format!(r#"SELECT count(*) FROM {d}"#),
             blob_count: format!(r#"SELECT count(*) FROM {b}"#),
@@ -93,8 +118,8 @@ impl Statements {
             docs_in_blobs: format!(
                 r#"SELECT "id", "blob", "pos", "len" FROM {d} WHERE "blob" IN (SELECT "value" FROM json_each(?1))"#
             ),
-            delete_blob: format!(r#"DELETE FROM {b} WHERE "id" = ?1"#),
-            move_doc: format!(r#"UPDATE {d} SET "blob" = ?2, "pos" = ?3 WHERE "id" = ?1"#),
+            delete_blob: format!(r#"DELETE FROM {b} WHERE "id" = ?1"#).into(),
+            move_doc: format!(r#"UPDATE {d} SET "blob" = ?2, "pos" = ?3 WHERE "id" = ?1"#).into(),
             all_docs: format!(r#"SELECT "id", "blob", "pos", "len" FROM {d}"#),
             all_blobs: format!(r#"SELECT "id", "payload", "used", "live_bytes", "live_count" FROM {b} ORDER BY "id""#),
         }

@@ -1,15 +1,17 @@
 //! Space accounting and consistency checks: [`BatchStore::stats`] from the per-blob counters
-//! (no payload read), [`BatchStore::verify`] from every payload, entry by entry.
+//! (no payload read), [`BatchStore::verify`] from every payload, entry by entry. Both read
+//! through the store's scope, so inside a transaction they check what it has written.
 
 use super::codec::split_entries;
 use super::sql::int;
 use super::{BatchStats, BatchStore};
-use crate::backend::{Access, run};
+use crate::backend::{Access, Connection, run};
 use crate::error::Result;
+use crate::txn::{Exec, Scope};
 use crate::value::ValueRef;
 use std::collections::HashMap;
 
-impl BatchStore {
+impl<S: Scope> BatchStore<S> {
     /// Counts documents, rows and bytes, from the per-blob counters (one query, no payload
     /// read).
     ///
@@ -32,7 +34,7 @@ impl BatchStore {
     /// ```
     pub fn stats(&self) -> Result<BatchStats> {
         let mut out = None;
-        run(self.db.backend(), Access::Read, |conn| {
+        self.exec().read(|conn| {
             conn.query(&self.inner.sql.stats, &[int(self.inner.limit)], &mut |row| {
                 let documents = self.uint(row, 0, "document count")?;
                 let doc_bytes = self.uint(row, 1, "document bytes")?;
@@ -80,66 +82,72 @@ impl BatchStore {
     /// # Ok(()) }
     /// ```
     pub fn verify(&self) -> Result<BatchStats> {
+        match self.exec() {
+            // Atomic: two statements must see the same state, which a WAL reader does not promise.
+            Exec::Db(db) => run(db.backend(), Access::Atomic, |conn| self.check_all(conn)),
+            // A transaction's connection sees one state: its own.
+            Exec::Tx(tx) => self.check_all(tx.conn()?),
+        }
+    }
+
+    fn check_all(&self, conn: &dyn Connection) -> Result<BatchStats> {
         let sql = &self.inner.sql;
-        // Atomic: two statements must see the same state, which a WAL reader does not promise.
-        run(self.db.backend(), Access::Atomic, |conn| {
-            let mut docs: HashMap<i64, Vec<(u64, u64, String)>> = HashMap::new();
-            let mut documents = 0u64;
-            conn.query(&sql.all_docs, &[], &mut |row| {
-                let id = self.text(row, 0, "document id")?.to_owned();
-                let blob = self.int(row, 1, "blob id")?;
-                let pos = self.uint(row, 2, "entry offset")?;
-                let len = self.uint(row, 3, "entry length")?;
-                docs.entry(blob).or_default().push((pos, len, id));
-                documents += 1;
-                Ok(())
-            })?;
-            let mut stats = BatchStats { documents, row_limit: self.inner.limit, ..BatchStats::default() };
-            conn.query(&sql.all_blobs, &[], &mut |row| {
-                let blob = self.int(row, 0, "blob id")?;
-                let ValueRef::Blob(payload) = row.get(1)? else {
-                    return Err(self.corrupt(format!("blob {blob}: the payload is not a BLOB")));
-                };
-                let used = self.uint(row, 2, "blob size")?;
-                let live_bytes = self.uint(row, 3, "live bytes")?;
-                let live_count = self.uint(row, 4, "live count")?;
-                if used != payload.len() as u64 {
-                    return Err(self.corrupt(format!("blob {blob}: {} bytes, recorded as {used}", payload.len())));
-                }
-                let entries = split_entries(payload).map_err(|e| self.corrupt(format!("blob {blob}: {e}")))?;
-                let mine = docs.remove(&blob).unwrap_or_default();
-                let (mut bytes, mut count) = (0u64, 0u64);
-                for (pos, len, id) in &mine {
-                    let at = usize::try_from(*pos).ok().and_then(|p| entries.get(&p));
-                    match at {
-                        Some((entry_len, entry_id)) if *entry_len as u64 == *len && entry_id == id => {}
-                        _ => {
-                            return Err(self.corrupt(format!(
-                                "document {id:?} points at blob {blob} offset {pos}, where no entry of it starts"
-                            )));
-                        }
-                    }
-                    bytes += len;
-                    count += 1;
-                }
-                if bytes != live_bytes || count != live_count || count == 0 {
-                    return Err(self.corrupt(format!(
-                        "blob {blob}: counters say {live_count} documents of {live_bytes} bytes, the directory {count} of {bytes}"
-                    )));
-                }
-                stats.rows += 1;
-                stats.allocated_bytes += used;
-                stats.live_bytes += live_bytes;
-                stats.free_bytes += self.inner.limit.saturating_sub(used);
-                Ok(())
-            })?;
-            if let Some((blob, list)) = docs.iter().next() {
-                let id = list.first().map(|d| d.2.as_str()).unwrap_or_default();
-                return Err(self.corrupt(format!("document {id:?} points at missing blob {blob}")));
+        let mut docs: HashMap<i64, Vec<(u64, u64, String)>> = HashMap::new();
+        let mut documents = 0u64;
+        conn.query(&sql.all_docs, &[], &mut |row| {
+            let id = self.text(row, 0, "document id")?.to_owned();
+            let blob = self.int(row, 1, "blob id")?;
+            let pos = self.uint(row, 2, "entry offset")?;
+            let len = self.uint(row, 3, "entry length")?;
+            docs.entry(blob).or_default().push((pos, len, id));
+            documents += 1;
+            Ok(())
+        })?;
+        let mut stats = BatchStats { documents, row_limit: self.inner.limit, ..BatchStats::default() };
+        conn.query(&sql.all_blobs, &[], &mut |row| {
+            let blob = self.int(row, 0, "blob id")?;
+            let ValueRef::Blob(payload) = row.get(1)? else {
+                return Err(self.corrupt(format!("blob {blob}: the payload is not a BLOB")));
+            };
+            let used = self.uint(row, 2, "blob size")?;
+            let live_bytes = self.uint(row, 3, "live bytes")?;
+            let live_count = self.uint(row, 4, "live count")?;
+            if used != payload.len() as u64 {
+                return Err(self.corrupt(format!("blob {blob}: {} bytes, recorded as {used}", payload.len())));
             }
-            stats.dead_bytes = stats.allocated_bytes - stats.live_bytes;
-            Ok(stats)
-        })
+            let entries = split_entries(payload).map_err(|e| self.corrupt(format!("blob {blob}: {e}")))?;
+            let mine = docs.remove(&blob).unwrap_or_default();
+            let (mut bytes, mut count) = (0u64, 0u64);
+            for (pos, len, id) in &mine {
+                let at = usize::try_from(*pos).ok().and_then(|p| entries.get(&p));
+                match at {
+                    Some((entry_len, entry_id)) if *entry_len as u64 == *len && entry_id == id => {}
+                    _ => {
+                        return Err(self.corrupt(format!(
+                            "document {id:?} points at blob {blob} offset {pos}, where no entry of it starts"
+                        )));
+                    }
+                }
+                bytes += len;
+                count += 1;
+            }
+            if bytes != live_bytes || count != live_count || count == 0 {
+                return Err(self.corrupt(format!(
+                    "blob {blob}: counters say {live_count} documents of {live_bytes} bytes, the directory {count} of {bytes}"
+                )));
+            }
+            stats.rows += 1;
+            stats.allocated_bytes += used;
+            stats.live_bytes += live_bytes;
+            stats.free_bytes += self.inner.limit.saturating_sub(used);
+            Ok(())
+        })?;
+        if let Some((blob, list)) = docs.iter().next() {
+            let id = list.first().map(|d| d.2.as_str()).unwrap_or_default();
+            return Err(self.corrupt(format!("document {id:?} points at missing blob {blob}")));
+        }
+        stats.dead_bytes = stats.allocated_bytes - stats.live_bytes;
+        Ok(stats)
     }
 }
 

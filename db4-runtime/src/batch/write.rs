@@ -2,25 +2,58 @@
 //! [`delete`](BatchStore::delete) and [`delete_many`](BatchStore::delete_many), and the steps
 //! they share with compaction: encoding an entry, placing it (with `pack.rs`), writing new and
 //! appended blobs, and taking released documents off their blobs' counters.
+//!
+//! Each call writes through the unit of work's [`Writer`] (the write pipeline, see
+//! `store/pipeline.rs`). After each statement that changed rows, and only while a savepoint is
+//! active, it records the statements that put exactly those rows back. Inside a transaction
+//! each call is atomic as a nested transaction, whose own savepoint is active while it runs, so
+//! a call that fails halfway is undone as far as it got and the transaction goes on; what it
+//! recorded is forgotten when it ends unless a savepoint of the caller is still active. Outside
+//! a transaction nothing of this is recorded: the backend's transaction undoes a failed call.
+//!
+//! An append is undone by cutting the appended bytes off again and a counter by the opposite
+//! adjustment, so neither reads anything; the one before-image read is that of a blob row
+//! dropped with its last live document, which its `DELETE` hands back. Once done, a call
+//! records one [`Change`] per document it changed, only when someone observes commits.
 
 use super::codec::encode_entry;
 use super::pack::{Bin, Packer};
 use super::sql::{id_list, int, signed};
 use super::{BATCH_ENTRY_OVERHEAD, BatchStore, Entry, Release};
-use crate::backend::{Access, Connection, run};
+use crate::backend::{Access, Connection};
 use crate::error::{Error, Result};
-use crate::value::Value;
+use crate::store::change::{Change, ChangeKind};
+use crate::store::pipeline::{Undo, Writer};
+use crate::txn::Scope;
+use crate::value::{Value, ValueRef};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
-/// Where a stored document lives.
-#[derive(Debug, Clone, Copy)]
+/// Where a stored document lives, and its JSON when a change reports its before-image.
+#[derive(Debug, Clone)]
 struct Location {
     blob: i64,
+    pos: u64,
     len: u64,
+    json: Option<String>,
 }
 
-impl BatchStore {
+impl Location {
+    /// The directory row of document `id` as it is, in `upsert_doc`'s parameter layout.
+    fn row(&self, id: &str) -> Vec<Value> {
+        vec![Value::Text(id.to_owned()), Value::Integer(self.blob), int(self.pos), int(self.len)]
+    }
+}
+
+/// Records the statements that undo the statement just run; they are built only while a
+/// savepoint is active.
+pub(super) fn undo(w: &Writer<'_>, statements: impl FnOnce() -> Vec<(Arc<str>, Vec<Value>)>) {
+    w.record_external(Vec::new, || Some(Undo::Statements(statements())));
+}
+
+impl<S: Scope> BatchStore<S> {
     /// Stores `doc` under `id`, replacing any document with that id.
     ///
     /// # Errors
@@ -136,19 +169,28 @@ impl BatchStore {
             return Ok(0);
         }
         let list = id_list(ids.iter());
-        run(self.db.backend(), Access::Atomic, |conn| {
-            let found = self.locate(conn, &list)?;
+        let sql = &self.inner.sql;
+        self.exec().write(Access::Atomic, |w| {
+            let found = self.locate(w.conn, &list, self.before_images(&w))?;
             if found.is_empty() {
                 return Ok(0);
             }
-            conn.execute(&self.inner.sql.delete_docs, std::slice::from_ref(&list))?;
+            w.conn.execute(&sql.delete_docs, std::slice::from_ref(&list))?;
+            undo(&w, || found.iter().map(|(id, loc)| (Arc::clone(&sql.upsert_doc), loc.row(id))).collect());
             let mut releases: BTreeMap<i64, Release> = BTreeMap::new();
             for loc in found.values() {
                 let r = releases.entry(loc.blob).or_default();
                 r.bytes += loc.len;
                 r.count += 1;
             }
-            self.apply_releases(conn, &releases)?;
+            self.apply_releases(&w, &releases)?;
+            w.record_external(
+                || {
+                    let deleted = ids.iter().filter_map(|id| found.get(id).map(|loc| (id, loc)));
+                    deleted.map(|(id, loc)| self.change(id, ChangeKind::Delete, None, loc.json.clone())).collect()
+                },
+                || None,
+            );
             Ok(found.len() as u64)
         })
     }
@@ -177,8 +219,9 @@ impl BatchStore {
         let sql = &self.inner.sql;
         let limit = self.inner.limit;
         let list = id_list(entries.iter().map(|e| &e.id));
-        run(self.db.backend(), Access::Atomic, |conn| {
-            let old = self.locate(conn, &list)?;
+        self.exec().write(Access::Atomic, |w| {
+            let conn = w.conn;
+            let old = self.locate(conn, &list, self.before_images(&w))?;
             let mut packer = Packer::new(limit, self.next_blob_id(conn)?);
             // Only blobs with room for the smallest entry matter; a single put reads one row.
             let smallest = entries.iter().map(|e| e.bytes.len() as u64).min().unwrap_or(0);
@@ -203,18 +246,20 @@ impl BatchStore {
             let (fresh, existing): (Vec<Bin>, Vec<Bin>) =
                 packer.bins.into_iter().filter(|b| b.added_count > 0).partition(|b| b.fresh);
             for bin in fresh {
-                self.insert_bin(conn, bin)?;
+                self.insert_bin(&w, bin)?;
             }
             for bin in existing {
                 let r = releases.remove(&bin.blob).unwrap_or_default();
+                let bytes = signed(bin.used - bin.base) - signed(r.bytes);
+                let count = signed(bin.added_count) - signed(r.count);
                 let changed = conn.execute(
                     &sql.append,
                     &[
                         Value::Integer(bin.blob),
                         Value::Blob(bin.append),
                         int(bin.used - bin.base),
-                        Value::Integer(signed(bin.used - bin.base) - signed(r.bytes)),
-                        Value::Integer(signed(bin.added_count) - signed(r.count)),
+                        Value::Integer(bytes),
+                        Value::Integer(count),
                         int(bin.base),
                     ],
                 )?;
@@ -224,49 +269,128 @@ impl BatchStore {
                         self.corrupt(format!("blob {}: its size or counters disagree with its payload", bin.blob))
                     );
                 }
+                undo(&w, || {
+                    let params =
+                        vec![Value::Integer(bin.blob), int(bin.base), Value::Integer(-bytes), Value::Integer(-count)];
+                    vec![(Arc::clone(&sql.truncate), params)]
+                });
             }
-            self.apply_releases(conn, &releases)?;
-            for (entry, (blob, pos)) in entries.iter().zip(placed) {
+            self.apply_releases(&w, &releases)?;
+            for (entry, &(blob, pos)) in entries.iter().zip(&placed) {
                 conn.execute(
                     &sql.upsert_doc,
                     &[Value::Text(entry.id.clone()), Value::Integer(blob), int(pos), int(entry.bytes.len() as u64)],
                 )?;
+                undo(&w, || {
+                    vec![match old.get(&entry.id) {
+                        Some(loc) => (Arc::clone(&sql.upsert_doc), loc.row(&entry.id)),
+                        None => (Arc::clone(&sql.delete_doc), vec![Value::Text(entry.id.clone())]),
+                    }]
+                });
             }
+            w.record_external(
+                || {
+                    let change = |e: &Entry| match old.get(&e.id) {
+                        Some(loc) => self.change(&e.id, ChangeKind::Update, Some(e.json()), loc.json.clone()),
+                        None => self.change(&e.id, ChangeKind::Insert, Some(e.json()), None),
+                    };
+                    entries.iter().map(change).collect()
+                },
+                || None,
+            );
             Ok(())
         })
     }
 
-    pub(super) fn insert_bin(&self, conn: &dyn Connection, bin: Bin) -> Result<()> {
-        conn.execute(
-            &self.inner.sql.insert_blob,
+    /// Writes a fresh blob.
+    pub(super) fn insert_bin(&self, w: &Writer<'_>, bin: Bin) -> Result<()> {
+        let sql = &self.inner.sql;
+        w.conn.execute(
+            &sql.insert_blob,
             &[Value::Integer(bin.blob), int(bin.used), Value::Blob(bin.append), int(bin.added_count)],
-        )
-        .map(drop)
+        )?;
+        undo(w, || vec![(Arc::clone(&sql.delete_blob), vec![Value::Integer(bin.blob)])]);
+        Ok(())
     }
 
     /// Takes released documents off their blobs' counters and drops blobs left empty.
-    fn apply_releases(&self, conn: &dyn Connection, releases: &BTreeMap<i64, Release>) -> Result<()> {
+    fn apply_releases(&self, w: &Writer<'_>, releases: &BTreeMap<i64, Release>) -> Result<()> {
+        let (sql, conn) = (&self.inner.sql, w.conn);
         for (&blob, r) in releases {
-            let params = [Value::Integer(blob), Value::Integer(-signed(r.bytes)), Value::Integer(-signed(r.count))];
-            if conn.execute(&self.inner.sql.release, &params)? == 0 {
+            let (bytes, count) = (signed(r.bytes), signed(r.count));
+            let params = [Value::Integer(blob), Value::Integer(-bytes), Value::Integer(-count)];
+            if conn.execute(&sql.release, &params)? == 0 {
                 return Err(self.corrupt(format!("blob {blob}: missing, or its counters are below what it holds")));
             }
-            conn.execute(&self.inner.sql.drop_empty, &[Value::Integer(blob)])?;
+            undo(w, || {
+                vec![(
+                    Arc::clone(&sql.release),
+                    vec![Value::Integer(blob), Value::Integer(bytes), Value::Integer(count)],
+                )]
+            });
+            if !w.keeps_undo() {
+                conn.execute(&sql.drop_empty, &[Value::Integer(blob)])?;
+                continue;
+            }
+            // The dropped row comes back from its DELETE, exactly as it was, to be put back.
+            let mut dropped: Option<Vec<Value>> = None;
+            conn.query(&sql.drop_empty_returning, &[Value::Integer(blob)], &mut |row| {
+                let mut values = vec![Value::Integer(blob)];
+                for i in 0..4 {
+                    values.push(row.get(i).map(ValueRef::to_owned)?);
+                }
+                dropped = Some(values);
+                Ok(())
+            })?;
+            if let Some(row) = dropped {
+                undo(w, || vec![(Arc::clone(&sql.restore_blob), row)]);
+            }
         }
         Ok(())
     }
 
-    /// Where the documents with the ids in the JSON array `list` are stored.
-    fn locate(&self, conn: &dyn Connection, list: &Value) -> Result<HashMap<String, Location>> {
+    /// Where the documents with the ids in the JSON array `list` are stored, with their JSON
+    /// if `with_json`.
+    fn locate(&self, conn: &dyn Connection, list: &Value, with_json: bool) -> Result<HashMap<String, Location>> {
         let mut out = HashMap::new();
-        conn.query(&self.inner.sql.locate, std::slice::from_ref(list), &mut |row| {
-            let id = self.text(row, 0, "document id")?.to_owned();
+        // `get_many` reads the same directory columns, then the entry.
+        let sql = if with_json { &self.inner.sql.get_many } else { &self.inner.sql.locate };
+        conn.query(sql, std::slice::from_ref(list), &mut |row| {
+            let id = self.text(row, 0, "document id")?;
             let blob = self.int(row, 1, "blob id")?;
-            let len = self.uint(row, 2, "entry length")?;
-            out.insert(id, Location { blob, len });
+            let pos = self.uint(row, 2, "entry offset")?;
+            let len = self.uint(row, 3, "entry length")?;
+            let json = match with_json {
+                false => None,
+                true => {
+                    let doc = self.entry_in_row(row, 1, id)?;
+                    let text = std::str::from_utf8(doc)
+                        .map_err(|e| self.corrupt(format!("document {id:?}: the JSON is not UTF-8: {e}")))?;
+                    Some(text.to_owned())
+                }
+            };
+            out.insert(id.to_owned(), Location { blob, pos, len, json });
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// Whether changes carry before-images: someone observes commits and
+    /// [`DbOptions::before_images`](crate::DbOptions::before_images) asks for them.
+    fn before_images(&self, w: &Writer<'_>) -> bool {
+        w.collects() && self.db().options().before_images
+    }
+
+    /// The change of one document of this store.
+    fn change(&self, id: &str, kind: ChangeKind, after: Option<String>, before: Option<String>) -> Change {
+        Change {
+            collection: Cow::Owned(self.inner.name.clone()),
+            id: Value::Text(id.to_owned()),
+            kind,
+            version: None,
+            after,
+            before,
+        }
     }
 
     pub(super) fn next_blob_id(&self, conn: &dyn Connection) -> Result<i64> {
@@ -282,6 +406,7 @@ impl BatchStore {
 #[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use super::*;
+    use crate::backend::run;
     use crate::batch::model::{is_corrupt, options, raw};
     use crate::db::Db;
     use crate::schema::quote_ident;

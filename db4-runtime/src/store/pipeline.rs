@@ -85,7 +85,6 @@ pub(crate) enum Undo {
         /// The row in the collection's insert-parameter layout; `None` if it did not exist.
         before: Option<Vec<Value>>,
     },
-    #[allow(dead_code)] // BatchStore records through it next.
     /// Statements that put rows of db4's own tables back as they were (a batch store's blobs
     /// and directory), run in order.
     Statements(Vec<(Arc<str>, Vec<Value>)>),
@@ -160,7 +159,6 @@ impl<'c> Writer<'c> {
     }
 
     /// Whether changes are collected.
-    #[allow(dead_code)] // BatchStore records through it next.
     pub fn collects(&self) -> bool {
         self.log.borrow().collect
     }
@@ -227,10 +225,10 @@ impl<'c> Writer<'c> {
         Ok(changed)
     }
 
-    #[allow(dead_code)] // BatchStore records through it next.
-    /// Records a write made outside [`apply`](Self::apply): its change (if collected) and
-    /// what undoes it (if a savepoint is active).
-    pub fn record_external(&self, change: impl FnOnce() -> Change, undo: impl FnOnce() -> Option<Undo>) {
+    /// Records writes made outside [`apply`](Self::apply): their changes in write order (if
+    /// collected; none for a statement that only needs undoing) and what undoes them (if a
+    /// savepoint is active).
+    pub fn record_external(&self, changes: impl FnOnce() -> Vec<Change>, undo: impl FnOnce() -> Option<Undo>) {
         let mut log = self.log.borrow_mut();
         if log.keep_undo
             && let Some(undo) = undo()
@@ -238,7 +236,7 @@ impl<'c> Writer<'c> {
             log.undo.push(undo);
         }
         if log.collect {
-            log.changes.push(change());
+            log.changes.extend(changes());
         }
     }
 

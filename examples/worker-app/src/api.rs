@@ -27,7 +27,9 @@
 
 use crate::model::evolution::{JobRetyped, JobV1, JobV2};
 use crate::model::{Account, Article, Notification, Player, Status, Transfer};
-use db4::{Db, Field, Filter, Ordered, Query, RetryPolicy, Transaction, TxCollection};
+use db4::{
+    BatchOptions, BatchStats, BatchStore, Db, Field, Filter, Ordered, Query, RetryPolicy, Transaction, TxCollection,
+};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -298,6 +300,9 @@ fn dispatch(db: &Db, tenant: &str, req: &ApiRequest<'_>) -> ApiResult {
         (Get, ["jobs", "v2", id]) => get_job::<JobV2>(db, id),
         (Put, ["jobs", "v2", id]) => update_job_v2(db, id, body),
         (Get, ["jobs", "retyped", id]) => get_job::<JobRetyped>(db, id),
+        (Get, ["events"]) => list_events(db),
+        (Post, ["events", "tx"]) => event_transaction(db, body),
+        (_, ["events"] | ["events", "tx"]) => Err(ApiError::MethodNotAllowed),
         (_, ["articles" | "accounts" | "transfers" | "notifications"])
         | (_, ["articles" | "accounts" | "transfers", _])
         | (_, ["jobs", "v1"])
@@ -836,6 +841,101 @@ where
         ("is_some", []) => field.is_some(),
         _ => return Err(format!("`{op}` with {} arguments is not a condition", args.len())),
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events: a batch store, written inside transactions next to collections
+
+/// The events' blob size: small, so a dozen events span several rows.
+pub const EVENT_BLOB_BYTES: usize = 256;
+
+/// The tenant's batch store of events.
+fn events(db: &Db) -> db4::Result<BatchStore> {
+    BatchStore::open(db, "events", BatchOptions::default().max_blob_bytes(EVENT_BLOB_BYTES))
+}
+
+fn stats_json(s: &BatchStats) -> Value {
+    json!({
+        "documents": s.documents,
+        "rows": s.rows,
+        "live_bytes": s.live_bytes,
+        "allocated_bytes": s.allocated_bytes,
+        "dead_bytes": s.dead_bytes,
+        "free_bytes": s.free_bytes,
+    })
+}
+
+/// Every event and the store's statistics, checked entry by entry (`verify`).
+fn list_events(db: &Db) -> ApiResult {
+    let store = events(db)?;
+    let ids = store.ids()?;
+    let docs: Vec<Option<Value>> = store.get_many(&ids)?;
+    let items: serde_json::Map<String, Value> =
+        ids.into_iter().zip(docs).filter_map(|(id, d)| Some((id, d?))).collect();
+    Ok(ApiResponse::ok(json!({ "items": items, "stats": stats_json(&store.verify()?) })))
+}
+
+/// The body of `POST /events/tx`: steps run in order, in one transaction.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventTransaction {
+    steps: Vec<EventStep>,
+}
+
+/// One step of an event transaction.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum EventStep {
+    /// Stores (or replaces) an event.
+    Put { id: String, doc: Value },
+    /// Deletes an event (if there is one).
+    Delete { id: String },
+    /// Adds to an account's balance: a collection write in the same transaction.
+    Deposit { account: String, amount: i64 },
+    /// `tx.savepoint(name)`.
+    Savepoint { name: String },
+    /// `tx.rollback_to(name)`.
+    RollbackTo { name: String },
+    /// `tx.release(name)`.
+    Release { name: String },
+    /// Records the store's statistics as the transaction sees them (`verify`).
+    Check,
+    /// Fails the transaction: everything is rolled back.
+    Fail,
+}
+
+/// Runs the steps in one transaction and answers the events' ids, the statistics each `check`
+/// step recorded and the final ones, all as the transaction saw them.
+fn event_transaction(db: &Db, body: &[u8]) -> ApiResult {
+    let req: EventTransaction = parse_json(body)?;
+    check_batch(req.steps.len())?;
+    let store = events(db)?;
+    let out = in_transaction(db, |tx| {
+        let events = tx.batch(&store);
+        let mut checks = Vec::new();
+        for (i, step) in req.steps.iter().enumerate() {
+            let unknown = |e: db4::Error| match e {
+                db4::Error::UnknownSavepoint { name } => {
+                    invalid_value("steps", format!("step {i}: no savepoint {name:?}"))
+                }
+                e => ApiError::Db(e),
+            };
+            match step {
+                EventStep::Put { id, doc } => events.put(id, doc)?,
+                EventStep::Delete { id } => drop(events.delete(id)?),
+                EventStep::Deposit { account, amount } => {
+                    tx.collection::<Account>()?.increment(account.as_str(), Account::fields().balance, *amount)?;
+                }
+                EventStep::Savepoint { name } => tx.savepoint(name)?,
+                EventStep::RollbackTo { name } => tx.rollback_to(name).map_err(unknown)?,
+                EventStep::Release { name } => tx.release(name).map_err(unknown)?,
+                EventStep::Check => checks.push(stats_json(&events.verify()?)),
+                EventStep::Fail => return Err(invalid_value("steps", format!("step {i} fails the transaction"))),
+            }
+        }
+        Ok(json!({ "ids": events.ids()?, "checks": checks, "stats": stats_json(&events.verify()?) }))
+    })?;
+    Ok(ApiResponse::ok(out))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -53,4 +53,6 @@ suite!(
     none_semantics,
     statement_limits,
     schema_evolution,
+    batch_savepoint_rollback,
+    batch_transaction_commits,
 );

@@ -752,6 +752,112 @@ pub fn statement_limits(t: &dyn Target) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A batch store inside transactions (`POST /events/tx`: steps run in one transaction)
+
+fn event(i: usize) -> Value {
+    json!({ "kind": if i.is_multiple_of(2) { "click" } else { "scroll" }, "n": i, "note": "x".repeat(i % 7) })
+}
+
+fn put_event(id: &str, doc: &Value) -> Value {
+    json!({ "put": { "id": id, "doc": doc } })
+}
+
+/// Twelve events over several blobs (some with dead bytes); returns the stored items.
+fn seed_events(c: &Tenant<'_>) -> Value {
+    let mut steps: Vec<Value> = (0..12).map(|i| put_event(&format!("e{i:02}"), &event(i))).collect();
+    steps.extend((0..12).step_by(4).map(|i| put_event(&format!("e{i:02}"), &event(i + 100))));
+    expect(c.post("/events/tx", &json!({ "steps": steps })), 200);
+    let stored = expect(c.get("/events"), 200);
+    assert_eq!(stored["stats"]["documents"], 12);
+    assert!(stored["stats"]["rows"].as_u64() > Some(2) && stored["stats"]["dead_bytes"].as_u64() > Some(0), "{stored}");
+    stored
+}
+
+/// Writes rolled back to a savepoint leave the store exactly as it was there: contents and
+/// statistics, checked entry by entry, inside the transaction and after it commits.
+pub fn batch_savepoint_rollback(t: &dyn Target) {
+    let c = Tenant::new(t, "batch_savepoint_rollback");
+    let seeded = seed_events(&c);
+    let kept = json!({ "kind": "kept", "n": -1 });
+    let mut churn = vec![json!({ "savepoint": { "name": "sp" } })];
+    churn.extend((0..8).map(|i| put_event(&format!("new{i}"), &event(i + 50))));
+    churn.extend(["e00", "e04", "new1"].iter().map(|id| put_event(id, &json!({ "replaced": id }))));
+    // Every event of the first blobs, so whole blobs lose their last document and are dropped.
+    churn.extend((0..6).map(|i| json!({ "delete": { "id": format!("e{i:02}") } })));
+    churn.push(json!("check"));
+    churn.push(json!({ "rollback_to": { "name": "sp" } }));
+    let mut steps = vec![put_event("kept", &kept), json!("check")];
+    steps.extend(churn.iter().cloned());
+    // The savepoint stays after a rollback: the same work, rolled back once more.
+    steps.extend(churn.iter().skip(1).cloned());
+    steps.push(json!({ "release": { "name": "sp" } }));
+    let done = expect(c.post("/events/tx", &json!({ "steps": steps })), 200);
+    let checks = done["checks"].as_array().expect("checks");
+    assert_eq!(checks.len(), 3);
+    let at_savepoint = &checks[0];
+    assert_ne!(&checks[1], at_savepoint, "the work changed the store");
+    assert_eq!(&done["stats"], at_savepoint, "rolled back to the savepoint: the same statistics");
+    let mut ids: Vec<String> = seeded["items"].as_object().expect("items").keys().cloned().collect();
+    ids.push("kept".to_owned());
+    ids.sort();
+    assert_eq!(done["ids"], json!(ids));
+
+    let stored = expect(c.get("/events"), 200);
+    let mut items = seeded["items"].clone();
+    items["kept"] = kept;
+    assert_eq!(stored["items"], items);
+    assert_eq!(&stored["stats"], at_savepoint);
+
+    // An unknown savepoint is refused, and the whole transaction with it.
+    let bad = json!({ "steps": [put_event("lost", &json!(1)), { "rollback_to": { "name": "nope" } }] });
+    expect_error(c.post("/events/tx", &bad), 400, "invalid_value");
+    assert_eq!(expect(c.get("/events"), 200), stored);
+}
+
+/// Event writes commit together with a collection write, and a failing transaction keeps
+/// neither.
+pub fn batch_transaction_commits(t: &dyn Target) {
+    let c = Tenant::new(t, "batch_transaction_commits");
+    let seeded = seed_events(&c);
+    expect(c.post("/accounts", &account("acc", 10)), 201);
+    let steps = json!({ "steps": [
+        put_event("e00", &json!({ "kind": "replaced" })),
+        put_event("e12", &event(12)),
+        { "delete": { "id": "e01" } },
+        { "delete": { "id": "missing" } },
+        { "deposit": { "account": "acc", "amount": 5 } },
+        "check",
+    ]});
+    let done = expect(c.post("/events/tx", &steps), 200);
+    assert_eq!(done["checks"][0], done["stats"]);
+    let stored = expect(c.get("/events"), 200);
+    let mut items = seeded["items"].clone();
+    items["e00"] = json!({ "kind": "replaced" });
+    items["e12"] = event(12);
+    items.as_object_mut().expect("items").remove("e01");
+    assert_eq!(stored["items"], items);
+    assert_eq!(stored["stats"], done["stats"]);
+    assert_eq!(balance(&c, "acc"), 15);
+
+    // A failing transaction rolls back the events and the deposit alike.
+    let failing = json!({ "steps": [
+        put_event("e13", &event(13)),
+        { "delete": { "id": "e02" } },
+        { "deposit": { "account": "acc", "amount": 100 } },
+        "fail",
+    ]});
+    expect_error(c.post("/events/tx", &failing), 400, "invalid_value");
+    // A write to a missing account: a db4 error, same outcome.
+    let missing =
+        json!({ "steps": [put_event("e14", &event(14)), { "deposit": { "account": "ghost", "amount": 1 } }] });
+    expect_error(c.post("/events/tx", &missing), 404, "not_found");
+    assert_eq!(expect(c.get("/events"), 200), stored);
+    assert_eq!(balance(&c, "acc"), 15);
+    expect_error(c.call("PUT", "/events", Some(b"{}")), 405, "method_not_allowed");
+    expect_error(c.post("/events/tx", &json!({ "steps": ["explode"] })), 400, "bad_json");
+}
+
+// ---------------------------------------------------------------------------------------------
 
 /// Two deploys of one collection on one database: the newer type reads what the older stored
 /// (a `#[version]` it added reads as 0, a field it dropped stays in the documents), their
