@@ -13,7 +13,9 @@
 //! same workload without those retries is `increments_without_retrying_busy_are_exact`.
 
 use db4_derive::Document;
-use db4_runtime::{BackendErrorKind, Collection, Db, Document, Error, Result, RetryPolicy, TransactionOptions};
+use db4_runtime::{
+    BackendErrorKind, Collection, Db, DbOptions, Document, Error, Result, RetryPolicy, TransactionOptions,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -132,14 +134,17 @@ fn patient() -> RetryPolicy {
 fn increments_are_exact(test: &str, shared_only: bool, retry: bool) -> Result<()> {
     const EACH: usize = 1000;
     let dir = TempDir::new(test);
-    let db = Db::open(dir.db())?;
+    // Without retries, the wait for the lock is the built-in busy timeout alone: long enough
+    // for eight writers on a loaded machine (the default 5 s is about latency, not this test).
+    let patient = DbOptions::default().busy_timeout(Duration::from_secs(120));
+    let db = if retry { Db::open(dir.db())? } else { Db::open_with(dir.db(), patient.clone())? };
     db.collection::<Counter>()?.insert(&counter("c"))?;
     let seen = on_threads(|t| {
         let db = match (shared_only, retry) {
             (true, _) => db.clone(),
             (false, true) => handle(&db, &dir.db(), t)?,
             (false, false) if t.is_multiple_of(2) => db.clone(),
-            (false, false) => Db::open(dir.db())?,
+            (false, false) => Db::open_with(dir.db(), patient.clone())?,
         };
         let counters = if retry { collection::<Counter>(&db)? } else { db.collection::<Counter>()? };
         let increment = || counters.increment("c", Counter::fields().n, 1);
