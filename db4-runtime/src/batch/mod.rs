@@ -44,7 +44,7 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::schema::is_valid_name;
 use crate::txn::{Exec, Scope, Transaction};
-use sql::Statements;
+use sql::StoreSql;
 use std::fmt;
 use std::sync::Arc;
 
@@ -274,7 +274,7 @@ struct Inner {
     name: String,
     options: BatchOptions,
     limit: u64,
-    sql: Statements,
+    sql: StoreSql,
 }
 
 impl<S: Clone> Clone for BatchStore<S> {
@@ -358,7 +358,7 @@ impl BatchStore {
                 format!("{} is not a fraction between 0.0 and 1.0", options.compact_below),
             ));
         }
-        let sql = Statements::new(name);
+        let sql = StoreSql::new(name);
         run(db.backend(), Access::Atomic, |conn| sql.create.iter().try_for_each(|ddl| conn.execute_ddl(ddl)))?;
         let limit = options.max_blob_bytes as u64;
         Ok(BatchStore { scope: db.clone(), inner: Arc::new(Inner { name: name.to_owned(), options, limit, sql }) })

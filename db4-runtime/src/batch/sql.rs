@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 /// The SQL of one store, built once from its validated name. The statements an undo entry
 /// may hold are shared (`Arc<str>`), so recording one copies no SQL text.
-pub(super) struct Statements {
+pub(super) struct StoreSql {
     pub(super) create: [String; 4],
     pub(super) get_one: String,
     pub(super) get_many: String,
@@ -43,7 +43,7 @@ pub(super) struct Statements {
     pub(super) all_blobs: String,
 }
 
-impl Statements {
+impl StoreSql {
     pub(super) fn new(name: &str) -> Self {
         // Distinct suffixes keep every store's names apart, and the `_db4` prefix keeps them
         // apart from collections.
