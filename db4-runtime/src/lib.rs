@@ -9,6 +9,7 @@ mod checksum;
 mod error;
 mod json;
 mod retry;
+mod trace;
 mod value;
 
 mod schema;

@@ -10,4 +10,5 @@ mod open_modes;
 mod queries;
 mod query_limits;
 mod serde_features;
+mod spans;
 mod versioning;

@@ -34,6 +34,7 @@ impl Registry {
     /// Creates or migrates `T`'s collection (inside a write transaction); register it once
     /// that commits.
     pub fn prepare<T: Document>(writer: &Writer<'_>, max_document_bytes: usize) -> Result<Arc<MetaSlot>> {
+        let _span = crate::trace::step("prepare", Some(T::schema().collection()));
         let meta = migrate::ensure::<T>(writer, T::Id::KIND, max_document_bytes)?;
         Ok(Arc::new(MetaSlot::new(meta)))
     }

@@ -22,6 +22,7 @@ use crate::schema::Schema;
 use crate::store::change::Change;
 use crate::store::meta::{CollectionMeta, MetaSlot};
 use crate::store::pipeline::{WriteLog, restore};
+use crate::trace;
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -175,6 +176,7 @@ impl<'a> Transaction<'a> {
     ///
     /// An error only if the transaction is broken by a failed undo.
     pub fn savepoint(&self, name: &str) -> Result<()> {
+        let _span = trace::op("savepoint", None);
         self.push_savepoint(Some(name.to_owned())).map(drop)
     }
 
@@ -192,8 +194,10 @@ impl<'a> Transaction<'a> {
     /// nested one (nothing is undone then, and both transactions go on); a backend error
     /// while undoing, after which the transaction can only be rolled back.
     pub fn rollback_to(&self, name: &str) -> Result<()> {
+        let span = trace::op("rollback_to", None);
         let index = self.find_own(name, "roll back to")?;
-        self.undo_to(index, false)
+        span.rows(self.undo_to(index, false)?);
+        Ok(())
     }
 
     /// Forgets savepoint `name` and the ones created after it, keeping their writes (they
@@ -208,6 +212,7 @@ impl<'a> Transaction<'a> {
     /// [`Error::TransactionState`] if it belongs to a transaction enclosing the current
     /// nested one (nothing changes then).
     pub fn release(&self, name: &str) -> Result<()> {
+        let _span = trace::op("release", None);
         let index = self.find_own(name, "release")?;
         self.truncate_savepoints(index);
         Ok(())
@@ -221,7 +226,8 @@ impl<'a> Transaction<'a> {
     ///
     /// Whatever `f` returns, or a backend error while undoing.
     pub fn transaction<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<R> {
-        self.try_transaction(f)
+        let _span = trace::op("transaction", None);
+        self.nested(f)
     }
 
     /// [`transaction`](Self::transaction) for a closure with an error type of its own: any
@@ -232,6 +238,13 @@ impl<'a> Transaction<'a> {
     ///
     /// Whatever `f` returns, or a db4 error (converted into `E`) while undoing.
     pub fn try_transaction<R, E: From<Error>>(&self, f: impl FnOnce(&Self) -> Result<R, E>) -> Result<R, E> {
+        let _span = trace::op("try_transaction", None);
+        self.nested(f)
+    }
+
+    /// A nested transaction, without a span of its own (an atomic write inside a transaction
+    /// runs as one).
+    pub(crate) fn nested<R, E: From<Error>>(&self, f: impl FnOnce(&Self) -> Result<R, E>) -> Result<R, E> {
         let id = self.push_savepoint(None)?;
         let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
             Ok(result) => result,
@@ -268,6 +281,7 @@ impl<'a> Transaction<'a> {
     /// A backend error; the transaction is rolled back then. Committing a transaction whose
     /// savepoint undo failed is refused (and rolls it back).
     pub fn commit(self) -> Result<()> {
+        let _span = trace::op("commit", None);
         let is_broken = self.state.borrow().broken;
         let new_collections = std::mem::take(&mut self.state.borrow_mut().new_collections);
         let changes = std::mem::take(&mut *self.log.borrow_mut()).into_changes();
@@ -299,6 +313,7 @@ impl<'a> Transaction<'a> {
     ///
     /// A backend error.
     pub fn rollback(self) -> Result<()> {
+        let _span = trace::op("rollback", None);
         match self.conn {
             TxConn::Held(held) => held.rollback(),
             TxConn::Lent(_) => Err(Error::transaction_state(
@@ -352,13 +367,15 @@ impl<'a> Transaction<'a> {
     }
 
     /// Undoes the writes after savepoint `index`; removes the savepoint too if `remove`.
-    fn undo_to(&self, index: usize, remove: bool) -> Result<()> {
+    /// Returns how many writes it undid.
+    fn undo_to(&self, index: usize, remove: bool) -> Result<usize> {
         let (entries, none_left) = {
             let mut state = self.state.borrow_mut();
             let mark = state.savepoints[index].mark;
             state.savepoints.truncate(if remove { index } else { index + 1 });
             (self.log.borrow_mut().rewind(mark), state.savepoints.is_empty())
         };
+        let undone = entries.len();
         if let Err(e) = restore(self.conn()?, entries) {
             self.state.borrow_mut().broken = true;
             return Err(e);
@@ -366,7 +383,7 @@ impl<'a> Transaction<'a> {
         if none_left {
             self.log.borrow_mut().keep_undo(false);
         }
-        Ok(())
+        Ok(undone)
     }
 
     /// What the transaction leaves to do once committed: collections to register and
@@ -395,7 +412,8 @@ impl Db {
     ///
     /// See the crate documentation for a transfer between accounts with a savepoint.
     pub fn transaction<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
-        self.try_transaction(f)
+        let _span = trace::op("transaction", None);
+        self.run_transaction(f)
     }
 
     /// Runs `f` in a transaction, like [`transaction`](Self::transaction), for a closure that
@@ -445,6 +463,12 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub fn try_transaction<R, E: From<Error>>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R, E>) -> Result<R, E> {
+        let _span = trace::op("try_transaction", None);
+        self.run_transaction(f)
+    }
+
+    /// Runs `f` in a transaction.
+    fn run_transaction<R, E: From<Error>>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R, E>) -> Result<R, E> {
         self.commits().check_not_observing()?;
         let mut ticket = None;
         // The closure's own error waits here; the backend only needs to know to roll back.
@@ -487,9 +511,10 @@ impl Db {
         options: &TransactionOptions,
         mut f: impl FnMut(&Transaction<'_>) -> Result<R>,
     ) -> Result<R> {
+        let _span = trace::op("transaction_with", None);
         let mut attempt = 0;
         loop {
-            match self.transaction(&mut f) {
+            match self.run_transaction(&mut f) {
                 Err(e) if is_retryable(&e) && attempt < options.retry.max_retries => {
                     crate::retry::pause(options.retry.backoff(attempt));
                     attempt += 1;
@@ -508,6 +533,7 @@ impl Db {
     /// A backend error; [`BackendErrorKind::Unsupported`](crate::BackendErrorKind::Unsupported)
     /// on backends with closure transactions only (Durable Objects).
     pub fn begin(&self) -> Result<Transaction<'_>> {
+        let _span = trace::op("begin", None);
         self.commits().check_not_observing()?;
         let held = self.backend().begin()?;
         Ok(Transaction::new(self, TxConn::Held(held)))

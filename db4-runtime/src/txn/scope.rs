@@ -79,7 +79,7 @@ impl<'a> Exec<'a> {
                 }
                 Ok(out)
             }
-            Exec::Tx(tx) if access == Access::Atomic => tx.transaction(|tx| f(Writer::new(tx.conn()?, tx.log()))),
+            Exec::Tx(tx) if access == Access::Atomic => tx.nested(|tx| f(Writer::new(tx.conn()?, tx.log()))),
             Exec::Tx(tx) => f(Writer::new(tx.conn()?, tx.log())),
         }
     }
