@@ -37,7 +37,7 @@ pub use backend::{Access, Backend, Connection, HeldTransaction, Row};
 pub use backend::{SqliteBackend, SqliteOptions, Synchronous};
 pub use batch::{BATCH_ENTRY_OVERHEAD, BatchOptions, BatchStats, BatchStore, CompactionReport, DEFAULT_MAX_BLOB_BYTES};
 pub use collection::{CasResult, Collection, Numeric, TxCollection};
-pub use db::{DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions};
+pub use db::{CollectionStats, DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions, DbStats};
 pub use error::{BackendError, BackendErrorKind, Error, Result};
 pub use query::{Field, Filter, Order, Query};
 pub use retry::{RetryPolicy, is_retryable, with_optimistic_lock};

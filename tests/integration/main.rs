@@ -11,4 +11,5 @@ mod queries;
 mod query_limits;
 mod serde_features;
 mod spans;
+mod stats;
 mod versioning;

@@ -226,7 +226,8 @@ fn transactions_have_spans_and_their_operations_are_children() -> Result<()> {
             tx.release("s")
         })?;
         let txn = recorder.one("transaction");
-        assert_op(&txn, None, None);
+        // The committed writes: one insert and one update (the savepoint took two back).
+        assert_op(&txn, None, Some("2"));
         assert_op(&recorder.one("rollback_to"), None, Some("2"));
         for op in ["collection", "savepoint", "rollback_to", "update", "release"] {
             assert_eq!(recorder.one(op).parent, Some(txn.id), "{op} inside the transaction");
@@ -246,14 +247,18 @@ fn transactions_have_spans_and_their_operations_are_children() -> Result<()> {
         tx.collection::<Note>()?.delete(1)?;
         tx.commit()?;
         assert_op(&recorder.one("begin"), None, None);
-        assert_op(&recorder.one("commit"), None, None);
+        assert_op(&recorder.one("commit"), None, Some("1"));
         db.begin()?.rollback()?;
         assert_op(&recorder.one("rollback"), None, None);
 
         recorder.clear();
         db.transaction_with(&TransactionOptions::default(), |tx| tx.collection::<Note>()?.count())?;
-        assert_op(&recorder.one("transaction_with"), None, None);
+        assert_op(&recorder.one("transaction_with"), None, Some("0"));
         assert!(recorder.of("transaction").is_empty(), "no span per attempt");
+
+        recorder.clear();
+        db.stats()?;
+        assert_op(&recorder.one("stats"), None, Some("1"));
         Ok(())
     })
 }

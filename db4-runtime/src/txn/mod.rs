@@ -22,7 +22,8 @@ use crate::schema::Schema;
 use crate::store::change::Change;
 use crate::store::meta::{CollectionMeta, MetaSlot};
 use crate::store::pipeline::{WriteLog, restore};
-use crate::trace;
+use crate::store::tally::Tally;
+use crate::trace::{self, OpSpan};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -281,10 +282,10 @@ impl<'a> Transaction<'a> {
     /// A backend error; the transaction is rolled back then. Committing a transaction whose
     /// savepoint undo failed is refused (and rolls it back).
     pub fn commit(self) -> Result<()> {
-        let _span = trace::op("commit", None);
+        let span = trace::op("commit", None);
         let is_broken = self.state.borrow().broken;
         let new_collections = std::mem::take(&mut self.state.borrow_mut().new_collections);
-        let changes = std::mem::take(&mut *self.log.borrow_mut()).into_changes();
+        let (changes, tally) = std::mem::take(&mut *self.log.borrow_mut()).into_parts();
         let db = self.db;
         match self.conn {
             TxConn::Held(held) if !is_broken => {
@@ -292,6 +293,8 @@ impl<'a> Transaction<'a> {
                 let ticket = db.commits().ticket();
                 held.commit()?;
                 db.registry().register(new_collections);
+                db.committed().add(&tally);
+                span.rows(tally.total());
                 if let Some(ticket) = ticket {
                     ticket.deliver(&changes);
                 }
@@ -386,10 +389,11 @@ impl<'a> Transaction<'a> {
         Ok(undone)
     }
 
-    /// What the transaction leaves to do once committed: collections to register and
-    /// changes to report.
-    fn into_outcome(self) -> (Vec<Arc<MetaSlot>>, Vec<Change>) {
-        (self.state.into_inner().new_collections, self.log.into_inner().into_changes())
+    /// What the transaction leaves to do once committed: collections to register, changes
+    /// to report and writes to count.
+    fn into_outcome(self) -> (Vec<Arc<MetaSlot>>, Vec<Change>, Tally) {
+        let (changes, tally) = self.log.into_inner().into_parts();
+        (self.state.into_inner().new_collections, changes, tally)
     }
 }
 
@@ -412,8 +416,8 @@ impl Db {
     ///
     /// See the crate documentation for a transfer between accounts with a savepoint.
     pub fn transaction<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
-        let _span = trace::op("transaction", None);
-        self.run_transaction(f)
+        let span = trace::op("transaction", None);
+        self.run_transaction(&span, f)
     }
 
     /// Runs `f` in a transaction, like [`transaction`](Self::transaction), for a closure that
@@ -463,12 +467,16 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub fn try_transaction<R, E: From<Error>>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R, E>) -> Result<R, E> {
-        let _span = trace::op("try_transaction", None);
-        self.run_transaction(f)
+        let span = trace::op("try_transaction", None);
+        self.run_transaction(&span, f)
     }
 
-    /// Runs `f` in a transaction.
-    fn run_transaction<R, E: From<Error>>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R, E>) -> Result<R, E> {
+    /// Runs `f` in a transaction, recording on `span` how many writes committed.
+    fn run_transaction<R, E: From<Error>>(
+        &self,
+        span: &OpSpan,
+        f: impl FnOnce(&Transaction<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
         self.commits().check_not_observing()?;
         let mut ticket = None;
         // The closure's own error waits here; the backend only needs to know to roll back.
@@ -488,12 +496,14 @@ impl Db {
             ticket = self.commits().ticket();
             Ok((out, tx.into_outcome()))
         });
-        let (out, (new_collections, changes)) = match (outcome, failure) {
+        let (out, (new_collections, changes, tally)) = match (outcome, failure) {
             (Ok(done), _) => done,
             (Err(_), Some(e)) => return Err(e),
             (Err(e), None) => return Err(e.into()),
         };
         self.registry().register(new_collections);
+        self.committed().add(&tally);
+        span.rows(tally.total());
         if let Some(ticket) = ticket {
             ticket.deliver(&changes);
         }
@@ -511,10 +521,10 @@ impl Db {
         options: &TransactionOptions,
         mut f: impl FnMut(&Transaction<'_>) -> Result<R>,
     ) -> Result<R> {
-        let _span = trace::op("transaction_with", None);
+        let span = trace::op("transaction_with", None);
         let mut attempt = 0;
         loop {
-            match self.run_transaction(&mut f) {
+            match self.run_transaction(&span, &mut f) {
                 Err(e) if is_retryable(&e) && attempt < options.retry.max_retries => {
                     crate::retry::pause(options.retry.backoff(attempt));
                     attempt += 1;

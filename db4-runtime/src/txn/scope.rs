@@ -74,8 +74,10 @@ impl<'a> Exec<'a> {
                     ticket = commits.ticket();
                     Ok(out)
                 })?;
+                let (changes, tally) = log.into_inner().into_parts();
+                db.committed().add(&tally);
                 if let Some(ticket) = ticket {
-                    ticket.deliver(&log.into_inner().into_changes());
+                    ticket.deliver(&changes);
                 }
                 Ok(out)
             }
