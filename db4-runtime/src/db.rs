@@ -2,10 +2,14 @@
 
 use crate::backend::{Access, Backend, run};
 use crate::error::Result;
+use crate::schema::quote_ident;
 use crate::store::change::Change;
+use crate::store::codec::count;
 use crate::store::commit::Commits;
 use crate::store::migrate;
 use crate::store::registry::Registry;
+use crate::store::tally::Totals;
+use crate::trace;
 use std::sync::Arc;
 
 /// The default document size limit: 2 MiB, the largest row a Durable Object stores.
@@ -108,6 +112,52 @@ impl DbOptions {
     }
 }
 
+/// What a database holds and what this handle has done to it, from [`Db::stats`].
+///
+/// Figures about the write-ahead log, shards and storage tiers will join these as db4 gains
+/// them (the struct is `#[non_exhaustive]`, so adding fields breaks nobody).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DbStats {
+    /// Every collection stored in the database, also those other handles or processes
+    /// created, in name order.
+    pub collections: Vec<CollectionStats>,
+}
+
+impl DbStats {
+    /// The figures of the collection named `name`, if the database holds it.
+    pub fn collection(&self, name: &str) -> Option<&CollectionStats> {
+        self.collections.iter().find(|c| c.name == name)
+    }
+}
+
+/// One collection's figures in [`DbStats`].
+///
+/// The write counts are the writes **this handle** (and its clones) committed to the
+/// collection since it was opened: each stored, replaced or deleted document counts once.
+/// Writes that were rolled back (a transaction that failed, a savepoint rolled back to, a
+/// nested transaction that returned `Err`) or that changed nothing (a delete of a missing id)
+/// do not count, and neither do other handles' writes. A migration that rewrites documents
+/// counts them as updates, as [`Db::on_commit`] observers see them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CollectionStats {
+    /// The collection's name.
+    pub name: String,
+    /// How many documents it holds now.
+    pub documents: u64,
+    /// Documents this handle inserted.
+    pub inserts: u64,
+    /// Documents this handle replaced.
+    pub updates: u64,
+    /// Documents this handle wrote with an upsert that did not need to know whether the
+    /// document existed (see [`ChangeKind::Upsert`](crate::ChangeKind::Upsert)); an upsert
+    /// that did know counts as an insert or an update.
+    pub upserts: u64,
+    /// Documents this handle deleted.
+    pub deletes: u64,
+}
+
 /// A database: a storage backend plus the collections opened on it.
 ///
 /// Cheap to clone (all clones share one backend) and safe to share between threads.
@@ -123,6 +173,8 @@ struct DbInner {
     commits: Commits,
     /// Collections already created or migrated by this handle.
     registry: Registry,
+    /// The writes this handle has committed, by collection.
+    committed: Totals,
 }
 
 impl std::fmt::Debug for Db {
@@ -269,6 +321,7 @@ impl Db {
                 commits: Commits::new(options.before_images),
                 options,
                 registry: Registry::default(),
+                committed: Totals::default(),
             }),
         })
     }
@@ -316,6 +369,66 @@ impl Db {
         self.inner.commits.observe(observer);
     }
 
+    /// What the database holds and what this handle has committed to it: per collection, the
+    /// documents it holds and the writes this handle committed (see [`CollectionStats`]).
+    ///
+    /// Reads db4's schema table, then counts each collection's documents with a statement of
+    /// its own: each count sees the data committed when it runs, not one snapshot of them all.
+    ///
+    /// # Errors
+    ///
+    /// A backend error, or [`Error::Corrupted`](crate::Error::Corrupted) if the schema table
+    /// holds something other than collection names.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use db4_derive::Document;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Document, Serialize, Deserialize)]
+    /// # #[db4(crate = "db4_runtime")]
+    /// # struct Note { #[id] id: i64, text: String }
+    /// # fn main() -> db4_runtime::Result<()> {
+    /// let db = db4_runtime::Db::open_in_memory()?;
+    /// let notes = db.collection::<Note>()?;
+    /// notes.insert(&Note { id: 1, text: "hi".into() })?;
+    /// notes.delete(1)?;
+    /// notes.insert(&Note { id: 2, text: "again".into() })?;
+    /// let stats = db.stats()?;
+    /// let note_stats = stats.collection("note").expect("the collection is stored");
+    /// assert_eq!((note_stats.documents, note_stats.inserts, note_stats.deletes), (1, 2, 1));
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> Result<DbStats> {
+        let span = trace::op("stats", None);
+        let mut collections = Vec::new();
+        run(self.backend(), Access::Read, |conn| {
+            collections.clear();
+            for name in migrate::collections(conn)? {
+                let documents = count(conn, &name, &format!("SELECT count(*) FROM {}", quote_ident(&name)), &[])?;
+                collections.push((name, documents));
+            }
+            Ok(())
+        })?;
+        let committed = self.committed().snapshot();
+        let collections: Vec<CollectionStats> = collections
+            .into_iter()
+            .map(|(name, documents)| {
+                let ops = committed.get(name.as_str()).copied().unwrap_or_default();
+                CollectionStats {
+                    name,
+                    documents,
+                    inserts: ops.inserts,
+                    updates: ops.updates,
+                    upserts: ops.upserts,
+                    deletes: ops.deletes,
+                }
+            })
+            .collect();
+        span.rows(collections.len());
+        Ok(DbStats { collections })
+    }
+
     /// The options this database was opened with.
     pub fn options(&self) -> &DbOptions {
         &self.inner.options
@@ -331,5 +444,10 @@ impl Db {
 
     pub(crate) fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// Where the writes of each unit of work are counted once it commits.
+    pub(crate) fn committed(&self) -> &Totals {
+        &self.inner.committed
     }
 }

@@ -10,6 +10,7 @@ mod error;
 mod json;
 mod limits;
 mod retry;
+mod trace;
 mod value;
 
 mod schema;
@@ -39,7 +40,7 @@ pub use batch::{
     BATCH_ENTRY_OVERHEAD, BatchOptions, BatchStats, BatchStore, CompactionReport, DEFAULT_MAX_BLOB_BYTES, TxBatchStore,
 };
 pub use collection::{CasResult, Collection, Numeric, TxCollection};
-pub use db::{DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions};
+pub use db::{CollectionStats, DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions, DbStats};
 pub use error::{BackendError, BackendErrorKind, Error, Result};
 pub use query::{Field, Filter, Order, Query};
 pub use retry::{RetryPolicy, is_retryable, with_optimistic_lock};

@@ -8,9 +8,9 @@ pub use db4_derive::Document;
 
 // The core: databases, collections, queries, transactions, errors.
 pub use db4_runtime::{
-    CasResult, Change, ChangeKind, Collection, DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions, Error, Field, Filter,
-    IsolationLevel, MigrationReport, Order, Query, Result, RetryPolicy, Scope, Transaction, TransactionOptions,
-    TxCollection, is_retryable, with_optimistic_lock,
+    CasResult, Change, ChangeKind, Collection, CollectionStats, DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions, DbStats,
+    Error, Field, Filter, IsolationLevel, MigrationReport, Order, Query, Result, RetryPolicy, Scope, Transaction,
+    TransactionOptions, TxCollection, is_retryable, with_optimistic_lock,
 };
 // Documents and their schemas (what `#[derive(Document)]` implements and builds).
 pub use db4_runtime::{

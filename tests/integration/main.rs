@@ -11,4 +11,6 @@ mod pipeline;
 mod queries;
 mod query_limits;
 mod serde_features;
+mod spans;
+mod stats;
 mod versioning;

@@ -13,6 +13,7 @@ use crate::store::codec::{
 };
 use crate::store::meta::CollectionMeta;
 use crate::store::slot::MetaSlot;
+use crate::trace;
 use crate::txn::{Exec, Scope};
 use crate::value::{Value, ValueRef};
 use serde::Serialize;
@@ -76,12 +77,15 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// [`Error::InvalidValue`] if `f` changes the id or the `#[version]` field, and the
     /// input errors of [`update`](Self::update).
     pub fn update_with(&self, id: impl IdArg<T::Id>, policy: RetryPolicy, mut f: impl FnMut(&mut T)) -> Result<T> {
+        let span = trace::op("update_with", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
-        read_modify_write(self.exec(), &self.slot, &key, &policy, |doc| {
+        let doc = read_modify_write(self.exec(), &self.slot, &key, &policy, |doc| {
             f(doc);
             true
-        })
-        .and_then(|doc| doc.ok_or_else(|| Error::invalid_query(self.name(), "update_with declined to write")))
+        })?
+        .ok_or_else(|| Error::invalid_query(self.name(), "update_with declined to write"))?;
+        span.rows(1);
+        Ok(doc)
     }
 
     /// Like [`update_with`](Self::update_with) with the default retry policy, but writes
@@ -97,14 +101,16 @@ impl<T: Document, S: Scope> Collection<T, S> {
         predicate: impl Fn(&T) -> bool,
         mut f: impl FnMut(&mut T),
     ) -> Result<Option<T>> {
+        let span = trace::op("conditional_update", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
-        read_modify_write(self.exec(), &self.slot, &key, &RetryPolicy::default(), |doc| {
+        let doc = read_modify_write(self.exec(), &self.slot, &key, &RetryPolicy::default(), |doc| {
             if !predicate(doc) {
                 return false;
             }
             f(doc);
             true
-        })
+        });
+        span.rows_of(doc, |doc| u64::from(doc.is_some()))
     }
 
     /// Atomically sets `field` to `new` if it currently equals `expected`. Returns whether
@@ -125,12 +131,14 @@ impl<T: Document, S: Scope> Collection<T, S> {
         V: serde::Serialize + DeserializeOwned,
     {
         let name = self.name();
+        let span = trace::op("compare_and_swap", Some(name));
         let key = id_value::<T>(&self.slot.get(), &id)?;
         let (expected, new) = (json_of(name, &expected.into())?, json_of(name, &new.into())?);
         let current = patch_field::<T>(self.exec(), &self.slot, &key, field.index(), |_, current| {
             Ok((*current == expected).then(|| new.clone()))
         })?;
         let swapped = current.1;
+        span.rows(u64::from(swapped));
         let current =
             serde_json::from_value(current.0).map_err(|e| Error::serialization(name, Some(id_text(&key)), e))?;
         Ok(CasResult { swapped, current })
@@ -144,6 +152,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// [`Error::NotFound`]; [`Error::InvalidValue`] if the field is missing, not a number
     /// or the sum overflows; [`Error::InvalidQuery`] on the id or version field.
     pub fn increment<N: Numeric>(&self, id: impl IdArg<T::Id>, field: Field<T, N>, delta: N) -> Result<N> {
+        let span = trace::op("increment", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
         let (value, _) = patch_field::<T>(self.exec(), &self.slot, &key, field.index(), |meta, current| {
             let name = meta.field_name(field.index());
@@ -154,6 +163,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
             })?;
             Ok(Some(json_of(meta.collection, &sum)?))
         })?;
+        span.rows(1);
         serde_json::from_value(value).map_err(|e| Error::serialization(self.name(), None, e))
     }
 }

@@ -24,6 +24,7 @@ use crate::store::migrate::{self, MigrationReport};
 use crate::store::pipeline::{Op, Writer};
 use crate::store::registry::Registry;
 use crate::store::slot::MetaSlot;
+use crate::trace;
 use crate::txn::{Exec, Scope, Transaction};
 use crate::value::Value;
 use std::collections::HashMap;
@@ -77,6 +78,7 @@ impl Db {
     /// stored document that does not deserialize as `T` when documents get new fields, or a
     /// backend error. Nothing is changed then.
     pub fn collection<T: Document>(&self) -> Result<Collection<T>> {
+        let _span = trace::op("collection", Some(T::schema().collection()));
         if let Some(slot) = self.registry().get::<T>() {
             return Ok(Collection::new(self.clone(), slot));
         }
@@ -100,6 +102,7 @@ impl Db {
     /// As [`collection`](Self::collection), and [`Error::Serialization`](crate::Error::Serialization)
     /// naming a stored document that does not deserialize as `T`. Nothing is changed then.
     pub fn migrate<T: Document>(&self) -> Result<MigrationReport> {
+        let span = trace::op("migrate", Some(T::schema().collection()));
         let max = self.options().max_document_bytes;
         let (slot, report) = Exec::Db(self).write(Access::Atomic, |w| {
             let meta = migrate::ensure::<T>(&w, T::Id::KIND, max)?;
@@ -108,6 +111,7 @@ impl Db {
             Ok((Arc::new(MetaSlot::new(meta)), report))
         })?;
         self.registry().register(vec![slot]);
+        span.rows(report.rewritten);
         Ok(report)
     }
 }
@@ -119,6 +123,7 @@ impl<'a> Transaction<'a> {
     ///
     /// As [`Db::collection`].
     pub fn collection<T: Document>(&self) -> Result<TxCollection<'_, T>> {
+        let _span = trace::op("collection", Some(T::schema().collection()));
         if let Some(slot) = self.db().registry().get::<T>().or_else(|| self.pending_collection(T::schema())) {
             return Ok(Collection::new(self, slot));
         }
@@ -158,7 +163,10 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// [`Error::Serialization`] if the document does not serialize. Nothing is written
     /// then.
     pub fn insert(&self, doc: &T) -> Result<()> {
-        self.exec().write_meta(&self.slot, Access::Write, |w, meta| insert_encoded(w, meta, &encode(meta, doc)?))
+        let span = trace::op("insert", Some(self.name()));
+        self.exec().write_meta(&self.slot, Access::Write, |w, meta| insert_encoded(w, meta, &encode(meta, doc)?))?;
+        span.rows(1);
+        Ok(())
     }
 
     /// Stores many new documents atomically: all of them, or none.
@@ -171,7 +179,9 @@ impl<T: Document, S: Scope> Collection<T, S> {
     where
         T: 'd,
     {
-        write_many(self.exec(), &self.slot, docs, insert_encoded)
+        let span = trace::op("insert_many", Some(self.name()));
+        span.rows(write_many(self.exec(), &self.slot, docs, insert_encoded)?);
+        Ok(())
     }
 
     /// Inserts or replaces many documents atomically (as [`upsert`](Self::upsert) each):
@@ -185,7 +195,9 @@ impl<T: Document, S: Scope> Collection<T, S> {
     where
         T: 'd,
     {
-        write_many(self.exec(), &self.slot, docs, upsert_encoded)
+        let span = trace::op("upsert_many", Some(self.name()));
+        span.rows(write_many(self.exec(), &self.slot, docs, upsert_encoded)?);
+        Ok(())
     }
 
     /// Reads the document with this id.
@@ -195,8 +207,10 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// [`Error::InvalidValue`] for an id that cannot exist (empty),
     /// [`Error::Serialization`] if the stored document no longer deserializes into `T`.
     pub fn get(&self, id: impl IdArg<T::Id>) -> Result<Option<T>> {
+        let span = trace::op("get", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
-        self.exec().read_meta(&self.slot, |conn, meta| select_one(conn, meta, &key))
+        let doc = self.exec().read_meta(&self.slot, |conn, meta| select_one(conn, meta, &key));
+        span.rows_of(doc, |doc| u64::from(doc.is_some()))
     }
 
     /// Reads many documents at once. The result is aligned with `ids`: `None` where no
@@ -206,7 +220,8 @@ impl<T: Document, S: Scope> Collection<T, S> {
     ///
     /// As [`get`](Self::get).
     pub fn get_many<I: IdArg<T::Id>>(&self, ids: impl IntoIterator<Item = I>) -> Result<Vec<Option<T>>> {
-        get_many(self.exec(), &self.slot, ids)
+        let span = trace::op("get_many", Some(self.name()));
+        span.rows_of(get_many(self.exec(), &self.slot, ids), |docs| docs.iter().flatten().count() as u64)
     }
 
     /// Replaces a stored document and returns its new version: `Some(v)` for a type with
@@ -252,7 +267,12 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// # Ok(()) }
     /// ```
     pub fn update(&self, doc: &T) -> Result<Option<u64>> {
-        self.exec().write_meta(&self.slot, Access::Write, |w, meta| update_encoded(w, meta, &encode(meta, doc)?))
+        let span = trace::op("update", Some(self.name()));
+        let version = self
+            .exec()
+            .write_meta(&self.slot, Access::Write, |w, meta| update_encoded(w, meta, &encode(meta, doc)?))?;
+        span.rows(1);
+        Ok(version)
     }
 
     /// Inserts the document, or replaces the stored one with the same id (checking and
@@ -263,7 +283,10 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// [`Error::Conflict`] on a stale version, and the input errors of
     /// [`insert`](Self::insert).
     pub fn upsert(&self, doc: &T) -> Result<()> {
-        self.exec().write_meta(&self.slot, Access::Atomic, |w, meta| upsert_encoded(w, meta, &encode(meta, doc)?))
+        let span = trace::op("upsert", Some(self.name()));
+        self.exec().write_meta(&self.slot, Access::Atomic, |w, meta| upsert_encoded(w, meta, &encode(meta, doc)?))?;
+        span.rows(1);
+        Ok(())
     }
 
     /// Deletes the document with this id; returns whether there was one.
@@ -272,8 +295,11 @@ impl<T: Document, S: Scope> Collection<T, S> {
     ///
     /// [`Error::InvalidValue`] for an id that cannot exist, or a backend error.
     pub fn delete(&self, id: impl IdArg<T::Id>) -> Result<bool> {
+        let span = trace::op("delete", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
-        self.exec().write_meta(&self.slot, Access::Write, |w, meta| Ok(w.apply(meta, Op::Delete(&key))? > 0))
+        let deleted =
+            self.exec().write_meta(&self.slot, Access::Write, |w, meta| Ok(w.apply(meta, Op::Delete(&key))? > 0));
+        span.rows_of(deleted, |&deleted| u64::from(deleted))
     }
 
     /// How many documents the collection holds.
@@ -282,7 +308,9 @@ impl<T: Document, S: Scope> Collection<T, S> {
     ///
     /// A backend error.
     pub fn count(&self) -> Result<u64> {
-        self.exec().read_meta(&self.slot, |conn, meta| count(conn, meta.collection, &meta.sql.count, &[]))
+        let span = trace::op("count", Some(self.name()));
+        let n = self.exec().read_meta(&self.slot, |conn, meta| count(conn, meta.collection, &meta.sql.count, &[]));
+        span.rows_of(n, |&n| n)
     }
 }
 
@@ -291,11 +319,11 @@ fn write_many<'d, T: Document + 'd>(
     slot: &MetaSlot,
     docs: impl IntoIterator<Item = &'d T>,
     write_one: fn(Writer<'_>, &Arc<CollectionMeta>, &Encoded) -> Result<()>,
-) -> Result<()> {
+) -> Result<u64> {
     // Encoded one at a time inside the transaction (hot in cache, no batch to build and free);
     // a document that fails to encode rolls back the ones already written.
     exec.write_meta(slot, Access::Atomic, |w, meta| {
-        docs.into_iter().try_for_each(|d| write_one(w, meta, &encode(meta, d)?))
+        docs.into_iter().try_fold(0, |n, d| write_one(w, meta, &encode(meta, d)?).map(|()| n + 1))
     })
 }
 

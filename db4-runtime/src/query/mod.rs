@@ -15,6 +15,7 @@ use crate::sql::Statement;
 use crate::store::codec::{count, decode, with_id};
 use crate::store::pipeline::Op;
 use crate::store::slot::MetaSlot;
+use crate::trace;
 use crate::txn::Exec;
 use crate::value::Value;
 use filter::Expr;
@@ -97,6 +98,12 @@ impl<'c, T: Document> Query<'c, T> {
     /// [`Query`]), [`Error::Serialization`](crate::Error::Serialization) naming the document if
     /// a stored document no longer deserializes, or a backend error.
     pub fn all(self) -> Result<Vec<T>> {
+        let span = trace::op("all", Some(self.slot.schema().collection()));
+        span.rows_of(self.fetch(), |docs| docs.len() as u64)
+    }
+
+    /// Runs the query and returns the matching documents.
+    fn fetch(self) -> Result<Vec<T>> {
         self.exec.read_meta(self.slot, |conn, meta| {
             let mut sql = meta.statement();
             sql.push(&format!("SELECT \"_id\", {} FROM {}", meta.doc_columns, meta.table));
@@ -121,8 +128,10 @@ impl<'c, T: Document> Query<'c, T> {
     ///
     /// As [`all`](Self::all).
     pub fn first(self) -> Result<Option<T>> {
+        let span = trace::op("first", Some(self.slot.schema().collection()));
         let limit = self.limit.map_or(1, |n| n.min(1));
-        Ok(self.limit(limit).all()?.pop())
+        let doc = self.limit(limit).fetch().map(|mut docs| docs.pop());
+        span.rows_of(doc, |doc| u64::from(doc.is_some()))
     }
 
     /// Counts the matching documents (within `limit` and `offset`, if set).
@@ -131,7 +140,8 @@ impl<'c, T: Document> Query<'c, T> {
     ///
     /// As [`all`](Self::all).
     pub fn count(self) -> Result<u64> {
-        self.exec.read_meta(self.slot, |conn, meta| {
+        let span = trace::op("count", Some(self.slot.schema().collection()));
+        let n = self.exec.read_meta(self.slot, |conn, meta| {
             let mut sql = meta.statement();
             if self.limit.is_none() && self.offset == 0 {
                 sql.push(&format!("SELECT count(*) FROM {}", meta.table));
@@ -144,7 +154,8 @@ impl<'c, T: Document> Query<'c, T> {
             }
             let (text, params) = sql.finish()?;
             count(conn, meta.collection, &text, &params)
-        })
+        });
+        span.rows_of(n, |&n| n)
     }
 
     /// Deletes the matching documents (within `order_by`, `limit` and `offset`, if set) and
@@ -154,6 +165,7 @@ impl<'c, T: Document> Query<'c, T> {
     ///
     /// As [`all`](Self::all).
     pub fn delete(self) -> Result<u64> {
+        let span = trace::op("delete", Some(self.slot.schema().collection()));
         let n = self.exec.write_meta(self.slot, Access::Write, |w, meta| {
             if w.keeps_undo() {
                 // A savepoint may need the rows back: find them first, so the pipeline reads
@@ -187,6 +199,7 @@ impl<'c, T: Document> Query<'c, T> {
             }
             w.apply(meta, Op::DeleteWhere(sql))
         })?;
+        span.rows(n);
         Ok(n as u64)
     }
 

@@ -83,6 +83,8 @@ impl Ticket<'_> {
     /// Waits for the earlier commits to be delivered, then hands `changes` to the observers.
     /// Call after the commit is durable and the write lock released.
     pub fn deliver(mut self, changes: &[Change]) {
+        let span = crate::trace::step("deliver", None);
+        span.rows(changes.len());
         self.advance(Some(changes));
     }
 

@@ -37,6 +37,27 @@ pub(crate) fn init(conn: &dyn Connection) -> Result<()> {
     Ok(())
 }
 
+/// The names of every collection the schema table lists (created by any handle or process),
+/// in name order.
+pub(crate) fn collections(conn: &dyn Connection) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    conn.query(&format!("SELECT \"collection\" FROM {SCHEMA_TABLE} ORDER BY \"collection\""), &[], &mut |row| {
+        match row.get(0)? {
+            ValueRef::Text(name) => names.push(name.to_owned()),
+            other => {
+                // The damage is in the schema table itself, which is named for want of a collection.
+                return Err(Error::corrupted(
+                    "_db4_schema",
+                    None,
+                    format!("a collection name in db4's schema table is {}", other.type_name()),
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(names)
+}
+
 /// The stored schema record's generation, `None` if the collection has no record.
 pub(crate) fn generation(conn: &dyn Connection, collection: &str) -> Result<Option<i64>> {
     let mut out = None;

@@ -1,7 +1,8 @@
 //! Storage of documents inside one database: what each collection's table holds and how it
 //! is read (`meta`, `codec`), how it follows its type's schema (`migrate`), the one write
-//! pipeline every write goes through (`pipeline`), the changes it records (`change`), and
-//! their delivery to commit observers (`commit`).
+//! pipeline every write goes through (`pipeline`), the changes it records (`change`),
+//! their delivery to commit observers (`commit`), and the counts of committed writes
+//! (`tally`).
 
 pub(crate) mod change;
 pub(crate) mod codec;
@@ -11,3 +12,4 @@ pub(crate) mod migrate;
 pub(crate) mod pipeline;
 pub(crate) mod registry;
 pub(crate) mod slot;
+pub(crate) mod tally;

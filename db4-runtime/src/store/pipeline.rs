@@ -10,7 +10,8 @@
 //!    for them (an insert needs none: the row does not exist);
 //! 2. runs the statement;
 //! 3. if the statement changed a row, records it in the [`WriteLog`] of the unit of work: an
-//!    undo entry (savepoints) and a [`Change`] (commit observers; the change log hooks here).
+//!    undo entry (savepoints), a [`Change`] (commit observers; the change log hooks here) and
+//!    its count in the unit's [`Tally`] ([`Db::stats`](crate::Db::stats)).
 //!
 //! Nothing is recorded for a failed statement or one that changed nothing, and nothing is read
 //! or copied that no hook asks for: outside a savepoint and without observers, a write costs
@@ -22,17 +23,20 @@ use crate::sql::{MAX_VALUE_BYTES, Statement, json_lists};
 use crate::store::change::{Change, ChangeKind};
 use crate::store::codec::{Encoded, id_text};
 use crate::store::meta::{CollectionMeta, VersionMode};
+use crate::store::tally::Tally;
 use crate::value::{Value, ValueRef};
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 
 /// What the writes of one unit of work (a single operation, or a whole transaction) leave
-/// behind for the hooks: undo entries for savepoints and changes for observers.
+/// behind for the hooks: undo entries for savepoints, changes for observers and the count of
+/// what was written.
 #[derive(Default)]
 pub(crate) struct WriteLog {
     undo: Vec<Undo>,
     changes: Vec<Change>,
+    tally: Tally,
     /// Writes keep before-images to be undone (a savepoint is active).
     keep_undo: bool,
     /// Changes are collected (someone observes commits).
@@ -60,15 +64,22 @@ impl WriteLog {
         (self.undo.len(), self.changes.len())
     }
 
-    /// Drops the changes after `mark` and hands back the undo entries after it, oldest first.
+    /// Drops the changes after `mark` and hands back the undo entries after it, oldest first;
+    /// the writes they undo are no longer counted.
     pub fn rewind(&mut self, mark: (usize, usize)) -> Vec<Undo> {
         self.changes.truncate(mark.1);
-        self.undo.split_off(mark.0.min(self.undo.len()))
+        let undone = self.undo.split_off(mark.0.min(self.undo.len()));
+        for entry in &undone {
+            if let Undo::Document { meta, kind, .. } = entry {
+                self.tally.undo(meta.collection, *kind);
+            }
+        }
+        undone
     }
 
-    /// The changes recorded, in write order.
-    pub fn into_changes(self) -> Vec<Change> {
-        self.changes
+    /// The changes recorded, in write order, and the count of the writes.
+    pub fn into_parts(self) -> (Vec<Change>, Tally) {
+        (self.changes, self.tally)
     }
 
     fn needs_before(&self) -> bool {
@@ -81,6 +92,8 @@ pub(crate) enum Undo {
     /// A document row: deleted, then re-inserted as it was if it existed.
     Document {
         meta: Arc<CollectionMeta>,
+        /// What the write did (its count is taken back when it is undone).
+        kind: ChangeKind,
         id: Value,
         /// The row in the collection's insert-parameter layout; `None` if it did not exist.
         before: Option<Vec<Value>>,
@@ -98,7 +111,7 @@ pub(crate) enum Undo {
 pub(crate) fn restore(conn: &dyn Connection, entries: Vec<Undo>) -> Result<()> {
     for entry in entries.into_iter().rev() {
         match entry {
-            Undo::Document { meta, id, before } => {
+            Undo::Document { meta, id, before, .. } => {
                 conn.execute(&meta.sql.delete, std::slice::from_ref(&id))?;
                 if let Some(row) = before {
                     conn.execute(&meta.sql.insert, &row)?;
@@ -221,6 +234,7 @@ impl<'c> Writer<'c> {
             Op::Rewrite { .. } => stored.and_then(|row| stored_version(meta, row)),
             _ => new_version(meta, kind, after_version(&op), stored),
         };
+        self.count(meta, kind, changed);
         self.record(meta, kind, id, before.flatten(), after, version)?;
         Ok(changed)
     }
@@ -238,6 +252,11 @@ impl<'c> Writer<'c> {
         if log.collect {
             log.changes.extend(changes());
         }
+    }
+
+    /// Counts `rows` rows written as `kind`.
+    fn count(&self, meta: &CollectionMeta, kind: ChangeKind, rows: usize) {
+        self.log.borrow_mut().tally.add(meta.collection, kind, rows as u64);
     }
 
     fn record(
@@ -265,7 +284,7 @@ impl<'c> Writer<'c> {
             });
         }
         if log.keep_undo {
-            log.undo.push(Undo::Document { meta: Arc::clone(meta), id: id.clone(), before });
+            log.undo.push(Undo::Document { meta: Arc::clone(meta), kind, id: id.clone(), before });
         }
         Ok(())
     }
@@ -292,6 +311,7 @@ impl<'c> Writer<'c> {
         if changed == 0 {
             return Ok(0);
         }
+        self.count(meta, ChangeKind::Delete, changed);
         let mut befores = befores.into_iter();
         for id in ids {
             match befores.next() {
@@ -325,6 +345,7 @@ impl<'c> Writer<'c> {
             Ok(())
         })?;
         let n = rows.len();
+        self.count(meta, ChangeKind::Delete, n);
         for mut row in rows {
             let id = row[0].clone();
             if whole {
@@ -489,7 +510,7 @@ mod tests {
             assert_eq!(w.apply(&meta, Op::Delete(&Value::Text("n1".into())))?, 0);
             let log = log.into_inner();
             let undo = log.mark().0;
-            Ok((counting.reads.get(), counting.writes.get(), log.into_changes(), undo))
+            Ok((counting.reads.get(), counting.writes.get(), log.into_parts().0, undo))
         })
         .unwrap()
     }

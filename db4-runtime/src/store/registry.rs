@@ -22,18 +22,10 @@ impl Registry {
         known.get(schema.collection()).filter(|slot| std::ptr::eq(slot.schema(), schema)).map(Arc::clone)
     }
 
-    #[allow(dead_code)] // Db::stats reads it next.
-    /// Every collection known, by name.
-    pub fn all(&self) -> Vec<Arc<MetaSlot>> {
-        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut all: Vec<_> = known.values().map(Arc::clone).collect();
-        all.sort_by_key(|slot| slot.schema().collection());
-        all
-    }
-
     /// Creates or migrates `T`'s collection (inside a write transaction); register it once
     /// that commits.
     pub fn prepare<T: Document>(writer: &Writer<'_>, max_document_bytes: usize) -> Result<Arc<MetaSlot>> {
+        let _span = crate::trace::step("prepare", Some(T::schema().collection()));
         let meta = migrate::ensure::<T>(writer, T::Id::KIND, max_document_bytes)?;
         Ok(Arc::new(MetaSlot::new(meta)))
     }

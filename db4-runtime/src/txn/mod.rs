@@ -23,6 +23,8 @@ use crate::store::change::Change;
 use crate::store::meta::CollectionMeta;
 use crate::store::pipeline::{WriteLog, restore};
 use crate::store::slot::MetaSlot;
+use crate::store::tally::Tally;
+use crate::trace::{self, OpSpan};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -176,6 +178,7 @@ impl<'a> Transaction<'a> {
     ///
     /// An error only if the transaction is broken by a failed undo.
     pub fn savepoint(&self, name: &str) -> Result<()> {
+        let _span = trace::op("savepoint", None);
         self.push_savepoint(Some(name.to_owned())).map(drop)
     }
 
@@ -193,8 +196,10 @@ impl<'a> Transaction<'a> {
     /// nested one (nothing is undone then, and both transactions go on); a backend error
     /// while undoing, after which the transaction can only be rolled back.
     pub fn rollback_to(&self, name: &str) -> Result<()> {
+        let span = trace::op("rollback_to", None);
         let index = self.find_own(name, "roll back to")?;
-        self.undo_to(index, false)
+        span.rows(self.undo_to(index, false)?);
+        Ok(())
     }
 
     /// Forgets savepoint `name` and the ones created after it, keeping their writes (they
@@ -209,6 +214,7 @@ impl<'a> Transaction<'a> {
     /// [`Error::TransactionState`] if it belongs to a transaction enclosing the current
     /// nested one (nothing changes then).
     pub fn release(&self, name: &str) -> Result<()> {
+        let _span = trace::op("release", None);
         let index = self.find_own(name, "release")?;
         self.truncate_savepoints(index);
         Ok(())
@@ -222,7 +228,8 @@ impl<'a> Transaction<'a> {
     ///
     /// Whatever `f` returns, or a backend error while undoing.
     pub fn transaction<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<R> {
-        self.try_transaction(f)
+        let _span = trace::op("transaction", None);
+        self.nested(f)
     }
 
     /// [`transaction`](Self::transaction) for a closure with an error type of its own: any
@@ -233,6 +240,13 @@ impl<'a> Transaction<'a> {
     ///
     /// Whatever `f` returns, or a db4 error (converted into `E`) while undoing.
     pub fn try_transaction<R, E: From<Error>>(&self, f: impl FnOnce(&Self) -> Result<R, E>) -> Result<R, E> {
+        let _span = trace::op("try_transaction", None);
+        self.nested(f)
+    }
+
+    /// A nested transaction, without a span of its own (an atomic write inside a transaction
+    /// runs as one).
+    pub(crate) fn nested<R, E: From<Error>>(&self, f: impl FnOnce(&Self) -> Result<R, E>) -> Result<R, E> {
         let id = self.push_savepoint(None)?;
         let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
             Ok(result) => result,
@@ -269,9 +283,10 @@ impl<'a> Transaction<'a> {
     /// A backend error; the transaction is rolled back then. Committing a transaction whose
     /// savepoint undo failed is refused (and rolls it back).
     pub fn commit(self) -> Result<()> {
+        let span = trace::op("commit", None);
         let is_broken = self.state.borrow().broken;
         let new_collections = std::mem::take(&mut self.state.borrow_mut().new_collections);
-        let changes = std::mem::take(&mut *self.log.borrow_mut()).into_changes();
+        let (changes, tally) = std::mem::take(&mut *self.log.borrow_mut()).into_parts();
         let db = self.db;
         match self.conn {
             TxConn::Held(held) if !is_broken => {
@@ -279,6 +294,8 @@ impl<'a> Transaction<'a> {
                 let ticket = db.commits().ticket();
                 held.commit()?;
                 db.registry().register(new_collections);
+                db.committed().add(&tally);
+                span.rows(tally.total());
                 if let Some(ticket) = ticket {
                     ticket.deliver(&changes);
                 }
@@ -300,6 +317,7 @@ impl<'a> Transaction<'a> {
     ///
     /// A backend error.
     pub fn rollback(self) -> Result<()> {
+        let _span = trace::op("rollback", None);
         match self.conn {
             TxConn::Held(held) => held.rollback(),
             TxConn::Lent(_) => Err(Error::transaction_state(
@@ -353,13 +371,15 @@ impl<'a> Transaction<'a> {
     }
 
     /// Undoes the writes after savepoint `index`; removes the savepoint too if `remove`.
-    fn undo_to(&self, index: usize, remove: bool) -> Result<()> {
+    /// Returns how many writes it undid.
+    fn undo_to(&self, index: usize, remove: bool) -> Result<usize> {
         let (entries, none_left) = {
             let mut state = self.state.borrow_mut();
             let mark = state.savepoints[index].mark;
             state.savepoints.truncate(if remove { index } else { index + 1 });
             (self.log.borrow_mut().rewind(mark), state.savepoints.is_empty())
         };
+        let undone = entries.len();
         if let Err(e) = restore(self.conn()?, entries) {
             self.state.borrow_mut().broken = true;
             return Err(e);
@@ -367,13 +387,14 @@ impl<'a> Transaction<'a> {
         if none_left {
             self.log.borrow_mut().keep_undo(false);
         }
-        Ok(())
+        Ok(undone)
     }
 
-    /// What the transaction leaves to do once committed: collections to register and
-    /// changes to report.
-    fn into_outcome(self) -> (Vec<Arc<MetaSlot>>, Vec<Change>) {
-        (self.state.into_inner().new_collections, self.log.into_inner().into_changes())
+    /// What the transaction leaves to do once committed: collections to register, changes
+    /// to report and writes to count.
+    fn into_outcome(self) -> (Vec<Arc<MetaSlot>>, Vec<Change>, Tally) {
+        let (changes, tally) = self.log.into_inner().into_parts();
+        (self.state.into_inner().new_collections, changes, tally)
     }
 }
 
@@ -396,7 +417,8 @@ impl Db {
     ///
     /// See the crate documentation for a transfer between accounts with a savepoint.
     pub fn transaction<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
-        self.try_transaction(f)
+        let span = trace::op("transaction", None);
+        self.run_transaction(&span, f)
     }
 
     /// Runs `f` in a transaction, like [`transaction`](Self::transaction), for a closure that
@@ -446,6 +468,16 @@ impl Db {
     /// # Ok(()) }
     /// ```
     pub fn try_transaction<R, E: From<Error>>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R, E>) -> Result<R, E> {
+        let span = trace::op("try_transaction", None);
+        self.run_transaction(&span, f)
+    }
+
+    /// Runs `f` in a transaction, recording on `span` how many writes committed.
+    fn run_transaction<R, E: From<Error>>(
+        &self,
+        span: &OpSpan,
+        f: impl FnOnce(&Transaction<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
         self.commits().check_not_observing()?;
         let mut ticket = None;
         // The closure's own error waits here; the backend only needs to know to roll back.
@@ -465,12 +497,14 @@ impl Db {
             ticket = self.commits().ticket();
             Ok((out, tx.into_outcome()))
         });
-        let (out, (new_collections, changes)) = match (outcome, failure) {
+        let (out, (new_collections, changes, tally)) = match (outcome, failure) {
             (Ok(done), _) => done,
             (Err(_), Some(e)) => return Err(e),
             (Err(e), None) => return Err(e.into()),
         };
         self.registry().register(new_collections);
+        self.committed().add(&tally);
+        span.rows(tally.total());
         if let Some(ticket) = ticket {
             ticket.deliver(&changes);
         }
@@ -488,9 +522,10 @@ impl Db {
         options: &TransactionOptions,
         mut f: impl FnMut(&Transaction<'_>) -> Result<R>,
     ) -> Result<R> {
+        let span = trace::op("transaction_with", None);
         let mut attempt = 0;
         loop {
-            match self.transaction(&mut f) {
+            match self.run_transaction(&span, &mut f) {
                 Err(e) if is_retryable(&e) && attempt < options.retry.max_retries => {
                     crate::retry::pause(options.retry.backoff(attempt));
                     attempt += 1;
@@ -509,6 +544,7 @@ impl Db {
     /// A backend error; [`BackendErrorKind::Unsupported`](crate::BackendErrorKind::Unsupported)
     /// on backends with closure transactions only (Durable Objects).
     pub fn begin(&self) -> Result<Transaction<'_>> {
+        let _span = trace::op("begin", None);
         self.commits().check_not_observing()?;
         let held = self.backend().begin()?;
         Ok(Transaction::new(self, TxConn::Held(held)))

@@ -75,12 +75,14 @@ impl<'a> Exec<'a> {
                     ticket = commits.ticket();
                     Ok(out)
                 })?;
+                let (changes, tally) = log.into_inner().into_parts();
+                db.committed().add(&tally);
                 if let Some(ticket) = ticket {
-                    ticket.deliver(&log.into_inner().into_changes());
+                    ticket.deliver(&changes);
                 }
                 Ok(out)
             }
-            Exec::Tx(tx) if access == Access::Atomic => tx.transaction(|tx| f(Writer::new(tx.conn()?, tx.log()))),
+            Exec::Tx(tx) if access == Access::Atomic => tx.nested(|tx| f(Writer::new(tx.conn()?, tx.log()))),
             Exec::Tx(tx) => f(Writer::new(tx.conn()?, tx.log())),
         }
     }
