@@ -12,6 +12,7 @@ const LAYERS: &[&str] = &[
     "checksum",
     "limits",
     "retry",
+    "trace",
     "schema",
     "sql",
     "backend",
@@ -24,7 +25,7 @@ const LAYERS: &[&str] = &[
 ];
 
 /// The modules of `src/store`, in import order.
-const STORE: &[&str] = &["meta", "codec", "change", "pipeline", "migrate", "slot", "commit", "registry"];
+const STORE: &[&str] = &["meta", "codec", "change", "tally", "pipeline", "migrate", "slot", "commit", "registry"];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
