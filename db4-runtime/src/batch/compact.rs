@@ -52,7 +52,7 @@ impl<S: Scope> BatchStore<S> {
         let sql = &self.inner.sql;
         let limit = self.inner.limit;
         let threshold = (limit as f64 * self.inner.options.compact_below).ceil() as u64;
-        self.exec().write(Access::Atomic, |w| {
+        self.runner().write(Access::Atomic, |w| {
             let conn = w.conn;
             let rows_before = self.count(conn, &sql.blob_count)?;
             let unchanged = CompactionReport { rows_before, rows_after: rows_before, ..CompactionReport::default() };

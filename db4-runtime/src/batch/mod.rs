@@ -43,7 +43,7 @@ use crate::backend::{Access, run};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::schema::is_valid_name;
-use crate::txn::{Exec, Scope, Transaction};
+use crate::txn::{Runner, Scope, Transaction};
 use sql::StoreSql;
 use std::fmt;
 use std::sync::Arc;
@@ -444,15 +444,15 @@ impl<S> BatchStore<S> {
 }
 
 impl<S: Scope> BatchStore<S> {
-    fn exec(&self) -> Exec<'_> {
-        self.scope.exec()
+    fn runner(&self) -> Runner<'_> {
+        self.scope.runner()
     }
 
     /// The database the store's calls run on.
     fn db(&self) -> &Db {
-        match self.exec() {
-            Exec::Db(db) => db,
-            Exec::Tx(tx) => tx.db(),
+        match self.runner() {
+            Runner::Db(db) => db,
+            Runner::Tx(tx) => tx.db(),
         }
     }
 }

@@ -152,7 +152,7 @@ pub(super) fn table_rows<S: Scope>(store: &BatchStore<S>) -> Result<Vec<Vec<Valu
     let name = store.name();
     let tables = [(format!("_db4_batch_{name}_blobs"), 5), (format!("_db4_batch_{name}_docs"), 4)];
     let mut out = Vec::new();
-    store.exec().read(|conn| {
+    store.runner().read(|conn| {
         for (table, width) in &tables {
             let sql = format!(r#"SELECT * FROM {} ORDER BY "id""#, quote_ident(table));
             conn.query(&sql, &[], &mut |row| {

@@ -34,7 +34,7 @@ impl<S: Scope> BatchStore<S> {
     pub fn get<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
         self.check_id(id)?;
         let mut out = None;
-        self.exec().read(|conn| {
+        self.runner().read(|conn| {
             conn.query(&self.inner.sql.get_one, &[Value::Text(id.to_owned())], &mut |row| {
                 let doc = self.entry_in_row(row, 0, id)?;
                 out = Some(serde_json::from_slice(doc).map_err(|e| self.serialization(id, e))?);
@@ -76,7 +76,7 @@ impl<S: Scope> BatchStore<S> {
             return Ok(out);
         }
         let list = id_list(positions.keys());
-        self.exec().read(|conn| {
+        self.runner().read(|conn| {
             conn.query(&self.inner.sql.get_many, std::slice::from_ref(&list), &mut |row| {
                 let id = self.text(row, 0, "document id")?;
                 let doc = self.entry_in_row(row, 1, id)?;
@@ -109,7 +109,7 @@ impl<S: Scope> BatchStore<S> {
     pub fn contains(&self, id: &str) -> Result<bool> {
         self.check_id(id)?;
         let mut found = false;
-        self.exec().read(|conn| {
+        self.runner().read(|conn| {
             conn.query(&self.inner.sql.contains, &[Value::Text(id.to_owned())], &mut |_| {
                 found = true;
                 Ok(())
@@ -136,7 +136,7 @@ impl<S: Scope> BatchStore<S> {
     /// ```
     pub fn ids(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        self.exec().read(|conn| {
+        self.runner().read(|conn| {
             conn.query(&self.inner.sql.ids, &[], &mut |row| {
                 out.push(self.text(row, 0, "document id")?.to_owned());
                 Ok(())
@@ -163,7 +163,7 @@ impl<S: Scope> BatchStore<S> {
     /// ```
     pub fn len(&self) -> Result<u64> {
         let mut n = 0;
-        self.exec().read(|conn| {
+        self.runner().read(|conn| {
             conn.query(&self.inner.sql.count, &[], &mut |row| {
                 n = self.uint(row, 0, "document count")?;
                 Ok(())

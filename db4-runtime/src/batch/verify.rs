@@ -7,7 +7,7 @@ use super::sql::int;
 use super::{BatchStats, BatchStore};
 use crate::backend::{Access, Connection, run};
 use crate::error::Result;
-use crate::txn::{Exec, Scope};
+use crate::txn::{Runner, Scope};
 use crate::value::ValueRef;
 use std::collections::HashMap;
 
@@ -34,7 +34,7 @@ impl<S: Scope> BatchStore<S> {
     /// ```
     pub fn stats(&self) -> Result<BatchStats> {
         let mut out = None;
-        self.exec().read(|conn| {
+        self.runner().read(|conn| {
             conn.query(&self.inner.sql.stats, &[int(self.inner.limit)], &mut |row| {
                 let documents = self.uint(row, 0, "document count")?;
                 let doc_bytes = self.uint(row, 1, "document bytes")?;
@@ -82,11 +82,11 @@ impl<S: Scope> BatchStore<S> {
     /// # Ok(()) }
     /// ```
     pub fn verify(&self) -> Result<BatchStats> {
-        match self.exec() {
+        match self.runner() {
             // Atomic: two statements must see the same state, which a WAL reader does not promise.
-            Exec::Db(db) => run(db.backend(), Access::Atomic, |conn| self.check_all(conn)),
+            Runner::Db(db) => run(db.backend(), Access::Atomic, |conn| self.check_all(conn)),
             // A transaction's connection sees one state: its own.
-            Exec::Tx(tx) => self.check_all(tx.conn()?),
+            Runner::Tx(tx) => self.check_all(tx.conn()?),
         }
     }
 

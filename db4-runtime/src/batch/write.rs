@@ -170,7 +170,7 @@ impl<S: Scope> BatchStore<S> {
         }
         let list = id_list(ids.iter());
         let sql = &self.inner.sql;
-        self.exec().write(Access::Atomic, |w| {
+        self.runner().write(Access::Atomic, |w| {
             let found = self.locate(w.conn, &list, self.before_images(&w))?;
             if found.is_empty() {
                 return Ok(0);
@@ -219,7 +219,7 @@ impl<S: Scope> BatchStore<S> {
         let sql = &self.inner.sql;
         let limit = self.inner.limit;
         let list = id_list(entries.iter().map(|e| &e.id));
-        self.exec().write(Access::Atomic, |w| {
+        self.runner().write(Access::Atomic, |w| {
             let conn = w.conn;
             let old = self.locate(conn, &list, self.before_images(&w))?;
             let mut packer = Packer::new(limit, self.next_blob_id(conn)?);

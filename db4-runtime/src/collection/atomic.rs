@@ -14,7 +14,7 @@ use crate::store::codec::{
 use crate::store::meta::CollectionMeta;
 use crate::store::slot::MetaSlot;
 use crate::trace;
-use crate::txn::{Exec, Scope};
+use crate::txn::{Runner, Scope};
 use crate::value::{Value, ValueRef};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -79,7 +79,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     pub fn update_with(&self, id: impl IdArg<T::Id>, policy: RetryPolicy, mut f: impl FnMut(&mut T)) -> Result<T> {
         let span = trace::op("update_with", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
-        let doc = read_modify_write(self.exec(), &self.slot, &key, &policy, |doc| {
+        let doc = read_modify_write(self.runner(), &self.slot, &key, &policy, |doc| {
             f(doc);
             true
         })?
@@ -103,7 +103,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     ) -> Result<Option<T>> {
         let span = trace::op("conditional_update", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
-        let doc = read_modify_write(self.exec(), &self.slot, &key, &RetryPolicy::default(), |doc| {
+        let doc = read_modify_write(self.runner(), &self.slot, &key, &RetryPolicy::default(), |doc| {
             if !predicate(doc) {
                 return false;
             }
@@ -134,7 +134,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
         let span = trace::op("compare_and_swap", Some(name));
         let key = id_value::<T>(&self.slot.get(), &id)?;
         let (expected, new) = (json_of(name, &expected.into())?, json_of(name, &new.into())?);
-        let current = patch_field::<T>(self.exec(), &self.slot, &key, field.index(), |_, current| {
+        let current = patch_field::<T>(self.runner(), &self.slot, &key, field.index(), |_, current| {
             Ok((*current == expected).then(|| new.clone()))
         })?;
         let swapped = current.1;
@@ -154,7 +154,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     pub fn increment<N: Numeric>(&self, id: impl IdArg<T::Id>, field: Field<T, N>, delta: N) -> Result<N> {
         let span = trace::op("increment", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
-        let (value, _) = patch_field::<T>(self.exec(), &self.slot, &key, field.index(), |meta, current| {
+        let (value, _) = patch_field::<T>(self.runner(), &self.slot, &key, field.index(), |meta, current| {
             let name = meta.field_name(field.index());
             let n: N = serde_json::from_value(current.clone())
                 .map_err(|e| Error::invalid_value(meta.collection, name, format!("cannot increment {current}: {e}")))?;
@@ -171,7 +171,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
 /// The read-modify-write behind `update_with` and `conditional_update`. `f` edits the document
 /// and says whether to write it; `Ok(None)` when it declined.
 fn read_modify_write<T: Document>(
-    exec: Exec<'_>,
+    runner: Runner<'_>,
     slot: &MetaSlot,
     key: &Value,
     policy: &RetryPolicy,
@@ -204,8 +204,8 @@ fn read_modify_write<T: Document>(
         }
         doc
     };
-    if !slot.get().versioned || exec.in_transaction() {
-        return exec.write_meta(slot, Access::Atomic, |w, meta| {
+    if !slot.get().versioned || runner.in_transaction() {
+        return runner.write_meta(slot, Access::Atomic, |w, meta| {
             let doc = select_one::<T>(w.conn, meta, key)?.ok_or_else(|| not_found(meta))?;
             let Some((doc, enc)) = modify(meta, doc)? else { return Ok(None) };
             let version = update_encoded(w, meta, &enc)?;
@@ -213,11 +213,11 @@ fn read_modify_write<T: Document>(
         });
     }
     with_optimistic_lock(policy, || {
-        let doc = exec.read_meta(slot, |conn, meta| select_one::<T>(conn, meta, key))?;
+        let doc = runner.read_meta(slot, |conn, meta| select_one::<T>(conn, meta, key))?;
         let meta = slot.get();
         let doc = doc.ok_or_else(|| not_found(&meta))?;
         let Some((doc, enc)) = modify(&meta, doc)? else { return Ok(None) };
-        let version = exec.write_meta(slot, Access::Write, |w, meta| update_encoded(w, meta, &enc))?;
+        let version = runner.write_meta(slot, Access::Write, |w, meta| update_encoded(w, meta, &enc))?;
         Ok(Some(finish(doc, version)))
     })
 }
@@ -226,7 +226,7 @@ fn read_modify_write<T: Document>(
 /// it returns a new value, writes the document with that value (re-validated as `T`, index
 /// columns and version updated). Returns the field's value afterwards and whether it changed.
 fn patch_field<T: Document>(
-    exec: Exec<'_>,
+    runner: Runner<'_>,
     slot: &MetaSlot,
     key: &Value,
     field: usize,
@@ -243,7 +243,7 @@ fn patch_field<T: Document>(
             format!("field `{}`: the id and the version cannot be changed this way", def.name()),
         ));
     }
-    exec.write_meta(slot, Access::Atomic, |w, meta| {
+    runner.write_meta(slot, Access::Atomic, |w, meta| {
         let mut raw = None;
         w.conn.query(&meta.sql.select_one, std::slice::from_ref(key), &mut |row| {
             let ValueRef::Text(json) = row.get(0)? else { return Err(corrupt(meta, "document", key)) };

@@ -25,7 +25,7 @@ use crate::store::pipeline::{Op, Writer};
 use crate::store::registry::Registry;
 use crate::store::slot::MetaSlot;
 use crate::trace;
-use crate::txn::{Exec, Scope, Transaction};
+use crate::txn::{Runner, Scope, Transaction};
 use crate::value::Value;
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -83,7 +83,7 @@ impl Db {
             return Ok(Collection::new(self.clone(), slot));
         }
         let max = self.options().max_document_bytes;
-        let slot = Exec::Db(self).write(Access::Atomic, |w| Registry::prepare::<T>(&w, max))?;
+        let slot = Runner::Db(self).write(Access::Atomic, |w| Registry::prepare::<T>(&w, max))?;
         self.registry().register(vec![Arc::clone(&slot)]);
         Ok(Collection::new(self.clone(), slot))
     }
@@ -104,7 +104,7 @@ impl Db {
     pub fn migrate<T: Document>(&self) -> Result<MigrationReport> {
         let span = trace::op("migrate", Some(T::schema().collection()));
         let max = self.options().max_document_bytes;
-        let (slot, report) = Exec::Db(self).write(Access::Atomic, |w| {
+        let (slot, report) = Runner::Db(self).write(Access::Atomic, |w| {
             let meta = migrate::ensure::<T>(&w, T::Id::KIND, max)?;
             let report = migrate::rewrite_all::<T>(&w, &meta)?;
             let meta = Arc::new(migrate::load(w.conn, &meta)?);
@@ -139,13 +139,13 @@ impl<T: Document, S: Scope> Collection<T, S> {
         Self { scope, slot, _marker: PhantomData }
     }
 
-    pub(crate) fn exec(&self) -> Exec<'_> {
-        self.scope.exec()
+    pub(crate) fn runner(&self) -> Runner<'_> {
+        self.scope.runner()
     }
 
     /// Starts a query over the collection.
     pub fn query(&self) -> Query<'_, T> {
-        Query::new(self.exec(), &self.slot)
+        Query::new(self.runner(), &self.slot)
     }
 
     /// The collection's name.
@@ -164,7 +164,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// then.
     pub fn insert(&self, doc: &T) -> Result<()> {
         let span = trace::op("insert", Some(self.name()));
-        self.exec().write_meta(&self.slot, Access::Write, |w, meta| insert_encoded(w, meta, &encode(meta, doc)?))?;
+        self.runner().write_meta(&self.slot, Access::Write, |w, meta| insert_encoded(w, meta, &encode(meta, doc)?))?;
         span.rows(1);
         Ok(())
     }
@@ -180,7 +180,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
         T: 'd,
     {
         let span = trace::op("insert_many", Some(self.name()));
-        span.rows(write_many(self.exec(), &self.slot, docs, insert_encoded)?);
+        span.rows(write_many(self.runner(), &self.slot, docs, insert_encoded)?);
         Ok(())
     }
 
@@ -196,7 +196,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
         T: 'd,
     {
         let span = trace::op("upsert_many", Some(self.name()));
-        span.rows(write_many(self.exec(), &self.slot, docs, upsert_encoded)?);
+        span.rows(write_many(self.runner(), &self.slot, docs, upsert_encoded)?);
         Ok(())
     }
 
@@ -209,7 +209,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     pub fn get(&self, id: impl IdArg<T::Id>) -> Result<Option<T>> {
         let span = trace::op("get", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
-        let doc = self.exec().read_meta(&self.slot, |conn, meta| select_one(conn, meta, &key));
+        let doc = self.runner().read_meta(&self.slot, |conn, meta| select_one(conn, meta, &key));
         span.rows_of(doc, |doc| u64::from(doc.is_some()))
     }
 
@@ -221,7 +221,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// As [`get`](Self::get).
     pub fn get_many<I: IdArg<T::Id>>(&self, ids: impl IntoIterator<Item = I>) -> Result<Vec<Option<T>>> {
         let span = trace::op("get_many", Some(self.name()));
-        span.rows_of(get_many(self.exec(), &self.slot, ids), |docs| docs.iter().flatten().count() as u64)
+        span.rows_of(get_many(self.runner(), &self.slot, ids), |docs| docs.iter().flatten().count() as u64)
     }
 
     /// Replaces a stored document and returns its new version: `Some(v)` for a type with
@@ -269,7 +269,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     pub fn update(&self, doc: &T) -> Result<Option<u64>> {
         let span = trace::op("update", Some(self.name()));
         let version = self
-            .exec()
+            .runner()
             .write_meta(&self.slot, Access::Write, |w, meta| update_encoded(w, meta, &encode(meta, doc)?))?;
         span.rows(1);
         Ok(version)
@@ -284,7 +284,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// [`insert`](Self::insert).
     pub fn upsert(&self, doc: &T) -> Result<()> {
         let span = trace::op("upsert", Some(self.name()));
-        self.exec().write_meta(&self.slot, Access::Atomic, |w, meta| upsert_encoded(w, meta, &encode(meta, doc)?))?;
+        self.runner().write_meta(&self.slot, Access::Atomic, |w, meta| upsert_encoded(w, meta, &encode(meta, doc)?))?;
         span.rows(1);
         Ok(())
     }
@@ -298,7 +298,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
         let span = trace::op("delete", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
         let deleted =
-            self.exec().write_meta(&self.slot, Access::Write, |w, meta| Ok(w.apply(meta, Op::Delete(&key))? > 0));
+            self.runner().write_meta(&self.slot, Access::Write, |w, meta| Ok(w.apply(meta, Op::Delete(&key))? > 0));
         span.rows_of(deleted, |&deleted| u64::from(deleted))
     }
 
@@ -309,20 +309,20 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// A backend error.
     pub fn count(&self) -> Result<u64> {
         let span = trace::op("count", Some(self.name()));
-        let n = self.exec().read_meta(&self.slot, |conn, meta| count(conn, meta.collection, &meta.sql.count, &[]));
+        let n = self.runner().read_meta(&self.slot, |conn, meta| count(conn, meta.collection, &meta.sql.count, &[]));
         span.rows_of(n, |&n| n)
     }
 }
 
 fn write_many<'d, T: Document + 'd>(
-    exec: Exec<'_>,
+    runner: Runner<'_>,
     slot: &MetaSlot,
     docs: impl IntoIterator<Item = &'d T>,
     write_one: fn(Writer<'_>, &Arc<CollectionMeta>, &Encoded) -> Result<()>,
 ) -> Result<u64> {
     // Encoded one at a time inside the transaction (hot in cache, no batch to build and free);
     // a document that fails to encode rolls back the ones already written.
-    exec.write_meta(slot, Access::Atomic, |w, meta| {
+    runner.write_meta(slot, Access::Atomic, |w, meta| {
         docs.into_iter().try_fold(0, |n, d| write_one(w, meta, &encode(meta, d)?).map(|()| n + 1))
     })
 }
@@ -402,7 +402,7 @@ fn carry_foreign_keys(conn: &dyn Connection, meta: &CollectionMeta, enc: &Encode
 }
 
 fn get_many<T: Document, I: IdArg<T::Id>>(
-    exec: Exec<'_>,
+    runner: Runner<'_>,
     slot: &MetaSlot,
     ids: impl IntoIterator<Item = I>,
 ) -> Result<Vec<Option<T>>> {
@@ -412,7 +412,7 @@ fn get_many<T: Document, I: IdArg<T::Id>>(
     for (i, k) in keys.iter().enumerate() {
         positions.entry(IdKey::from_ref(k.as_ref())).or_default().push(i);
     }
-    exec.read_meta(slot, |conn, meta| {
+    runner.read_meta(slot, |conn, meta| {
         let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(keys.len()).collect();
         for list in &lists {
             conn.query(&meta.sql.select_many, std::slice::from_ref(list), &mut |row| {

@@ -16,7 +16,7 @@ use crate::store::codec::{count, decode, with_id};
 use crate::store::pipeline::Op;
 use crate::store::slot::MetaSlot;
 use crate::trace;
-use crate::txn::Exec;
+use crate::txn::Runner;
 use crate::value::Value;
 use filter::Expr;
 use std::marker::PhantomData;
@@ -40,7 +40,7 @@ use std::marker::PhantomData;
 /// (an `in_list` of the same values takes a few bytes).
 #[must_use = "a query does nothing until run with all(), first(), count() or delete()"]
 pub struct Query<'c, T> {
-    exec: Exec<'c>,
+    runner: Runner<'c>,
     slot: &'c MetaSlot,
     _marker: PhantomData<fn() -> T>,
     filters: Vec<Expr>,
@@ -61,8 +61,8 @@ impl<T> std::fmt::Debug for Query<'_, T> {
 }
 
 impl<'c, T: Document> Query<'c, T> {
-    pub(crate) fn new(exec: Exec<'c>, slot: &'c MetaSlot) -> Self {
-        Self { exec, slot, _marker: PhantomData, filters: Vec::new(), order: Vec::new(), limit: None, offset: 0 }
+    pub(crate) fn new(runner: Runner<'c>, slot: &'c MetaSlot) -> Self {
+        Self { runner, slot, _marker: PhantomData, filters: Vec::new(), order: Vec::new(), limit: None, offset: 0 }
     }
 
     /// Keeps only documents matching `filter` (in addition to earlier filters).
@@ -104,7 +104,7 @@ impl<'c, T: Document> Query<'c, T> {
 
     /// Runs the query and returns the matching documents.
     fn fetch(self) -> Result<Vec<T>> {
-        self.exec.read_meta(self.slot, |conn, meta| {
+        self.runner.read_meta(self.slot, |conn, meta| {
             let mut sql = meta.statement();
             sql.push(&format!("SELECT \"_id\", {} FROM {}", meta.doc_columns, meta.table));
             self.tail(&mut sql, true, 0)?;
@@ -141,7 +141,7 @@ impl<'c, T: Document> Query<'c, T> {
     /// As [`all`](Self::all).
     pub fn count(self) -> Result<u64> {
         let span = trace::op("count", Some(self.slot.schema().collection()));
-        let n = self.exec.read_meta(self.slot, |conn, meta| {
+        let n = self.runner.read_meta(self.slot, |conn, meta| {
             let mut sql = meta.statement();
             if self.limit.is_none() && self.offset == 0 {
                 sql.push(&format!("SELECT count(*) FROM {}", meta.table));
@@ -166,7 +166,7 @@ impl<'c, T: Document> Query<'c, T> {
     /// As [`all`](Self::all).
     pub fn delete(self) -> Result<u64> {
         let span = trace::op("delete", Some(self.slot.schema().collection()));
-        let n = self.exec.write_meta(self.slot, Access::Write, |w, meta| {
+        let n = self.runner.write_meta(self.slot, Access::Write, |w, meta| {
             if w.keeps_undo() {
                 // A savepoint may need the rows back: find them first, so the pipeline reads
                 // their before-images before anything is deleted.

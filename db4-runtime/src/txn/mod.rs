@@ -11,7 +11,7 @@
 
 mod scope;
 
-pub(crate) use scope::Exec;
+pub(crate) use scope::Runner;
 pub use scope::Scope;
 
 use crate::backend::{Access, Connection, HeldTransaction};

@@ -22,18 +22,18 @@ mod sealed {
     /// The private half of [`Scope`](super::Scope).
     pub trait Sealed {
         /// The database or transaction to run on.
-        fn exec(&self) -> super::Exec<'_>;
+        fn runner(&self) -> super::Runner<'_>;
     }
 
     impl Sealed for crate::db::Db {
-        fn exec(&self) -> super::Exec<'_> {
-            super::Exec::Db(self)
+        fn runner(&self) -> super::Runner<'_> {
+            super::Runner::Db(self)
         }
     }
 
     impl<'tx> Sealed for &'tx crate::txn::Transaction<'tx> {
-        fn exec(&self) -> super::Exec<'_> {
-            super::Exec::Tx(self)
+        fn runner(&self) -> super::Runner<'_> {
+            super::Runner::Tx(self)
         }
     }
 }
@@ -42,19 +42,19 @@ mod sealed {
 /// because the sealed half of [`Scope`] returns it; nothing outside the crate can reach it.
 #[doc(hidden)]
 #[derive(Clone, Copy)]
-pub enum Exec<'a> {
+pub enum Runner<'a> {
     /// Each call on its own.
     Db(&'a Db),
     /// Inside the transaction.
     Tx(&'a Transaction<'a>),
 }
 
-impl<'a> Exec<'a> {
+impl<'a> Runner<'a> {
     /// Runs reads: on a reader connection, or through the transaction (seeing its writes).
     pub(crate) fn read<R>(self, f: impl FnOnce(&dyn Connection) -> Result<R>) -> Result<R> {
         match self {
-            Exec::Db(db) => run(db.backend(), Access::Read, f),
-            Exec::Tx(tx) => f(tx.conn()?),
+            Runner::Db(db) => run(db.backend(), Access::Read, f),
+            Runner::Tx(tx) => f(tx.conn()?),
         }
     }
 
@@ -64,7 +64,7 @@ impl<'a> Exec<'a> {
     /// commit observers.
     pub(crate) fn write<R>(self, access: Access, f: impl FnOnce(Writer<'_>) -> Result<R>) -> Result<R> {
         match self {
-            Exec::Db(db) => {
+            Runner::Db(db) => {
                 let commits = db.commits();
                 commits.check_not_observing()?;
                 let log = RefCell::new(commits.log());
@@ -82,13 +82,13 @@ impl<'a> Exec<'a> {
                 }
                 Ok(out)
             }
-            Exec::Tx(tx) if access == Access::Atomic => tx.nested(|tx| f(Writer::new(tx.conn()?, tx.log()))),
-            Exec::Tx(tx) => f(Writer::new(tx.conn()?, tx.log())),
+            Runner::Tx(tx) if access == Access::Atomic => tx.nested(|tx| f(Writer::new(tx.conn()?, tx.log()))),
+            Runner::Tx(tx) => f(Writer::new(tx.conn()?, tx.log())),
         }
     }
 
     pub(crate) fn in_transaction(self) -> bool {
-        matches!(self, Exec::Tx(_))
+        matches!(self, Runner::Tx(_))
     }
 
     /// Runs a read with the slot's current meta. A read that fails with a backend error may
@@ -123,8 +123,8 @@ impl<'a> Exec<'a> {
     ) -> Result<R> {
         self.write(access, |writer| {
             let meta = match self {
-                Exec::Tx(tx) => tx.fresh_meta(slot)?,
-                Exec::Db(_) => slot.fresh(writer.conn)?,
+                Runner::Tx(tx) => tx.fresh_meta(slot)?,
+                Runner::Db(_) => slot.fresh(writer.conn)?,
             };
             f(writer, &meta)
         })
