@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "query",
     "collection",
     "batch",
+    "wal",
 ];
 
 /// The modules of `src/store`, in import order.
