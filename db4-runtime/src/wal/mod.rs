@@ -14,6 +14,8 @@
 //! a record means (applying an insert, grouping records by [`WalRecord::tx_id`] and applying
 //! only transactions that reached a [`WalOp::Commit`]) is the caller's.
 //!
+//! The record format and the file layout are written down in `docs/wal.md`.
+//!
 //! This file holds the record types; the rest is one file per job:
 //!
 //! - `config.rs`: [`WalConfig`], [`WalStats`], [`ReplayReport`] and [`StopReason`];
@@ -21,9 +23,12 @@
 //! - `log.rs`: what both logs share: LSNs, segments, checkpoint, truncate, replay, stats;
 //! - `memory.rs`: [`MemoryWal`];
 //! - `file.rs`: [`FileWal`], and `disk.rs`: the segment and state files, and recovery;
-//! - `model.rs` (tests only): the logs against a `Vec` model.
+//! - `model.rs` and `crash.rs` (tests only): the logs against a `Vec` model, corruption and
+//!   killed processes.
 
 mod config;
+#[cfg(all(test, feature = "fs"))]
+mod crash;
 #[cfg(feature = "fs")]
 mod disk;
 #[cfg(feature = "fs")]
