@@ -1,8 +1,8 @@
 //! A write-ahead log of document changes, usable on its own: [`MemoryWal`] keeps it in
 //! memory, [`FileWal`] (feature `fs`) in a directory of segment files.
 //!
-//! Each [`WalRecord`] appended gets the next [`Lsn`] (1, 2, 3, ...: strictly increasing, never
-//! reused, also across truncation and reopening) and is stored encoded, with a CRC-32 over the
+//! Each [`WalRecord`] appended gets the next [`Lsn`] (1, 2, 3, ...: strictly increasing, kept
+//! across truncation and reopening) and is stored encoded, with a CRC-32 over the
 //! whole record when [`WalConfig::checksums`] is on. Records go into segments bounded by
 //! [`WalConfig::max_size_bytes`] and [`WalConfig::max_entries`]; [`MemoryWal::checkpoint`]
 //! marks everything appended so far as applied elsewhere, [`MemoryWal::truncate`] drops what
@@ -52,9 +52,11 @@ use std::fmt;
 
 /// A log sequence number: the position of an entry in a write-ahead log.
 ///
-/// The first entry appended to a log gets LSN 1, each next one the next number; LSNs are never
-/// reused, also after [`truncate`](MemoryWal::truncate) or reopening a [`FileWal`].
-/// [`Lsn::ZERO`] comes before every entry: replaying from it replays everything.
+/// The first entry appended to a log gets LSN 1, each next one the next number; LSNs are not
+/// reused after [`truncate`](MemoryWal::truncate) or reopening a [`FileWal`]. (The one
+/// exception: the LSNs of a torn tail that opening a `FileWal` cut off are handed out again;
+/// with [`WalConfig::sync_on_append`], no append had acknowledged those records.) [`Lsn::ZERO`] comes before every entry: replaying from
+/// it replays everything.
 ///
 /// # Example
 ///
