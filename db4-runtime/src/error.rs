@@ -138,6 +138,21 @@ pub enum Error {
         id: Option<String>,
     },
 
+    /// A write-ahead log record (or the log's state) is damaged: a checksum that does not
+    /// match, a record cut short with intact records after it, a missing segment, an impossible
+    /// field. Nothing after the damage was applied. A torn tail, the last records of a log cut
+    /// short by a crash with nothing intact after them, is not this error: opening the log cuts
+    /// it off and reports it. [`Error::backend_kind`] reports this as
+    /// [`BackendErrorKind::Corrupt`].
+    #[error("write-ahead log damaged at LSN {lsn}: {reason}")]
+    WalCorrupted {
+        /// The LSN of the first damaged or missing record; 0 when the damage is outside any
+        /// record (the log's state file).
+        lsn: u64,
+        /// What was found, and where.
+        reason: String,
+    },
+
     /// The application aborted the work with an error of its own, for example a business
     /// rule or an I/O error inside a transaction closure. Built with [`Error::aborted`]; taken
     /// back out with [`Error::downcast`], [`Error::downcast_ref`] or [`Error::into_aborted`].
@@ -245,12 +260,17 @@ impl Error {
         Error::Corrupted { what: what.into(), collection: collection.to_owned(), id }
     }
 
+    /// The one constructor of [`Error::WalCorrupted`].
+    pub(crate) fn wal_corrupted(lsn: u64, reason: impl Into<String>) -> Self {
+        Error::WalCorrupted { lsn, reason: reason.into() }
+    }
+
     /// The backend error kind, when this is a backend error ([`BackendErrorKind::Corrupt`] for
-    /// [`Error::Corrupted`] too).
+    /// [`Error::Corrupted`] and [`Error::WalCorrupted`] too).
     pub fn backend_kind(&self) -> Option<BackendErrorKind> {
         match self {
             Error::Backend(e) => Some(e.kind()),
-            Error::Corrupted { .. } => Some(BackendErrorKind::Corrupt),
+            Error::Corrupted { .. } | Error::WalCorrupted { .. } => Some(BackendErrorKind::Corrupt),
             _ => None,
         }
     }
@@ -317,6 +337,14 @@ impl Error {
             Error::Aborted(e) => Ok(e),
             other => Err(other),
         }
+    }
+}
+
+/// For code generic over a fallible and an infallible source of errors (the write-ahead log's
+/// storage in memory cannot fail): an `Infallible` converts into any error, having no value.
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
     }
 }
 

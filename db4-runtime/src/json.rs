@@ -42,7 +42,7 @@ pub(crate) enum JsonError {
 
 /// The top-level key (as `.key`) under which `json` nests deeper than [`MAX_DEPTH`], if it
 /// does. A single pass over the bytes, outside string literals.
-fn too_deep(json: &str) -> Option<String> {
+pub(crate) fn too_deep(json: &str) -> Option<String> {
     let bytes = json.as_bytes();
     // Nesting needs an opening bracket per level: most documents have too few to check.
     if bytes.iter().filter(|&&b| b == b'{' || b == b'[').count() <= MAX_DEPTH {

@@ -22,6 +22,7 @@ const LAYERS: &[&str] = &[
     "query",
     "collection",
     "batch",
+    "wal",
 ];
 
 /// The modules of `src/store`, in import order.

@@ -1,17 +1,19 @@
 //! db4-compare: db4 against hand-written rusqlite doing the same work on the same data.
 //!
-//! Run with `cargo run --release -p db4-compare [-- --docs N | --quick]`. Every side gets the
+//! Run with `cargo run --release -p db4-compare [-- --docs N | --quick | --wal-only]`. Every side gets the
 //! same generated documents, the same pragmas (WAL, `synchronous = FULL`; the write
 //! transactions are measured a second time with `NORMAL` on every side) and a fresh database
 //! file under `target/`. The raw baseline uses exactly db4's table and indexes; a second raw
 //! store with plain (application-filled) index columns shows what db4's layout choice costs.
 //! Each measurement is repeated and the median reported; results and the written state are
 //! cross-checked between the sides and against the generated data (and a model of the writes),
-//! and the run aborts if they differ. See `docs/benchmarks.md`.
+//! and the run aborts if they differ. A last section measures db4's write-ahead log on its
+//! own (`MemoryWal::append`), which has no raw counterpart. See `docs/benchmarks.md`.
 
 mod data;
 mod measure;
 mod raw;
+mod wal;
 
 use data::{Doc, SEED, SplitMix64, Status, TENANTS};
 use db4::{Collection, Db, DbOptions, Synchronous};
@@ -49,7 +51,10 @@ const USAGE: &str =
                    4×N with NORMAL; empty transactions: 20×N (default 500)
   --dir PATH       where the database files go (default: target/<profile>/db4-compare-data)
   --db4-readers N  size of db4's read-connection pool (default: db4's own default)
-  --quick          a smoke run: 2000 docs, 3 reps, 10 queries, 20 txns (explicit flags still win)";
+  --wal-records N  records per repetition of the write-ahead log section (default 1000000)
+  --wal-only       run only the write-ahead log section (MemoryWal::append, no SQLite)
+  --quick          a smoke run: 2000 docs, 3 reps, 10 queries, 20 txns, 100000 WAL records
+                   (explicit flags still win)";
 
 /// What to run, from the command line.
 #[derive(Debug)]
@@ -61,6 +66,10 @@ struct Config {
     dir: PathBuf,
     /// db4's read-connection pool size, when not db4's default.
     db4_readers: Option<usize>,
+    /// Records per repetition of the WAL section.
+    wal_records: usize,
+    /// Only the WAL section.
+    wal_only: bool,
 }
 
 impl Config {
@@ -68,7 +77,7 @@ impl Config {
         let mut args = std::env::args().skip(1);
         let (mut docs, mut reps, mut queries, mut txns, mut dir, mut db4_readers) =
             (None, None, None, None, None, None);
-        let mut quick = false;
+        let (mut quick, mut wal_only, mut wal_records) = (false, false, None);
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
             match arg.as_str() {
@@ -78,6 +87,8 @@ impl Config {
                 "--txns" => txns = Some(value("--txns")?.parse::<usize>()?),
                 "--dir" => dir = Some(PathBuf::from(value("--dir")?)),
                 "--db4-readers" => db4_readers = Some(value("--db4-readers")?.parse::<usize>()?),
+                "--wal-records" => wal_records = Some(value("--wal-records")?.parse::<usize>()?),
+                "--wal-only" => wal_only = true,
                 "--quick" => quick = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -98,11 +109,20 @@ impl Config {
             txns: txns.unwrap_or(if quick { 20 } else { 500 }),
             dir,
             db4_readers,
+            wal_records: wal_records.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
+            wal_only,
         };
-        if config.docs < UPDATES_PER_TXN || config.reps == 0 || config.queries == 0 || config.txns == 0 {
-            return Err(
-                format!("--docs must be at least {UPDATES_PER_TXN}, --reps, --queries and --txns at least 1").into()
-            );
+        if config.docs < UPDATES_PER_TXN
+            || config.reps == 0
+            || config.queries == 0
+            || config.txns == 0
+            || config.wal_records < 4
+        {
+            return Err(format!(
+                "--docs must be at least {UPDATES_PER_TXN}, --wal-records at least 4, --reps, --queries and --txns \
+                 at least 1"
+            )
+            .into());
         }
         Ok(config)
     }
@@ -138,6 +158,9 @@ fn main() {
 
 fn run() -> BoxResult<()> {
     let config = Config::from_args()?;
+    if config.wal_only {
+        return run_wal(&config, &data::generate(config.docs.min(10_000)));
+    }
     std::fs::create_dir_all(&config.dir)?;
     let docs = data::generate(config.docs);
     let json_bytes: usize = docs.iter().map(|d| serde_json::to_string(d).map(|s| s.len())).sum::<Result<_, _>>()?;
@@ -171,6 +194,23 @@ fn run() -> BoxResult<()> {
     measurements.extend(bench_writes(&config, &stores, &mut model, Synchronous::Normal)?);
     println!("load average at end: {}\n", load_average());
     measure::report(&measurements);
+    println!();
+    run_wal(&config, &docs[..docs.len().min(10_000)])
+}
+
+/// The write-ahead log section: `MemoryWal::append` throughput.
+fn run_wal(config: &Config, docs: &[Doc]) -> BoxResult<()> {
+    println!(
+        "db4-compare: write-ahead log, {} records per rep ({} for document-sized ones), {} timed reps",
+        config.wal_records,
+        config.wal_records / 4,
+        config.reps
+    );
+    println!("  build: {}", if cfg!(debug_assertions) { "DEBUG (numbers are meaningless)" } else { "release" });
+    println!("  load average at start: {}\n", load_average());
+    let figures = wal::bench(config.wal_records, config.reps, docs)?;
+    wal::report(&figures);
+    println!("\n  load average at end: {}", load_average());
     Ok(())
 }
 

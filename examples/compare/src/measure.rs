@@ -71,7 +71,8 @@ impl Measurement {
     }
 }
 
-fn median(times: &[Duration]) -> Duration {
+/// The median of `times`.
+pub fn median(times: &[Duration]) -> Duration {
     let mut sorted = times.to_vec();
     sorted.sort();
     sorted[sorted.len() / 2]
@@ -155,7 +156,8 @@ pub fn write_rounds<I>(
     Ok(())
 }
 
-fn format_duration(d: Duration) -> String {
+/// `d` in s, ms or µs.
+pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s >= 1.0 {
         format!("{s:.3} s")
