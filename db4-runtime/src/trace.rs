@@ -11,7 +11,7 @@
 //!
 //! A leaf module: it imports nothing from the crate, so any layer (`batch/` too) can call it:
 //!
-//! ```ignore
+//! ```text
 //! let span = trace::op("put", Some(name));
 //! let n = write(...)?;
 //! span.rows(n);

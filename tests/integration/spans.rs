@@ -277,3 +277,21 @@ fn a_subscriber_below_debug_sees_no_span() -> Result<()> {
     assert!(recorder.spans().is_empty(), "{:#?}", recorder.spans());
     Ok(())
 }
+
+#[test]
+fn batch_store_operations_have_spans_named_by_the_store() -> Result<()> {
+    let recorder = Recorder::new(Level::DEBUG);
+    traced(&recorder, || -> Result<()> {
+        let db = Db::open_in_memory()?;
+        let store = db4::BatchStore::open(&db, "span_batch", Default::default())?;
+        store.put("a", "one")?;
+        assert_op(&recorder.one("batch.put"), Some("span_batch"), Some("1"));
+        store.put_many([("b", "two"), ("c", "three")])?;
+        assert_op(&recorder.one("batch.put_many"), Some("span_batch"), Some("2"));
+        assert_eq!(store.get::<String>("a")?.as_deref(), Some("one"));
+        assert_op(&recorder.one("batch.get"), Some("span_batch"), None);
+        assert!(store.delete("a")?);
+        assert_op(&recorder.one("batch.delete_many"), Some("span_batch"), None);
+        Ok(())
+    })
+}

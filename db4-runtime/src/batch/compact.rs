@@ -49,6 +49,7 @@ impl<S: Scope> BatchStore<S> {
     /// # Ok(()) }
     /// ```
     pub fn compact(&self) -> Result<CompactionReport> {
+        let _span = crate::trace::op("batch.compact", Some(self.name()));
         let sql = &self.inner.sql;
         let limit = self.inner.limit;
         let threshold = (limit as f64 * self.inner.options.compact_below).ceil() as u64;

@@ -32,6 +32,7 @@ impl<S: Scope> BatchStore<S> {
     /// # Ok(()) }
     /// ```
     pub fn get<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
+        let _span = crate::trace::op("batch.get", Some(self.name()));
         self.check_id(id)?;
         let mut out = None;
         self.runner().read(|conn| {
@@ -65,6 +66,7 @@ impl<S: Scope> BatchStore<S> {
         &self,
         ids: impl IntoIterator<Item = K>,
     ) -> Result<Vec<Option<T>>> {
+        let _span = crate::trace::op("batch.get_many", Some(self.name()));
         let ids: Vec<String> = ids.into_iter().map(|id| id.as_ref().to_owned()).collect();
         ids.iter().try_for_each(|id| self.check_id(id))?;
         let mut positions: HashMap<&str, Vec<usize>> = HashMap::with_capacity(ids.len());
@@ -107,6 +109,7 @@ impl<S: Scope> BatchStore<S> {
     /// # Ok(()) }
     /// ```
     pub fn contains(&self, id: &str) -> Result<bool> {
+        let _span = crate::trace::op("batch.contains", Some(self.name()));
         self.check_id(id)?;
         let mut found = false;
         self.runner().read(|conn| {
@@ -135,6 +138,7 @@ impl<S: Scope> BatchStore<S> {
     /// # Ok(()) }
     /// ```
     pub fn ids(&self) -> Result<Vec<String>> {
+        let _span = crate::trace::op("batch.ids", Some(self.name()));
         let mut out = Vec::new();
         self.runner().read(|conn| {
             conn.query(&self.inner.sql.ids, &[], &mut |row| {
@@ -162,6 +166,7 @@ impl<S: Scope> BatchStore<S> {
     /// # Ok(()) }
     /// ```
     pub fn len(&self) -> Result<u64> {
+        let _span = crate::trace::op("batch.len", Some(self.name()));
         let mut n = 0;
         self.runner().read(|conn| {
             conn.query(&self.inner.sql.count, &[], &mut |row| {

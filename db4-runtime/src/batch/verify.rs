@@ -33,6 +33,7 @@ impl<S: Scope> BatchStore<S> {
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> Result<BatchStats> {
+        let _span = crate::trace::op("batch.stats", Some(self.name()));
         let mut out = None;
         self.runner().read(|conn| {
             conn.query(&self.inner.sql.stats, &[int(self.inner.limit)], &mut |row| {
@@ -82,6 +83,7 @@ impl<S: Scope> BatchStore<S> {
     /// # Ok(()) }
     /// ```
     pub fn verify(&self) -> Result<BatchStats> {
+        let _span = crate::trace::op("batch.verify", Some(self.name()));
         match self.runner() {
             // Atomic: two statements must see the same state, which a WAL reader does not promise.
             Runner::Db(db) => run(db.backend(), Access::Atomic, |conn| self.check_all(conn)),

@@ -79,8 +79,9 @@ impl<S: Scope> BatchStore<S> {
     /// # Ok(()) }
     /// ```
     pub fn put<T: Serialize + ?Sized>(&self, id: &str, doc: &T) -> Result<()> {
+        let span = crate::trace::op("batch.put", Some(self.name()));
         let entry = self.encode(id, doc)?;
-        self.write(vec![entry])
+        span.rows_of(self.write(vec![entry]), |_| 1)
     }
 
     /// Stores many documents in one atomic call: all of them, or none. A repeated id keeps its
@@ -106,6 +107,7 @@ impl<S: Scope> BatchStore<S> {
         K: AsRef<str>,
         T: Serialize + ?Sized + 'd,
     {
+        let span = crate::trace::op("batch.put_many", Some(self.name()));
         let mut entries: Vec<Entry> = Vec::new();
         let mut slot: HashMap<String, usize> = HashMap::new();
         for (id, doc) in docs {
@@ -118,7 +120,8 @@ impl<S: Scope> BatchStore<S> {
                 }
             }
         }
-        self.write(entries)
+        let n = entries.len() as u64;
+        span.rows_of(self.write(entries), |_| n)
     }
 
     /// Deletes the document stored under `id`; returns whether there was one. A blob left
@@ -163,6 +166,7 @@ impl<S: Scope> BatchStore<S> {
     /// # Ok(()) }
     /// ```
     pub fn delete_many<K: AsRef<str>>(&self, ids: impl IntoIterator<Item = K>) -> Result<u64> {
+        let _span = crate::trace::op("batch.delete_many", Some(self.name()));
         let ids: BTreeSet<String> = ids.into_iter().map(|id| id.as_ref().to_owned()).collect();
         ids.iter().try_for_each(|id| self.check_id(id))?;
         if ids.is_empty() {
