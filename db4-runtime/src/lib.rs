@@ -10,6 +10,8 @@ mod error;
 mod json;
 mod limits;
 mod retry;
+#[cfg(test)]
+mod test_rng;
 mod trace;
 mod value;
 

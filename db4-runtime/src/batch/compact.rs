@@ -163,7 +163,7 @@ impl<S: Scope> BatchStore<S> {
 #[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use super::*;
-    use crate::batch::model::{Doc, Rng, check, options};
+    use crate::batch::model::{Doc, DocRng, Rng, check, options};
     use crate::db::Db;
     use std::collections::BTreeMap;
 

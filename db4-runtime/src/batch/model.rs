@@ -16,24 +16,19 @@ pub(super) struct Doc {
     pub(super) text: String,
 }
 
-/// splitmix64: small, deterministic, good enough to drive operations.
-pub(super) struct Rng(pub(super) u64);
+pub(super) use crate::test_rng::Rng;
 
-impl Rng {
-    pub(super) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub(super) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    pub(super) fn id(&mut self, pool: u64) -> String {
+/// The documents and ids the store's tests write.
+pub(super) trait DocRng {
+    fn id(&mut self, pool: u64) -> String;
+    fn doc(&mut self, max_text: u64) -> Doc;
+}
+
+impl DocRng for Rng {
+    fn id(&mut self, pool: u64) -> String {
         format!("doc-{}", self.below(pool))
     }
-    pub(super) fn doc(&mut self, max_text: u64) -> Doc {
+    fn doc(&mut self, max_text: u64) -> Doc {
         let len = self.below(max_text + 1) as usize;
         let text: String = (0..len).map(|i| char::from(b'a' + ((i as u64 + self.0) % 26) as u8)).collect();
         Doc { n: self.next() >> 12, text }

@@ -2,7 +2,7 @@
 //! see the transaction's own writes, savepoints and failed nested transactions put its rows
 //! back bit for bit, and commit observers get one change per document written.
 
-use super::model::{Doc, Rng, check, is_corrupt, options, random_ops, raw, table_rows};
+use super::model::{Doc, DocRng, Rng, check, is_corrupt, options, random_ops, raw, table_rows};
 use super::*;
 use crate::db::DbOptions;
 use crate::schema::{Document, FieldDef, Schema, quote_ident};
