@@ -300,6 +300,8 @@ fn dispatch(db: &Db, tenant: &str, req: &ApiRequest<'_>) -> ApiResult {
         (Get, ["jobs", "v2", id]) => get_job::<JobV2>(db, id),
         (Put, ["jobs", "v2", id]) => update_job_v2(db, id, body),
         (Get, ["jobs", "retyped", id]) => get_job::<JobRetyped>(db, id),
+        (Get, ["stats"]) => db_stats(db),
+        (_, ["stats"]) => Err(ApiError::MethodNotAllowed),
         (Get, ["events"]) => list_events(db),
         (Post, ["events", "tx"]) => event_transaction(db, body),
         (_, ["events"] | ["events", "tx"]) => Err(ApiError::MethodNotAllowed),
@@ -852,6 +854,27 @@ pub const EVENT_BLOB_BYTES: usize = 256;
 /// The tenant's batch store of events.
 fn events(db: &Db) -> db4::Result<BatchStore> {
     BatchStore::open(db, "events", BatchOptions::default().max_blob_bytes(EVENT_BLOB_BYTES))
+}
+
+/// `GET /stats`: [`Db::stats`], each stored collection with its documents and the writes this
+/// handle committed.
+fn db_stats(db: &Db) -> ApiResult {
+    let stats = db.stats()?;
+    let collections: serde_json::Map<String, Value> = stats
+        .collections
+        .iter()
+        .map(|c| {
+            let counts = json!({
+                "documents": c.documents,
+                "inserts": c.inserts,
+                "updates": c.updates,
+                "upserts": c.upserts,
+                "deletes": c.deletes,
+            });
+            (c.name.clone(), counts)
+        })
+        .collect();
+    Ok(ApiResponse::ok(json!({ "collections": collections })))
 }
 
 fn stats_json(s: &BatchStats) -> Value {

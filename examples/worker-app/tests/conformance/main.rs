@@ -55,4 +55,5 @@ suite!(
     schema_evolution,
     batch_savepoint_rollback,
     batch_transaction_commits,
+    db_stats,
 );

@@ -886,3 +886,36 @@ pub fn schema_evolution(t: &dyn Target) {
     assert_eq!(expect(c.get("/jobs/v2/j2"), 200)["version"], 0);
     assert_eq!(expect(c.get("/jobs/v2/j1"), 200), json!({ "id": "j1", "prio": 4, "owner": "ann", "version": 1 }));
 }
+
+/// `Db::stats` on each backend: the documents of every stored collection, and the writes
+/// committed through this handle (none for a transaction that rolled back).
+pub fn db_stats(t: &dyn Target) {
+    let c = Tenant::new(t, "db_stats");
+    for id in ["s-1", "s-2", "s-3"] {
+        expect(c.post("/articles", &article(id, "Counted")), 201);
+    }
+    let mut edit = expect(c.get("/articles/s-1"), 200);
+    edit["title"] = json!("Counted, revised");
+    expect(c.put("/articles/s-1", &edit), 200);
+    expect(c.delete("/articles/s-3"), 200);
+    expect(c.post("/accounts", &account("rich", 100)), 201);
+    expect(c.post("/accounts", &account("poor", 0)), 201);
+    // All or nothing: the first transfer's writes roll back with the second's refusal, and
+    // count for nothing.
+    let refused = json!({ "atomic": true, "transfers": [
+        { "id": "t-1", "from": "rich", "to": "poor", "amount": 10 },
+        { "id": "t-2", "from": "poor", "to": "rich", "amount": 1000 },
+    ]});
+    expect_error(c.post("/transfers/batch", &refused), 422, "insufficient_funds");
+    assert_eq!(balance(&c, "rich"), 100);
+
+    let stats = expect(c.get("/stats"), 200);
+    let articles = &stats["collections"]["articles"];
+    assert_eq!(articles["documents"], 2, "{stats}");
+    assert_eq!((articles["inserts"].as_u64(), articles["deletes"].as_u64()), (Some(3), Some(1)), "{stats}");
+    assert_eq!(articles["updates"].as_u64(), Some(1), "{stats}");
+    let accounts = &stats["collections"]["accounts"];
+    assert_eq!((accounts["documents"].as_u64(), accounts["inserts"].as_u64()), (Some(2), Some(2)), "{stats}");
+    assert_eq!(accounts["updates"].as_u64(), Some(0), "the rolled-back batch committed nothing: {stats}");
+    assert_eq!(stats["collections"]["transfers"]["inserts"].as_u64().unwrap_or(0), 0, "{stats}");
+}
