@@ -5,7 +5,7 @@
 use super::model::{Doc, DocRng, Rng, check, is_corrupt, options, random_ops, raw, table_rows};
 use super::*;
 use crate::db::DbOptions;
-use crate::schema::{Document, FieldDef, Schema, quote_ident};
+use crate::schema::quote_ident;
 use crate::store::change::{Change, ChangeKind};
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
@@ -14,29 +14,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 
 /// A collection's document, written in the same transactions as the store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, db4_derive::Document)]
+#[db4(crate = "crate", collection = "notes")]
 struct Note {
+    #[id]
     id: String,
     text: String,
-}
-
-static FIELDS: [FieldDef; 2] = [FieldDef::new("id", "id", "String").id(), FieldDef::new("text", "text", "String")];
-static SCHEMA: Schema = Schema::new("notes", "Note", &FIELDS);
-
-impl Document for Note {
-    type Id = String;
-    type Fields = ();
-    fn schema() -> &'static Schema {
-        &SCHEMA
-    }
-    fn fields() {}
-    fn id(&self) -> &String {
-        &self.id
-    }
-    fn version(&self) -> Option<u64> {
-        None
-    }
-    fn set_version(&mut self, _: u64) {}
 }
 
 fn note(id: &str, text: &str) -> Note {

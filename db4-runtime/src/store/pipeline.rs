@@ -430,40 +430,18 @@ mod tests {
 
     use super::*;
     use crate::backend::{Access, Row, SqliteBackend, SqliteOptions, run};
-    use crate::schema::{FieldDef, IdKind, Schema};
+    use crate::schema::{Document, IdKind};
     use crate::store::codec::encode;
     use std::cell::Cell;
 
-    static FIELDS: [FieldDef; 3] = [
-        FieldDef::new("id", "id", "String").id(),
-        FieldDef::new("text", "text", "String"),
-        FieldDef::new("version", "version", "u64").version(),
-    ];
-    static SCHEMA: Schema = Schema::new("notes", "Note", &FIELDS);
-
-    #[derive(serde::Serialize, serde::Deserialize)]
+    #[derive(serde::Serialize, serde::Deserialize, db4_derive::Document)]
+    #[db4(crate = "crate", collection = "notes")]
     struct Note {
+        #[id]
         id: String,
         text: String,
+        #[version]
         version: u64,
-    }
-
-    impl crate::schema::Document for Note {
-        type Id = String;
-        type Fields = ();
-        fn schema() -> &'static Schema {
-            &SCHEMA
-        }
-        fn fields() {}
-        fn id(&self) -> &String {
-            &self.id
-        }
-        fn version(&self) -> Option<u64> {
-            Some(self.version)
-        }
-        fn set_version(&mut self, v: u64) {
-            self.version = v;
-        }
     }
 
     /// A connection that counts the statements it is asked to run.
@@ -493,9 +471,9 @@ mod tests {
     /// reads the pipeline made and what the log recorded.
     fn run_writes(collect: bool, before_images: bool, keep_undo: bool) -> (usize, usize, Vec<Change>, usize) {
         let backend = SqliteBackend::open_in_memory(&SqliteOptions::default()).unwrap();
-        let meta = Arc::new(CollectionMeta::fresh(&SCHEMA, IdKind::Text).unwrap());
+        let meta = Arc::new(CollectionMeta::fresh(Note::schema(), IdKind::Text).unwrap());
         run(&backend, Access::Atomic, |conn| {
-            for ddl in SCHEMA.ddl(IdKind::Text) {
+            for ddl in Note::schema().ddl(IdKind::Text) {
                 conn.execute_ddl(&ddl)?;
             }
             let counting = Counting { inner: conn, reads: Cell::new(0), writes: Cell::new(0) };
@@ -549,9 +527,9 @@ mod tests {
 
         // Restoring the entries, newest first, puts the table back as it was before them.
         let backend = SqliteBackend::open_in_memory(&SqliteOptions::default()).unwrap();
-        let meta = Arc::new(CollectionMeta::fresh(&SCHEMA, IdKind::Text).unwrap());
+        let meta = Arc::new(CollectionMeta::fresh(Note::schema(), IdKind::Text).unwrap());
         let docs = run(&backend, Access::Atomic, |conn| {
-            for ddl in SCHEMA.ddl(IdKind::Text) {
+            for ddl in Note::schema().ddl(IdKind::Text) {
                 conn.execute_ddl(&ddl)?;
             }
             let log = RefCell::new(WriteLog::new(false, false));
