@@ -7,6 +7,7 @@ use crate::store::change::Change;
 use crate::store::codec::count;
 use crate::store::commit::Commits;
 use crate::store::migrate;
+use crate::store::outbox;
 use crate::store::registry::Registry;
 use crate::store::tally::Totals;
 use crate::trace;
@@ -38,7 +39,23 @@ pub struct DbOptions {
     /// ([`Change::before`](crate::Change)): the document as it was before an update or
     /// delete. It costs one read of the row before each such write, and only while someone
     /// observes commits. Default: `false`.
+    ///
+    /// The change log records them too: with this on, every event of
+    /// [`Db::changes_since`](crate::Db::changes_since) carries its before-image
+    /// ([`ChangeEvent::before`](crate::ChangeEvent::before)).
     pub before_images: bool,
+    /// Keep the durable change log ([`Db::changes_since`](crate::Db::changes_since),
+    /// [`Db::consumer`](crate::Db::consumer)): each committed change is appended to a table of
+    /// the same database, inside the same transaction. It costs one row per changed document.
+    /// Off, nothing is logged and the writes cost what they cost without it (events committed
+    /// meanwhile are missing from the log for good). Default: `true`.
+    pub change_log: bool,
+    /// How long the change log keeps events (default: until
+    /// [`Db::truncate_changes`](crate::Db::truncate_changes)).
+    pub change_retention: crate::store::outbox::ChangeRetention,
+    /// The database's name in the change log's Debezium envelopes
+    /// ([`ChangeEvent::to_json`](crate::ChangeEvent::to_json), `source.db`). Default: `"db4"`.
+    pub name: String,
 }
 
 impl Default for DbOptions {
@@ -50,6 +67,9 @@ impl Default for DbOptions {
             #[cfg(feature = "sqlite")]
             read_only: false,
             before_images: false,
+            change_log: true,
+            change_retention: crate::store::outbox::ChangeRetention::default(),
+            name: "db4".to_owned(),
         }
     }
 }
@@ -88,6 +108,32 @@ impl DbOptions {
     /// ```
     pub fn before_images(mut self, before_images: bool) -> Self {
         self.before_images = before_images;
+        self
+    }
+
+    /// Keeps the durable change log, or not (see [`change_log`](Self::change_log)).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let options = db4_runtime::DbOptions::default().change_log(false);
+    /// assert!(!options.change_log);
+    /// ```
+    pub fn change_log(mut self, on: bool) -> Self {
+        self.change_log = on;
+        self
+    }
+
+    /// Sets how long the change log keeps events (see [`ChangeRetention`]
+    /// (crate::ChangeRetention)).
+    pub fn change_retention(mut self, retention: crate::store::outbox::ChangeRetention) -> Self {
+        self.change_retention = retention;
+        self
+    }
+
+    /// Names the database in the change log's envelopes (see [`name`](Self::name)).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -315,10 +361,16 @@ impl Db {
     pub fn with_backend(backend: impl Backend, options: DbOptions) -> Result<Self> {
         let backend: Box<dyn Backend> = Box::new(backend);
         run(&*backend, Access::Atomic, migrate::init)?;
+        match run(&*backend, Access::Atomic, outbox::init) {
+            // A database from before the change log, opened read-only: it has no log to read
+            // (reading it fails), and nothing can be written to it anyway.
+            Err(e) if e.backend_kind() == Some(crate::BackendErrorKind::ReadOnly) => {}
+            other => other?,
+        }
         Ok(Self {
             inner: Arc::new(DbInner {
                 backend,
-                commits: Commits::new(options.before_images),
+                commits: Commits::new(options.before_images, options.change_log, options.change_retention),
                 options,
                 registry: Registry::default(),
                 committed: Totals::default(),

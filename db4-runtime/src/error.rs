@@ -1,5 +1,6 @@
 //! The one public error type.
 
+use crate::lsn::Lsn;
 use std::fmt;
 
 /// `Result` with db4's [`Error`] as the default error type.
@@ -153,6 +154,35 @@ pub enum Error {
         reason: String,
     },
 
+    /// The change log no longer holds the events asked for: they were truncated
+    /// ([`Db::truncate_changes`](crate::Db::truncate_changes) or retention). Read from
+    /// `oldest` on (the oldest event kept) after rebuilding what the missing events would
+    /// have told, for example from a copy of the data.
+    #[error("the change log no longer holds the events asked for: the oldest event kept is LSN {oldest}")]
+    LogTruncated {
+        /// The oldest event the log still holds.
+        oldest: Lsn,
+    },
+
+    /// A live [`ChangeStream`](crate::ChangeStream) fell behind: its buffer filled and the
+    /// events after `resume_after` were not delivered to it. None is lost: they are in the
+    /// change log, and [`Db::changes_since`](crate::Db::changes_since)`(resume_after)` reads
+    /// them.
+    #[error("the change stream fell behind: read the change log from LSN {resume_after} on (Db::changes_since)")]
+    Lagged {
+        /// The last event the stream delivered (or the position it started from).
+        resume_after: Lsn,
+    },
+
+    /// A change log call was refused, changing nothing: a consumer name that is empty or too
+    /// long, an acknowledgement beyond the newest event, a consumer that was removed, a live
+    /// stream on a database whose change log is off.
+    #[error("change log: {reason}")]
+    ChangeLog {
+        /// What was refused, and why.
+        reason: String,
+    },
+
     /// The application aborted the work with an error of its own, for example a business
     /// rule or an I/O error inside a transaction closure. Built with [`Error::aborted`]; taken
     /// back out with [`Error::downcast`], [`Error::downcast_ref`] or [`Error::into_aborted`].
@@ -249,6 +279,10 @@ impl Error {
 
     pub(crate) fn serialization(collection: &str, id: Option<String>, source: serde_json::Error) -> Self {
         Error::Serialization { collection: collection.to_owned(), id, source }
+    }
+
+    pub(crate) fn change_log(reason: impl Into<String>) -> Self {
+        Error::ChangeLog { reason: reason.into() }
     }
 
     pub(crate) fn transaction_state(reason: impl Into<String>) -> Self {

@@ -5,6 +5,8 @@
 //! crate directly; everything here is re-exported there.
 
 // The leaves, then each layer importing only the ones above it (see docs/design.md, "Layout").
+mod lsn;
+
 mod checksum;
 mod error;
 mod json;
@@ -35,6 +37,8 @@ mod batch;
 
 mod wal;
 
+mod cdc;
+
 #[cfg(feature = "cloudflare")]
 pub use backend::DurableBackend;
 pub use backend::{Access, Backend, Connection, HeldTransaction, Row};
@@ -43,6 +47,9 @@ pub use backend::{SqliteBackend, SqliteOptions, Synchronous};
 pub use batch::{
     BATCH_ENTRY_OVERHEAD, BatchOptions, BatchStats, BatchStore, CompactionReport, DEFAULT_MAX_BLOB_BYTES, TxBatchStore,
 };
+#[cfg(not(target_arch = "wasm32"))]
+pub use cdc::ChangeStream;
+pub use cdc::{ChangeEvent, ChangeOp, ChangesSince, Consumer, ConsumerInfo, replay};
 pub use collection::{CasResult, Collection, Numeric, TxCollection};
 pub use db::{CollectionStats, DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions, DbStats};
 pub use error::{BackendError, BackendErrorKind, Error, Result};
@@ -54,6 +61,7 @@ pub use schema::{
 };
 pub use store::change::{Change, ChangeKind};
 pub use store::migrate::MigrationReport;
+pub use store::outbox::ChangeRetention;
 pub use txn::{IsolationLevel, Scope, Transaction, TransactionOptions};
 pub use value::{Value, ValueError, ValueRef, to_value};
 #[cfg(feature = "fs")]

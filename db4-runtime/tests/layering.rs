@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// The top-level modules of `src`, in import order.
 const LAYERS: &[&str] = &[
+    "lsn",
     "error",
     "value",
     "json",
@@ -23,10 +24,12 @@ const LAYERS: &[&str] = &[
     "collection",
     "batch",
     "wal",
+    "cdc",
 ];
 
 /// The modules of `src/store`, in import order.
-const STORE: &[&str] = &["meta", "codec", "change", "tally", "pipeline", "migrate", "slot", "commit", "registry"];
+const STORE: &[&str] =
+    &["meta", "codec", "change", "outbox", "tally", "pipeline", "migrate", "slot", "commit", "registry"];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -25,6 +25,10 @@ pub use db4_runtime::DurableBackend;
 pub use db4_runtime::{Access, Backend, BackendError, BackendErrorKind, Connection, HeldTransaction, Row};
 #[cfg(feature = "sqlite")]
 pub use db4_runtime::{SqliteBackend, SqliteOptions, Synchronous};
+// The change log (change-data capture).
+#[cfg(not(target_arch = "wasm32"))]
+pub use db4_runtime::ChangeStream;
+pub use db4_runtime::{ChangeEvent, ChangeOp, ChangeRetention, ChangesSince, Consumer, ConsumerInfo, Lsn};
 // Bin-packed batch storage.
 pub use db4_runtime::{
     BATCH_ENTRY_OVERHEAD, BatchOptions, BatchStats, BatchStore, CompactionReport, DEFAULT_MAX_BLOB_BYTES, TxBatchStore,
@@ -45,6 +49,39 @@ pub mod batch {
         BATCH_ENTRY_OVERHEAD, BatchOptions, BatchStats, BatchStore, CompactionReport, DEFAULT_MAX_BLOB_BYTES,
         TxBatchStore,
     };
+}
+
+/// Change-data capture, also at the crate root: the durable change log every committed write
+/// is appended to, in the same transaction ([`Db::changes_since`], [`Db::consumer`],
+/// natively [`Db::changes`], [`Db::truncate_changes`]), and [`replay`](cdc::replay) of one
+/// database's log into another.
+///
+/// # Example
+///
+/// ```
+/// use db4::{Db, Document, Lsn};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Document, Serialize, Deserialize, Debug, PartialEq)]
+/// struct Order { #[id] id: String, total: i64 }
+///
+/// # fn main() -> db4::Result<()> {
+/// let db = Db::open_in_memory()?;
+/// let orders = db.collection::<Order>()?;
+/// orders.insert(&Order { id: "o1".into(), total: 30 })?;
+///
+/// for event in db.changes_since(Lsn::ZERO)? {
+///     let event = event?;
+///     let order: Option<Order> = event.after::<Order>()?;
+///     assert_eq!(order.map(|o| o.total), Some(30));
+///     assert_eq!(event.to_json(&db)?["op"], "c");
+/// }
+/// # Ok(()) }
+/// ```
+pub mod cdc {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub use db4_runtime::ChangeStream;
+    pub use db4_runtime::{ChangeEvent, ChangeOp, ChangeRetention, ChangesSince, Consumer, ConsumerInfo, Lsn, replay};
 }
 
 /// A write-ahead log of document changes, usable on its own: [`MemoryWal`](wal::MemoryWal)
@@ -79,6 +116,9 @@ pub mod batch {
 /// # Ok(()) }
 /// ```
 pub mod wal {
+    /// Applies one database's change log to another (the same function as
+    /// [`cdc::replay`](crate::cdc::replay)).
+    pub use db4_runtime::replay;
     #[cfg(feature = "fs")]
     pub use db4_runtime::{FileWal, RecoveryReport, TornTail};
     pub use db4_runtime::{Lsn, MemoryWal, ReplayReport, StopReason, WalConfig, WalEntry, WalOp, WalRecord, WalStats};

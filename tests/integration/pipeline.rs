@@ -115,13 +115,24 @@ fn before_images_come_with_the_option_and_settle_upserts() {
         ]
     );
 
-    // Without before-images an upsert is not read first, so it reports as an upsert.
-    let plain = Db::open_in_memory().unwrap();
+    // Without before-images and without the change log an upsert is not read first, so it
+    // reports as an upsert.
+    let plain = Db::open_in_memory_with(DbOptions::default().change_log(false)).unwrap();
     let notes = plain.collection::<Note>().unwrap();
     let seen = observed(&plain);
     notes.upsert(&Note { id: 1, text: "one".into() }).unwrap();
     let changes = take(&seen);
     assert_eq!((changes[0][0].kind, changes[0][0].before.as_deref()), (ChangeKind::Upsert, None));
+
+    // The change log records no upserts: with it on (the default), the pipeline reads whether
+    // the row existed, and reports an insert, then an update, without before-images.
+    let logged = Db::open_in_memory().unwrap();
+    let notes = logged.collection::<Note>().unwrap();
+    let seen = observed(&logged);
+    notes.upsert(&Note { id: 1, text: "one".into() }).unwrap();
+    notes.upsert(&Note { id: 1, text: "uno".into() }).unwrap();
+    let kinds: Vec<_> = take(&seen).into_iter().flatten().map(|c| (c.kind, c.before.is_some())).collect();
+    assert_eq!(kinds, [(ChangeKind::Insert, false), (ChangeKind::Update, false)]);
 }
 
 #[test]

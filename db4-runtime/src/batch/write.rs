@@ -387,14 +387,7 @@ impl<S: Scope> BatchStore<S> {
 
     /// The change of one document of this store.
     fn change(&self, id: &str, kind: ChangeKind, after: Option<String>, before: Option<String>) -> Change {
-        Change {
-            collection: Cow::Owned(self.inner.name.clone()),
-            id: Value::Text(id.to_owned()),
-            kind,
-            version: None,
-            after,
-            before,
-        }
+        Change::new(Cow::Owned(self.inner.name.clone()), Value::Text(id.to_owned()), kind, None, after, before)
     }
 
     pub(super) fn next_blob_id(&self, conn: &dyn Connection) -> Result<i64> {

@@ -6,6 +6,7 @@
 //! (`store::pipeline`), whatever wrote it: a collection, a query's `delete`, a migration's
 //! rewrite, or a [`BatchStore`](crate::BatchStore).
 
+use crate::lsn::Lsn;
 use crate::value::Value;
 use std::borrow::Cow;
 
@@ -45,9 +46,32 @@ pub struct Change {
     /// recorded ([`DbOptions::before_images`](crate::DbOptions::before_images)); `None` for
     /// an insert, or when they are not recorded.
     pub before: Option<String>,
+    /// The change's position in the database's change log
+    /// ([`Db::changes_since`](crate::Db::changes_since)); `None` when the log is off
+    /// ([`DbOptions::change_log`](crate::DbOptions::change_log)).
+    pub lsn: Option<Lsn>,
+    /// The transaction that made the change: the LSN of its first change (so the changes of
+    /// one commit share it); `None` when the log is off.
+    pub tx_id: Option<u64>,
+    /// When the change committed, in milliseconds since the Unix epoch; 0 when the log is
+    /// off.
+    pub at: u64,
 }
 
 impl Change {
+    /// A change not yet in the log (the log gives it its LSN, transaction and time when the
+    /// unit of work commits).
+    pub(crate) fn new(
+        collection: Cow<'static, str>,
+        id: Value,
+        kind: ChangeKind,
+        version: Option<u64>,
+        after: Option<String>,
+        before: Option<String>,
+    ) -> Self {
+        Self { collection, id, kind, version, after, before, lsn: None, tx_id: None, at: 0 }
+    }
+
     /// The document after the write, deserialized as `T`; `None` for a delete.
     ///
     /// # Errors

@@ -6,14 +6,16 @@
 //! to the observers. A ticket dropped without delivering (a failed commit) is skipped, so later
 //! commits never wait forever.
 
+use crate::backend::Connection;
 use crate::error::{Error, Result};
 use crate::store::change::Change;
+use crate::store::outbox::{self, ChangeRetention};
 use crate::store::pipeline::WriteLog;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-/// Called with the changes of each commit, in commit order.
-type CommitObserver = Box<dyn Fn(&[Change]) + Send + Sync>;
+/// Called with the changes of each commit, in commit order; returns `false` to be removed.
+type CommitObserver = Box<dyn Fn(&[Change]) -> bool + Send + Sync>;
 
 /// The observers of a database's commits and the order they are delivered in.
 #[derive(Default)]
@@ -22,6 +24,10 @@ pub(crate) struct Commits {
     has_observers: AtomicBool,
     /// Changes carry before-images ([`DbOptions::before_images`](crate::DbOptions)).
     before_images: bool,
+    /// Committed changes are appended to the change log ([`DbOptions::change_log`]
+    /// (crate::DbOptions::change_log)).
+    change_log: bool,
+    retention: ChangeRetention,
     tickets: Mutex<Tickets>,
     turn: Condvar,
 }
@@ -33,18 +39,39 @@ struct Tickets {
 }
 
 impl Commits {
-    pub fn new(before_images: bool) -> Self {
-        Self { before_images, ..Self::default() }
+    pub fn new(before_images: bool, change_log: bool, retention: ChangeRetention) -> Self {
+        Self { before_images, change_log, retention, ..Self::default() }
+    }
+
+    /// Whether committed changes go to the change log.
+    pub fn logs(&self) -> bool {
+        self.change_log
+    }
+
+    /// Appends a unit of work's changes to the change log (if it is on), giving them their
+    /// LSNs. Call inside the unit's backend transaction, just before it commits.
+    pub fn append(&self, conn: &dyn Connection, changes: &mut [Change]) -> Result<()> {
+        if self.change_log { outbox::append(conn, changes, &self.retention) } else { Ok(()) }
     }
 
     pub fn observe(&self, observer: impl Fn(&[Change]) + Send + Sync + 'static) {
+        self.observe_while(move |changes| {
+            observer(changes);
+            true
+        });
+    }
+
+    /// Adds an observer that stays until it returns `false`.
+    pub fn observe_while(&self, observer: impl Fn(&[Change]) -> bool + Send + Sync + 'static) {
         self.observers.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::new(Box::new(observer)));
         self.has_observers.store(true, Ordering::Release);
     }
 
-    /// A log for a new unit of work: collecting changes only if someone observes commits.
+    /// A log for a new unit of work: collecting changes if the change log is on or someone
+    /// observes commits.
     pub fn log(&self) -> WriteLog {
-        WriteLog::new(self.has_observers.load(Ordering::Acquire), self.before_images)
+        WriteLog::new(self.change_log || self.has_observers.load(Ordering::Acquire), self.before_images)
+            .resolve_upserts(self.change_log)
     }
 
     /// Refuses a write from inside a commit observer of this thread: it would wait for the
@@ -99,13 +126,21 @@ impl Ticket<'_> {
             drop(t);
             let observers = commits.observers.lock().unwrap_or_else(PoisonError::into_inner).clone();
             DELIVERING.with(|d| d.set(true));
-            // Observers are the caller's code: a panicking one must not stall later commits.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                for observer in &observers {
-                    observer(changes);
+            let mut done = Vec::new();
+            for observer in &observers {
+                // Observers are the caller's code: a panicking one must not stall later
+                // commits (nor stop the others).
+                let keep = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| observer(changes)));
+                if matches!(keep, Ok(false)) {
+                    done.push(Arc::clone(observer));
                 }
-            }));
+            }
             DELIVERING.with(|d| d.set(false));
+            if !done.is_empty() {
+                let mut all = commits.observers.lock().unwrap_or_else(PoisonError::into_inner);
+                all.retain(|o| !done.iter().any(|d| Arc::ptr_eq(o, d)));
+                commits.has_observers.store(!all.is_empty(), Ordering::Release);
+            }
             t = commits.tickets.lock().unwrap_or_else(PoisonError::into_inner);
         }
         t.delivered += 1;

@@ -43,12 +43,26 @@ pub(crate) struct WriteLog {
     collect: bool,
     /// Collected changes carry before-images.
     before_images: bool,
+    /// Upserts read whether the row existed, to be recorded as an insert or an update (the
+    /// change log records no upserts).
+    resolve_upserts: bool,
 }
 
 impl WriteLog {
     /// A log collecting changes if `collect`, with their before-images if `before_images`.
     pub fn new(collect: bool, before_images: bool) -> Self {
         Self { collect, before_images: collect && before_images, ..Self::default() }
+    }
+
+    /// Records upserts as inserts or updates, reading whether the row existed.
+    pub fn resolve_upserts(mut self, resolve: bool) -> Self {
+        self.resolve_upserts = resolve && self.collect;
+        self
+    }
+
+    /// The changes recorded so far, for the change log to give them their LSNs.
+    pub fn changes_mut(&mut self) -> &mut [Change] {
+        &mut self.changes
     }
 
     /// Starts or stops keeping undo entries; stopping forgets the ones kept.
@@ -146,6 +160,9 @@ pub(crate) enum Op<'a> {
     DeleteWhere(Statement<'a>),
     /// Replaces the stored JSON, keeping the version (a migration).
     Rewrite { id: &'a Value, json: String },
+    /// Stores the row exactly as given, version included, replacing any stored one (a
+    /// replay of another database's change log): recorded as an insert or an update.
+    Put(&'a Encoded),
 }
 
 /// A connection to write through, and the log of the unit of work the writes belong to.
@@ -182,7 +199,7 @@ impl<'c> Writer<'c> {
         let (kind, id, after) = match &op {
             Op::Insert(enc) => (ChangeKind::Insert, &enc.params[0], Some(enc)),
             Op::Update(enc) => (ChangeKind::Update, &enc.params[0], Some(enc)),
-            Op::Upsert(enc) => (ChangeKind::Upsert, &enc.params[0], Some(enc)),
+            Op::Upsert(enc) | Op::Put(enc) => (ChangeKind::Upsert, &enc.params[0], Some(enc)),
             Op::Delete(id) => (ChangeKind::Delete, *id, None),
             Op::Rewrite { id, .. } => (ChangeKind::Update, *id, None),
             Op::DeleteIds(ids) => return self.delete_ids(meta, ids),
@@ -195,9 +212,11 @@ impl<'c> Writer<'c> {
         let before = match kind {
             ChangeKind::Insert => None,
             _ if self.needs_before() => Some(self.before_image(meta, id)?),
+            ChangeKind::Upsert if self.log.borrow().resolve_upserts => Some(self.before_image(meta, id)?),
             _ => None,
         };
         // 2. The statement.
+        let mut replaced = false;
         let changed = match &op {
             Op::Insert(enc) => match conn.execute(&meta.sql.insert, &enc.params) {
                 Err(e) if e.backend_kind() == Some(BackendErrorKind::Constraint) => {
@@ -209,6 +228,10 @@ impl<'c> Writer<'c> {
             Op::Upsert(enc) => conn.execute(&meta.sql.upsert, &enc.params)?,
             Op::Delete(id) => conn.execute(&meta.sql.delete, std::slice::from_ref(*id))?,
             Op::Rewrite { id, json } => conn.execute(&meta.sql.rewrite, &[(*id).clone(), Value::Text(json.clone())])?,
+            Op::Put(enc) => {
+                replaced = conn.execute(&meta.sql.delete, std::slice::from_ref(id))? > 0;
+                conn.execute(&meta.sql.insert, &enc.params)?
+            }
             Op::DeleteIds(_) | Op::DeleteWhere(_) => unreachable!("returned above"),
         };
         if changed == 0 {
@@ -216,6 +239,13 @@ impl<'c> Writer<'c> {
         }
         // 3. The record.
         let kind = match (kind, &before) {
+            (ChangeKind::Upsert, _) if matches!(op, Op::Put(_)) => {
+                if replaced {
+                    ChangeKind::Update
+                } else {
+                    ChangeKind::Insert
+                }
+            }
             (ChangeKind::Upsert, Some(None)) => ChangeKind::Insert,
             (ChangeKind::Upsert, Some(Some(_))) => ChangeKind::Update,
             (kind, _) => kind,
@@ -232,6 +262,12 @@ impl<'c> Writer<'c> {
         let version = match op {
             // A rewrite keeps the version.
             Op::Rewrite { .. } => stored.and_then(|row| stored_version(meta, row)),
+            // A put stores the version it was given.
+            Op::Put(enc) if meta.row_width() > 2 => match enc.params.get(2) {
+                Some(Value::Integer(v)) => u64::try_from(*v).ok(),
+                _ => None,
+            },
+            Op::Put(_) => None,
             _ => new_version(meta, kind, after_version(&op), stored),
         };
         self.count(meta, kind, changed);
@@ -274,14 +310,14 @@ impl<'c> Writer<'c> {
                 Some(Value::Text(json)) if log.before_images => Some(json.clone()),
                 _ => None,
             };
-            log.changes.push(Change {
-                collection: Cow::Borrowed(meta.collection),
-                id: id.clone(),
+            log.changes.push(Change::new(
+                Cow::Borrowed(meta.collection),
+                id.clone(),
                 kind,
                 version,
-                after: after.map(Cow::into_owned),
-                before: before_doc,
-            });
+                after.map(Cow::into_owned),
+                before_doc,
+            ));
         }
         if log.keep_undo {
             log.undo.push(Undo::Document { meta: Arc::clone(meta), kind, id: id.clone(), before });

@@ -22,6 +22,11 @@ impl Registry {
         known.get(schema.collection()).filter(|slot| std::ptr::eq(slot.schema(), schema)).map(Arc::clone)
     }
 
+    /// The collection named `name`, if this handle has created or migrated it.
+    pub fn by_name(&self, name: &str) -> Option<Arc<MetaSlot>> {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner).get(name).map(Arc::clone)
+    }
+
     /// Creates or migrates `T`'s collection (inside a write transaction); register it once
     /// that commits.
     pub fn prepare<T: Document>(writer: &Writer<'_>, max_document_bytes: usize) -> Result<Arc<MetaSlot>> {

@@ -286,10 +286,12 @@ impl<'a> Transaction<'a> {
         let span = trace::op("commit", None);
         let is_broken = self.state.borrow().broken;
         let new_collections = std::mem::take(&mut self.state.borrow_mut().new_collections);
-        let (changes, tally) = std::mem::take(&mut *self.log.borrow_mut()).into_parts();
+        let (mut changes, tally) = std::mem::take(&mut *self.log.borrow_mut()).into_parts();
         let db = self.db;
         match self.conn {
             TxConn::Held(held) if !is_broken => {
+                // Dropping `held` on an error rolls the data and the log back together.
+                db.commits().append(held.as_connection(), &mut changes)?;
                 // Taken while the held transaction still has the write lock.
                 let ticket = db.commits().ticket();
                 held.commit()?;
@@ -494,6 +496,7 @@ impl Db {
             if tx.state.borrow().broken {
                 return Err(broken());
             }
+            self.commits().append(tx.conn()?, tx.log.borrow_mut().changes_mut())?;
             ticket = self.commits().ticket();
             Ok((out, tx.into_outcome()))
         });

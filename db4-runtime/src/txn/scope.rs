@@ -69,8 +69,11 @@ impl<'a> Runner<'a> {
                 commits.check_not_observing()?;
                 let log = RefCell::new(commits.log());
                 let mut ticket = None;
+                // The change log's rows commit with the data, so the writes must be atomic.
+                let access = if commits.logs() { Access::Atomic } else { access };
                 let out = run(db.backend(), access, |conn| {
                     let out = f(Writer::new(conn, &log))?;
+                    commits.append(conn, log.borrow_mut().changes_mut())?;
                     // Taken while the write lock is held: ticket order is commit order.
                     ticket = commits.ticket();
                     Ok(out)

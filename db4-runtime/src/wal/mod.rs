@@ -39,6 +39,7 @@ mod memory;
 mod model;
 mod record;
 
+pub use crate::lsn::Lsn;
 pub use config::{ReplayReport, StopReason, WalConfig, WalStats};
 #[cfg(feature = "fs")]
 pub use disk::{RecoveryReport, TornTail};
@@ -48,61 +49,6 @@ pub use memory::MemoryWal;
 
 use crate::error::{Error, Result};
 use crate::json::{self, JsonError};
-use std::fmt;
-
-/// A log sequence number: the position of an entry in a write-ahead log.
-///
-/// The first entry appended to a log gets LSN 1, each next one the next number; LSNs are not
-/// reused after [`truncate`](MemoryWal::truncate) or reopening a [`FileWal`]. (The one
-/// exception: the LSNs of a torn tail that opening a `FileWal` cut off are handed out again;
-/// with [`WalConfig::sync_on_append`], no append had acknowledged those records.) [`Lsn::ZERO`] comes before every entry: replaying from
-/// it replays everything.
-///
-/// # Example
-///
-/// ```
-/// use db4_runtime::Lsn;
-///
-/// let lsn = Lsn::new(41);
-/// assert_eq!(lsn.get(), 41);
-/// assert!(Lsn::ZERO < lsn);
-/// assert_eq!(lsn.to_string(), "41");
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Lsn(u64);
-
-impl Lsn {
-    /// The LSN before the first entry.
-    pub const ZERO: Lsn = Lsn(0);
-
-    /// The LSN with this number, for example one kept by the application (the last entry it
-    /// applied) to replay from.
-    pub const fn new(n: u64) -> Self {
-        Lsn(n)
-    }
-
-    /// The number.
-    pub const fn get(self) -> u64 {
-        self.0
-    }
-
-    /// The LSN after this one, if there is one.
-    pub(crate) fn next(self) -> Option<Lsn> {
-        self.0.checked_add(1).map(Lsn)
-    }
-}
-
-impl fmt::Display for Lsn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl From<Lsn> for u64 {
-    fn from(lsn: Lsn) -> Self {
-        lsn.0
-    }
-}
 
 /// What a [`WalRecord`] records.
 ///
