@@ -80,7 +80,7 @@ pub mod batch {
 /// ```
 pub mod wal {
     #[cfg(feature = "fs")]
-    pub use db4_runtime::{FileWal, RecoveryReport, TornTail};
+    pub use db4_runtime::{FileWal, FileWalOptions, RecoveryReport, TornTail};
     pub use db4_runtime::{Lsn, MemoryWal, ReplayReport, StopReason, WalConfig, WalEntry, WalOp, WalRecord, WalStats};
 }
 

@@ -43,7 +43,7 @@ pub use config::{ReplayReport, StopReason, WalConfig, WalStats};
 #[cfg(feature = "fs")]
 pub use disk::{RecoveryReport, TornTail};
 #[cfg(feature = "fs")]
-pub use file::FileWal;
+pub use file::{FileWal, FileWalOptions};
 pub use memory::MemoryWal;
 
 use crate::error::{Error, Result};
@@ -55,7 +55,7 @@ use std::fmt;
 /// The first entry appended to a log gets LSN 1, each next one the next number; LSNs are not
 /// reused after [`truncate`](MemoryWal::truncate) or reopening a [`FileWal`]. (The one
 /// exception: the LSNs of a torn tail that opening a `FileWal` cut off are handed out again;
-/// with [`WalConfig::sync_on_append`], no append had acknowledged those records.) [`Lsn::ZERO`] comes before every entry: replaying from
+/// with [`FileWalOptions::sync_on_append`], no append had acknowledged those records.) [`Lsn::ZERO`] comes before every entry: replaying from
 /// it replays everything.
 ///
 /// # Example
