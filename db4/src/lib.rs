@@ -120,7 +120,7 @@ pub mod wal {
     /// [`cdc::replay`](crate::cdc::replay)).
     pub use db4_runtime::replay;
     #[cfg(feature = "fs")]
-    pub use db4_runtime::{FileWal, RecoveryReport, TornTail};
+    pub use db4_runtime::{FileWal, FileWalOptions, RecoveryReport, TornTail};
     pub use db4_runtime::{Lsn, MemoryWal, ReplayReport, StopReason, WalConfig, WalEntry, WalOp, WalRecord, WalStats};
 }
 

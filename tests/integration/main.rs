@@ -14,3 +14,4 @@ mod serde_features;
 mod spans;
 mod stats;
 mod versioning;
+mod wal_config;

@@ -24,14 +24,31 @@ pub(crate) const MAX_SEGMENT_BYTES: usize = 1 << 30;
 /// Out-of-range values are clamped, not refused: `max_size_bytes` to 256 bytes .. 1 GiB and
 /// `max_entries` to at least 1 (and at most `u32::MAX`).
 ///
+/// The five fields are the whole configuration both logs share, so a struct literal naming
+/// them all builds one; what only the file log needs (whether each append is `fsync`ed) is in
+/// [`FileWalOptions`].
+///
 /// [`MemoryWal::new`]: crate::MemoryWal::new
 /// [`FileWal::open`]: crate::FileWal::open
+/// [`FileWalOptions`]: crate::FileWalOptions
 ///
 /// # Example
 ///
 /// ```
-/// use db4_runtime::WalConfig;
+/// use db4_runtime::{Lsn, MemoryWal, WalConfig};
+/// use std::sync::Arc;
 ///
+/// let config = WalConfig {
+///     max_size_bytes: 10 * 1024 * 1024,
+///     max_entries: 10_000,
+///     checkpoint_interval: 1_000,
+///     checksums: true,
+///     on_checkpoint: Some(Arc::new(|lsn: Lsn| println!("checkpoint at LSN {lsn}"))),
+/// };
+/// let wal = MemoryWal::new(config);
+/// assert_eq!(wal.stats().entries, 0);
+///
+/// // The same, with the setters:
 /// let config = WalConfig::default()
 ///     .max_size_bytes(10 * 1024 * 1024)
 ///     .max_entries(10_000)
@@ -41,7 +58,6 @@ pub(crate) const MAX_SEGMENT_BYTES: usize = 1 << 30;
 /// assert_eq!(config.checkpoint_interval, 1_000);
 /// ```
 #[derive(Clone)]
-#[non_exhaustive]
 pub struct WalConfig {
     /// The most bytes of encoded records a segment holds (default 10 MiB). A record larger
     /// than this is refused with [`Error::TooLarge`](crate::Error::TooLarge). Each record
@@ -55,12 +71,6 @@ pub struct WalConfig {
     /// Without it, damage inside a record goes unnoticed unless it breaks the record's
     /// structure.
     pub checksums: bool,
-    /// [`FileWal`](crate::FileWal) only: make each append durable (`fsync`) before it returns
-    /// (default on). Off, appends reach the operating system at once (they survive the process
-    /// being killed) but the disk only at [`FileWal::sync`](crate::FileWal::sync), a
-    /// checkpoint, a truncate, the start of a new segment or drop, so a power loss can take
-    /// the last ones.
-    pub sync_on_append: bool,
     /// Called with the LSN of each checkpoint, after it is made (and, for a
     /// [`FileWal`](crate::FileWal), stored).
     pub on_checkpoint: Option<Arc<dyn Fn(Lsn) + Send + Sync>>,
@@ -73,7 +83,6 @@ impl Default for WalConfig {
             max_entries: DEFAULT_MAX_ENTRIES,
             checkpoint_interval: 0,
             checksums: true,
-            sync_on_append: true,
             on_checkpoint: None,
         }
     }
@@ -86,7 +95,6 @@ impl fmt::Debug for WalConfig {
             .field("max_entries", &self.max_entries)
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("checksums", &self.checksums)
-            .field("sync_on_append", &self.sync_on_append)
             .field("on_checkpoint", &self.on_checkpoint.as_ref().map(|_| "Fn(Lsn)"))
             .finish()
     }
@@ -138,18 +146,6 @@ impl WalConfig {
     /// ```
     pub fn checksums(mut self, on: bool) -> Self {
         self.checksums = on;
-        self
-    }
-
-    /// Turns the `fsync` after each append of a [`FileWal`](crate::FileWal) on or off.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// assert!(!db4_runtime::WalConfig::default().sync_on_append(false).sync_on_append);
-    /// ```
-    pub fn sync_on_append(mut self, on: bool) -> Self {
-        self.sync_on_append = on;
         self
     }
 

@@ -91,10 +91,11 @@ struct Tally {
 fn random_bit_flips_and_cuts_of_segments_are_all_detected() {
     let cases: u64 = std::env::var("DB4_WAL_DAMAGE_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1500);
     let reference = TempDir::new("damage-ref");
-    let config = WalConfig::default().max_entries(6).max_size_bytes(4096).sync_on_append(false);
+    let config = WalConfig::default().max_entries(6).max_size_bytes(4096);
+    let options = FileWalOptions { sync_on_append: false };
     let originals: Vec<WalRecord> = (0..22).map(|s| record_from(s * 31 + 5, 120)).collect();
     {
-        let mut wal = FileWal::open(reference.path(), config.clone()).unwrap();
+        let mut wal = FileWal::open_with(reference.path(), config.clone(), options).unwrap();
         for r in &originals {
             wal.append(r.clone()).unwrap();
         }
@@ -159,7 +160,7 @@ fn random_bit_flips_and_cuts_of_segments_are_all_detected() {
             std::fs::write(work.path().join(&other.name), bytes).unwrap();
         }
         let at = format!("case {case}: segment {s} ({}), expected {expect:?}", segment.name);
-        match (FileWal::open(work.path(), config.clone()), &expect) {
+        match (FileWal::open_with(work.path(), config.clone(), options), &expect) {
             (Err(Error::WalCorrupted { lsn, reason }), Expect::Error(want)) => {
                 assert_eq!(lsn, *want, "{at}: {reason}");
                 tally.errors += 1;
@@ -185,7 +186,7 @@ fn random_bit_flips_and_cuts_of_segments_are_all_detected() {
                 if case % 8 == 0 {
                     assert_eq!(wal.append(originals[0].clone()).unwrap().get(), *want, "{at}");
                     drop(wal);
-                    let wal = FileWal::open(work.path(), config.clone()).unwrap();
+                    let wal = FileWal::open_with(work.path(), config.clone(), options).unwrap();
                     assert_eq!(wal.recovery().torn_tail, None, "{at}");
                     assert_eq!(all_entries(&wal).len() as u64, *want, "{at}");
                 }

@@ -14,12 +14,14 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// A write-ahead log in a directory: the same methods as [`MemoryWal`](crate::MemoryWal), each
-/// segment a file, every append durable (written and `fsync`ed) before it returns, and a
-/// recovery on opening that keeps every intact record and never hands out a damaged one.
+/// segment a file, every append durable (written and `fsync`ed) before it returns unless
+/// [`FileWalOptions`] say otherwise, and a recovery on opening that keeps every intact record
+/// and never hands out a damaged one.
 ///
-/// **Durability.** With [`WalConfig::sync_on_append`] (the default) an append that returned
-/// `Ok` survives a crash of the process or of the machine. Without it, it survives the process
-/// being killed, and the machine's crash once [`sync`](FileWal::sync), a checkpoint, a
+/// **Durability.** With [`FileWalOptions::sync_on_append`] on (the default, and what
+/// [`open`](FileWal::open) uses) an append that returned `Ok` survives a crash of the process
+/// or of the machine. With it off (see [`open_with`](FileWal::open_with)), it survives the
+/// process being killed, and the machine's crash once [`sync`](FileWal::sync), a checkpoint, a
 /// truncate or the start of the next segment made it durable. A checkpoint and a truncate are
 /// durable when they return.
 ///
@@ -70,7 +72,8 @@ pub struct FileWal {
 
 impl FileWal {
     /// Opens the log in `dir`, creating the directory if it does not exist, and recovers what
-    /// it holds (see [`FileWal`]).
+    /// it holds (see [`FileWal`]); each append is `fsync`ed before it returns (the default
+    /// [`FileWalOptions`]; [`open_with`](FileWal::open_with) takes others).
     ///
     /// The configuration can differ from the one the log was written with: the bounds apply
     /// to the segments written from now on, and a change of [`WalConfig::checksums`] starts a
@@ -96,6 +99,41 @@ impl FileWal {
     /// # Ok(()) }
     /// ```
     pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<Self> {
+        Self::open_with(dir, config, FileWalOptions::default())
+    }
+
+    /// Opens the log in `dir` as [`open`](FileWal::open) does, writing its files as `options`
+    /// say.
+    ///
+    /// The options are not stored: each open chooses its own, whatever the log was written
+    /// with.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](FileWal::open).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use db4_runtime::{FileWal, FileWalOptions, Lsn, WalConfig, WalRecord};
+    ///
+    /// # fn main() -> db4_runtime::Result<()> {
+    /// # let dir = std::env::temp_dir().join(format!("db4-wal-doc-open-with-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// // A bulk load: no `fsync` per append, one at the end.
+    /// let mut wal = FileWal::open_with(&dir, WalConfig::default(), FileWalOptions { sync_on_append: false })?;
+    /// for id in ["a", "b", "c"] {
+    ///     wal.append(WalRecord::delete("users", id))?;
+    /// }
+    /// wal.sync()?;
+    /// drop(wal);
+    /// let wal = FileWal::open(&dir, WalConfig::default())?;
+    /// assert_eq!(wal.stats().last_lsn, Lsn::new(3));
+    /// # drop(wal);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok(()) }
+    /// ```
+    pub fn open_with(dir: impl AsRef<Path>, config: WalConfig, options: FileWalOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
         let lock = lock(&dir)?;
@@ -104,7 +142,7 @@ impl FileWal {
             Some(segment) => Some(Active::open(&dir, segment)?),
             None => None,
         };
-        let files = Files { dir, sync_on_append: config.sync_on_append, active, broken: None, _lock: lock };
+        let files = Files { dir, sync_on_append: options.sync_on_append, active, broken: None, _lock: lock };
         let log = Log::new(files, config, recovered.segments, recovered.last, recovered.state);
         Ok(Self { log, recovery: recovered.report })
     }
@@ -241,7 +279,7 @@ impl FileWal {
     }
 
     /// Makes every record appended so far durable; needed only without
-    /// [`WalConfig::sync_on_append`].
+    /// [`FileWalOptions::sync_on_append`].
     ///
     /// # Errors
     ///
@@ -253,8 +291,8 @@ impl FileWal {
     /// # fn main() -> db4_runtime::Result<()> {
     /// # let dir = std::env::temp_dir().join(format!("db4-wal-doc-sync-{}", std::process::id()));
     /// # let _ = std::fs::remove_dir_all(&dir);
-    /// let config = db4_runtime::WalConfig::default().sync_on_append(false);
-    /// let mut wal = db4_runtime::FileWal::open(&dir, config)?;
+    /// let options = db4_runtime::FileWalOptions { sync_on_append: false };
+    /// let mut wal = db4_runtime::FileWal::open_with(&dir, Default::default(), options)?;
     /// for id in ["a", "b", "c"] {
     ///     wal.append(db4_runtime::WalRecord::delete("users", id))?;
     /// }
@@ -281,6 +319,47 @@ impl FileWal {
 impl fmt::Debug for FileWal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FileWal").field("dir", &self.dir()).field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+/// How a [`FileWal`] writes its files, for [`FileWal::open_with`]: what only the file log
+/// needs, beside the [`WalConfig`] both logs share. [`FileWal::open`] takes the default.
+///
+/// # Example
+///
+/// ```
+/// use db4_runtime::FileWalOptions;
+///
+/// assert!(FileWalOptions::default().sync_on_append);
+/// let bulk = FileWalOptions { sync_on_append: false };
+/// assert_eq!(bulk, FileWalOptions::default().sync_on_append(false));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileWalOptions {
+    /// Make each append durable (`fsync`) before it returns (default on). Off, appends reach
+    /// the operating system at once (they survive the process being killed) but the disk only
+    /// at [`FileWal::sync`], a checkpoint, a truncate, the start of a new segment or drop, so a
+    /// power loss can take the last ones.
+    pub sync_on_append: bool,
+}
+
+impl Default for FileWalOptions {
+    fn default() -> Self {
+        Self { sync_on_append: true }
+    }
+}
+
+impl FileWalOptions {
+    /// Turns the `fsync` after each append on or off.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// assert!(!db4_runtime::FileWalOptions::default().sync_on_append(false).sync_on_append);
+    /// ```
+    pub fn sync_on_append(mut self, on: bool) -> Self {
+        self.sync_on_append = on;
+        self
     }
 }
 
@@ -713,15 +792,15 @@ mod tests {
     #[test]
     fn without_sync_on_append_the_log_works_the_same() -> Result<()> {
         let dir = TempDir::new("nosync");
-        let config = small().sync_on_append(false);
-        let mut wal = FileWal::open(dir.path(), config.clone())?;
+        let options = FileWalOptions { sync_on_append: false };
+        let mut wal = FileWal::open_with(dir.path(), small(), options)?;
         for r in records(0..9) {
             wal.append(r)?;
         }
         wal.sync()?;
         wal.sync()?;
         drop(wal);
-        let wal = FileWal::open(dir.path(), config)?;
+        let wal = FileWal::open_with(dir.path(), small(), options)?;
         assert_eq!(entries(&wal)?.iter().map(|e| e.record.clone()).collect::<Vec<_>>(), records(0..9));
         Ok(())
     }

@@ -44,7 +44,7 @@ pub use config::{ReplayReport, StopReason, WalConfig, WalStats};
 #[cfg(feature = "fs")]
 pub use disk::{RecoveryReport, TornTail};
 #[cfg(feature = "fs")]
-pub use file::FileWal;
+pub use file::{FileWal, FileWalOptions};
 pub use memory::MemoryWal;
 
 use crate::error::{Error, Result};
