@@ -16,6 +16,8 @@ pub struct Container<'a> {
     /// The path generated code uses to reach db4 (`::db4` unless `#[db4(crate = "...")]`).
     pub krate: syn::Path,
     pub tokenizer: Option<(String, LitStr)>,
+    /// `#[db4(changes = "full")]`: the change log records before-images of this collection.
+    pub full_changes: Option<bool>,
     /// `None` when the input is not a struct with named fields (already reported).
     pub fields: Option<Vec<Field<'a>>>,
 }
@@ -50,10 +52,11 @@ impl<'a> Container<'a> {
         let mut collection = None;
         let mut krate = None;
         let mut tokenizer = None;
+        let mut full_changes = None;
         let mut rename_all = None;
         for attr in &input.attrs {
             if attr.path().is_ident(DB4) {
-                parse_container_attr(cx, attr, &mut collection, &mut krate, &mut tokenizer);
+                parse_container_attr(cx, attr, &mut collection, &mut krate, &mut tokenizer, &mut full_changes);
             } else if attr.path().is_ident(SERDE) {
                 parse_serde_container(attr, &mut rename_all);
             } else if let Some(name) = field_attr_name(attr) {
@@ -105,6 +108,7 @@ impl<'a> Container<'a> {
             collection,
             krate: krate.unwrap_or_else(|| syn::parse_quote!(::db4)),
             tokenizer,
+            full_changes,
             fields,
         }
     }
@@ -121,6 +125,7 @@ fn parse_container_attr(
     collection: &mut Option<LitStr>,
     krate: &mut Option<syn::Path>,
     tokenizer: &mut Option<(String, LitStr)>,
+    full_changes: &mut Option<bool>,
 ) {
     let result = attr.parse_nested_meta(|meta| {
         if meta.path.is_ident(COLLECTION) {
@@ -152,10 +157,26 @@ fn parse_container_attr(
                 cx.error_spanned_by(&meta.path, "duplicate `tokenizer` option");
             }
             *tokenizer = Some((name, lit));
+        } else if meta.path.is_ident(CHANGES) {
+            let lit: LitStr = string_value(&meta, CHANGES)?;
+            let mode = lit.value();
+            if !CHANGE_MODES.contains(&mode.as_str()) {
+                cx.error_spanned_by(
+                    &lit,
+                    format!(
+                        "unknown change mode {mode:?}; expected \"full\" (before- and after-images) or \"after\" \
+                         (after-images only, the default)"
+                    ),
+                );
+            } else if full_changes.is_some() {
+                cx.error_spanned_by(&meta.path, "duplicate `changes` option");
+            }
+            *full_changes = Some(mode == "full");
         } else {
             let name = meta.path.to_token_stream_string();
             return Err(meta.error(format!(
-                "unknown db4 option `{name}`; expected `collection = \"...\"`, `crate = \"...\"` or `tokenizer = \"...\"`"
+                "unknown db4 option `{name}`; expected `collection = \"...\"`, `crate = \"...\"`, `tokenizer = \"...\"` or \
+                 `changes = \"...\"`"
             )));
         }
         Ok(())

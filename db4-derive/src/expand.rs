@@ -39,6 +39,11 @@ pub fn expand(cont: &Container<'_>) -> TokenStream {
         def
     });
     let field_count = fields.len();
+    // Only when asked for, so the common expansion stays as it was.
+    let full_changes = match cont.full_changes {
+        Some(on) => quote!(.full_changes(#on)),
+        None => quote!(),
+    };
     let tokenizer = match cont.tokenizer.as_ref().map(|(t, _)| t.as_str()) {
         Some("unicode61") => quote!(#p::Tokenizer::Unicode61),
         Some("trigram") => quote!(#p::Tokenizer::Trigram),
@@ -83,7 +88,7 @@ pub fn expand(cont: &Container<'_>) -> TokenStream {
         const _: () = {
             static __DB4_FIELDS: [#p::FieldDef; #field_count] = [#(#defs),*];
             static __DB4_SCHEMA: #p::Schema =
-                #p::Schema::new(#collection, #type_name, &__DB4_FIELDS).tokenizer(#tokenizer);
+                #p::Schema::new(#collection, #type_name, &__DB4_FIELDS).tokenizer(#tokenizer)#full_changes;
 
             #(#type_checks)*
 

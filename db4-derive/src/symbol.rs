@@ -11,9 +11,12 @@ pub const VERSION: &str = "version";
 pub const COLLECTION: &str = "collection";
 pub const CRATE: &str = "crate";
 pub const TOKENIZER: &str = "tokenizer";
+pub const CHANGES: &str = "changes";
 pub const WEIGHT: &str = "weight";
 
 pub const TOKENIZERS: [&str; 3] = ["porter", "unicode61", "trigram"];
+/// What `#[db4(changes = "...")]` accepts: before- and after-images, or after-images only.
+pub const CHANGE_MODES: [&str; 2] = ["full", "after"];
 
 pub const SERDE: &str = "serde";
 pub const RENAME: &str = "rename";

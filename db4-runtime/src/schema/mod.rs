@@ -159,6 +159,7 @@ pub struct Schema {
     type_name: &'static str,
     fields: &'static [FieldDef],
     tokenizer: Tokenizer,
+    full_changes: bool,
 }
 
 impl Schema {
@@ -166,7 +167,22 @@ impl Schema {
     /// Exactly one field must be marked [`FieldDef::id`]; [`Db::collection`](crate::Db::collection)
     /// validates the rest and reports problems as [`Error::SchemaMismatch`].
     pub const fn new(collection: &'static str, type_name: &'static str, fields: &'static [FieldDef]) -> Self {
-        Self { collection, type_name, fields, tokenizer: Tokenizer::Porter }
+        Self { collection, type_name, fields, tokenizer: Tokenizer::Porter, full_changes: false }
+    }
+
+    /// Records before-images of this collection's changes in the change log (and for commit
+    /// observers), whatever [`DbOptions::before_images`](crate::DbOptions::before_images)
+    /// says: `#[db4(changes = "full")]`. It costs one read of the row before each update or
+    /// delete of the collection.
+    pub const fn full_changes(mut self, on: bool) -> Self {
+        self.full_changes = on;
+        self
+    }
+
+    /// Whether this collection's changes carry before-images
+    /// ([`full_changes`](Self::full_changes)).
+    pub const fn records_full_changes(&self) -> bool {
+        self.full_changes
     }
 
     /// Sets the FTS5 tokenizer.

@@ -99,6 +99,13 @@ impl WriteLog {
     fn needs_before(&self) -> bool {
         self.keep_undo || self.before_images
     }
+
+    /// Whether changes of `meta`'s collection carry before-images: asked for by the database
+    /// ([`DbOptions::before_images`](crate::DbOptions::before_images)) or by the collection
+    /// (`#[db4(changes = "full")]`).
+    fn images_before(&self, meta: &CollectionMeta) -> bool {
+        self.before_images || (self.collect && meta.schema.records_full_changes())
+    }
 }
 
 /// A write a savepoint may have to undo.
@@ -177,9 +184,11 @@ impl<'c> Writer<'c> {
         Self { conn, log }
     }
 
-    /// Whether writes keep before-images (for the undo log or for observers).
-    pub fn needs_before(&self) -> bool {
-        self.log.borrow().needs_before()
+    /// Whether writes to `meta`'s collection read before-images (for the undo log, or for
+    /// changes that carry them).
+    fn needs_before_of(&self, meta: &CollectionMeta) -> bool {
+        let log = self.log.borrow();
+        log.needs_before() || log.images_before(meta)
     }
 
     /// Whether writes keep undo entries (a savepoint is active): a query's `delete` then
@@ -211,7 +220,7 @@ impl<'c> Writer<'c> {
         // 1. The before-image, if a hook needs it (checked before anything is written).
         let before = match kind {
             ChangeKind::Insert => None,
-            _ if self.needs_before() => Some(self.before_image(meta, id)?),
+            _ if self.needs_before_of(meta) => Some(self.before_image(meta, id)?),
             ChangeKind::Upsert if self.log.borrow().resolve_upserts => Some(self.before_image(meta, id)?),
             _ => None,
         };
@@ -307,7 +316,7 @@ impl<'c> Writer<'c> {
         let mut log = self.log.borrow_mut();
         if log.collect {
             let before_doc = match before.as_ref().and_then(|row| row.get(1)) {
-                Some(Value::Text(json)) if log.before_images => Some(json.clone()),
+                Some(Value::Text(json)) if log.images_before(meta) => Some(json.clone()),
                 _ => None,
             };
             log.changes.push(Change::new(
@@ -335,7 +344,7 @@ impl<'c> Writer<'c> {
     }
 
     fn delete_ids(&self, meta: &Arc<CollectionMeta>, ids: &[Value]) -> Result<usize> {
-        let befores = if self.needs_before() {
+        let befores = if self.needs_before_of(meta) {
             ids.iter().map(|id| self.before_image(meta, id)).collect::<Result<Vec<_>>>()?
         } else {
             Vec::new()
@@ -371,7 +380,7 @@ impl<'c> Writer<'c> {
                 "internal: a DELETE by condition cannot keep undo entries; select the ids first",
             ));
         }
-        let whole = self.log.borrow().before_images;
+        let whole = self.log.borrow().images_before(meta);
         statement.push(if whole { &meta.sql.returning_row } else { " RETURNING \"_id\"" });
         let (text, params) = statement.finish()?;
         let width = if whole { meta.row_width() } else { 1 };
