@@ -34,7 +34,7 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::store::change::{Change, ChangeKind};
-use crate::store::outbox::{self, CHANGES, COLUMNS, damaged, row_crc};
+use crate::store::outbox::{self, CHANGES, COLUMNS, SPLIT_IMAGES, damaged, row_crc};
 use crate::trace;
 use crate::value::{Value, ValueRef};
 use std::collections::VecDeque;
@@ -311,6 +311,7 @@ fn read_page_on(conn: &dyn Connection, after: Lsn, max: usize) -> Result<(Vec<Ch
     let mut events = Vec::new();
     let mut bytes = 0;
     let mut rows = 0;
+    let mut splits = Vec::new();
     let mut failure = None;
     conn.query(&sql, &[lsn_value(after), Value::Integer(max as i64)], &mut |row| {
         rows += 1;
@@ -318,7 +319,14 @@ fn read_page_on(conn: &dyn Connection, after: Lsn, max: usize) -> Result<(Vec<Ch
             return Ok(());
         }
         match decode(row) {
-            Ok(event) => {
+            Ok((event, stored, split)) => {
+                // A split row's CRC is checked once its before-image is read, below.
+                if split {
+                    splits.push((events.len(), stored));
+                } else if let Err(e) = verify(&event, stored) {
+                    failure = Some(e);
+                    return Ok(());
+                }
                 bytes += event.before.as_ref().map_or(0, String::len) + event.after.as_ref().map_or(0, String::len);
                 events.push(event);
             }
@@ -326,6 +334,33 @@ fn read_page_on(conn: &dyn Connection, after: Lsn, max: usize) -> Result<(Vec<Ch
         }
         Ok(())
     })?;
+    // Before-images kept apart from their rows (too large to share one), read after the
+    // query so that no statement runs while another is being read.
+    for (index, stored) in splits {
+        let event = &mut events[index];
+        let lsn = event.lsn.get();
+        let mut before = None;
+        conn.query(
+            &format!("SELECT \"before\" FROM {SPLIT_IMAGES} WHERE \"lsn\" = ?1"),
+            &[lsn_value(event.lsn)],
+            &mut |row| {
+                before = Some(match row.get(0)? {
+                    ValueRef::Text(t) => t.to_owned(),
+                    other => {
+                        return Err(damaged(lsn, format!("event {lsn}: the before image is {}", other.type_name())));
+                    }
+                });
+                Ok(())
+            },
+        )?;
+        event.before = Some(before.ok_or_else(|| damaged(lsn, format!("event {lsn}: its before image is missing")))?);
+        if let Err(e) = verify(event, stored) {
+            // The events before it are handed back; the damage is reported when it is next.
+            events.truncate(index);
+            failure = Some(e);
+            break;
+        }
+    }
     let expected = after.get() + 1;
     match events.first() {
         // LSNs are consecutive: a gap before the first event is a truncated part.
@@ -354,8 +389,9 @@ fn lsn_value(lsn: Lsn) -> Value {
     Value::Integer(i64::try_from(lsn.get()).unwrap_or(i64::MAX))
 }
 
-/// Reads one change row strictly, checking its CRC.
-fn decode(row: &dyn crate::backend::Row) -> Result<ChangeEvent> {
+/// Reads one change row strictly; returns the event, its stored CRC and whether its
+/// before-image is kept apart ([`SPLIT_IMAGES`]).
+fn decode(row: &dyn crate::backend::Row) -> Result<(ChangeEvent, i64, bool)> {
     let int = |i: usize, what: &str, lsn: u64| -> Result<i64> {
         match row.get(i)? {
             ValueRef::Integer(v) => Ok(v),
@@ -390,29 +426,41 @@ fn decode(row: &dyn crate::backend::Row) -> Result<ChangeEvent> {
     let before = text(7, "before")?;
     let after = text(8, "after")?;
     let stored = int(9, "checksum", lsn)?;
+    let split = match int(10, "split flag", lsn)? {
+        0 => false,
+        1 if before.is_none() => true,
+        other => return Err(damaged(lsn, format!("event {lsn}: the split flag is {other}"))),
+    };
+    Ok((ChangeEvent { lsn: Lsn::new(lsn), tx_id, collection, id, op, version, at, before, after }, stored, split))
+}
+
+/// Checks an event against the CRC stored with it.
+fn verify(event: &ChangeEvent, stored: i64) -> Result<()> {
+    let kind = match event.op {
+        ChangeOp::Insert => ChangeKind::Insert,
+        ChangeOp::Update => ChangeKind::Update,
+        ChangeOp::Delete => ChangeKind::Delete,
+        ChangeOp::Upsert => ChangeKind::Upsert,
+    };
     let computed = row_crc(
-        lsn,
-        tx_id,
-        &collection,
-        id.as_ref(),
-        outbox::op_code(match op {
-            ChangeOp::Insert => ChangeKind::Insert,
-            ChangeOp::Update => ChangeKind::Update,
-            ChangeOp::Delete => ChangeKind::Delete,
-            ChangeOp::Upsert => ChangeKind::Upsert,
-        }),
-        version,
-        at,
-        before.as_deref(),
-        after.as_deref(),
+        event.lsn.get(),
+        event.tx_id,
+        &event.collection,
+        event.id.as_ref(),
+        outbox::op_code(kind),
+        event.version,
+        event.at,
+        event.before.as_deref(),
+        event.after.as_deref(),
     );
     if stored != i64::from(computed) {
+        let lsn = event.lsn;
         return Err(damaged(
-            lsn,
+            lsn.get(),
             format!("event {lsn}: stored checksum {stored:#010x}, computed {computed:#010x} (the row was changed)"),
         ));
     }
-    Ok(ChangeEvent { lsn: Lsn::new(lsn), tx_id, collection, id, op, version, at, before, after })
+    Ok(())
 }
 
 impl Db {
@@ -511,3 +559,6 @@ impl Db {
         Ok(n)
     }
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests;

@@ -25,11 +25,17 @@ use std::time::Duration;
 pub(crate) const CHANGES: &str = "\"_db4_changes\"";
 /// The named consumers' positions.
 pub(crate) const CONSUMERS: &str = "\"_db4_consumers\"";
+/// Before-images too large to share a row with their event: a Durable Object stores at most
+/// 2 MB per row, and a before- plus an after-image of large documents can pass that. The
+/// event row then holds `before` NULL and `split` 1, and the image lives here.
+pub(crate) const SPLIT_IMAGES: &str = "\"_db4_change_images\"";
+/// The most bytes of images an event row holds; beyond, its before-image goes to
+/// [`SPLIT_IMAGES`]. Below the 2 MB row limit, with room for the other columns.
+const MAX_ROW_IMAGES: usize = crate::limits::MAX_VALUE_BYTES - 64 * 1024;
 
 /// The columns of a change row, in the order statements bind and read them.
-pub(crate) const COLUMNS: &str =
-    "\"lsn\", \"tx_id\", \"collection\", \"doc_id\", \"op\", \"version\", \"at\", \"before\", \"after\", \"crc\"";
-const WIDTH: usize = 10;
+pub(crate) const COLUMNS: &str = "\"lsn\", \"tx_id\", \"collection\", \"doc_id\", \"op\", \"version\", \"at\", \"before\", \"after\", \"crc\", \"split\"";
+const WIDTH: usize = 11;
 /// Rows per `INSERT`: as many as fit in a statement's 100 parameters.
 const ROWS_PER_INSERT: usize = crate::limits::MAX_PARAMS / WIDTH;
 /// Automatic retention runs when a commit's LSNs cross a multiple of this.
@@ -73,7 +79,11 @@ pub(crate) fn init(conn: &dyn Connection) -> Result<()> {
     conn.execute_ddl(&format!(
         "CREATE TABLE IF NOT EXISTS {CHANGES} (\"lsn\" INTEGER PRIMARY KEY NOT NULL, \"tx_id\" INTEGER NOT NULL, \
          \"collection\" TEXT NOT NULL, \"doc_id\" NOT NULL, \"op\" INTEGER NOT NULL, \"version\" INTEGER, \
-         \"at\" INTEGER NOT NULL, \"before\" TEXT, \"after\" TEXT, \"crc\" INTEGER NOT NULL)"
+         \"at\" INTEGER NOT NULL, \"before\" TEXT, \"after\" TEXT, \"crc\" INTEGER NOT NULL, \
+         \"split\" INTEGER NOT NULL DEFAULT 0)"
+    ))?;
+    conn.execute_ddl(&format!(
+        "CREATE TABLE IF NOT EXISTS {SPLIT_IMAGES} (\"lsn\" INTEGER PRIMARY KEY NOT NULL, \"before\" TEXT NOT NULL)"
     ))?;
     conn.execute_ddl(&format!(
         "CREATE TABLE IF NOT EXISTS {CONSUMERS} (\"name\" TEXT PRIMARY KEY NOT NULL, \"acked\" INTEGER NOT NULL, \
@@ -226,10 +236,21 @@ pub(crate) fn append(conn: &dyn Connection, changes: &mut [Change], retention: &
                 Value::Integer(op),
                 change.version.map_or(Value::Null, |v| Value::Integer(v as i64)),
                 Value::Integer(at as i64),
-                change.before.clone().map_or(Value::Null, Value::Text),
+            ]);
+            let images = change.before.as_ref().map_or(0, String::len) + change.after.as_ref().map_or(0, String::len);
+            let split = images > MAX_ROW_IMAGES && change.before.is_some();
+            params.extend([
+                if split { Value::Null } else { change.before.clone().map_or(Value::Null, Value::Text) },
                 change.after.clone().map_or(Value::Null, Value::Text),
                 Value::Integer(i64::from(crc)),
+                Value::Integer(i64::from(split)),
             ]);
+            if split && let Some(before) = &change.before {
+                conn.execute(
+                    &format!("INSERT INTO {SPLIT_IMAGES} (\"lsn\", \"before\") VALUES (?1, ?2)"),
+                    &[Value::Integer(lsn as i64), Value::Text(before.clone())],
+                )?;
+            }
         }
         conn.execute(insert_sql(chunk.len()), &params)?;
     }
@@ -247,7 +268,7 @@ fn insert_sql(rows: usize) -> &'static str {
     let texts = TEXTS.get_or_init(|| {
         (1..=ROWS_PER_INSERT)
             .map(|n| {
-                let row = format!("({})", vec!["?"; WIDTH].join(", "));
+                let row = format!("({})", ["?"; WIDTH].join(", "));
                 format!("INSERT INTO {CHANGES} ({COLUMNS}) VALUES {}", vec![row; n].join(", "))
             })
             .collect()
@@ -316,7 +337,8 @@ pub(crate) fn truncate(conn: &dyn Connection, before: Lsn) -> Result<u64> {
     if bound <= Lsn::new(1) {
         return Ok(0);
     }
-    let n =
-        conn.execute(&format!("DELETE FROM {CHANGES} WHERE \"lsn\" < ?1"), &[Value::Integer(bound.get() as i64)])?;
+    let bound = Value::Integer(bound.get() as i64);
+    conn.execute(&format!("DELETE FROM {SPLIT_IMAGES} WHERE \"lsn\" < ?1"), std::slice::from_ref(&bound))?;
+    let n = conn.execute(&format!("DELETE FROM {CHANGES} WHERE \"lsn\" < ?1"), &[bound])?;
     Ok(n as u64)
 }
