@@ -14,8 +14,8 @@
 //!    its count in the unit's [`Tally`] ([`Db::stats`](crate::Db::stats)).
 //!
 //! Nothing is recorded for a failed statement or one that changed nothing, and nothing is read
-//! or copied that no hook asks for: outside a savepoint and without observers, a write costs
-//! its statement alone.
+//! or copied that no hook asks for: outside a savepoint, without observers and with the change
+//! log off, a write costs its statement alone.
 
 use crate::backend::Connection;
 use crate::error::{BackendErrorKind, Error, Result};
