@@ -10,6 +10,7 @@
 //! and the run aborts if they differ. A last section measures db4's write-ahead log on its
 //! own (`MemoryWal::append`), which has no raw counterpart. See `docs/benchmarks.md`.
 
+mod cdc;
 mod data;
 mod measure;
 mod raw;
@@ -53,6 +54,7 @@ const USAGE: &str =
   --db4-readers N  size of db4's read-connection pool (default: db4's own default)
   --wal-records N  records per repetition of the write-ahead log section (default 1000000)
   --wal-only       run only the write-ahead log section (MemoryWal::append, no SQLite)
+  --cdc-only       run only the change log section (log on versus off, changes_since)
   --quick          a smoke run: 2000 docs, 3 reps, 10 queries, 20 txns, 100000 WAL records
                    (explicit flags still win)";
 
@@ -70,6 +72,8 @@ struct Config {
     wal_records: usize,
     /// Only the WAL section.
     wal_only: bool,
+    /// Only the change log section.
+    cdc_only: bool,
 }
 
 impl Config {
@@ -77,7 +81,7 @@ impl Config {
         let mut args = std::env::args().skip(1);
         let (mut docs, mut reps, mut queries, mut txns, mut dir, mut db4_readers) =
             (None, None, None, None, None, None);
-        let (mut quick, mut wal_only, mut wal_records) = (false, false, None);
+        let (mut quick, mut wal_only, mut cdc_only, mut wal_records) = (false, false, false, None);
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
             match arg.as_str() {
@@ -89,6 +93,7 @@ impl Config {
                 "--db4-readers" => db4_readers = Some(value("--db4-readers")?.parse::<usize>()?),
                 "--wal-records" => wal_records = Some(value("--wal-records")?.parse::<usize>()?),
                 "--wal-only" => wal_only = true,
+                "--cdc-only" => cdc_only = true,
                 "--quick" => quick = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -111,6 +116,7 @@ impl Config {
             db4_readers,
             wal_records: wal_records.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
             wal_only,
+            cdc_only,
         };
         if config.docs < UPDATES_PER_TXN
             || config.reps == 0
@@ -163,6 +169,9 @@ fn run() -> BoxResult<()> {
     }
     std::fs::create_dir_all(&config.dir)?;
     let docs = data::generate(config.docs);
+    if config.cdc_only {
+        return cdc::run(&config, &docs);
+    }
     let json_bytes: usize = docs.iter().map(|d| serde_json::to_string(d).map(|s| s.len())).sum::<Result<_, _>>()?;
     println!("db4-compare: db4 vs hand-written rusqlite");
     println!(
@@ -194,6 +203,8 @@ fn run() -> BoxResult<()> {
     measurements.extend(bench_writes(&config, &stores, &mut model, Synchronous::Normal)?);
     println!("load average at end: {}\n", load_average());
     measure::report(&measurements);
+    println!();
+    cdc::run(&config, &docs)?;
     println!();
     run_wal(&config, &docs[..docs.len().min(10_000)])
 }
