@@ -168,6 +168,22 @@ pub struct DbStats {
     /// Every collection stored in the database, also those other handles or processes
     /// created, in name order.
     pub collections: Vec<CollectionStats>,
+    /// The change log: the events it keeps and its registered consumers.
+    pub change_log: ChangeLogStats,
+}
+
+/// The change log's figures in [`DbStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ChangeLogStats {
+    /// Events the log keeps (LSNs are consecutive, so this is `last - oldest + 1`).
+    pub events: u64,
+    /// The oldest event kept ([`Lsn::ZERO`](crate::Lsn::ZERO) if none).
+    pub oldest: crate::lsn::Lsn,
+    /// The newest event ([`Lsn::ZERO`](crate::Lsn::ZERO) if none).
+    pub last: crate::lsn::Lsn,
+    /// Registered consumers ([`Db::consumer`](crate::Db::consumer)).
+    pub consumers: u64,
 }
 
 impl DbStats {
@@ -422,7 +438,8 @@ impl Db {
     }
 
     /// What the database holds and what this handle has committed to it: per collection, the
-    /// documents it holds and the writes this handle committed (see [`CollectionStats`]).
+    /// documents it holds and the writes this handle committed (see [`CollectionStats`]), and
+    /// the change log's extent ([`ChangeLogStats`]).
     ///
     /// Reads db4's schema table, then counts each collection's documents with a statement of
     /// its own: each count sees the data committed when it runs, not one snapshot of them all.
@@ -449,17 +466,23 @@ impl Db {
     /// let stats = db.stats()?;
     /// let note_stats = stats.collection("note").expect("the collection is stored");
     /// assert_eq!((note_stats.documents, note_stats.inserts, note_stats.deletes), (1, 2, 1));
+    /// assert_eq!((stats.change_log.events, stats.change_log.last.get()), (3, 3));
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> Result<DbStats> {
         let span = trace::op("stats", None);
         let mut collections = Vec::new();
+        let mut change_log = ChangeLogStats::default();
         run(self.backend(), Access::Read, |conn| {
             collections.clear();
             for name in migrate::collections(conn)? {
                 let documents = count(conn, &name, &format!("SELECT count(*) FROM {}", quote_ident(&name)), &[])?;
                 collections.push((name, documents));
             }
+            let (oldest, last) = (outbox::first_lsn(conn)?, outbox::last_lsn(conn)?);
+            let events = if last == crate::lsn::Lsn::ZERO { 0 } else { last.get() - oldest.get() + 1 };
+            let consumers = count(conn, "_db4_consumers", &format!("SELECT count(*) FROM {}", outbox::CONSUMERS), &[])?;
+            change_log = ChangeLogStats { events, oldest, last, consumers };
             Ok(())
         })?;
         let committed = self.committed().snapshot();
@@ -478,7 +501,7 @@ impl Db {
             })
             .collect();
         span.rows(collections.len());
-        Ok(DbStats { collections })
+        Ok(DbStats { collections, change_log })
     }
 
     /// The options this database was opened with.

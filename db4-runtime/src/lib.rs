@@ -51,7 +51,7 @@ pub use batch::{
 pub use cdc::ChangeStream;
 pub use cdc::{ChangeEvent, ChangeOp, ChangesSince, Consumer, ConsumerInfo, replay};
 pub use collection::{CasResult, Collection, Numeric, TxCollection};
-pub use db::{CollectionStats, DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions, DbStats};
+pub use db::{ChangeLogStats, CollectionStats, DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions, DbStats};
 pub use error::{BackendError, BackendErrorKind, Error, Result};
 pub use query::{Field, Filter, Order, Query};
 pub use retry::{RetryPolicy, is_retryable, with_optimistic_lock};

@@ -28,7 +28,9 @@ pub use db4_runtime::{SqliteBackend, SqliteOptions, Synchronous};
 // The change log (change-data capture).
 #[cfg(not(target_arch = "wasm32"))]
 pub use db4_runtime::ChangeStream;
-pub use db4_runtime::{ChangeEvent, ChangeOp, ChangeRetention, ChangesSince, Consumer, ConsumerInfo, Lsn};
+pub use db4_runtime::{
+    ChangeEvent, ChangeLogStats, ChangeOp, ChangeRetention, ChangesSince, Consumer, ConsumerInfo, Lsn,
+};
 // Bin-packed batch storage.
 pub use db4_runtime::{
     BATCH_ENTRY_OVERHEAD, BatchOptions, BatchStats, BatchStore, CompactionReport, DEFAULT_MAX_BLOB_BYTES, TxBatchStore,
@@ -81,7 +83,9 @@ pub mod batch {
 pub mod cdc {
     #[cfg(not(target_arch = "wasm32"))]
     pub use db4_runtime::ChangeStream;
-    pub use db4_runtime::{ChangeEvent, ChangeOp, ChangeRetention, ChangesSince, Consumer, ConsumerInfo, Lsn, replay};
+    pub use db4_runtime::{
+        ChangeEvent, ChangeLogStats, ChangeOp, ChangeRetention, ChangesSince, Consumer, ConsumerInfo, Lsn, replay,
+    };
 }
 
 /// A write-ahead log of document changes, usable on its own: [`MemoryWal`](wal::MemoryWal)
