@@ -237,6 +237,8 @@ struct DbInner {
     registry: Registry,
     /// The writes this handle has committed, by collection.
     committed: Totals,
+    /// [`DbOptions::name`], shared by the change events read through this handle.
+    source: Arc<str>,
 }
 
 impl std::fmt::Debug for Db {
@@ -387,6 +389,7 @@ impl Db {
             inner: Arc::new(DbInner {
                 backend,
                 commits: Commits::new(options.before_images, options.change_log, options.change_retention),
+                source: Arc::from(options.name.as_str()),
                 options,
                 registry: Registry::default(),
                 committed: Totals::default(),
@@ -507,6 +510,11 @@ impl Db {
     /// The options this database was opened with.
     pub fn options(&self) -> &DbOptions {
         &self.inner.options
+    }
+
+    /// The database's name for change events' envelopes, shared by the events.
+    pub(crate) fn source_name(&self) -> Arc<str> {
+        Arc::clone(&self.inner.source)
     }
 
     pub(crate) fn backend(&self) -> &dyn Backend {

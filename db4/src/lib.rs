@@ -76,7 +76,7 @@ pub mod batch {
 ///     let event = event?;
 ///     let order: Option<Order> = event.after::<Order>()?;
 ///     assert_eq!(order.map(|o| o.total), Some(30));
-///     assert_eq!(event.to_json(&db)?["op"], "c");
+///     assert_eq!(event.to_json()?["op"], "c");
 /// }
 /// # Ok(()) }
 /// ```

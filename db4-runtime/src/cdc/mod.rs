@@ -38,6 +38,7 @@ use crate::store::outbox::{self, CHANGES, COLUMNS, SPLIT_IMAGES, damaged, row_cr
 use crate::trace;
 use crate::value::{Value, ValueRef};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Events read per page.
 const PAGE_ROWS: usize = 256;
@@ -119,11 +120,14 @@ pub struct ChangeEvent {
     pub before: Option<String>,
     /// The document after the change (JSON text); `None` for a delete.
     pub after: Option<String>,
+    /// The name of the database the event was read from ([`DbOptions::name`]
+    /// (crate::DbOptions::name)), for [`to_json`](Self::to_json).
+    source: Arc<str>,
 }
 
 impl ChangeEvent {
     /// The event of a change the log gave its LSN (`None` if the change log is off).
-    pub(crate) fn from_change(change: &Change) -> Option<Self> {
+    pub(crate) fn from_change(change: &Change, source: &Arc<str>) -> Option<Self> {
         Some(Self {
             lsn: change.lsn?,
             tx_id: change.tx_id?,
@@ -134,6 +138,7 @@ impl ChangeEvent {
             at: change.at,
             before: change.before.clone(),
             after: change.after.clone(),
+            source: Arc::clone(source),
         })
     }
 
@@ -166,8 +171,8 @@ impl ChangeEvent {
 
     /// The event as a Debezium-shaped envelope: `before`, `after` (the documents, or `null`),
     /// `op` (`c`, `u` or `d`), `ts_ms` (the commit time) and
-    /// `source { db, collection, id, lsn, tx_id, version }`. `db` is
-    /// [`DbOptions::name`](crate::DbOptions::name).
+    /// `source { db, collection, id, lsn, tx_id, version }`. `db` is the
+    /// [`DbOptions::name`](crate::DbOptions::name) of the database the event came from.
     ///
     /// # Errors
     ///
@@ -185,18 +190,14 @@ impl ChangeEvent {
     /// let db = db4_runtime::Db::open_in_memory()?;
     /// db.collection::<Note>()?.insert(&Note { id: 1, text: "hi".into() })?;
     /// let event = db.changes_since(db4_runtime::Lsn::ZERO)?.next().unwrap()?;
-    /// let envelope = event.to_json(&db)?;
+    /// let envelope = event.to_json()?;
     /// assert_eq!(envelope["op"], "c");
     /// assert_eq!(envelope["after"]["text"], "hi");
     /// assert_eq!(envelope["source"]["lsn"], 1);
     /// # Ok(()) }
     /// ```
-    pub fn to_json(&self, db: &Db) -> Result<serde_json::Value> {
-        self.envelope(&db.options().name)
-    }
-
-    /// [`to_json`](Self::to_json) with the database named `db`.
-    pub(crate) fn envelope(&self, db: &str) -> Result<serde_json::Value> {
+    pub fn to_json(&self) -> Result<serde_json::Value> {
+        let db = &*self.source;
         let image = |json: Option<&str>| -> Result<serde_json::Value> {
             json.map_or(Ok(serde_json::Value::Null), |json| {
                 serde_json::from_str(json).map_err(|e| {
@@ -301,12 +302,13 @@ impl Iterator for ChangesSince {
 pub(crate) fn read_page(db: &Db, after: Lsn, max: usize) -> Result<(Vec<ChangeEvent>, bool)> {
     let span = trace::op("changes_since", None);
     let max = max.clamp(1, PAGE_ROWS);
-    let out = run(db.backend(), Access::Read, |conn| read_page_on(conn, after, max))?;
+    let source = db.source_name();
+    let out = run(db.backend(), Access::Read, |conn| read_page_on(conn, &source, after, max))?;
     span.rows(out.0.len());
     Ok(out)
 }
 
-fn read_page_on(conn: &dyn Connection, after: Lsn, max: usize) -> Result<(Vec<ChangeEvent>, bool)> {
+fn read_page_on(conn: &dyn Connection, source: &Arc<str>, after: Lsn, max: usize) -> Result<(Vec<ChangeEvent>, bool)> {
     let sql = format!("SELECT {COLUMNS} FROM {CHANGES} WHERE \"lsn\" > ?1 ORDER BY \"lsn\" LIMIT ?2");
     let mut events = Vec::new();
     let mut bytes = 0;
@@ -318,7 +320,7 @@ fn read_page_on(conn: &dyn Connection, after: Lsn, max: usize) -> Result<(Vec<Ch
         if failure.is_some() || bytes > PAGE_BYTES {
             return Ok(());
         }
-        match decode(row) {
+        match decode(row, source) {
             Ok((event, stored, split)) => {
                 // A split row's CRC is checked once its before-image is read, below.
                 if split {
@@ -391,7 +393,7 @@ fn lsn_value(lsn: Lsn) -> Value {
 
 /// Reads one change row strictly; returns the event, its stored CRC and whether its
 /// before-image is kept apart ([`SPLIT_IMAGES`]).
-fn decode(row: &dyn crate::backend::Row) -> Result<(ChangeEvent, i64, bool)> {
+fn decode(row: &dyn crate::backend::Row, source: &Arc<str>) -> Result<(ChangeEvent, i64, bool)> {
     let int = |i: usize, what: &str, lsn: u64| -> Result<i64> {
         match row.get(i)? {
             ValueRef::Integer(v) => Ok(v),
@@ -431,7 +433,12 @@ fn decode(row: &dyn crate::backend::Row) -> Result<(ChangeEvent, i64, bool)> {
         1 if before.is_none() => true,
         other => return Err(damaged(lsn, format!("event {lsn}: the split flag is {other}"))),
     };
-    Ok((ChangeEvent { lsn: Lsn::new(lsn), tx_id, collection, id, op, version, at, before, after }, stored, split))
+    let source = Arc::clone(source);
+    Ok((
+        ChangeEvent { lsn: Lsn::new(lsn), tx_id, collection, id, op, version, at, before, after, source },
+        stored,
+        split,
+    ))
 }
 
 /// Checks an event against the CRC stored with it.

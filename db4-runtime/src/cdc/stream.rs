@@ -85,6 +85,7 @@ impl ChangeStream {
             capacity,
         });
         if !unlogged {
+            let source = db.source_name();
             let closer = Closer(Arc::downgrade(&shared));
             db.commits().observe_while(move |changes| {
                 let Some(shared) = closer.0.upgrade() else { return false };
@@ -93,7 +94,7 @@ impl ChangeStream {
                     return !state.finished;
                 }
                 for change in changes {
-                    let Some(event) = ChangeEvent::from_change(change) else { continue };
+                    let Some(event) = ChangeEvent::from_change(change, &source) else { continue };
                     if state.buffer.len() >= shared.capacity {
                         state.lagged = true;
                         break;
