@@ -121,8 +121,26 @@ pub fn replay(source: &Db, target: &Db, up_to: Option<Lsn>) -> Result<ReplayRepo
     Ok(report)
 }
 
-/// Applies whole source transactions in one target transaction.
+/// Applies whole source transactions in one target transaction; if one of them fails, applies
+/// the ones before it (each in a transaction of its own) and reports the failure.
 fn apply(target: &Db, events: &[ChangeEvent], report: &mut ReplayReport) -> std::result::Result<(), StopReason> {
+    let stop = match apply_once(target, events, report) {
+        Ok(()) => return Ok(()),
+        Err(stop) => stop,
+    };
+    let failed_tx = events.iter().find(|e| e.lsn >= stop.lsn()).map_or(u64::MAX, |e| e.tx_id);
+    let mut start = 0;
+    while start < events.len() && events[start].tx_id != failed_tx {
+        let tx = events[start].tx_id;
+        let end = events[start..].iter().position(|e| e.tx_id != tx).map_or(events.len(), |n| start + n);
+        apply_once(target, &events[start..end], report)?;
+        start = end;
+    }
+    Err(stop)
+}
+
+/// Applies `events` in one target transaction.
+fn apply_once(target: &Db, events: &[ChangeEvent], report: &mut ReplayReport) -> std::result::Result<(), StopReason> {
     let mut failed: Option<StopReason> = None;
     let result = Runner::Db(target).write(Access::Atomic, |w| {
         for event in events {
@@ -134,10 +152,13 @@ fn apply(target: &Db, events: &[ChangeEvent], report: &mut ReplayReport) -> std:
                 ))));
                 return Err(Error::change_log("replay stopped"));
             };
-            let meta = slot.fresh(w.conn).map_err(|e| {
-                failed = Some(StopReason::Callback { lsn: event.lsn, error: Error::change_log(e.to_string()) });
-                Error::change_log("replay stopped")
-            })?;
+            let meta = match slot.fresh(w.conn) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    failed = Some(stop(e));
+                    return Err(Error::change_log("replay stopped"));
+                }
+            };
             let outcome = match event.op {
                 ChangeOp::Delete => w.apply(&meta, Op::Delete(&event.id)).map(drop),
                 ChangeOp::Insert | ChangeOp::Update | ChangeOp::Upsert => match &event.after {

@@ -118,3 +118,42 @@ fn without_the_split_a_row_limit_would_refuse_the_commit() -> Result<()> {
     assert_eq!(refused.unwrap_err().backend_kind(), Some(BackendErrorKind::TooBig));
     Ok(())
 }
+
+#[derive(serde::Serialize, serde::Deserialize, db4_derive::Document, Debug, PartialEq, Clone)]
+#[db4(crate = "crate", collection = "tags")]
+struct Tag {
+    #[id]
+    id: i64,
+}
+
+#[test]
+fn a_replay_that_meets_a_collection_the_target_lacks_applies_every_transaction_before_it() -> Result<()> {
+    let source = Db::open_in_memory()?;
+    let blobs = source.collection::<Blob>()?;
+    let tags = source.collection::<Tag>()?;
+    blobs.insert(&Blob { id: 1, body: "one".into() })?;
+    source.transaction(|tx| {
+        let blobs = tx.collection::<Blob>()?;
+        blobs.insert(&Blob { id: 2, body: "two".into() })?;
+        blobs.update(&Blob { id: 1, body: "uno".into() })
+    })?;
+    tags.insert(&Tag { id: 9 })?;
+    blobs.insert(&Blob { id: 3, body: "after".into() })?;
+
+    let target = Db::open_in_memory()?;
+    let copied = target.collection::<Blob>()?;
+    let report = crate::cdc::replay(&source, &target, None)?;
+    // The three events of the first two transactions are in; the tags event stops it.
+    assert_eq!((report.applied, report.last), (3, Lsn::new(3)));
+    match &report.stopped {
+        Some(crate::wal::StopReason::Callback { lsn, error: Error::ChangeLog { reason } }) => {
+            assert_eq!(*lsn, Lsn::new(4));
+            assert!(reason.contains("\"tags\""), "{reason}");
+        }
+        other => panic!("expected a stop at the tags event, got {other:?}"),
+    }
+    let mut docs = copied.query().all()?;
+    docs.sort_by_key(|b| b.id);
+    assert_eq!(docs, [Blob { id: 1, body: "uno".into() }, Blob { id: 2, body: "two".into() }]);
+    Ok(())
+}
