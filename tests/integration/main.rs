@@ -1,6 +1,7 @@
 //! Integration tests for db4 on the embedded SQLite backend.
 
 mod common;
+mod crash_log;
 mod crud;
 mod durability;
 mod errors;
