@@ -1,5 +1,6 @@
 //! Integration tests for db4 on the embedded SQLite backend.
 
+mod change_log_model;
 mod common;
 mod crash_log;
 mod crud;
