@@ -43,6 +43,18 @@ impl Drop for TempDir {
     }
 }
 
+/// A child process that is killed (and waited for) when dropped, so a test that fails before
+/// it is done with the child leaves no process behind.
+#[derive(Debug)]
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// SplitMix64: a tiny, deterministic generator, so failing seeds can be replayed.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

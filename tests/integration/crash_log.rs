@@ -14,7 +14,7 @@
 use crate::common;
 use db4::prelude::*;
 use db4::{ChangeEvent, ChangeOp, Lsn, Synchronous, Value};
-use db4_tests::{Rng, TempDir};
+use db4_tests::{ChildGuard, Rng, TempDir};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -139,15 +139,6 @@ fn child(path: &Path) -> ! {
     std::process::abort()
 }
 
-/// A child process that is killed if the test fails before it is done with it.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 // --- The checks --------------------------------------------------------------------------------
 

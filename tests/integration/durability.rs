@@ -3,7 +3,7 @@
 
 use crate::common;
 use db4::prelude::*;
-use db4_tests::TempDir;
+use db4_tests::{ChildGuard, TempDir};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -134,15 +134,6 @@ fn child(path: &Path, abort_after: Option<i64>) -> ! {
     std::process::abort()
 }
 
-/// A child process that is killed if the test fails before it is done with it.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn spawn_child(function: &str, spec: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
