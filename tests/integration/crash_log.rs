@@ -139,7 +139,6 @@ fn child(path: &Path) -> ! {
     std::process::abort()
 }
 
-
 // --- The checks --------------------------------------------------------------------------------
 
 /// What the parent knows from the children's output and the previous checks.

@@ -134,7 +134,6 @@ fn child(path: &Path, abort_after: Option<i64>) -> ! {
     std::process::abort()
 }
 
-
 fn spawn_child(function: &str, spec: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
         .args([test_name(function).as_str(), "--exact", "--nocapture", "--test-threads", "1"])
