@@ -62,6 +62,8 @@ pub enum ChangeOp {
 
 impl ChangeOp {
     /// The operation of a change the pipeline recorded.
+    // Only the live stream (native only) builds events from changes: unused on wasm32.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn of(kind: ChangeKind) -> Self {
         match kind {
             ChangeKind::Insert => ChangeOp::Insert,
@@ -123,6 +125,8 @@ pub struct ChangeEvent {
 
 impl ChangeEvent {
     /// The event of a change the log gave its LSN (`None` if the change log is off).
+    // Used by the live stream only, which is native only: unused on wasm32.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn from_change(change: &Change) -> Option<Self> {
         Some(Self {
             lsn: change.lsn?,
