@@ -171,7 +171,7 @@ for _ in $(seq 1 600); do
   kill -0 "$WRITER_PID" 2>/dev/null || break
   sleep 0.05
 done
-say "restart (SIGKILL after $(wc -l <"$ACKED") acknowledged inserts, one more in flight)"
+say "restart (SIGKILL under the writer, $(wc -l <"$ACKED") inserts acknowledged so far)"
 stop_workerd KILL
 wait "$WRITER_PID" || { say "the writer failed"; exit 1; }
 [ "$(wc -l <"$ACKED")" -gt 0 ] || { say "no insert was acknowledged before the SIGKILL"; exit 1; }
