@@ -5,8 +5,10 @@
 #   2. serve it with workerd on 127.0.0.1 (a free port), Durable Objects on SQLite files
 #      under target/worker-app-e2e/do-storage;
 #   3. run the conformance suite over HTTP (the same scenarios `cargo test` runs natively);
-#   4. restart workerd (SIGTERM), check the data survived; write more, SIGKILL it, restart,
-#      check again;
+#   4. restart workerd (SIGTERM), check the data and the change log survived; write more,
+#      SIGKILL it while a writer streams inserts, restart, check again (every acknowledged
+#      write there with its change-log event, the one in flight stored and logged or neither,
+#      a consumer resuming after its acknowledgement);
 #   5. with --bench, measure db4 routes against hand-written SqlStorage routes.
 #
 # workerd is always stopped by its own PID (SIGTERM, then SIGKILL), whatever happens.
@@ -124,7 +126,7 @@ suite() {
 
 persist() {
   say "persistence phase: $1"
-  DB4_E2E_PERSIST="$1" suite --exact workerd_only::persistence
+  DB4_E2E_PERSIST="$1" suite --exact workerd_only::persistence --nocapture
 }
 
 say "building the worker (worker-build --profile wasm-release)"
@@ -154,8 +156,25 @@ start_workerd
 persist verify
 persist write_more
 
-say "restart (SIGKILL right after acknowledged writes)"
+# SIGKILL with a write in flight: a writer inserts one article at a time, recording each
+# acknowledged id, until workerd dies under it. After the restart every acknowledged insert
+# (and the write_more phase's) must be there with its change-log event, the one in flight
+# either both stored and logged or neither.
+ACKED="$RUN_DIR/acked.txt"
+: >"$ACKED"
+export DB4_E2E_ACKED="$ACKED"
+say "persistence phase: write_stream (in the background, until the SIGKILL)"
+DB4_E2E_PERSIST=write_stream suite --exact workerd_only::persistence &
+WRITER_PID=$!
+for _ in $(seq 1 600); do
+  [ "$(wc -l <"$ACKED")" -ge 50 ] && break
+  kill -0 "$WRITER_PID" 2>/dev/null || break
+  sleep 0.05
+done
+say "restart (SIGKILL under the writer, $(wc -l <"$ACKED") inserts acknowledged so far)"
 stop_workerd KILL
+wait "$WRITER_PID" || { say "the writer failed"; exit 1; }
+[ "$(wc -l <"$ACKED")" -gt 0 ] || { say "no insert was acknowledged before the SIGKILL"; exit 1; }
 start_workerd
 persist verify_more
 

@@ -24,15 +24,27 @@
 //! depth can be sent (nested JSON is refused past 128 levels) and parsing never recurses.
 //! Queries db4 refuses (past a statement limit, say) are answered 400 `invalid_query`, like a
 //! malformed program.
+//!
+//! # The change log
+//!
+//! `GET /changes?since=&limit=&wait_ms=` pages through the tenant's change log (every
+//! committed write, written by db4 in the write's own transaction) as Debezium-shaped
+//! envelopes; `wait_ms` makes it a long poll ([`handle_waiting`]). Named consumers keep their
+//! position in the database: `POST /changes/consumers/{name}/poll?max=` answers the events
+//! after the acknowledged position, `POST /changes/consumers/{name}/ack` `{"lsn": n}` moves
+//! it. `POST /changes/truncate` `{"before": n}` drops old events.
 
 use crate::model::evolution::{JobRetyped, JobV1, JobV2};
 use crate::model::{Account, Article, Notification, Player, Status, Transfer};
 use db4::{
-    BatchOptions, BatchStats, BatchStore, Db, Field, Filter, Ordered, Query, RetryPolicy, Transaction, TxCollection,
+    BatchOptions, BatchStats, BatchStore, ChangeEvent, Db, Field, Filter, Lsn, Ordered, Query, RetryPolicy,
+    Transaction, TxCollection,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use std::future::Future;
+use std::time::Duration;
 
 /// Request bodies above this size are refused with 413 before they are parsed.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
@@ -164,6 +176,11 @@ pub fn db_status(e: &db4::Error) -> (u16, &'static str) {
         E::InvalidValue { .. } => (400, "invalid_value"),
         E::TooLarge { .. } => (413, "too_large"),
         E::SchemaMismatch { .. } => (409, "schema_mismatch"),
+        // The change log no longer holds the events after the requested position.
+        E::LogTruncated { .. } => (410, "log_truncated"),
+        // A consumer request the change log refuses (an acknowledgement beyond the newest
+        // event, a name too long).
+        E::ChangeLog { .. } => (400, "change_log"),
         E::Backend(b) => match b.kind() {
             K::TooBig => (413, "too_large"),
             // A backend that cannot do what was asked with a value (a read-only database, a
@@ -248,6 +265,7 @@ impl ApiError {
             ApiError::Db(E::InvalidValue { collection, field, .. }) => {
                 vec![("collection", json!(collection)), ("field", json!(field))]
             }
+            ApiError::Db(E::LogTruncated { oldest }) => vec![("oldest", json!(oldest.get()))],
             ApiError::InvalidValue { field, .. } => vec![("field", json!(field))],
             ApiError::InsufficientFunds { account, balance, amount } => {
                 vec![("account", json!(account)), ("balance", json!(balance)), ("amount", json!(amount))]
@@ -305,6 +323,14 @@ fn dispatch(db: &Db, tenant: &str, req: &ApiRequest<'_>) -> ApiResult {
         (Get, ["events"]) => list_events(db),
         (Post, ["events", "tx"]) => event_transaction(db, body),
         (_, ["events"] | ["events", "tx"]) => Err(ApiError::MethodNotAllowed),
+        (Get, ["changes"]) => list_changes(db, &query),
+        (Post, ["changes", "truncate"]) => truncate_changes(db, body),
+        (Get, ["changes", "consumers"]) => list_consumers(db),
+        (Delete, ["changes", "consumers", name]) => remove_consumer(db, name),
+        (Post, ["changes", "consumers", name, "poll"]) => poll_consumer(db, name, &query),
+        (Post, ["changes", "consumers", name, "ack"]) => ack_consumer(db, name, body),
+        (_, ["changes"] | ["changes", "truncate" | "consumers"] | ["changes", "consumers", _])
+        | (_, ["changes", "consumers", _, "poll" | "ack"]) => Err(ApiError::MethodNotAllowed),
         (_, ["articles" | "accounts" | "transfers" | "notifications"])
         | (_, ["articles" | "accounts" | "transfers", _])
         | (_, ["jobs", "v1"])
@@ -959,6 +985,199 @@ fn event_transaction(db: &Db, body: &[u8]) -> ApiResult {
         Ok(json!({ "ids": events.ids()?, "checks": checks, "stats": stats_json(&events.verify()?) }))
     })?;
     Ok(ApiResponse::ok(out))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The change log: every committed write, as Debezium-shaped envelopes
+
+/// The default number of events of one page of changes; at most [`MAX_PAGE`].
+pub const DEFAULT_CHANGES: usize = 100;
+/// Bytes of document images (before + after) one page of changes carries at most; a page
+/// always carries at least one event, so a client never stalls on a large document.
+pub const MAX_CHANGES_BYTES: usize = 4 << 20;
+/// The longest a long poll (`GET /changes?wait_ms=`) may wait.
+pub const MAX_WAIT_MS: u64 = 10_000;
+/// How often a waiting long poll reads the log again.
+pub const LONG_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The parameters of `GET /changes`.
+struct ChangesQuery {
+    since: Lsn,
+    limit: usize,
+    wait_ms: u64,
+}
+
+impl ChangesQuery {
+    fn parse(query: &[(String, String)]) -> ApiResult<Self> {
+        let mut q = Self { since: Lsn::ZERO, limit: DEFAULT_CHANGES, wait_ms: 0 };
+        for (key, value) in query {
+            match key.as_str() {
+                "since" => q.since = Lsn::new(value.parse().map_err(|_| bad_param(key, value, "an LSN (0 or more)"))?),
+                "limit" => q.limit = limit_param(key, value)?,
+                "wait_ms" => {
+                    q.wait_ms = value
+                        .parse()
+                        .ok()
+                        .filter(|&ms| ms <= MAX_WAIT_MS)
+                        .ok_or_else(|| bad_param(key, value, "milliseconds, at most 10000"))?;
+                }
+                _ => return Err(ApiError::InvalidParam(format!("unknown query parameter {key:?}"))),
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// A page size between 1 and [`MAX_PAGE`].
+fn limit_param(key: &str, value: &str) -> ApiResult<usize> {
+    value.parse().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| bad_param(key, value, "between 1 and 1000"))
+}
+
+/// Up to `limit` events of `events` (which start after `start`) as envelopes, cut short once
+/// their images pass [`MAX_CHANGES_BYTES`]; and the LSN to resume after (the last event
+/// sent, or `start`).
+fn page_of(
+    events: impl Iterator<Item = db4::Result<ChangeEvent>>,
+    start: Lsn,
+    limit: usize,
+) -> ApiResult<(Vec<Value>, Lsn)> {
+    let mut out = Vec::new();
+    let (mut bytes, mut last) = (0, start);
+    for event in events.take(limit) {
+        let event = event?;
+        bytes += event.before.as_ref().map_or(0, String::len) + event.after.as_ref().map_or(0, String::len);
+        // An event left out here is the next page's first: the client resumes after `last`.
+        if !out.is_empty() && bytes > MAX_CHANGES_BYTES {
+            break;
+        }
+        out.push(event.to_json()?);
+        last = event.lsn;
+    }
+    Ok((out, last))
+}
+
+/// `GET /changes?since=&limit=&wait_ms=`: the events after `since` (default 0: the whole
+/// log), oldest first: `{"events": [envelope...], "last": lsn, "head": lsn}`. `last` is the
+/// position to pass as `since` next (the last event sent, or `since`), `head` the newest event
+/// in the log. `since` beyond `head` is refused (400), the events after `since` truncated
+/// away answer 410 `log_truncated` with `oldest`. With `wait_ms`, an empty answer is held
+/// until an event commits or the time is up (see [`handle_waiting`]).
+fn list_changes(db: &Db, query: &[(String, String)]) -> ApiResult {
+    let q = ChangesQuery::parse(query)?;
+    let (events, last) = page_of(db.changes_since(q.since)?, q.since, q.limit)?;
+    let head = db.last_lsn()?;
+    if q.since > head {
+        return Err(ApiError::InvalidParam(format!("since={} is beyond the newest event, {head}", q.since)));
+    }
+    Ok(ApiResponse::ok(json!({ "events": events, "last": last.get(), "head": head.get() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TruncateBody {
+    before: u64,
+}
+
+/// `POST /changes/truncate` `{"before": lsn}`: [`Db::truncate_changes`] (the newest event and
+/// those a consumer has not acknowledged stay): `{"dropped": n, "oldest": lsn}`.
+fn truncate_changes(db: &Db, body: &[u8]) -> ApiResult {
+    let req: TruncateBody = parse_json(body)?;
+    let dropped = db.truncate_changes(Lsn::new(req.before))?;
+    Ok(ApiResponse::ok(json!({ "dropped": dropped, "oldest": db.oldest_lsn()?.get() })))
+}
+
+/// `GET /changes/consumers`: `{"consumers": [{"name", "acked", "at"}...]}`, by name.
+fn list_consumers(db: &Db) -> ApiResult {
+    let consumers: Vec<Value> =
+        db.consumers()?.into_iter().map(|c| json!({ "name": c.name, "acked": c.acked.get(), "at": c.at })).collect();
+    Ok(ApiResponse::ok(json!({ "consumers": consumers })))
+}
+
+/// `DELETE /changes/consumers/{name}`: [`Db::remove_consumer`]; 404 if there is none.
+fn remove_consumer(db: &Db, name: &str) -> ApiResult {
+    if !db.remove_consumer(name)? {
+        return Err(not_found("consumers", name));
+    }
+    Ok(ApiResponse::ok(json!({ "removed": name })))
+}
+
+/// `POST /changes/consumers/{name}/poll?max=`: registers the consumer if it is new (it then
+/// starts before the oldest event kept) and answers the events after its acknowledged
+/// position: `{"name", "acked": lsn, "events": [envelope...], "last": lsn}`.
+///
+/// HTTP is stateless, so a poll always starts after the *acknowledged* position: events
+/// polled and not acknowledged come again (at-least-once). That is what a fresh
+/// [`db4::Consumer`] does; the events are read with [`Db::changes_since`] from its position
+/// rather than with `Consumer::poll`, so that a page is bounded in bytes as well as in count
+/// (a Durable Object's isolate has 128 MB).
+fn poll_consumer(db: &Db, name: &str, query: &[(String, String)]) -> ApiResult {
+    let mut max = DEFAULT_CHANGES;
+    for (key, value) in query {
+        match key.as_str() {
+            "max" => max = limit_param(key, value)?,
+            _ => return Err(ApiError::InvalidParam(format!("unknown query parameter {key:?}"))),
+        }
+    }
+    let consumer = db.consumer(name)?;
+    let acked = consumer.position()?;
+    let (events, last) = page_of(db.changes_since(acked)?, acked, max)?;
+    Ok(ApiResponse::ok(json!({ "name": name, "acked": acked.get(), "events": events, "last": last.get() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    lsn: u64,
+}
+
+/// `POST /changes/consumers/{name}/ack` `{"lsn": n}`: [`db4::Consumer::ack`]; answers the
+/// stored position `{"name", "acked": lsn}` (acknowledging at or before it changes nothing;
+/// beyond the newest event is refused with 400 `change_log`).
+fn ack_consumer(db: &Db, name: &str, body: &[u8]) -> ApiResult {
+    let req: AckBody = parse_json(body)?;
+    let consumer = db.consumer(name)?;
+    consumer.ack(Lsn::new(req.lsn))?;
+    Ok(ApiResponse::ok(json!({ "name": name, "acked": consumer.position()?.get() })))
+}
+
+/// How long `req` may wait for changes: `wait_ms` of a well-formed `GET /changes`, if any.
+fn long_poll_wait(req: &ApiRequest<'_>) -> Option<Duration> {
+    let Target { segments, query } = split_target(req.target).ok()?;
+    if req.method != Method::Get || segments != ["changes"] {
+        return None;
+    }
+    let wait_ms = ChangesQuery::parse(&query).ok()?.wait_ms;
+    (wait_ms > 0).then(|| Duration::from_millis(wait_ms))
+}
+
+/// Whether a `GET /changes` answer has no events yet (a long poll waits on).
+fn nothing_yet(resp: &ApiResponse) -> bool {
+    resp.status == 200 && resp.body["events"].as_array().is_some_and(Vec::is_empty)
+}
+
+/// [`handle`], and for a long poll (`GET /changes?wait_ms=`) that finds no events, the same
+/// request again every [`LONG_POLL_INTERVAL`] until it finds some or `wait_ms` has passed
+/// (counted in rounds of the interval, so without a clock). `sleep` waits: a timer on the
+/// Durable Object, which lets it serve other requests (the writes a poll waits for)
+/// meanwhile; natively a thread sleep.
+pub async fn handle_waiting<S: Future<Output = ()>>(
+    db: &Db,
+    tenant: &str,
+    req: &ApiRequest<'_>,
+    mut sleep: impl FnMut(Duration) -> S,
+) -> ApiResponse {
+    let mut resp = handle(db, tenant, req);
+    if let Some(wait) = long_poll_wait(req) {
+        let rounds = wait.as_millis().div_ceil(LONG_POLL_INTERVAL.as_millis());
+        for _ in 0..rounds {
+            if !nothing_yet(&resp) {
+                break;
+            }
+            sleep(LONG_POLL_INTERVAL).await;
+            resp = handle(db, tenant, req);
+        }
+    }
+    resp
 }
 
 // ---------------------------------------------------------------------------------------------

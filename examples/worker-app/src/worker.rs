@@ -9,7 +9,7 @@ use crate::raw;
 use db4::Db;
 use serde_json::json;
 use std::cell::{Cell, OnceCell};
-use worker::{Context, DurableObject, Env, Request, Response, Result, State, durable_object, event};
+use worker::{Context, Delay, DurableObject, Env, Request, Response, Result, State, durable_object, event};
 
 /// The Durable Object namespace binding (see `wrangler.toml`).
 pub const BINDING: &str = "TENANTS";
@@ -86,7 +86,9 @@ impl DurableObject for TenantStore {
             raw::handle(&self.state.storage(), &api_req, &tenant, &self.raw_schema)
         } else {
             match self.db() {
-                Ok(db) => api::handle(db, &tenant, &api_req),
+                // A long poll of the change log waits on a timer, which (unlike storage calls)
+                // leaves the Durable Object free to serve other requests, the writes among them.
+                Ok(db) => api::handle_waiting(db, &tenant, &api_req, Delay::from).await,
                 Err(message) => ApiResponse::internal(message),
             }
         };

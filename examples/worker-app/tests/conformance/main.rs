@@ -56,4 +56,9 @@ suite!(
     batch_savepoint_rollback,
     batch_transaction_commits,
     db_stats,
+    change_log,
+    change_log_rollbacks,
+    change_consumers,
+    change_log_truncated,
+    change_long_poll,
 );

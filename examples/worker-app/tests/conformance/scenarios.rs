@@ -919,3 +919,406 @@ pub fn db_stats(t: &dyn Target) {
     assert_eq!(accounts["updates"].as_u64(), Some(0), "the rolled-back batch committed nothing: {stats}");
     assert_eq!(stats["collections"]["transfers"]["inserts"].as_u64().unwrap_or(0), 0, "{stats}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The change log (`/changes`): every committed write, in LSN order
+
+/// `GET /changes?{query}`, expected to succeed.
+pub fn changes(c: &Tenant<'_>, query: &str) -> Value {
+    expect(c.get(&format!("/changes?{query}")), 200)
+}
+
+/// Every event after `since`, fetched in pages of `limit` (checking each page's `last`).
+pub fn all_changes(c: &Tenant<'_>, since: u64, limit: usize) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut since = since;
+    loop {
+        let page = changes(c, &format!("since={since}&limit={limit}"));
+        let events = page["events"].as_array().expect("events").clone();
+        assert!(events.len() <= limit, "{page}");
+        let last = page["last"].as_u64().expect("last");
+        match events.last() {
+            None => {
+                assert_eq!(last, since, "an empty page resumes where it was asked: {page}");
+                return out;
+            }
+            Some(e) => assert_eq!(e["source"]["lsn"].as_u64(), Some(last), "{page}"),
+        }
+        out.extend(events);
+        since = last;
+    }
+}
+
+/// The newest LSN of a tenant's log.
+pub fn head(c: &Tenant<'_>) -> u64 {
+    changes(c, "limit=1")["head"].as_u64().expect("head")
+}
+
+/// An event in short: `[collection, id, op, version]`.
+pub fn short(e: &Value) -> Value {
+    json!([e["source"]["collection"], e["source"]["id"], e["op"], e["source"]["version"]])
+}
+
+pub fn shorts(events: &[Value]) -> Vec<Value> {
+    events.iter().map(short).collect()
+}
+
+pub fn lsns(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["source"]["lsn"].as_u64().expect("lsn")).collect()
+}
+
+/// Checks what holds for any run of events: LSNs consecutive from `first`, each transaction's
+/// events consecutive with the transaction id the LSN of its first, commit times not going
+/// back, and each envelope well formed.
+#[track_caller]
+pub fn check_log_shape(events: &[Value], first: u64) {
+    let mut tx_start = 0;
+    let mut prev_ts = 0;
+    for (i, e) in events.iter().enumerate() {
+        let lsn = e["source"]["lsn"].as_u64().expect("lsn");
+        assert_eq!(lsn, first + i as u64, "LSNs are consecutive: {e}");
+        let tx = e["source"]["tx_id"].as_u64().expect("tx_id");
+        if tx == lsn {
+            tx_start = lsn;
+        }
+        assert_eq!(tx, tx_start, "a transaction's events are consecutive, tx_id its first LSN: {e}");
+        let ts = e["ts_ms"].as_u64().expect("ts_ms");
+        assert!(ts >= prev_ts && ts > 1_700_000_000_000, "commit times: {e}");
+        prev_ts = ts;
+        assert!(e["source"]["db"].is_string(), "{e}");
+        match e["op"].as_str() {
+            Some("c") => assert!(e["before"].is_null() && e["after"].is_object(), "{e}"),
+            Some("u") => assert!(e["after"].is_object(), "{e}"),
+            Some("d") => assert!(e["after"].is_null(), "{e}"),
+            _ => panic!("unknown op: {e}"),
+        }
+        // A collection's document names its id (a batch store's need not).
+        if let Some(id) = e["after"].get("id") {
+            assert_eq!(id, &e["source"]["id"], "{e}");
+        }
+    }
+}
+
+/// Writes of every kind, then the log holds exactly their events, in order, with their
+/// operations, versions and after-images; `since` resumes after an LSN and `limit` pages.
+pub fn change_log(t: &dyn Target) {
+    let c = Tenant::new(t, "change_log");
+    assert_eq!(changes(&c, ""), json!({ "events": [], "last": 0, "head": 0 }));
+
+    expect(c.post("/articles", &article("a-1", "First")), 201);
+    let mut edit = expect(c.get("/articles/a-1"), 200);
+    edit["title"] = json!("First, revised");
+    expect(c.put("/articles/a-1", &edit), 200);
+    expect(c.post("/articles/a-1/increment", &json!({ "field": "views", "by": 5 })), 200);
+    expect(c.post("/articles", &article("a-2", "Second")), 201);
+    expect(c.delete("/articles/a-2"), 200);
+    expect(c.post("/accounts", &account("alice", 100)), 201);
+    expect(c.post("/accounts", &account("bob", 0)), 201);
+    let t1 = json!({ "id": "t1", "from": "alice", "to": "bob", "amount": 30, "notify": "n1" });
+    expect(c.post("/transfers", &t1), 201);
+    let bulk = json!([article("b-1", "Bulk one"), article("b-2", "Bulk two")]);
+    expect(c.post("/articles/bulk", &bulk), 201);
+
+    let events = all_changes(&c, 0, 3);
+    check_log_shape(&events, 1);
+    assert_eq!(
+        shorts(&events),
+        [
+            json!(["articles", "a-1", "c", 0]),
+            json!(["articles", "a-1", "u", 1]),
+            json!(["articles", "a-1", "u", 2]),
+            json!(["articles", "a-2", "c", 0]),
+            // A delete carries a version only with before-images (off by default).
+            json!(["articles", "a-2", "d", null]),
+            json!(["accounts", "alice", "c", 0]),
+            json!(["accounts", "bob", "c", 0]),
+            // The transfer: one transaction, its writes in order.
+            json!(["accounts", "alice", "u", 1]),
+            json!(["accounts", "bob", "u", 1]),
+            json!(["accounts", "bob", "u", 2]),
+            json!(["notifications", "n1", "c", null]),
+            json!(["transfers", "t1", "c", null]),
+            json!(["articles", "b-1", "c", 0]),
+            json!(["articles", "b-2", "c", 0]),
+        ],
+        "{events:#?}"
+    );
+    let tx = |i: usize| events[i]["source"]["tx_id"].as_u64();
+    assert_eq!((tx(7), tx(11)), (Some(8), Some(8)), "the transfer is one transaction");
+    assert_eq!((tx(12), tx(13)), (Some(13), Some(13)), "the bulk insert is one transaction");
+    assert_eq!(events[0]["after"]["title"], "First");
+    assert_eq!(events[0]["after"]["tenant_id"], c.name.as_str());
+    assert_eq!(events[1]["after"]["title"], "First, revised");
+    assert_eq!(events[2]["after"]["views"], 5);
+    assert_eq!(events[5]["after"]["balance"], 100);
+    assert_eq!((events[7]["after"]["balance"].as_i64(), events[8]["after"]["balance"].as_i64()), (Some(70), Some(30)));
+    assert_eq!(events[9]["after"]["notifications"], 1);
+    assert_eq!(events[10]["after"]["text"], "alice sent you 30");
+    assert_eq!(events[11]["after"]["amount"], 30);
+    // The last after-image of a document is the document as stored; its version is the
+    // event's `source.version`. (The image's own `version` field is the stored JSON's, which a
+    // field patch such as `increment` does not rewrite: it still says 1 here, on both
+    // backends. Readers get the version column, so does `source.version`.)
+    let stored = expect(c.get("/articles/a-1"), 200);
+    assert_eq!(events[2]["source"]["version"], stored["version"]);
+    for (k, v) in events[2]["after"].as_object().expect("after") {
+        if k != "version" {
+            assert_eq!(&stored[k], v, "{k}: {} / {stored}", events[2]);
+        }
+    }
+
+    // Resuming after an LSN, and pages.
+    let page = changes(&c, "since=4&limit=3");
+    assert_eq!(lsns(page["events"].as_array().expect("events")), [5, 6, 7]);
+    assert_eq!((page["last"].as_u64(), page["head"].as_u64()), (Some(7), Some(14)));
+    assert_eq!(page["events"][0], events[4]);
+    assert_eq!(all_changes(&c, 10, 100), events[10..]);
+    assert_eq!(changes(&c, "since=14"), json!({ "events": [], "last": 14, "head": 14 }));
+    let default_page = changes(&c, "");
+    assert_eq!(default_page["events"].as_array().map(Vec::len), Some(14));
+
+    for query in ["since=15", "since=-1", "since=x", "limit=0", "limit=1001", "wait_ms=10001", "wait_ms=-1", "bogus=1"]
+    {
+        expect_error(c.get(&format!("/changes?{query}")), 400, "invalid_query");
+    }
+    expect_error(c.post("/changes", &json!({})), 405, "method_not_allowed");
+    expect_error(c.get("/changes/consumers/x/poll"), 405, "method_not_allowed");
+    expect_error(c.get("/changes/truncate"), 405, "method_not_allowed");
+    expect_error(c.get("/changes/elsewhere"), 404, "no_route");
+    // Reads wrote nothing.
+    assert_eq!(head(&c), 14);
+}
+
+/// Work that did not commit adds no event: refused writes, rolled-back transactions and
+/// atomic batches, the failed inner transactions of a batch, what a savepoint undid.
+pub fn change_log_rollbacks(t: &dyn Target) {
+    let c = Tenant::new(t, "change_log_rollbacks");
+    expect(c.post("/articles", &article("r-1", "Kept")), 201);
+    expect(c.post("/accounts", &account("rich", 100)), 201);
+    expect(c.post("/accounts", &account("poor", 0)), 201);
+    let h0 = head(&c);
+    assert_eq!(h0, 3);
+
+    // Refused single writes.
+    expect_error(c.post("/articles", &article("r-1", "Again")), 409, "already_exists");
+    let mut stale = expect(c.get("/articles/r-1"), 200);
+    stale["version"] = json!(7);
+    expect_error(c.put("/articles/r-1", &stale), 409, "conflict");
+    expect_error(c.post("/articles/missing/increment", &json!({ "field": "views", "by": 1 })), 404, "not_found");
+    expect_error(c.delete("/articles/missing"), 404, "not_found");
+    let no_swap = json!({ "expected": "Archived", "new": "Published" });
+    assert_eq!(expect(c.post("/articles/r-1/cas", &no_swap), 200)["swapped"], false);
+    // Rolled-back transactions: an atomic batch, a touch with a missing id, a failing event
+    // transaction, a bulk insert with a duplicate, a transfer refused after its debit.
+    let atomic = json!({ "atomic": true, "transfers": [
+        { "id": "t-1", "from": "rich", "to": "poor", "amount": 10, "notify": "n-1" },
+        { "id": "t-2", "from": "poor", "to": "rich", "amount": 1000 },
+    ]});
+    expect_error(c.post("/transfers/batch", &atomic), 422, "insufficient_funds");
+    expect_error(c.post("/articles/touch", &json!({ "ids": ["r-1", "missing"] })), 404, "not_found");
+    let failing =
+        json!({ "steps": [put_event("e1", &event(1)), { "deposit": { "account": "rich", "amount": 5 } }, "fail"] });
+    expect_error(c.post("/events/tx", &failing), 400, "invalid_value");
+    expect_error(
+        c.post("/articles/bulk", &json!([article("r-2", "New"), article("r-1", "Dup")])),
+        409,
+        "already_exists",
+    );
+    expect_error(
+        c.post("/transfers", &json!({ "id": "t-3", "from": "rich", "to": "ghost", "amount": 1 })),
+        404,
+        "not_found",
+    );
+    assert_eq!(head(&c), h0, "nothing committed, nothing logged");
+    assert_eq!(changes(&c, &format!("since={h0}"))["events"], json!([]));
+
+    // A batch whose second transfer fails alone: only the first one's writes are logged.
+    let partial = json!({ "transfers": [
+        { "id": "t-4", "from": "rich", "to": "poor", "amount": 10 },
+        { "id": "t-5", "from": "poor", "to": "rich", "amount": 1000 },
+    ]});
+    expect(c.post("/transfers/batch", &partial), 200);
+    // A transfer whose notification is rolled back to the savepoint (a first transfer takes
+    // its id): neither the notification nor the recipient's counter bump is logged.
+    let first = json!({ "id": "t-6", "from": "rich", "to": "poor", "amount": 1, "notify": "n-6" });
+    expect(c.post("/transfers", &first), 201);
+    let taken = json!({ "id": "t-7", "from": "rich", "to": "poor", "amount": 2, "notify": "n-6" });
+    assert_eq!(expect(c.post("/transfers", &taken), 201)["transfer"]["notified"], false);
+    // An event transaction rolled back to a savepoint (an event and a deposit undone), then
+    // committing one put.
+    let steps = json!({ "steps": [
+        { "savepoint": { "name": "sp" } },
+        put_event("lost", &event(2)),
+        { "deposit": { "account": "poor", "amount": 50 } },
+        { "rollback_to": { "name": "sp" } },
+        put_event("kept", &event(3)),
+        { "release": { "name": "sp" } },
+    ]});
+    expect(c.post("/events/tx", &steps), 200);
+
+    let events = all_changes(&c, h0, 100);
+    check_log_shape(&events, h0 + 1);
+    assert_eq!(
+        shorts(&events),
+        [
+            json!(["accounts", "rich", "u", 1]),
+            json!(["accounts", "poor", "u", 1]),
+            json!(["transfers", "t-4", "c", null]),
+            json!(["accounts", "rich", "u", 2]),
+            json!(["accounts", "poor", "u", 2]),
+            json!(["accounts", "poor", "u", 3]),
+            json!(["notifications", "n-6", "c", null]),
+            json!(["transfers", "t-6", "c", null]),
+            json!(["accounts", "rich", "u", 3]),
+            json!(["accounts", "poor", "u", 4]),
+            json!(["transfers", "t-7", "c", null]),
+            // A batch store's put of a new entry reads as an insert.
+            json!(["events", "kept", "c", null]),
+        ],
+        "{events:#?}"
+    );
+    let txs: Vec<u64> = events.iter().map(|e| e["source"]["tx_id"].as_u64().expect("tx_id")).collect();
+    assert_eq!(txs, [4, 4, 4, 7, 7, 7, 7, 7, 12, 12, 12, 15]);
+    assert_eq!(events[10]["after"]["notified"], false);
+    assert_eq!(events[11]["after"], event(3));
+}
+
+/// Named consumers over HTTP: a poll answers the events after the acknowledged position (again
+/// until acknowledged), an ack moves it, and it is kept in the database.
+pub fn change_consumers(t: &dyn Target) {
+    let c = Tenant::new(t, "change_consumers");
+    for i in 1..=5 {
+        expect(c.post("/articles", &article(&format!("k-{i}"), "Consumed")), 201);
+    }
+    let poll =
+        |name: &str, query: &str| expect(c.post(&format!("/changes/consumers/{name}/poll{query}"), &json!({})), 200);
+    let ack = |name: &str, lsn: u64| c.post(&format!("/changes/consumers/{name}/ack"), &json!({ "lsn": lsn }));
+
+    // A new consumer sees the whole log; polling again without an ack sees it again.
+    let first = poll("etl", "");
+    assert_eq!(
+        (first["name"].as_str(), first["acked"].as_u64(), first["last"].as_u64()),
+        (Some("etl"), Some(0), Some(5))
+    );
+    let events = first["events"].as_array().expect("events").clone();
+    assert_eq!(lsns(&events), [1, 2, 3, 4, 5]);
+    assert_eq!(events, all_changes(&c, 0, 100), "a consumer's events are the log's");
+    assert_eq!(poll("etl", ""), first);
+    let two = poll("etl", "?max=2");
+    assert_eq!((lsns(two["events"].as_array().expect("events")), two["last"].as_u64()), (vec![1, 2], Some(2)));
+
+    assert_eq!(expect(ack("etl", 2), 200), json!({ "name": "etl", "acked": 2 }));
+    let rest = poll("etl", "");
+    assert_eq!((rest["acked"].as_u64(), lsns(rest["events"].as_array().expect("events"))), (Some(2), vec![3, 4, 5]));
+    // Acknowledging an earlier position changes nothing; one beyond the newest is refused.
+    assert_eq!(expect(ack("etl", 1), 200)["acked"], 2);
+    expect_error(ack("etl", 6), 400, "change_log");
+    expect_error(c.post("/changes/consumers/etl/ack", &json!({ "lsn": -1 })), 400, "bad_json");
+    expect_error(c.post("/changes/consumers/etl/ack", &json!({})), 400, "bad_json");
+    for query in ["?max=0", "?max=1001", "?max=x", "?bogus=1"] {
+        expect_error(c.post(&format!("/changes/consumers/etl/poll{query}"), &json!({})), 400, "invalid_query");
+    }
+    expect_error(c.post(&format!("/changes/consumers/{}/poll", "n".repeat(300)), &json!({})), 400, "change_log");
+
+    // New events come after the acknowledged position.
+    expect(c.post("/articles/k-1/increment", &json!({ "field": "views", "by": 1 })), 200);
+    let next = poll("etl", "");
+    assert_eq!(lsns(next["events"].as_array().expect("events")), [3, 4, 5, 6]);
+    assert_eq!(short(&next["events"][3]), json!(["articles", "k-1", "u", 1]));
+    expect(ack("etl", 6), 200);
+    assert_eq!(poll("etl", "")["events"], json!([]));
+
+    // Consumers are independent; names are percent-decoded.
+    let other = poll("a%20b", "?max=1");
+    assert_eq!((other["name"].as_str(), lsns(other["events"].as_array().expect("events"))), (Some("a b"), vec![1]));
+    let listed = expect(c.get("/changes/consumers"), 200)["consumers"].clone();
+    let positions: Vec<(String, u64)> = listed
+        .as_array()
+        .expect("consumers")
+        .iter()
+        .map(|c| {
+            assert!(c["at"].as_u64() > Some(1_700_000_000_000), "{c}");
+            (c["name"].as_str().expect("name").to_owned(), c["acked"].as_u64().expect("acked"))
+        })
+        .collect();
+    assert_eq!(positions, [("a b".to_owned(), 0), ("etl".to_owned(), 6)]);
+    assert_eq!(expect(c.delete("/changes/consumers/a%20b"), 200), json!({ "removed": "a b" }));
+    expect_error(c.delete("/changes/consumers/a%20b"), 404, "not_found");
+    // Consumers' bookkeeping is not in the log.
+    assert_eq!(head(&c), 6);
+}
+
+/// Truncation: the events before a point go (not the newest, nor any a consumer still needs);
+/// reading from before the oldest kept answers 410 `log_truncated` with `oldest`.
+pub fn change_log_truncated(t: &dyn Target) {
+    let c = Tenant::new(t, "change_log_truncated");
+    for i in 1..=6 {
+        expect(c.post("/articles", &article(&format!("x-{i}"), "Truncated")), 201);
+    }
+    let ack =
+        |name: &str, lsn: u64| expect(c.post(&format!("/changes/consumers/{name}/ack"), &json!({ "lsn": lsn })), 200);
+    ack("keeper", 2);
+    // The keeper still needs 3 on: only 1 and 2 go.
+    let truncate = |before: u64| expect(c.post("/changes/truncate", &json!({ "before": before })), 200);
+    assert_eq!(truncate(5), json!({ "dropped": 2, "oldest": 3 }));
+    for since in [0, 1] {
+        let gone = expect_error(c.get(&format!("/changes?since={since}")), 410, "log_truncated");
+        assert_eq!(gone["oldest"], 3, "{gone}");
+    }
+    assert_eq!(lsns(&all_changes(&c, 2, 100)), [3, 4, 5, 6]);
+    // A consumer registered now starts before the oldest event kept.
+    let fresh = expect(c.post("/changes/consumers/fresh/poll", &json!({})), 200);
+    assert_eq!(
+        (fresh["acked"].as_u64(), lsns(fresh["events"].as_array().expect("events"))),
+        (Some(2), vec![3, 4, 5, 6])
+    );
+
+    // With the keeper gone and the other consumer at the head, all but the newest go.
+    expect(c.delete("/changes/consumers/keeper"), 200);
+    ack("fresh", 6);
+    assert_eq!(truncate(1000), json!({ "dropped": 3, "oldest": 6 }));
+    let gone = expect_error(c.get("/changes?since=4"), 410, "log_truncated");
+    assert_eq!(gone["oldest"], 6);
+    expect_error(c.get("/changes?since=4&wait_ms=100"), 410, "log_truncated");
+    assert_eq!(lsns(&all_changes(&c, 5, 100)), [6]);
+    assert_eq!(truncate(1000), json!({ "dropped": 0, "oldest": 6 }));
+    expect_error(c.post("/changes/truncate", &json!({ "before": "x" })), 400, "bad_json");
+    // LSNs go on from the newest: none is handed out twice.
+    expect(c.post("/articles", &article("x-7", "After")), 201);
+    let after = all_changes(&c, 6, 100);
+    assert_eq!((lsns(&after), short(&after[0])), (vec![7], json!(["articles", "x-7", "c", 0])));
+    assert_eq!(
+        lsns(expect(c.post("/changes/consumers/fresh/poll", &json!({})), 200)["events"].as_array().expect("events")),
+        [7]
+    );
+}
+
+/// A long poll: answered at once when there are events, held while there are none, and ended
+/// by a write committed during the wait (the Durable Object serves it meanwhile).
+pub fn change_long_poll(t: &dyn Target) {
+    use std::time::{Duration, Instant};
+    let c = Tenant::new(t, "change_long_poll");
+    expect(c.post("/articles", &article("w-1", "Waited for")), 201);
+
+    let started = Instant::now();
+    assert_eq!(lsns(changes(&c, "since=0&wait_ms=8000")["events"].as_array().expect("events")), [1]);
+    assert!(started.elapsed() < Duration::from_secs(5), "events there: no wait ({:?})", started.elapsed());
+
+    let started = Instant::now();
+    assert_eq!(changes(&c, "since=1&wait_ms=300"), json!({ "events": [], "last": 1, "head": 1 }));
+    assert!(started.elapsed() >= Duration::from_millis(280), "held about wait_ms ({:?})", started.elapsed());
+
+    let c = &c;
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            expect(c.post("/articles", &article("w-2", "Written during the wait")), 201);
+        });
+        let started = Instant::now();
+        let page = changes(c, "since=1&wait_ms=10000");
+        let waited = started.elapsed();
+        writer.join().expect("writer");
+        assert_eq!(shorts(page["events"].as_array().expect("events")), [json!(["articles", "w-2", "c", 0])], "{page}");
+        assert!(waited < Duration::from_secs(8), "the write ended the wait ({waited:?})");
+    });
+}

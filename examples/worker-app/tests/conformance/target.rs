@@ -6,6 +6,7 @@ use db4::Db;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 use worker_app::api::{self, ApiRequest, Method};
 
 /// A response as the scenarios see it.
@@ -15,8 +16,9 @@ pub struct Reply {
     pub body: Value,
 }
 
-/// Something that answers the app's HTTP API.
-pub trait Target {
+/// Something that answers the app's HTTP API (from several threads at once: a long poll
+/// waits while another thread writes).
+pub trait Target: Sync {
     /// Sends `method path` (path from the root: `/t/{tenant}/...`) with an optional body.
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Reply;
 
@@ -58,7 +60,11 @@ impl Target for Native {
             None => rest.to_owned(),
         };
         let req = ApiRequest { method: Method::parse(method), target: &target, body: body.unwrap_or_default() };
-        let r = api::handle(&db, tenant, &req);
+        // As the Durable Object does, but a long poll sleeps on this thread instead of a timer.
+        let r = block_on(api::handle_waiting(&db, tenant, &req, |d| {
+            std::thread::sleep(d);
+            std::future::ready(())
+        }));
         // Through text, as over HTTP.
         let text = serde_json::to_string(&r.body).expect("serializable body");
         Reply { status: r.status, body: serde_json::from_str(&text).expect("JSON body") }
@@ -66,6 +72,16 @@ impl Target for Native {
 
     fn tenant(&self, scenario: &str) -> String {
         scenario.to_owned()
+    }
+}
+
+/// Runs a future that never waits on anything (natively, `handle_waiting` sleeps
+/// synchronously and its futures are always ready).
+fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("handle_waiting waited on something natively"),
     }
 }
 

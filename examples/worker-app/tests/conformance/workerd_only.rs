@@ -2,13 +2,82 @@
 //! comparison of the db4 routes with the hand-written `SqlStorage` routes.
 
 use crate::client::Conn;
-use crate::scenarios::{Tenant, article, expect, expect_error};
+use crate::scenarios::{Tenant, all_changes, article, check_log_shape, expect, expect_error, head, lsns, shorts};
 use crate::target::{Http, Target};
-use serde_json::json;
+use serde_json::{Value, json};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
+/// The consumer whose acknowledged position must survive the restarts.
+const CONSUMER: &str = "persist-etl";
+/// The events the `write` phase commits, in short (`[collection, id, op, version]`), with
+/// their transaction ids: the refused transfer and the failed half of the batch add none.
+fn write_events() -> Vec<(Value, u64)> {
+    vec![
+        (json!(["articles", "p-1", "c", 0]), 1),
+        (json!(["articles", "p-1", "u", 1]), 2),
+        (json!(["articles", "p-2", "c", 0]), 3),
+        (json!(["articles", "p-2", "d", null]), 4),
+        (json!(["accounts", "x", "c", 0]), 5),
+        (json!(["accounts", "y", "c", 0]), 6),
+        // pt1, with its notification: one transaction.
+        (json!(["accounts", "x", "u", 1]), 7),
+        (json!(["accounts", "y", "u", 1]), 7),
+        (json!(["accounts", "y", "u", 2]), 7),
+        (json!(["notifications", "pn1", "c", null]), 7),
+        (json!(["transfers", "pt1", "c", null]), 7),
+        // The batch: pt3 commits, pt4 is undone alone.
+        (json!(["accounts", "y", "u", 3]), 12),
+        (json!(["accounts", "x", "u", 2]), 12),
+        (json!(["transfers", "pt3", "c", null]), 12),
+    ]
+}
+
+/// The events of `write_more`: p-3 and its three increments.
+fn write_more_events() -> Vec<(Value, u64)> {
+    vec![
+        (json!(["articles", "p-3", "c", 0]), 15),
+        (json!(["articles", "p-3", "u", 1]), 16),
+        (json!(["articles", "p-3", "u", 2]), 17),
+        (json!(["articles", "p-3", "u", 3]), 18),
+    ]
+}
+
+/// Asserts the log from LSN 1 starts with exactly `expected` (events and transaction ids),
+/// with consecutive LSNs; returns the events after them.
+#[track_caller]
+fn check_log_starts_with(c: &Tenant<'_>, expected: &[(Value, u64)]) -> Vec<Value> {
+    let mut events = all_changes(c, 0, 7);
+    check_log_shape(&events, 1);
+    assert!(events.len() >= expected.len(), "{} events, expected at least {}", events.len(), expected.len());
+    let rest = events.split_off(expected.len());
+    let got: Vec<(Value, u64)> = shorts(&events)
+        .into_iter()
+        .zip(&events)
+        .map(|(s, e)| (s, e["source"]["tx_id"].as_u64().expect("tx_id")))
+        .collect();
+    assert_eq!(got, expected, "the log");
+    rest
+}
+
+/// The acknowledged position of [`CONSUMER`], from the consumers' listing.
+fn consumer_position(c: &Tenant<'_>) -> Option<u64> {
+    let listed = expect(c.get("/changes/consumers"), 200);
+    listed["consumers"].as_array()?.iter().find(|x| x["name"] == CONSUMER)?["acked"].as_u64()
+}
+
+/// The LSNs [`CONSUMER`] is handed next.
+fn consumer_poll(c: &Tenant<'_>) -> Vec<u64> {
+    let polled = expect(c.post(&format!("/changes/consumers/{CONSUMER}/poll?max=1000"), &json!({})), 200);
+    lsns(polled["events"].as_array().expect("events"))
+}
+
 /// Phases run by `e2e.sh` around workerd restarts (`DB4_E2E_PERSIST`): `write`, then after a
-/// SIGTERM restart `verify`; `write_more`, then after a SIGKILL restart `verify_more`.
+/// SIGTERM restart `verify`; `write_more` and `write_stream` (inserts until workerd is
+/// SIGKILLed under it, each acknowledged id appended to the file `DB4_E2E_ACKED`), then after
+/// the restart `verify_more`. Each checks the data and the change log: every acknowledged
+/// write's events, LSNs consecutive, none for refused or unacknowledged work, the consumer
+/// resuming after its acknowledged position.
 #[test]
 #[ignore = "needs the app on workerd and a phase: run by examples/worker-app/e2e.sh"]
 fn persistence() {
@@ -39,6 +108,10 @@ fn persistence() {
                 { "id": "pt4", "from": "y", "to": "x", "amount": 999 },
             ]});
             expect(c.post("/transfers/batch", &batch), 200);
+            // The log as committed; a consumer acknowledges part of it.
+            assert!(check_log_starts_with(&c, &write_events()).is_empty(), "no more events");
+            assert_eq!(consumer_poll(&c), (1..=14).collect::<Vec<_>>());
+            expect(c.post(&format!("/changes/consumers/{CONSUMER}/ack"), &json!({ "lsn": 4 })), 200);
         }
         "verify" | "verify_more" => {
             let p1 = expect(c.get("/articles/p-1"), 200);
@@ -53,9 +126,14 @@ fn persistence() {
             for id in ["pt2", "pt4"] {
                 expect_error(c.get(&format!("/transfers/{id}")), 404, "not_found");
             }
-            if phase == "verify_more" {
+            if phase == "verify" {
+                assert!(check_log_starts_with(&c, &write_events()).is_empty(), "no more events");
+                assert_eq!(consumer_position(&c), Some(4));
+                assert_eq!(consumer_poll(&c), (5..=14).collect::<Vec<_>>());
+            } else {
                 let p3 = expect(c.get("/articles/p-3"), 200);
                 assert_eq!(p3["views"], 3);
+                verify_after_kill(&c);
             }
         }
         "write_more" => {
@@ -64,9 +142,78 @@ fn persistence() {
             for _ in 0..3 {
                 expect(c.post("/articles/p-3/increment", &json!({ "field": "views", "by": 1 })), 200);
             }
+            let mut expected = write_events();
+            expected.extend(write_more_events());
+            assert!(check_log_starts_with(&c, &expected).is_empty(), "no more events");
+            assert_eq!(consumer_poll(&c), (5..=18).collect::<Vec<_>>());
+            expect(c.post(&format!("/changes/consumers/{CONSUMER}/ack"), &json!({ "lsn": 16 })), 200);
         }
+        "write_stream" => write_stream(&t, &c),
         other => panic!("unknown DB4_E2E_PERSIST phase {other:?}"),
     }
+}
+
+/// Inserts `s-0`, `s-1`, ... one request at a time until a request fails (e2e.sh SIGKILLs
+/// workerd under it), appending each acknowledged id to the file `DB4_E2E_ACKED` as soon as
+/// its 201 arrives. An answer other than 201 fails the phase.
+fn write_stream(t: &Http, c: &Tenant<'_>) {
+    let path = std::env::var("DB4_E2E_ACKED").expect("DB4_E2E_ACKED names the acknowledgements' file; e2e.sh sets it");
+    let mut acked =
+        std::fs::OpenOptions::new().append(true).create(true).open(&path).expect("the acknowledgements' file");
+    let mut conn = Conn::open(&t.host).expect("connect");
+    for i in 0..100_000 {
+        let id = format!("s-{i}");
+        let body = article(&id, "Written while workerd is killed").to_string();
+        match conn.send("POST", &format!("/t/{}/articles", c.name), Some(body.as_bytes()), true) {
+            Ok(reply) => {
+                assert_eq!(reply.status, 201, "{id}: {}", String::from_utf8_lossy(&reply.body));
+                // One write(2) per line: what is in the file was acknowledged.
+                acked.write_all(format!("{id}\n").as_bytes()).expect("record the acknowledgement");
+            }
+            Err(e) => {
+                eprintln!("write_stream: {id} unanswered ({e}) after {i} acknowledged inserts");
+                assert!(i > 0, "workerd went away before any insert was acknowledged");
+                return;
+            }
+        }
+    }
+    panic!("workerd was not killed during 100,000 inserts");
+}
+
+/// After the SIGKILL restart: the log holds exactly the events of every acknowledged write, in
+/// order, with consecutive LSNs; of the insert in flight at the kill, the event exists exactly
+/// if its document does; nothing else; and the consumer resumes after its acknowledgement.
+fn verify_after_kill(c: &Tenant<'_>) {
+    let path = std::env::var("DB4_E2E_ACKED").expect("DB4_E2E_ACKED names the acknowledgements' file; e2e.sh sets it");
+    let acked: Vec<String> =
+        std::fs::read_to_string(&path).expect("the acknowledgements' file").lines().map(str::to_owned).collect();
+    assert!(!acked.is_empty(), "the writer had acknowledged inserts");
+    for (i, id) in acked.iter().enumerate() {
+        assert_eq!(id, &format!("s-{i}"), "the acknowledgements are in order");
+    }
+    let mut expected = write_events();
+    expected.extend(write_more_events());
+    let stream = check_log_starts_with(c, &expected);
+    // The stream's inserts: one transaction each, in order.
+    let logged: Vec<Value> = shorts(&stream);
+    let n = acked.len();
+    assert!(logged.len() == n || logged.len() == n + 1, "{} acknowledged inserts, {} logged", n, logged.len());
+    for (i, (short, e)) in logged.iter().zip(&stream).enumerate() {
+        assert_eq!(short, &json!(["articles", format!("s-{i}"), "c", 0]), "{e}");
+        assert_eq!(e["source"]["tx_id"], e["source"]["lsn"], "{e}");
+    }
+    // Data and log agree, for the insert in flight too: logged ⇔ stored.
+    for i in 0..logged.len() {
+        expect(c.get(&format!("/articles/s-{i}")), 200);
+    }
+    expect_error(c.get(&format!("/articles/s-{}", logged.len())), 404, "not_found");
+    let last = 18 + logged.len() as u64;
+    assert_eq!(head(c), last);
+    eprintln!("verify_more: {n} inserts acknowledged before the SIGKILL, {} logged", logged.len());
+    // The consumer acknowledged 16 before the kill.
+    assert_eq!(consumer_position(c), Some(16));
+    // (A poll answers at most 1,000 events.)
+    assert_eq!(consumer_poll(c), (17..=last.min(16 + 1000)).collect::<Vec<_>>());
 }
 
 /// Latency percentiles of one series of requests.
