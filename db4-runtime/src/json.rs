@@ -269,6 +269,88 @@ macro_rules! fields {
 
 fields!(SerializeStruct, SerializeStructVariant);
 
+/// `json` (a JSON object) with the number under its top-level `key` replaced by `value`;
+/// `None` if it has no such key holding a number. The rest of the text is kept byte for byte.
+///
+/// A document's `#[version]` field inside its stored JSON is the version its writer held; the
+/// version column is the truth. Change images get the column's value through this.
+pub(crate) fn with_top_level_number(json: &str, key: &str, value: u64) -> Option<String> {
+    let bytes = json.as_bytes();
+    let skip_ws = |mut i: usize| {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    // The end of the string starting at `i` (a quote), past its closing quote.
+    let string_end = |mut i: usize| {
+        i += 1;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 2,
+                b'"' => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+        None
+    };
+    // The end of the value starting at `i`.
+    let value_end = |mut i: usize| -> Option<usize> {
+        let mut depth = 0usize;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'"' => {
+                    i = string_end(i)?;
+                    if depth == 0 {
+                        return Some(i);
+                    }
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth == 0 => return Some(i),
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(i + 1);
+                    }
+                }
+                b',' if depth == 0 => return Some(i),
+                _ => {}
+            }
+            i += 1;
+        }
+        None
+    };
+    let mut i = skip_ws(0);
+    if bytes.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(i + 1);
+    while bytes.get(i) == Some(&b'"') {
+        let key_end = string_end(i)?;
+        let this = &json[i + 1..key_end - 1];
+        i = skip_ws(key_end);
+        if bytes.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(i + 1);
+        let end = value_end(start)?;
+        if this == key {
+            let old = json[start..end].trim_end();
+            if old.is_empty() || !old.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+                return None;
+            }
+            return Some(format!("{}{value}{}", &json[..start], &json[start + old.len()..]));
+        }
+        i = skip_ws(end);
+        match bytes.get(i) {
+            Some(b',') => i = skip_ws(i + 1),
+            _ => return None,
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,5 +407,21 @@ mod tests {
                 other => panic!("expected a non-finite error at {path}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_top_level_number_is_replaced_and_nothing_else_moves() {
+        let doc =
+            r#"{"id":"a","nested":{"version":7,"s":"x\"version\":1"},"list":[1,{"version":2}],"version":3,"z":true}"#;
+        let patched = super::with_top_level_number(doc, "version", 41).unwrap();
+        assert_eq!(patched, doc.replace(r#""version":3,"#, r#""version":41,"#));
+        assert_eq!(
+            super::with_top_level_number(r#"{ "version" : 0 }"#, "version", 9).as_deref(),
+            Some(r#"{ "version" : 9 }"#)
+        );
+        assert_eq!(super::with_top_level_number(r#"{"a":1}"#, "version", 9), None);
+        assert_eq!(super::with_top_level_number(r#"{"version":"x"}"#, "version", 9), None);
+        assert_eq!(super::with_top_level_number("[1]", "version", 9), None);
+        assert_eq!(super::with_top_level_number(r#"{"v":"unterminated"#, "version", 9), None);
     }
 }

@@ -242,6 +242,17 @@ fn run_case(seed: u64) -> Result<()> {
             version: event.version,
         };
         assert_eq!(&got, expected, "seed {seed:#x}: event {}", event.lsn);
+        if event.collection == "counted"
+            && let Some(after) = event.after::<Counted>()?
+        {
+            // The image carries the version the document has, not the one its writer held.
+            assert_eq!(
+                Some(after.version),
+                event.version,
+                "seed {seed:#x}: event {}: the after-image's version",
+                event.lsn
+            );
+        }
         let first = *tx_start.entry(*txn).or_insert(event.lsn.get());
         assert_eq!(event.tx_id, first, "seed {seed:#x}: event {}: tx_id is its transaction's first LSN", event.lsn);
     }

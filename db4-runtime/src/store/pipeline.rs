@@ -315,18 +315,26 @@ impl<'c> Writer<'c> {
     ) -> Result<()> {
         let mut log = self.log.borrow_mut();
         if log.collect {
+            // The version inside a stored document is the one its writer held; the column is
+            // the truth, and the images carry it.
+            let key = meta.schema.version_field().map(|f| f.key());
+            let image = |json: &str, version: Option<u64>| match (key, version) {
+                (Some(key), Some(v)) => {
+                    crate::json::with_top_level_number(json, key, v).unwrap_or_else(|| json.to_owned())
+                }
+                _ => json.to_owned(),
+            };
             let before_doc = match before.as_ref().and_then(|row| row.get(1)) {
-                Some(Value::Text(json)) if log.images_before(meta) => Some(json.clone()),
+                Some(Value::Text(json)) if log.images_before(meta) => {
+                    Some(image(json, before.as_deref().and_then(|row| stored_version(meta, row))))
+                }
                 _ => None,
             };
-            log.changes.push(Change::new(
-                Cow::Borrowed(meta.collection),
-                id.clone(),
-                kind,
-                version,
-                after.map(Cow::into_owned),
-                before_doc,
-            ));
+            let after = after.map(|json| match key {
+                Some(_) => image(&json, version),
+                None => json.into_owned(),
+            });
+            log.changes.push(Change::new(Cow::Borrowed(meta.collection), id.clone(), kind, version, after, before_doc));
         }
         if log.keep_undo {
             log.undo.push(Undo::Document { meta: Arc::clone(meta), kind, id: id.clone(), before });
