@@ -164,7 +164,17 @@ fn apply(target: &Db, events: &[ChangeEvent], report: &mut ReplayReport) -> std:
             report.last = events.last().map_or(report.last, |e| e.lsn);
             Ok(())
         }
-        (Err(_), Some(stop)) => Err(stop),
+        (Err(_), Some(stop)) => {
+            // The target transaction held whole source transactions before the failing one,
+            // and rolled them back with it: apply those again on their own, so that the target
+            // holds every source transaction before the one that failed.
+            let tx = events.iter().find(|e| e.lsn == stop.lsn()).map(|e| e.tx_id);
+            let start = tx.and_then(|tx| events.iter().position(|e| e.tx_id == tx)).unwrap_or(0);
+            if start > 0 {
+                apply(target, &events[..start], report)?;
+            }
+            Err(stop)
+        }
         (Err(error), None) => Err(StopReason::Callback { lsn: events[0].lsn, error }),
     }
 }
