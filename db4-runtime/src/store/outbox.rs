@@ -247,7 +247,7 @@ fn insert_sql(rows: usize) -> &'static str {
     let texts = TEXTS.get_or_init(|| {
         (1..=ROWS_PER_INSERT)
             .map(|n| {
-                let row = format!("({})", vec!["?"; WIDTH].join(", "));
+                let row = format!("({})", ["?"; WIDTH].join(", "));
                 format!("INSERT INTO {CHANGES} ({COLUMNS}) VALUES {}", vec![row; n].join(", "))
             })
             .collect()
