@@ -1,5 +1,8 @@
 //! Integration tests for db4 on the embedded SQLite backend.
 
+mod change_log;
+mod change_log_model;
+mod change_log_threads;
 mod common;
 mod crud;
 mod durability;
