@@ -1,6 +1,9 @@
 //! Integration tests for db4 on the embedded SQLite backend.
 
+mod change_log;
 mod change_log_model;
+mod change_log_props;
+mod change_log_threads;
 mod common;
 mod crash_log;
 mod crud;

@@ -70,7 +70,13 @@ impl Consumer {
         let mut out = Vec::new();
         while out.len() < max {
             let after = out.last().map_or(*polled, |e: &ChangeEvent| e.lsn);
-            let (events, more) = read_page(&self.db, after, max - out.len())?;
+            let (events, more) = match read_page(&self.db, after, max - out.len()) {
+                Ok(page) => page,
+                // The events read before a failure (a damaged event) are handed back now; the
+                // next poll starts after them and reports the failure.
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            };
             out.extend(events);
             if !more {
                 break;

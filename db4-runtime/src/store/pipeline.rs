@@ -222,6 +222,11 @@ impl<'c> Writer<'c> {
             ChangeKind::Insert => None,
             _ if self.needs_before_of(meta) => Some(self.before_image(meta, id)?),
             ChangeKind::Upsert if self.log.borrow().resolve_upserts => Some(self.before_image(meta, id)?),
+            // A rewrite keeps the version, and its change reports it: read it from the row (a
+            // versioned collection, changes collected), else the change says `None`.
+            _ if matches!(op, Op::Rewrite { .. }) && meta.row_width() > 2 && self.collects() => {
+                Some(self.before_image(meta, id)?)
+            }
             _ => None,
         };
         // 2. The statement.
