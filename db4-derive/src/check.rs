@@ -54,8 +54,30 @@ pub fn check(cx: &Ctxt, cont: &Container<'_>) {
         if let (Some(_), Some((IndexKind::Equality, attr))) = (f.partition_key, f.index) {
             span_error(cx, Some(attr), "the partition key is already indexed; remove `#[index]`");
         }
-        if f.fts.is_some() {
+        if let Some((_, attr)) = f.fts {
             fts_count += 1;
+            if fts_count == MAX_FTS_FIELDS + 1 {
+                cx.error_spanned_by(
+                    attr,
+                    format!(
+                        "more than {MAX_FTS_FIELDS} `#[fts]` fields: bm25() weighs at most {MAX_FTS_FIELDS} columns (a Durable Object allows 32 arguments per SQL function)"
+                    ),
+                );
+            }
+            if !is_valid_field_name(&f.name) {
+                cx.error_spanned_by(
+                    f.ident,
+                    "full-text field names must be ASCII letters, digits and `_`, at most 64 characters",
+                );
+            } else if RESERVED_FTS_NAMES.contains(&f.name.to_ascii_lowercase().as_str()) {
+                cx.error_spanned_by(
+                    f.ident,
+                    format!(
+                        "`{}` cannot be a full-text field: SQLite's FTS5 or db4 uses that column name; rename the field (`#[serde(rename = \"{}\")]` keeps its serialized name)",
+                        f.name, f.name
+                    ),
+                );
+            }
         }
         let has_column = f.partition_key.is_some() || f.index.is_some();
         if has_column && !is_valid_field_name(&f.name) {
@@ -78,6 +100,12 @@ pub fn check(cx: &Ctxt, cont: &Container<'_>) {
         cx.error_spanned_by(lit, "a tokenizer is set but no field is marked `#[fts]`");
     }
 }
+
+/// `bm25()` takes the table and one weight per column, within 32 arguments.
+const MAX_FTS_FIELDS: usize = 31;
+
+/// Column names FTS5 (`rank`, `rowid` and its aliases) or a collection's table already use.
+const RESERVED_FTS_NAMES: [&str; 7] = ["rank", "rowid", "oid", "_rowid_", "_id", "_doc", "_version"];
 
 fn check_generics(cx: &Ctxt, cont: &Container<'_>) {
     let generics = &cont.input.generics;

@@ -88,6 +88,28 @@ pub mod cdc {
     };
 }
 
+/// Full-text search over FTS5: [`Collection::search`] over a collection's `#[fts]` fields,
+/// [`FullTextIndex`](fts::FullTextIndex) without the derive, and the query language on its
+/// own ([`parse_query`](fts::parse_query), [`to_fts5`](fts::to_fts5)). See `docs/search.md`.
+///
+/// # Example
+///
+/// ```
+/// use db4::fts::{parse_query, to_fts5};
+///
+/// # fn main() -> db4::Result<()> {
+/// let query = parse_query("title:edge AND (database OR sqlite*)")?;
+/// let fts5 = to_fts5(&query); // every term quoted: safe to bind as the MATCH operand
+/// assert!(fts5.contains("\"edge\""));
+/// assert!(parse_query("(unbalanced").is_err());
+/// # Ok(()) }
+/// ```
+pub mod fts {
+    pub use db4_runtime::fts::{
+        FullTextIndex, Hit, IndexSearch, MAX_SNIPPET_TOKENS, Search, SearchQuery, SearchResults, parse_query, to_fts5,
+    };
+}
+
 /// A write-ahead log of document changes, usable on its own: [`MemoryWal`](wal::MemoryWal)
 /// in memory and, with the `fs` feature (on by default, not on wasm),
 /// [`FileWal`](wal::FileWal) in a directory of checksummed segment files that survives

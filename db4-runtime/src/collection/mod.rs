@@ -139,6 +139,10 @@ impl<T: Document, S: Scope> Collection<T, S> {
         Self { scope, slot, _marker: PhantomData }
     }
 
+    pub(crate) fn slot(&self) -> &MetaSlot {
+        &self.slot
+    }
+
     pub(crate) fn runner(&self) -> Runner<'_> {
         self.scope.runner()
     }

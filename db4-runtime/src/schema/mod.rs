@@ -5,6 +5,7 @@
 //! names, DDL, the statements a collection runs and the record kept in the schema table.
 
 mod document;
+pub(crate) mod fts;
 pub(crate) mod kind;
 
 pub use document::{Document, DocumentId, FtsText, IdArg, OptionField, Ordered, QueryValue, TextField, VersionValue};
@@ -271,10 +272,24 @@ impl Schema {
             if f.key.is_empty() || f.key.contains(['"', '\\']) || f.key.chars().any(char::is_control) {
                 return Err(mismatch(f.name, format!("serialized key {:?} cannot be addressed in a JSON path", f.key)));
             }
-            if let Some(w) = f.fts_weight
-                && !(w.is_finite() && w > 0.0)
-            {
-                return Err(mismatch(f.name, format!("full-text weight {w} must be a positive finite number")));
+            if let Some(w) = f.fts_weight {
+                if !(w.is_finite() && w > 0.0) {
+                    return Err(mismatch(f.name, format!("full-text weight {w} must be a positive finite number")));
+                }
+                if !is_valid_field_name(f.name) {
+                    return Err(mismatch(
+                        f.name,
+                        "full-text field names must be ASCII identifiers of at most 64 characters".into(),
+                    ));
+                }
+                let taken = fts::RESERVED_COLUMNS.contains(&f.name.to_ascii_lowercase().as_str())
+                    || self.column_fields().any(|c| column_name(c.name, c.key).eq_ignore_ascii_case(f.name));
+                if taken {
+                    return Err(mismatch(
+                        f.name,
+                        format!("`{}` cannot name a full-text field: it is a column name SQLite or db4 uses", f.name),
+                    ));
+                }
             }
         }
         let count = |pred: fn(&FieldDef) -> bool| self.fields.iter().filter(|f| pred(f)).count();

@@ -44,6 +44,8 @@ pub(crate) struct Storage {
     pub versioned: bool,
     /// Every document key any type that opened the collection declared.
     pub known_keys: Vec<String>,
+    /// The full-text objects the table has (`store::migrate::fts_signature`).
+    pub fts: String,
 }
 
 /// How writes treat the `_version` column.
@@ -80,6 +82,9 @@ pub(crate) struct CollectionMeta {
     /// The value kinds of the type's fields, by field index (`None`: unknown).
     pub kinds: Arc<[Option<FieldKind>]>,
     pub generation: i64,
+    /// The collection's full-text objects are the ones the type declares: searches may run.
+    /// False when another type changed the full-text fields or tokenizer since.
+    pub fts_current: bool,
 }
 
 impl CollectionMeta {
@@ -195,6 +200,7 @@ impl CollectionMeta {
             foreign_keys,
             kinds,
             generation: storage.generation,
+            fts_current: storage.fts == crate::store::migrate::fts_signature_of(schema),
         })
     }
 
@@ -210,6 +216,7 @@ impl CollectionMeta {
                 .collect(),
             versioned: schema.version_field().is_some(),
             known_keys: schema.fields().iter().map(|f| f.key().to_owned()).collect(),
+            fts: crate::store::migrate::fts_signature_of(schema),
         };
         let kinds: Arc<[Option<FieldKind>]> = schema.fields().iter().map(|_| None).collect();
         Self::new(schema, id_kind, 1 << 20, kinds, &storage)
@@ -249,6 +256,7 @@ mod tests {
             columns: vec![("status".into(), "status".into(), "f_status".into())],
             versioned,
             known_keys: vec!["id".into(), "status".into(), "body".into(), "version".into(), "title".into()],
+            fts: String::new(),
         }
     }
 

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::schema::Document;
 use crate::schema::kind::{FieldKind, field_kind};
 use crate::schema::{IdKind, IndexKind, Tokenizer, column_ddl, column_name, index_name};
-use crate::schema::{json_path, quote_ident};
+use crate::schema::{fts, json_path, quote_ident};
 use crate::store::meta::{CollectionMeta, Storage};
 use crate::store::pipeline::{Op, Writer};
 use crate::value::{Value, ValueRef};
@@ -90,6 +90,10 @@ pub(crate) struct SchemaRecord {
     columns: Vec<ColumnRecord>,
     fts: Vec<FtsRecord>,
     tokenizer: Tokenizer,
+    /// The layout of the full-text objects ([`fts::FTS_LAYOUT`]); 0 in records from before
+    /// they existed, and when the collection has no full-text field.
+    #[serde(default)]
+    fts_layout: u32,
     /// Every field's key in the JSON document, for the type that last opened the collection.
     #[serde(default)]
     keys: Vec<String>,
@@ -133,6 +137,18 @@ impl ColumnRecord {
 struct FtsRecord {
     field: String,
     weight: f64,
+    /// The JSON key the field's text is read from; absent in records from before format 2.
+    #[serde(default)]
+    key: Option<String>,
+}
+
+impl SchemaRecord {
+    /// What the full-text objects are built from: the layout, the tokenizer and each field
+    /// with its key (not the weights: each search ranks with its own type's).
+    fn fts_shape(&self) -> (u32, Tokenizer, Vec<(&str, &str)>) {
+        let fields = self.fts.iter().map(|f| (f.field.as_str(), f.key.as_deref().unwrap_or(&f.field))).collect();
+        (self.fts_layout, self.tokenizer, fields)
+    }
 }
 
 impl SchemaRecord {
@@ -156,8 +172,12 @@ impl SchemaRecord {
                     partition_key: f.is_partition_key(),
                 })
                 .collect(),
-            fts: s.fts_fields().map(|(f, weight)| FtsRecord { field: f.name().to_owned(), weight }).collect(),
+            fts: s
+                .fts_fields()
+                .map(|(f, weight)| FtsRecord { field: f.name().to_owned(), weight, key: Some(f.key().to_owned()) })
+                .collect(),
             tokenizer: s.fts_tokenizer(),
+            fts_layout: if s.fts_fields().next().is_some() { fts::FTS_LAYOUT } else { 0 },
             keys: s.fields().iter().map(|f| f.key().to_owned()).collect(),
             known_keys: sorted(s.fields().iter().map(|f| f.key().to_owned())),
             kinds: s.fields().iter().zip(kinds).filter_map(|(f, k)| k.map(|k| (f.key().to_owned(), k))).collect(),
@@ -175,8 +195,23 @@ impl SchemaRecord {
             columns: self.columns.iter().map(|c| (c.field.clone(), c.key().to_owned(), c.column())).collect(),
             versioned: self.version_field.is_some(),
             known_keys: self.known().to_vec(),
+            fts: fts_signature(self.fts_shape()),
         }
     }
+}
+
+/// A comparable summary of a full-text layout: two records with the same one have the same
+/// full-text objects.
+pub(crate) fn fts_signature((layout, tokenizer, fields): (u32, Tokenizer, Vec<(&str, &str)>)) -> String {
+    let fields: Vec<String> = fields.iter().map(|(name, key)| format!("{name}={key}")).collect();
+    format!("{layout}/{}/{}", tokenizer.as_str(), fields.join(","))
+}
+
+/// The [`fts_signature`] of the full-text objects `schema` asks for.
+pub(crate) fn fts_signature_of(schema: &crate::Schema) -> String {
+    let fields: Vec<(&str, &str)> = schema.fts_fields().map(|(f, _)| (f.name(), f.key())).collect();
+    let layout = if fields.is_empty() { 0 } else { fts::FTS_LAYOUT };
+    fts_signature((layout, schema.fts_tokenizer(), fields))
 }
 
 fn sorted(keys: impl IntoIterator<Item = String>) -> Vec<String> {
@@ -294,7 +329,7 @@ pub(crate) fn ensure<T: Document>(
                 format!("a table or index named `{collection}` exists but was not created by db4"),
             ));
         }
-        for stmt in schema.ddl(id_kind) {
+        for stmt in schema.ddl(id_kind).into_iter().chain(fts::create_ddl(schema)) {
             conn.execute_ddl(&stmt)?;
         }
         save(conn, collection, &wanted, 1)?;
@@ -362,6 +397,9 @@ pub(crate) fn ensure<T: Document>(
         conn.execute_ddl(&format!("ALTER TABLE {table} ADD COLUMN {}", column_ddl(def, &column)))?;
         conn.execute_ddl(&schema.index_ddl(def.name(), &column))?;
     }
+    if stored.fts_shape() != wanted.fts_shape() {
+        rebuild_fts(conn, schema, &stored)?;
+    }
     let new_generation = generation + 1;
     let added_keys = wanted.keys.iter().any(|k| !stored.known().contains(k));
     let meta = Arc::new(meta(&wanted, new_generation)?);
@@ -370,6 +408,25 @@ pub(crate) fn ensure<T: Document>(
     }
     save(conn, collection, &wanted, new_generation)?;
     Ok(meta)
+}
+
+/// Replaces the full-text objects of the collection (built as `stored` says) by the ones
+/// `schema` asks for, indexing every stored document again.
+fn rebuild_fts(conn: &dyn Connection, schema: &'static crate::Schema, stored: &SchemaRecord) -> Result<()> {
+    let collection = schema.collection();
+    let _span = crate::trace::step("rebuild_fts", Some(collection));
+    let old = fts_signature(stored.fts_shape());
+    let new = fts_signature_of(schema);
+    tracing::info!(
+        collection,
+        from = %old,
+        to = %new,
+        "db4: the full-text fields or tokenizer changed; rebuilding the full-text index"
+    );
+    for stmt in fts::drop_ddl(collection).into_iter().chain(fts::create_ddl(schema)) {
+        conn.execute_ddl(&stmt)?;
+    }
+    Ok(())
 }
 
 /// A fresh meta for the type behind `old`, from what is stored now (another handle or

@@ -115,6 +115,23 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// Runs a read with a meta checked against the stored schema first (one lookup in the
+    /// schema table): for reads that must notice a schema change that would not make their
+    /// statement fail.
+    pub(crate) fn read_fresh_meta<R>(
+        self,
+        slot: &MetaSlot,
+        f: impl FnOnce(&dyn Connection, &Arc<CollectionMeta>) -> Result<R>,
+    ) -> Result<R> {
+        self.read(|conn| {
+            let meta = match self {
+                Runner::Tx(tx) => tx.fresh_meta(slot)?,
+                Runner::Db(_) => slot.fresh(conn)?,
+            };
+            f(conn, &meta)
+        })
+    }
+
     /// Runs writes with a meta checked against the stored schema inside the write
     /// transaction, so a write never bypasses a schema another handle or process has changed
     /// since.

@@ -1,0 +1,276 @@
+//! [`Collection::search`]: a ranked full-text search over a collection's `#[fts]` fields,
+//! returning typed documents.
+
+use crate::collection::Collection;
+use crate::error::{Error, Result};
+use crate::fts::engine::{self, Hit, Options, SearchResults, Target};
+use crate::query::Filter;
+use crate::query::filter::Expr;
+use crate::schema::Document;
+use crate::schema::fts::{table_name, vocab_name};
+use crate::store::codec::{decode, with_id};
+use crate::store::meta::CollectionMeta;
+use crate::store::slot::MetaSlot;
+use crate::trace;
+use crate::txn::{Runner, Scope};
+use std::marker::PhantomData;
+
+impl<T: Document, S: Scope> Collection<T, S> {
+    /// Starts a full-text search of `query` over the collection's `#[fts]` fields.
+    ///
+    /// The query language (terms, `"phrases"`, `prefix*`, `field:term`, `AND` / `OR` / `NOT`,
+    /// parentheses; see [`parse_query`](crate::fts::parse_query)) is parsed when the search
+    /// runs. Hits come best first, by BM25 with the declared weights.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use db4::{Db, Document};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Document, Serialize, Deserialize, Debug, Clone, PartialEq)]
+    /// struct Article {
+    ///     #[id]
+    ///     id: String,
+    ///     #[fts(weight = 2.0)]
+    ///     title: String,
+    ///     #[fts]
+    ///     body: String,
+    ///     #[index]
+    ///     published: bool,
+    /// }
+    ///
+    /// # fn main() -> db4::Result<()> {
+    /// let db = Db::open_in_memory()?;
+    /// let articles = db.collection::<Article>()?;
+    /// articles.insert(&Article { id: "a1".into(), title: "Edge databases".into(), body: "SQLite at the edge".into(), published: true })?;
+    /// articles.insert(&Article { id: "a2".into(), title: "Gardening".into(), body: "A database of plants".into(), published: true })?;
+    ///
+    /// let res = articles
+    ///     .search("database")
+    ///     .filter(Article::fields().published.eq(true))
+    ///     .highlight("<em>", "</em>")
+    ///     .snippet(16)
+    ///     .limit(10)
+    ///     .with_total()
+    ///     .run()?;
+    /// assert_eq!(res.total, Some(2));
+    /// assert_eq!(res.hits[0].doc.id, "a1"); // the title match weighs twice
+    /// assert_eq!(res.hits[0].highlights, vec![("title", "Edge <em>databases</em>".to_owned())]);
+    /// # Ok(()) }
+    /// ```
+    pub fn search(&self, query: &str) -> Search<'_, T> {
+        Search {
+            runner: self.runner(),
+            slot: self.slot(),
+            query: query.to_owned(),
+            filters: Vec::new(),
+            options: Options::default(),
+            _marker: PhantomData,
+        }
+    }
+}
+
+/// A full-text search of a collection, from [`Collection::search`]; run it with
+/// [`run`](Self::run).
+#[must_use = "a search does nothing until `run` is called"]
+pub struct Search<'c, T> {
+    runner: Runner<'c>,
+    slot: &'c MetaSlot,
+    query: String,
+    filters: Vec<Expr>,
+    options: Options,
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for Search<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Search")
+            .field("collection", &self.slot.schema().collection())
+            .field("query", &self.query)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'c, T: Document> Search<'c, T> {
+    /// Keeps only documents that also match `filter` (in addition to earlier filters).
+    pub fn filter(mut self, filter: Filter<T>) -> Self {
+        self.filters.push(filter.expr);
+        self
+    }
+
+    /// Returns, in each hit's [`highlights`](Hit::highlights), the text of every field that
+    /// matched with each match wrapped in `start` and `end`.
+    pub fn highlight(mut self, start: impl Into<String>, end: impl Into<String>) -> Self {
+        self.options.highlight = Some((start.into(), end.into()));
+        self
+    }
+
+    /// Returns, in each hit's [`snippet`](Hit::snippet), the fragment of at most `max_tokens`
+    /// tokens (1 to [`MAX_SNIPPET_TOKENS`](crate::fts::MAX_SNIPPET_TOKENS)) that best shows
+    /// the matches, with matches marked as [`highlight`](Self::highlight) says.
+    pub fn snippet(mut self, max_tokens: usize) -> Self {
+        self.options.snippet = Some(max_tokens);
+        self
+    }
+
+    /// The text put where a snippet cuts its field (default `…`).
+    pub fn ellipsis(mut self, ellipsis: impl Into<String>) -> Self {
+        self.options.ellipsis = ellipsis.into();
+        self
+    }
+
+    /// Returns at most `n` hits.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.options.limit = Some(n);
+        self
+    }
+
+    /// Skips the first `n` hits.
+    pub fn offset(mut self, n: usize) -> Self {
+        self.options.offset = n;
+        self
+    }
+
+    /// Keeps only hits scoring at least `score`.
+    pub fn min_score(mut self, score: f64) -> Self {
+        self.options.min_score = Some(score);
+        self
+    }
+
+    /// Also counts every matching document (one more statement), in
+    /// [`SearchResults::total`].
+    pub fn with_total(mut self) -> Self {
+        self.options.with_total = true;
+        self
+    }
+
+    /// Tolerates typos: each plain term of at least 5 characters also matches indexed terms
+    /// one edit away (two edits from 9 characters), found in the index's vocabulary.
+    pub fn typos(mut self, on: bool) -> Self {
+        self.options.typos = on;
+        self
+    }
+
+    /// Runs the search.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidQuery`] for a query that does not parse (with the byte position), a
+    ///   `field:` that is not a full-text field, a collection without `#[fts]` fields, a
+    ///   snippet length outside 1..=64, a non-finite `min_score`, or a filter that cannot be
+    ///   bound;
+    /// - [`Error::SchemaMismatch`] if another type changed the collection's full-text fields
+    ///   since this handle opened it;
+    /// - [`Error::Serialization`] naming a stored document that does not deserialize.
+    pub fn run(self) -> Result<SearchResults<T>> {
+        let schema = self.slot.schema();
+        let span = trace::op("search", Some(schema.collection()));
+        let target = target(schema);
+        let out = (|| {
+            if target.fields.is_empty() {
+                return Err(Error::invalid_query(
+                    schema.collection(),
+                    format!("`{}` has no `#[fts]` field to search", schema.type_name()),
+                ));
+            }
+            self.options.check(schema.collection())?;
+            self.runner.read_fresh_meta(self.slot, |conn, meta| {
+                check_current(meta)?;
+                let expression = engine::match_expression(conn, &target, &self.options, &self.query)?;
+                let hits =
+                    self.hits(conn, meta, &target, &expression).map_err(|e| engine::fts_error(e, meta.collection))?;
+                let total = if self.options.with_total {
+                    Some(
+                        self.total(conn, meta, &target, &expression)
+                            .map_err(|e| engine::fts_error(e, meta.collection))?,
+                    )
+                } else {
+                    None
+                };
+                Ok(SearchResults { hits, total })
+            })
+        })();
+        span.rows_of(out, |res| res.hits.len() as u64)
+    }
+
+    fn hits(
+        &self,
+        conn: &dyn crate::backend::Connection,
+        meta: &CollectionMeta,
+        target: &Target<'_>,
+        expression: &str,
+    ) -> Result<Vec<Hit<T>>> {
+        let mut sql = meta.statement();
+        let doc_columns = if meta.versioned { "t.\"_doc\", t.\"_version\"" } else { "t.\"_doc\"" };
+        sql.push(&format!("SELECT t.\"_id\", {doc_columns}, "));
+        let columns = engine::push_columns(&mut sql, target, &self.options, if meta.versioned { 3 } else { 2 })?;
+        engine::push_from_where(&mut sql, target, &meta.table, expression.to_owned(), &self.options)?;
+        if !self.filters.is_empty() {
+            sql.push(" AND ");
+            // One level for the AND around the filters.
+            sql.filters(&self.filters, 1)?;
+        }
+        engine::push_order_page(&mut sql, &self.options)?;
+        let (text, params) = sql.finish()?;
+        let mut hits = Vec::new();
+        conn.query(&text, &params, &mut |row| {
+            let doc = decode::<T>(meta, row, 1).map_err(|e| match row.get(0) {
+                Ok(id) => with_id(e, &id.to_owned()),
+                Err(_) => e,
+            })?;
+            hits.push(engine::read_extras(row, target, &columns)?.hit(doc));
+            Ok(())
+        })?;
+        Ok(hits)
+    }
+
+    fn total(
+        &self,
+        conn: &dyn crate::backend::Connection,
+        meta: &CollectionMeta,
+        target: &Target<'_>,
+        expression: &str,
+    ) -> Result<u64> {
+        if self.filters.is_empty() && self.options.min_score.is_none() {
+            return engine::count_matches(conn, target, expression);
+        }
+        let mut sql = meta.statement();
+        sql.push("SELECT count(*)");
+        engine::push_from_where(&mut sql, target, &meta.table, expression.to_owned(), &self.options)?;
+        if !self.filters.is_empty() {
+            sql.push(" AND ");
+            sql.filters(&self.filters, 1)?;
+        }
+        let (text, params) = sql.finish()?;
+        crate::store::codec::count(conn, meta.collection, &text, &params)
+    }
+}
+
+/// What a search of `schema`'s collection runs over.
+pub(crate) fn target(schema: &'static crate::Schema) -> Target<'static> {
+    Target {
+        name: schema.collection(),
+        fts_table: table_name(schema.collection()),
+        vocab_table: vocab_name(schema.collection()),
+        fields: schema.fts_fields().map(|(f, w)| (f.name(), w)).collect(),
+        tokenizer: schema.fts_tokenizer(),
+    }
+}
+
+/// Refuses to search full-text objects built for another type's fields.
+fn check_current(meta: &CollectionMeta) -> Result<()> {
+    if meta.fts_current {
+        return Ok(());
+    }
+    Err(Error::SchemaMismatch {
+        collection: meta.collection.to_owned(),
+        field: String::new(),
+        reason: format!(
+            "the collection's full-text fields or tokenizer were changed by another type since `{}` opened it; \
+             open the collection again to rebuild the index for this type",
+            meta.schema.type_name()
+        ),
+    })
+}
