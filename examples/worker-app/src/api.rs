@@ -296,6 +296,9 @@ fn dispatch(db: &Db, tenant: &str, req: &ApiRequest<'_>) -> ApiResult {
         (Post, ["articles"]) => create_article(db, tenant, body),
         (Post, ["articles", "bulk"]) => bulk_articles(db, tenant, body),
         (Post, ["articles", "touch"]) => touch_articles(db, body),
+        (Post, ["articles", "retitle"]) => retitle_articles(db, body),
+        (Get, ["search"]) => search_articles(db, &query),
+        (_, ["search"]) => Err(ApiError::MethodNotAllowed),
         (Get, ["articles", id]) => get_article(db, id),
         (Put, ["articles", id]) => update_article(db, tenant, id, body),
         (Delete, ["articles", id]) => delete_article(db, id),
@@ -464,6 +467,94 @@ fn touch_articles(db: &Db, body: &[u8]) -> ApiResult {
         Ok(req.ids.len())
     })?;
     Ok(ApiResponse::ok(json!({ "updated": updated })))
+}
+
+/// The body of `POST /articles/retitle`: new titles, written in one transaction after a
+/// savepoint; `rollback_to_savepoint` undoes them (the transaction still commits), `fail`
+/// fails the whole transaction afterwards.
+#[derive(Debug, Deserialize)]
+struct RetitleBody {
+    titles: Vec<(String, String)>,
+    #[serde(default)]
+    rollback_to_savepoint: bool,
+    #[serde(default)]
+    fail: bool,
+}
+
+fn retitle_articles(db: &Db, body: &[u8]) -> ApiResult {
+    let req: RetitleBody = parse_json(body)?;
+    check_batch(req.titles.len())?;
+    in_transaction(db, |tx| {
+        let articles = tx.collection::<Article>()?;
+        tx.savepoint("retitle")?;
+        for (id, title) in &req.titles {
+            let mut doc = articles.get(id.as_str())?.ok_or_else(|| not_found("articles", id))?;
+            doc.title = title.clone();
+            articles.update(&doc)?;
+        }
+        // What the transaction sees of its own writes.
+        let seen = req.titles.first().map(|(_, t)| articles.search(&quoted(t)).run()).transpose()?;
+        if req.rollback_to_savepoint {
+            tx.rollback_to("retitle")?;
+        }
+        if req.fail {
+            return Err(ApiError::InvalidParam("failed on request, after the writes".to_owned()));
+        }
+        Ok(ApiResponse::ok(json!({ "seen_inside": seen.map(|r| r.hits.len()) })))
+    })
+}
+
+/// `text` as one phrase of the search language.
+fn quoted(text: &str) -> String {
+    format!("\"{}\"", text.replace('"', "\"\""))
+}
+
+/// `GET /search?q=..`: a ranked full-text search of the tenant's articles, with `status`,
+/// `limit`, `offset`, `highlight` (`1`: `<b>`/`</b>` markers), `snippet` (tokens),
+/// `min_score`, `total` (`1`) and `typos` (`1`).
+fn search_articles(db: &Db, query: &[(String, String)]) -> ApiResult {
+    let articles = db.collection::<Article>()?;
+    let mut text = None;
+    let mut options: Vec<(&str, &str)> = Vec::new();
+    for (key, value) in query {
+        match key.as_str() {
+            "q" => text = Some(value.as_str()),
+            "status" | "limit" | "offset" | "highlight" | "snippet" | "min_score" | "total" | "typos" => {
+                options.push((key.as_str(), value.as_str()));
+            }
+            _ => return Err(ApiError::InvalidParam(format!("unknown query parameter {key:?}"))),
+        }
+    }
+    let text = text.ok_or_else(|| ApiError::InvalidParam("the search needs a query: ?q=...".to_owned()))?;
+    let mut search = articles.search(text).limit(20);
+    for (key, value) in options {
+        search = match key {
+            "status" => search.filter(
+                Article::fields()
+                    .status
+                    .eq(Status::parse(value).ok_or_else(|| bad_param(key, value, "Draft, Published or Archived"))?),
+            ),
+            "limit" => search.limit(limit_param(key, value)?),
+            "offset" => search.offset(value.parse().map_err(|_| bad_param(key, value, "a number"))?),
+            "highlight" if value == "1" => search.highlight("<b>", "</b>"),
+            "snippet" => search.snippet(value.parse().map_err(|_| bad_param(key, value, "a number of tokens"))?),
+            "min_score" => search.min_score(value.parse().map_err(|_| bad_param(key, value, "a number"))?),
+            "total" if value == "1" => search.with_total(),
+            "typos" if value == "1" => search.typos(true),
+            _ => return Err(bad_param(key, value, "1")),
+        };
+    }
+    let res = search.run()?;
+    let hits: Vec<Value> = res
+        .hits
+        .into_iter()
+        .map(|h| {
+            let highlights: serde_json::Map<String, Value> =
+                h.highlights.into_iter().map(|(field, text)| (field.to_owned(), Value::String(text))).collect();
+            json!({ "doc": h.doc, "score": h.score, "highlights": highlights, "snippet": h.snippet })
+        })
+        .collect();
+    Ok(ApiResponse::ok(json!({ "hits": hits, "total": res.total })))
 }
 
 /// The filters, order and page of `GET /articles`, from its query string.

@@ -61,4 +61,6 @@ suite!(
     change_consumers,
     change_log_truncated,
     change_long_poll,
+    search_ranking,
+    search_follows_writes,
 );

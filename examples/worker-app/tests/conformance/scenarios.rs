@@ -1322,3 +1322,107 @@ pub fn change_long_poll(t: &dyn Target) {
         assert!(waited < Duration::from_secs(8), "the write ended the wait ({waited:?})");
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Full-text search
+
+/// `s` percent-encoded for a query string.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn search(c: &Tenant<'_>, q: &str, options: &str) -> Value {
+    expect(c.get(&format!("/search?q={}{options}", encode(q))), 200)
+}
+
+fn hit_ids(res: &Value) -> Vec<String> {
+    res["hits"].as_array().expect("hits").iter().map(|h| h["doc"]["id"].as_str().expect("id").to_owned()).collect()
+}
+
+fn searched_article(id: &str, title: &str, body: &str, status: &str) -> Value {
+    json!({ "id": id, "title": title, "body": body, "tags": ["notes"], "status": status, "created_at": 1, "views": 0 })
+}
+
+pub fn search_ranking(t: &dyn Target) {
+    let c = Tenant::new(t, "search_ranking");
+    for doc in [
+        searched_article("in-body", "Gardening notes", "a database of plants", "Published"),
+        searched_article("in-title", "A database of plants", "gardening notes", "Published"),
+        searched_article("draft", "Database drafts", "unfinished database text", "Draft"),
+        searched_article("other", "Cooking", "recipes", "Published"),
+    ] {
+        expect(c.post("/articles", &doc), 201);
+    }
+    // The title weighs twice the body; the draft matches in both.
+    let res = search(&c, "database", "&total=1");
+    assert_eq!(res["total"], 3);
+    let order = hit_ids(&res);
+    assert_eq!(order.len(), 3);
+    assert!(order.iter().position(|id| id == "in-title") < order.iter().position(|id| id == "in-body"), "{order:?}");
+    let scores: Vec<f64> =
+        res["hits"].as_array().expect("hits").iter().map(|h| h["score"].as_f64().expect("score")).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]) && scores[2] > 0.0, "{scores:?}");
+    // Filters, paging, highlights and snippets.
+    let published = search(&c, "database", "&status=Published&highlight=1&snippet=6");
+    assert_eq!(hit_ids(&published), ["in-title", "in-body"]);
+    assert_eq!(published["hits"][0]["highlights"], json!({ "title": "A <b>database</b> of plants" }));
+    assert_eq!(published["hits"][1]["highlights"], json!({ "body": "a <b>database</b> of plants" }));
+    assert!(published["hits"][1]["snippet"].as_str().expect("snippet").contains("<b>database</b>"));
+    let second = search(&c, "database", "&limit=1&offset=1");
+    assert_eq!(hit_ids(&second), [order[1].clone()]);
+    // Tags are indexed; a query matching nothing is an empty page.
+    assert_eq!(search(&c, "notes", "&total=1")["total"], 4);
+    assert_eq!(search(&c, "nothingmatches", "&total=1"), json!({ "hits": [], "total": 0 }));
+    // Bad options are 400s and change nothing.
+    expect_error(c.get("/search?q=database&snippet=0"), 400, "invalid_query");
+    expect_error(c.get("/search?q=database&snippet=65"), 400, "invalid_query");
+    expect_error(c.get("/search?q=%20"), 400, "invalid_query");
+    expect_error(c.get("/search"), 400, "invalid_query");
+    assert_eq!(search(&c, "database", "&total=1")["total"], 3);
+}
+
+pub fn search_follows_writes(t: &dyn Target) {
+    let c = Tenant::new(t, "search_follows_writes");
+    let total = |q: &str| search(&c, q, "&total=1")["total"].as_u64().expect("total");
+    expect(c.post("/articles", &searched_article("a", "alpha", "first body", "Draft")), 201);
+    expect(
+        c.post(
+            "/articles/bulk",
+            &json!([searched_article("b", "beta", "x", "Draft"), searched_article("c", "gamma", "x", "Draft")]),
+        ),
+        201,
+    );
+    assert_eq!((total("alpha"), total("beta"), total("gamma")), (1, 1, 1));
+    // update
+    let mut a = expect(c.get("/articles/a"), 200);
+    a["title"] = json!("delta");
+    expect(c.put("/articles/a", &a), 200);
+    assert_eq!((total("alpha"), total("delta")), (0, 1));
+    // an update that leaves the text alone keeps the index
+    expect(c.post("/articles/touch", &json!({ "ids": ["a"] })), 200);
+    assert_eq!(total("delta"), 1);
+    // delete, and delete by query
+    expect(c.delete("/articles/b"), 200);
+    assert_eq!(total("beta"), 0);
+    expect(c.delete("/articles?status=Draft"), 200);
+    assert_eq!((total("delta"), total("gamma")), (0, 0));
+    // rollbacks: a savepoint rollback, a failed transaction, a committed one
+    expect(c.post("/articles", &searched_article("d", "original", "x", "Draft")), 201);
+    let inside =
+        expect(c.post("/articles/retitle", &json!({ "titles": [["d", "kappa"]], "rollback_to_savepoint": true })), 200);
+    assert_eq!(inside["seen_inside"], 1, "the transaction sees its own write");
+    assert_eq!((total("kappa"), total("original")), (0, 1));
+    expect_error(
+        c.post("/articles/retitle", &json!({ "titles": [["d", "lambda"]], "fail": true })),
+        400,
+        "invalid_query",
+    );
+    assert_eq!((total("lambda"), total("original")), (0, 1));
+    expect(c.post("/articles/retitle", &json!({ "titles": [["d", "omega"]] })), 200);
+    assert_eq!((total("omega"), total("original")), (1, 0));
+}
