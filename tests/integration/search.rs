@@ -508,3 +508,33 @@ fn a_full_text_index_without_the_derive() -> db4::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn rebuilding_the_index_after_a_vacuum() -> db4::Result<()> {
+    let dir = TempDir::new("fts-vacuum");
+    let path = dir.join("db.sqlite");
+    let db = Db::open(&path)?;
+    let articles = db.collection::<Article>()?;
+    let docs: Vec<Article> = (0..50).map(|i| article(&format!("a{i:02}"), &format!("word{i}"), "common")).collect();
+    articles.insert_many(&docs)?;
+    for i in (0..50).step_by(3) {
+        articles.delete(format!("a{i:02}").as_str())?;
+    }
+    let raw = rusqlite::Connection::open(&path).expect("open raw");
+    raw.execute_batch("VACUUM").expect("vacuum");
+    drop(raw);
+    articles.rebuild_search_index()?;
+    for i in 0..50 {
+        let hits = articles.search(&format!("word{i}")).run()?.hits;
+        if i % 3 == 0 {
+            assert!(hits.is_empty(), "a{i:02} was deleted");
+        } else {
+            assert_eq!(hits.len(), 1);
+            assert_eq!(hits[0].doc.id, format!("a{i:02}"));
+        }
+    }
+    assert_eq!(articles.search("common").with_total().run()?.total, Some(33));
+    let plain = db.collection::<Plain>()?;
+    assert!(matches!(plain.rebuild_search_index(), Err(Error::InvalidQuery { .. })));
+    Ok(())
+}

@@ -69,6 +69,31 @@ impl<T: Document, S: Scope> Collection<T, S> {
             _marker: PhantomData,
         }
     }
+    /// Indexes every stored document again, in one transaction: the index refers to
+    /// documents by rowid, and a `VACUUM` run outside db4 may renumber the rowids of a
+    /// collection with string ids. db4 itself never needs this.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidQuery`] for a collection without `#[fts]` fields,
+    /// [`Error::SchemaMismatch`] as [`Search::run`], or a backend error.
+    pub fn rebuild_search_index(&self) -> Result<()> {
+        let schema = self.slot().schema();
+        let _span = trace::op("rebuild_search_index", Some(schema.collection()));
+        if schema.fts_fields().next().is_none() {
+            return Err(Error::invalid_query(
+                schema.collection(),
+                format!("`{}` has no `#[fts]` field to index", schema.type_name()),
+            ));
+        }
+        self.runner().write_meta(self.slot(), crate::backend::Access::Atomic, |w, meta| {
+            check_current(meta)?;
+            for sql in crate::schema::fts::reindex_sql(meta.schema) {
+                w.conn.execute(&sql, &[])?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A full-text search of a collection, from [`Collection::search`]; run it with

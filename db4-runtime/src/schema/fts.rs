@@ -135,8 +135,23 @@ pub(crate) fn create_ddl(schema: &Schema) -> Vec<String> {
             index("NEW.rowid")
         ),
         format!("CREATE VIRTUAL TABLE {} USING fts5vocab({fts}, 'row')", quote_ident(&vocab_name(collection))),
-        format!("INSERT INTO {fts} (rowid, {column_list}) SELECT \"_rowid\", {column_list} FROM {view}"),
+        fill(&fts, &view, &column_list),
     ]
+}
+
+/// Indexes every row the view shows.
+fn fill(fts: &str, view: &str, column_list: &str) -> String {
+    format!("INSERT INTO {fts} (rowid, {column_list}) SELECT \"_rowid\", {column_list} FROM {view}")
+}
+
+/// The statements that empty the FTS5 table of `schema`'s collection and index every stored
+/// document again (after a `VACUUM` renumbered the rowids of a table with string ids).
+pub(crate) fn reindex_sql(schema: &Schema) -> Vec<String> {
+    let collection = schema.collection();
+    let fts = quote_ident(&table_name(collection));
+    let view = quote_ident(&view_name(collection));
+    let column_list: Vec<String> = schema.fts_fields().map(|(f, _)| quote_ident(f.name())).collect();
+    vec![format!("DELETE FROM {fts}"), fill(&fts, &view, &column_list.join(", "))]
 }
 
 /// The statements that remove whatever full-text objects `collection` has.
