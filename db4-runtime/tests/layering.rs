@@ -25,6 +25,7 @@ const LAYERS: &[&str] = &[
     "batch",
     "wal",
     "cdc",
+    "fts",
 ];
 
 /// The modules of `src/store`, in import order.

@@ -27,7 +27,7 @@
 //! The names all start with `_db4`, which collection names cannot, and contain the collection
 //! name, which is validated: nothing here comes from input.
 
-use crate::schema::{Schema, json_path, quote_ident};
+use crate::schema::{Schema, Tokenizer, json_path, quote_ident};
 
 /// The version of this layout. Stored in the schema record: a record from before full-text
 /// tables existed (layout 0) has them built when the collection is next opened.
@@ -57,11 +57,11 @@ fn trigger_name(collection: &str, what: &str) -> String {
 }
 
 /// The `tokenize` option of an FTS5 table for `tokenizer`.
-pub(crate) fn tokenize_option(tokenizer: crate::schema::Tokenizer) -> &'static str {
+pub(crate) fn tokenize_option(tokenizer: Tokenizer) -> &'static str {
     match tokenizer {
-        crate::schema::Tokenizer::Porter => "porter unicode61",
-        crate::schema::Tokenizer::Unicode61 => "unicode61",
-        crate::schema::Tokenizer::Trigram => "trigram",
+        Tokenizer::Porter => "porter unicode61",
+        Tokenizer::Unicode61 => "unicode61",
+        Tokenizer::Trigram => "trigram",
     }
 }
 
@@ -171,6 +171,21 @@ pub(crate) fn drop_ddl(collection: &str) -> Vec<String> {
 pub(crate) fn rank_function(weights: impl IntoIterator<Item = f64>) -> String {
     let weights: Vec<String> = weights.into_iter().map(|w| format!("{w:?}")).collect();
     format!("bm25({})", weights.join(", "))
+}
+
+/// A comparable summary of a full-text layout (its version, tokenizer, and each field with its
+/// JSON key): two schema records with the same one have the same full-text objects. Weights
+/// are not part of it: each search ranks with its own type's.
+pub(crate) fn signature((layout, tokenizer, fields): (u32, Tokenizer, Vec<(&str, &str)>)) -> String {
+    let fields: Vec<String> = fields.iter().map(|(name, key)| format!("{name}={key}")).collect();
+    format!("{layout}/{}/{}", tokenizer.as_str(), fields.join(","))
+}
+
+/// The [`signature`] of the full-text objects `schema` asks for.
+pub(crate) fn signature_of(schema: &Schema) -> String {
+    let fields: Vec<(&str, &str)> = schema.fts_fields().map(|(f, _)| (f.name(), f.key())).collect();
+    let layout = if fields.is_empty() { 0 } else { FTS_LAYOUT };
+    signature((layout, schema.fts_tokenizer(), fields))
 }
 
 #[cfg(test)]

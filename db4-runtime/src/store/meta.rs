@@ -44,7 +44,7 @@ pub(crate) struct Storage {
     pub versioned: bool,
     /// Every document key any type that opened the collection declared.
     pub known_keys: Vec<String>,
-    /// The full-text objects the table has (`store::migrate::fts_signature`).
+    /// The full-text objects the table has (`schema::fts::signature`).
     pub fts: String,
 }
 
@@ -200,7 +200,7 @@ impl CollectionMeta {
             foreign_keys,
             kinds,
             generation: storage.generation,
-            fts_current: storage.fts == crate::store::migrate::fts_signature_of(schema),
+            fts_current: storage.fts == crate::schema::fts::signature_of(schema),
         })
     }
 
@@ -216,7 +216,7 @@ impl CollectionMeta {
                 .collect(),
             versioned: schema.version_field().is_some(),
             known_keys: schema.fields().iter().map(|f| f.key().to_owned()).collect(),
-            fts: crate::store::migrate::fts_signature_of(schema),
+            fts: crate::schema::fts::signature_of(schema),
         };
         let kinds: Arc<[Option<FieldKind>]> = schema.fields().iter().map(|_| None).collect();
         Self::new(schema, id_kind, 1 << 20, kinds, &storage)

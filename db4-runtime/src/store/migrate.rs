@@ -195,23 +195,9 @@ impl SchemaRecord {
             columns: self.columns.iter().map(|c| (c.field.clone(), c.key().to_owned(), c.column())).collect(),
             versioned: self.version_field.is_some(),
             known_keys: self.known().to_vec(),
-            fts: fts_signature(self.fts_shape()),
+            fts: fts::signature(self.fts_shape()),
         }
     }
-}
-
-/// A comparable summary of a full-text layout: two records with the same one have the same
-/// full-text objects.
-pub(crate) fn fts_signature((layout, tokenizer, fields): (u32, Tokenizer, Vec<(&str, &str)>)) -> String {
-    let fields: Vec<String> = fields.iter().map(|(name, key)| format!("{name}={key}")).collect();
-    format!("{layout}/{}/{}", tokenizer.as_str(), fields.join(","))
-}
-
-/// The [`fts_signature`] of the full-text objects `schema` asks for.
-pub(crate) fn fts_signature_of(schema: &crate::Schema) -> String {
-    let fields: Vec<(&str, &str)> = schema.fts_fields().map(|(f, _)| (f.name(), f.key())).collect();
-    let layout = if fields.is_empty() { 0 } else { fts::FTS_LAYOUT };
-    fts_signature((layout, schema.fts_tokenizer(), fields))
 }
 
 fn sorted(keys: impl IntoIterator<Item = String>) -> Vec<String> {
@@ -415,8 +401,8 @@ pub(crate) fn ensure<T: Document>(
 fn rebuild_fts(conn: &dyn Connection, schema: &'static crate::Schema, stored: &SchemaRecord) -> Result<()> {
     let collection = schema.collection();
     let _span = crate::trace::step("rebuild_fts", Some(collection));
-    let old = fts_signature(stored.fts_shape());
-    let new = fts_signature_of(schema);
+    let old = fts::signature(stored.fts_shape());
+    let new = fts::signature_of(schema);
     tracing::info!(
         collection,
         from = %old,
