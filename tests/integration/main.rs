@@ -16,6 +16,7 @@ mod pipeline;
 mod queries;
 mod query_limits;
 mod search;
+mod search_props;
 mod serde_features;
 mod spans;
 mod stats;

@@ -305,3 +305,44 @@ fn batch_store_operations_have_spans_named_by_the_store() -> Result<()> {
         Ok(())
     })
 }
+
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(collection = "span_docs")]
+struct TitleOnly {
+    #[id]
+    id: i64,
+    #[fts]
+    title: String,
+    body: String,
+}
+
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(collection = "span_docs")]
+struct TitleAndBody {
+    #[id]
+    id: i64,
+    #[fts]
+    title: String,
+    #[fts]
+    body: String,
+}
+
+#[test]
+fn a_rebuild_of_the_full_text_index_is_traced_and_searches_have_spans() -> Result<()> {
+    let db = Db::open_in_memory()?;
+    db.collection::<TitleOnly>()?.insert(&TitleOnly { id: 1, title: "t".into(), body: "b".into() })?;
+    let recorder = Recorder::new(Level::TRACE);
+    traced(&recorder, || -> Result<()> {
+        // Same full-text fields: no rebuild.
+        db.collection::<TitleOnly>()?;
+        assert!(recorder.of("rebuild_fts").is_empty());
+        let docs = db.collection::<TitleAndBody>()?;
+        let rebuild = recorder.one("rebuild_fts");
+        assert_eq!(rebuild.field("collection"), Some("span_docs"));
+        assert_eq!(rebuild.level, Level::TRACE);
+        recorder.clear();
+        assert_eq!(docs.search("b").run()?.hits.len(), 1);
+        assert_op(&recorder.one("search"), Some("span_docs"), Some("1"));
+        Ok(())
+    })
+}
