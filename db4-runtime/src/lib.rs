@@ -39,6 +39,8 @@ mod wal;
 
 mod cdc;
 
+pub mod fts;
+
 #[cfg(feature = "cloudflare")]
 pub use backend::DurableBackend;
 pub use backend::{Access, Backend, Connection, HeldTransaction, Row};
