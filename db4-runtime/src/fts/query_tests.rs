@@ -577,6 +577,64 @@ mod props {
         }
     }
 
+    /// Words whose prefixes overlap, so `ab*` and `"b ab"*` differ from `ab` and `"b ab"`.
+    const VOCABULARY: [&str; 5] = ["ab", "abc", "b", "bc", "c"];
+
+    fn vocabulary_node() -> impl Strategy<Value = QueryNode> {
+        let word = proptest::sample::select(&VOCABULARY[..]).prop_map(str::to_owned);
+        let leaf = prop_oneof![
+            (word.clone(), any::<bool>()).prop_map(|(text, prefix)| QueryNode::Term { text, prefix }),
+            (proptest::collection::vec(word, 2..4), any::<bool>())
+                .prop_map(|(words, prefix)| QueryNode::Phrase { text: words.join(" "), prefix }),
+        ];
+        leaf.prop_recursive(5, 30, 3, |inner| {
+            prop_oneof![
+                (prop_oneof![Just("title"), Just("body")], inner.clone()).prop_map(|(f, n)| field(f, n)),
+                proptest::collection::vec(inner.clone(), 2..4).prop_map(QueryNode::And),
+                proptest::collection::vec(inner.clone(), 2..4).prop_map(QueryNode::Or),
+                (inner.clone(), inner).prop_map(|(a, b)| not(a, b)),
+            ]
+        })
+    }
+
+    /// A document: the words of its `title` and its `body`.
+    type Doc = [Vec<&'static str>; 2];
+
+    fn doc() -> impl Strategy<Value = Doc> {
+        let words = || proptest::collection::vec(proptest::sample::select(&VOCABULARY[..]), 0..6);
+        (words(), words()).prop_map(|(title, body)| [title, body])
+    }
+
+    /// Whether `node` matches `doc` when searching the columns flagged in `columns`: what the
+    /// FTS5 expression must mean.
+    fn matches(node: &QueryNode, columns: [bool; 2], doc: &Doc) -> bool {
+        let token_matches =
+            |token: &str, word: &str, prefix: bool| if prefix { token.starts_with(word) } else { token == word };
+        let in_column = |words: &[&str], prefix: bool| {
+            (0..2).any(|c| {
+                columns[c]
+                    && doc[c].windows(words.len()).any(|window| {
+                        window
+                            .iter()
+                            .zip(words)
+                            .enumerate()
+                            .all(|(i, (token, word))| token_matches(token, word, prefix && i == words.len() - 1))
+                    })
+            })
+        };
+        match node {
+            QueryNode::Term { text, prefix } => in_column(&[text.as_str()], *prefix),
+            QueryNode::Phrase { text, prefix } => in_column(&text.split(' ').collect::<Vec<_>>(), *prefix),
+            QueryNode::Field { field, node } => {
+                let only = if field == "title" { [true, false] } else { [false, true] };
+                matches(node, [columns[0] && only[0], columns[1] && only[1]], doc)
+            }
+            QueryNode::And(nodes) => nodes.iter().all(|n| matches(n, columns, doc)),
+            QueryNode::Or(nodes) => nodes.iter().any(|n| matches(n, columns, doc)),
+            QueryNode::Not { include, exclude } => matches(include, columns, doc) && !matches(exclude, columns, doc),
+        }
+    }
+
     /// The terms and phrases under `node`.
     fn leaves(node: &QueryNode) -> usize {
         match node {
@@ -630,6 +688,34 @@ mod props {
             prop_assume!(leaves(&root) <= MAX_QUERY_TERMS);
             let text = parse_query(&to_fts5(&SearchQuery { root, fields: Vec::new() })).expect("round trip");
             fts5::assert_fts5_accepts(&text);
+        }
+
+        #[cfg(feature = "sqlite")]
+        #[test]
+        fn fts5_finds_what_the_tree_means(
+            root in vocabulary_node(),
+            docs in proptest::collection::vec(doc(), 1..12),
+        ) {
+            let query = SearchQuery { root, fields: Vec::new() };
+            let conn = rusqlite::Connection::open_in_memory().expect("open");
+            conn.execute_batch("CREATE VIRTUAL TABLE docs USING fts5(title, body, tokenize='unicode61');")
+                .expect("create");
+            for (rowid, doc) in docs.iter().enumerate() {
+                conn.execute(
+                    "INSERT INTO docs (rowid, title, body) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![rowid as i64, doc[0].join(" "), doc[1].join(" ")],
+                )
+                .expect("insert");
+            }
+            let expression = to_fts5(&query);
+            let mut statement = conn.prepare("SELECT rowid FROM docs WHERE docs MATCH ?1 ORDER BY rowid").expect("prepare");
+            let found: Vec<i64> = statement
+                .query_map([&expression], |row| row.get(0))
+                .and_then(|rows| rows.collect())
+                .unwrap_or_else(|e| panic!("{expression:?}: {e}"));
+            let expected: Vec<i64> =
+                (0..docs.len()).filter(|&i| matches(query.root(), [true, true], &docs[i])).map(|i| i as i64).collect();
+            prop_assert_eq!(found, expected, "{} for {:?}", expression, docs);
         }
 
         #[test]
