@@ -88,6 +88,34 @@ pub mod cdc {
     };
 }
 
+/// The full-text search query language, usable on its own: [`parse_query`](fts::parse_query)
+/// reads what a user typed (`title:rust "web server" wasm* NOT java`) into a
+/// [`SearchQuery`](fts::SearchQuery) tree, and [`to_fts5`](fts::to_fts5) renders it as an FTS5
+/// `MATCH` expression in which every term is a quoted string, so no operator can be smuggled
+/// through one. The grammar is in `docs/search-query.md`.
+///
+/// # Example
+///
+/// ```
+/// use db4::fts::{QueryNode, parse_query, to_fts5};
+///
+/// # fn main() -> db4::Result<()> {
+/// let query = parse_query("title:rust OR \"web server\" NOT java")?;
+/// assert_eq!(to_fts5(&query), r#"title : "rust" OR ("web server" NOT "java")"#);
+/// assert_eq!(query.fields(), vec![("title", 0)]);
+/// assert!(matches!(query.root(), QueryNode::Or(nodes) if nodes.len() == 2));
+///
+/// let err = parse_query("NOT java").unwrap_err();
+/// assert!(err.to_string().contains("at byte 0: `NOT` needs a term before it"));
+/// # Ok(()) }
+/// ```
+pub mod fts {
+    pub use db4_runtime::fts::{
+        MAX_FIELD_NAME_BYTES, MAX_QUERY_BYTES, MAX_QUERY_DEPTH, MAX_QUERY_TERMS, QueryNode, SearchQuery, parse_query,
+        to_fts5,
+    };
+}
+
 /// A write-ahead log of document changes, usable on its own: [`MemoryWal`](wal::MemoryWal)
 /// in memory and, with the `fs` feature (on by default, not on wasm),
 /// [`FileWal`](wal::FileWal) in a directory of checksummed segment files that survives
