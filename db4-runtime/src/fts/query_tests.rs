@@ -197,6 +197,14 @@ fn fts5_rendering_quotes_everything_and_parenthesizes_operands() -> Result<()> {
 }
 
 #[test]
+fn the_example_of_the_docs() -> Result<()> {
+    let query = parse_query(r#"title:rust "web server" wasm* NOT java"#)?;
+    assert_eq!(to_fts5(&query), r#"title : "rust" AND "web server" AND ("wasm" * NOT "java")"#);
+    assert_eq!(query.to_string(), r#"title:rust "web server" (wasm* NOT java)"#);
+    Ok(())
+}
+
+#[test]
 fn display_uses_db4_syntax() -> Result<()> {
     let cases = [
         ("rust  web", "rust web"),
@@ -301,6 +309,29 @@ fn limits_on_length_terms_and_depth() -> Result<()> {
     assert!(parse_query(&fields).is_ok());
     let r = reason(&format!("({}x)", "f:".repeat(MAX_QUERY_DEPTH)));
     assert!(r.starts_with(&format!("at byte {}: the query nests", 1 + 2 * (MAX_QUERY_DEPTH - 1))), "{r}");
+    Ok(())
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn the_deepest_queries_fit_the_fts5_parser_stack() -> Result<()> {
+    let most = |open: &str, close: &str| format!("{}x{}", open.repeat(MAX_QUERY_DEPTH), close.repeat(MAX_QUERY_DEPTH));
+    let field_group = format!("{}x{}", "title:(".repeat(MAX_QUERY_DEPTH / 2), ")".repeat(MAX_QUERY_DEPTH / 2));
+    let deepest = [
+        most("(", ")"),
+        most("a (", ")"),
+        most("a OR (", ")"),
+        most("a NOT (", ")"),
+        most("(", ") NOT b"),
+        most("title:", ""),
+        most("a title:", ""),
+        field_group,
+        format!("{}x{}", "a title:(".repeat(MAX_QUERY_DEPTH / 2), ")".repeat(MAX_QUERY_DEPTH / 2)),
+    ];
+    for input in deepest {
+        let query = parse_query(&input)?;
+        props::assert_fts5_accepts_both(&query);
+    }
     Ok(())
 }
 
@@ -645,6 +676,74 @@ mod props {
         }
     }
 
+    /// One level of nesting around a query, in the ways the renderer parenthesizes.
+    #[derive(Debug, Clone, Copy)]
+    enum Wrap {
+        Group,
+        AndBefore,
+        AndAfter,
+        OrBefore,
+        OrAfter,
+        NotInclude,
+        NotExclude,
+        /// Two levels: the field filter and its parentheses.
+        FieldGroup,
+    }
+
+    fn wrap(inner: &str, how: Wrap) -> String {
+        match how {
+            Wrap::Group => format!("({inner})"),
+            Wrap::AndBefore => format!("a ({inner})"),
+            Wrap::AndAfter => format!("({inner}) AND b"),
+            Wrap::OrBefore => format!("c OR ({inner})"),
+            Wrap::OrAfter => format!("({inner}) OR d"),
+            Wrap::NotInclude => format!("({inner}) NOT e"),
+            Wrap::NotExclude => format!("f NOT ({inner})"),
+            Wrap::FieldGroup => format!("title:({inner})"),
+        }
+    }
+
+    fn wrapping() -> impl Strategy<Value = Wrap> {
+        // A group of one is flattened away, so it costs FTS5 nothing: seldom.
+        prop_oneof![
+            1 => Just(Wrap::Group),
+            3 => Just(Wrap::AndBefore),
+            3 => Just(Wrap::AndAfter),
+            3 => Just(Wrap::OrBefore),
+            3 => Just(Wrap::OrAfter),
+            3 => Just(Wrap::NotInclude),
+            3 => Just(Wrap::NotExclude),
+            3 => Just(Wrap::FieldGroup),
+        ]
+    }
+
+    /// `leaf` wrapped in `wraps` until `levels` levels of nesting (parentheses and fields).
+    fn nested(leaf: &str, wraps: &[Wrap], levels: usize) -> String {
+        let mut depth = usize::from(leaf.contains(':'));
+        let mut query = leaf.to_owned();
+        for &how in wraps.iter().cycle() {
+            let cost = if matches!(how, Wrap::FieldGroup) { 2 } else { 1 };
+            if depth + cost > levels {
+                break;
+            }
+            query = wrap(&query, how);
+            depth += cost;
+        }
+        query
+    }
+
+    /// Every term `x` expanded to `x OR x2`: one more level of parentheses in the rendering.
+    fn widened(query: &SearchQuery) -> SearchQuery {
+        query.map_terms(|t| vec![format!("{t}2")])
+    }
+
+    /// `query` and its widened form run on FTS5 without an error.
+    #[cfg(feature = "sqlite")]
+    pub(super) fn assert_fts5_accepts_both(query: &SearchQuery) {
+        fts5::assert_fts5_accepts(query);
+        fts5::assert_fts5_accepts(&widened(query));
+    }
+
     /// What every outcome of parsing `input` must satisfy.
     fn check_input(input: &str) {
         match parse_query(input) {
@@ -716,6 +815,21 @@ mod props {
             let expected: Vec<i64> =
                 (0..docs.len()).filter(|&i| matches(query.root(), [true, true], &docs[i])).map(|i| i as i64).collect();
             prop_assert_eq!(found, expected, "{} for {:?}", expression, docs);
+        }
+
+        #[cfg(feature = "sqlite")]
+        #[test]
+        fn nesting_up_to_the_limit_stays_within_the_fts5_parser_stack(
+            wraps in proptest::collection::vec(wrapping(), 1..8),
+            leaf in prop_oneof![Just("x"), Just("x*"), Just("\"x y\""), Just("body:x"), Just("x NOT y")],
+            past in 0..2usize,
+        ) {
+            let input = nested(leaf, &wraps, MAX_QUERY_DEPTH + past);
+            match parse_query(&input) {
+                Ok(query) => assert_fts5_accepts_both(&query),
+                Err(Error::InvalidQuery { reason, .. }) => prop_assert!(reason.contains("nests"), "{}", reason),
+                Err(other) => panic!("{other:?}"),
+            }
         }
 
         #[test]
