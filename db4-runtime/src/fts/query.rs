@@ -341,7 +341,7 @@ enum Syntax {
 }
 
 fn render(node: &QueryNode, syntax: Syntax, out: &mut String) {
-    match node {
+    let separator = match node {
         QueryNode::Term { text, prefix } | QueryNode::Phrase { text, prefix } => {
             if syntax == Syntax::Db4 && is_bare_word(text) {
                 out.push_str(text);
@@ -351,47 +351,73 @@ fn render(node: &QueryNode, syntax: Syntax, out: &mut String) {
             if *prefix {
                 out.push_str(if syntax == Syntax::Fts5 { " *" } else { "*" });
             }
+            return;
         }
-        QueryNode::Field { field, node } => {
+        QueryNode::Field { field, .. } => {
             out.push_str(field);
             out.push_str(if syntax == Syntax::Fts5 { " : " } else { ":" });
-            // A field filter takes a phrase or a group in FTS5: anything else goes in parentheses.
-            render_operand(node, syntax, !matches!(**node, QueryNode::Term { .. } | QueryNode::Phrase { .. }), out);
+            ""
         }
-        QueryNode::And(nodes) => {
-            let op = if syntax == Syntax::Fts5 { " AND " } else { " " };
-            render_list(nodes, op, syntax, out);
+        QueryNode::And(_) => {
+            if syntax == Syntax::Fts5 {
+                " AND "
+            } else {
+                " "
+            }
         }
-        QueryNode::Or(nodes) => render_list(nodes, " OR ", syntax, out),
-        QueryNode::Not { include, exclude } => {
-            render_operand(include, syntax, is_compound(include), out);
-            out.push_str(" NOT ");
-            render_operand(exclude, syntax, is_compound(exclude), out);
-        }
-    }
-}
-
-fn render_list(nodes: &[QueryNode], op: &str, syntax: Syntax, out: &mut String) {
-    for (i, node) in nodes.iter().enumerate() {
+        QueryNode::Or(_) => " OR ",
+        QueryNode::Not { .. } => " NOT ",
+    };
+    for (i, (operand, parenthesized)) in operands(node).into_iter().enumerate() {
         if i > 0 {
-            out.push_str(op);
+            out.push_str(separator);
         }
-        render_operand(node, syntax, is_compound(node), out);
+        if parenthesized {
+            out.push('(');
+            render(operand, syntax, out);
+            out.push(')');
+        } else {
+            render(operand, syntax, out);
+        }
     }
 }
 
-fn render_operand(node: &QueryNode, syntax: Syntax, parenthesize: bool, out: &mut String) {
-    if parenthesize {
-        out.push('(');
-        render(node, syntax, out);
-        out.push(')');
-    } else {
-        render(node, syntax, out);
+/// The operands of `node`, each with whether the renderings put it in parentheses.
+///
+/// An operator inside another is parenthesized, so neither precedence nor FTS5's grouping of
+/// implicit `AND` can regroup it; except the left operand of a `NOT` that is a `NOT`, since
+/// `NOT` groups left to right in both syntaxes (a long `a NOT b NOT c ...` then costs FTS5
+/// no nesting). A field filter takes a term or a phrase bare, anything else in parentheses:
+/// FTS5 allows `col : "x"` and `col : ( ... )` only.
+fn operands(node: &QueryNode) -> Vec<(&QueryNode, bool)> {
+    match node {
+        QueryNode::Term { .. } | QueryNode::Phrase { .. } => Vec::new(),
+        QueryNode::Field { node, .. } => vec![(&**node, !is_leaf(node))],
+        QueryNode::And(nodes) | QueryNode::Or(nodes) => nodes.iter().map(|n| (n, is_compound(n))).collect(),
+        QueryNode::Not { include, exclude } => {
+            let chained = matches!(**include, QueryNode::Not { .. });
+            vec![(&**include, is_compound(include) && !chained), (&**exclude, is_compound(exclude))]
+        }
     }
 }
 
-/// Operator nodes: inside another operator they are always parenthesized, so neither
-/// precedence nor FTS5's own grouping of implicit `AND` can regroup them.
+/// How deep the renderings of `node` nest parentheses and field filters, each one level: the
+/// depth [`MAX_QUERY_DEPTH`] bounds, since the rendering's nesting is what FTS5's parser stack
+/// holds. Parsing a rendering counts exactly this.
+fn nesting(node: &QueryNode) -> usize {
+    let field = usize::from(matches!(node, QueryNode::Field { .. }));
+    field
+        + operands(node)
+            .into_iter()
+            .map(|(n, parenthesized)| usize::from(parenthesized) + nesting(n))
+            .max()
+            .unwrap_or(0)
+}
+
+fn is_leaf(node: &QueryNode) -> bool {
+    matches!(node, QueryNode::Term { .. } | QueryNode::Phrase { .. })
+}
+
 fn is_compound(node: &QueryNode) -> bool {
     matches!(node, QueryNode::And(_) | QueryNode::Or(_) | QueryNode::Not { .. })
 }
@@ -550,16 +576,21 @@ impl Parser<'_> {
     }
 
     fn parse_or(&mut self) -> Result<QueryNode, Problem> {
+        let start = self.start();
         let mut nodes = vec![self.parse_and()?];
         while let Some(&Tok::Op(Op::Or)) = self.peek_tok() {
             let op = self.bump();
             self.expect_operand(Some(&op))?;
             nodes.push(self.parse_and()?);
         }
-        Ok(if nodes.len() == 1 { nodes.remove(0) } else { QueryNode::Or(nodes) })
+        if nodes.len() == 1 {
+            return Ok(nodes.remove(0));
+        }
+        self.checked(QueryNode::Or(nodes), start)
     }
 
     fn parse_and(&mut self) -> Result<QueryNode, Problem> {
+        let start = self.start();
         let mut nodes = vec![self.parse_not()?];
         loop {
             match self.peek_tok() {
@@ -572,16 +603,20 @@ impl Parser<'_> {
             }
             nodes.push(self.parse_not()?);
         }
-        Ok(if nodes.len() == 1 { nodes.remove(0) } else { QueryNode::And(nodes) })
+        if nodes.len() == 1 {
+            return Ok(nodes.remove(0));
+        }
+        self.checked(QueryNode::And(nodes), start)
     }
 
     fn parse_not(&mut self) -> Result<QueryNode, Problem> {
+        let start = self.start();
         let mut node = self.parse_unary()?;
         while let Some(&Tok::Op(Op::Not)) = self.peek_tok() {
             let op = self.bump();
             self.expect_operand(Some(&op))?;
             let exclude = self.parse_unary()?;
-            node = QueryNode::Not { include: Box::new(node), exclude: Box::new(exclude) };
+            node = self.checked(QueryNode::Not { include: Box::new(node), exclude: Box::new(exclude) }, start)?;
         }
         Ok(node)
     }
@@ -612,12 +647,34 @@ impl Parser<'_> {
                 ));
             }
             self.fields.push((name.clone(), pos));
-            filters.push(name);
+            filters.push((name, pos));
         }
         let mut node = self.parse_primary()?;
         self.depth = outer;
-        for field in filters.into_iter().rev() {
-            node = QueryNode::Field { field, node: Box::new(node) };
+        for (field, pos) in filters.into_iter().rev() {
+            node = self.checked(QueryNode::Field { field, node: Box::new(node) }, pos)?;
+        }
+        Ok(node)
+    }
+
+    /// Where the next operand starts.
+    fn start(&self) -> usize {
+        self.peek().map_or(self.input.len(), |t| t.pos)
+    }
+
+    /// `node`, built from input starting at `start`, unless its rendering nests too deep: the
+    /// grouping precedence adds (`a OR b c` renders as `a OR (b c)`) and the parentheses
+    /// around a field filter's group (`a:b:c` renders as `a:(b:c)`) count too.
+    fn checked(&self, node: QueryNode, start: usize) -> Result<QueryNode, Problem> {
+        if nesting(&node) > MAX_QUERY_DEPTH {
+            return Err((
+                start,
+                format!(
+                    "the query nests parentheses and field filters more than {MAX_QUERY_DEPTH} levels deep, \
+                     counting the grouping of `AND` inside `OR` (`a OR b c` is `a OR (b c)`) and a field filter \
+                     inside another (`a:b:c` is `a:(b:c)`)"
+                ),
+            ));
         }
         Ok(node)
     }

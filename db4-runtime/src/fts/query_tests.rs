@@ -182,7 +182,8 @@ fn fts5_rendering_quotes_everything_and_parenthesizes_operands() -> Result<()> {
         ("a b", r#""a" AND "b""#),
         ("a OR b c", r#""a" OR ("b" AND "c")"#),
         ("a b NOT c", r#""a" AND ("b" NOT "c")"#),
-        ("(a OR b) NOT c NOT d", r#"(("a" OR "b") NOT "c") NOT "d""#),
+        ("(a OR b) NOT c NOT d", r#"("a" OR "b") NOT "c" NOT "d""#),
+        ("a NOT (b NOT c)", r#""a" NOT ("b" NOT "c")"#),
         ("title:rust", r#"title : "rust""#),
         ("title:(a b)", r#"title : ("a" AND "b")"#),
         ("a:b:c", r#"a : (b : "c")"#),
@@ -305,10 +306,23 @@ fn limits_on_length_terms_and_depth() -> Result<()> {
     let r = reason(&format!("{}x{}", "(".repeat(MAX_QUERY_DEPTH + 1), ")".repeat(MAX_QUERY_DEPTH + 1)));
     assert!(r.starts_with(&format!("at byte {MAX_QUERY_DEPTH}: the query nests")), "{r}");
     // Field filters count as levels too.
-    let fields = format!("{}x", "f:".repeat(MAX_QUERY_DEPTH));
-    assert!(parse_query(&fields).is_ok());
     let r = reason(&format!("({}x)", "f:".repeat(MAX_QUERY_DEPTH)));
     assert!(r.starts_with(&format!("at byte {}: the query nests", 1 + 2 * (MAX_QUERY_DEPTH - 1))), "{r}");
+    // The depth is that of the renderings, which add parentheses: `a:b:c` renders as
+    // `a:(b:c)`, so a chain of k fields nests 2k - 1 levels.
+    let chain = |k: usize| format!("{}x", "f:".repeat(k));
+    assert_eq!(nesting(parse_query(&chain(3))?.root()), 5);
+    assert!(parse_query(&chain(MAX_QUERY_DEPTH / 2))?.to_string().starts_with("f:(f:(f:"));
+    let r = reason(&format!("a {}", chain(MAX_QUERY_DEPTH / 2 + 1)));
+    assert!(r.starts_with("at byte 2: the query nests") && r.contains("`a:b:c` is `a:(b:c)`"), "{r}");
+    // ... and `a OR b c` renders as `a OR (b c)`.
+    let grouped = |k: usize| format!("{}a OR b c{}", "x (".repeat(k), ")".repeat(k));
+    assert_eq!(nesting(parse_query(&grouped(MAX_QUERY_DEPTH - 1))?.root()), MAX_QUERY_DEPTH);
+    let r = reason(&grouped(MAX_QUERY_DEPTH));
+    assert!(r.starts_with("at byte 0: the query nests") && r.contains("`a OR b c` is `a OR (b c)`"), "{r}");
+    // A chain of `NOT`s groups left to right without parentheses.
+    let nots = format!("a{}", " NOT b".repeat(MAX_QUERY_TERMS - 1));
+    assert_eq!(nesting(parse_query(&nots)?.root()), 0);
     Ok(())
 }
 
@@ -323,8 +337,9 @@ fn the_deepest_queries_fit_the_fts5_parser_stack() -> Result<()> {
         most("a OR (", ")"),
         most("a NOT (", ")"),
         most("(", ") NOT b"),
-        most("title:", ""),
-        most("a title:", ""),
+        format!("{}x", "title:".repeat(MAX_QUERY_DEPTH / 2)),
+        format!("{}x", "a title:".repeat(MAX_QUERY_DEPTH / 2)),
+        format!("{}a OR b c{}", "x (".repeat(MAX_QUERY_DEPTH - 1), ")".repeat(MAX_QUERY_DEPTH - 1)),
         field_group,
         format!("{}x{}", "a title:(".repeat(MAX_QUERY_DEPTH / 2), ")".repeat(MAX_QUERY_DEPTH / 2)),
     ];
@@ -333,6 +348,16 @@ fn the_deepest_queries_fit_the_fts5_parser_stack() -> Result<()> {
         props::assert_fts5_accepts_both(&query);
     }
     Ok(())
+}
+
+#[test]
+fn found_by_fuzzing() {
+    // Eleven nested fields: 11 levels as typed, 21 as rendered (`a : (b : (c : ...`), so the
+    // rendering did not parse back before the depth counted the rendering's nesting.
+    let input = "til0tlrle:td:ket:t:r:Set:t:rwwt:rle:title:wt:rrurs";
+    assert!(reason(input).starts_with("at byte 0: the query nests"));
+    let ten = &input[input.find("td:").unwrap_or(0)..];
+    assert_round_trips(&parse_query(ten).unwrap_or_else(|e| panic!("{e}")));
 }
 
 #[test]
@@ -776,7 +801,7 @@ mod props {
 
         #[test]
         fn generated_trees_round_trip_through_both_renderings(root in node()) {
-            prop_assume!(leaves(&root) <= MAX_QUERY_TERMS);
+            prop_assume!(leaves(&root) <= MAX_QUERY_TERMS && nesting(&root) <= MAX_QUERY_DEPTH);
             let query = SearchQuery { root, fields: Vec::new() };
             assert_round_trips(&query);
         }
@@ -784,7 +809,7 @@ mod props {
         #[cfg(feature = "sqlite")]
         #[test]
         fn generated_trees_render_to_expressions_fts5_accepts(root in node()) {
-            prop_assume!(leaves(&root) <= MAX_QUERY_TERMS);
+            prop_assume!(leaves(&root) <= MAX_QUERY_TERMS && nesting(&root) <= MAX_QUERY_DEPTH);
             let text = parse_query(&to_fts5(&SearchQuery { root, fields: Vec::new() })).expect("round trip");
             fts5::assert_fts5_accepts(&text);
         }
