@@ -18,8 +18,9 @@ pub const MAX_QUERY_BYTES: usize = 16 * 1024;
 /// below that.
 pub const MAX_QUERY_TERMS: usize = 100;
 
-/// How deep parentheses and field filters may nest (`a:(b:(c))` is four levels: two fields,
-/// two groups).
+/// How deep parentheses and field filters may nest, both as typed and as the renderings nest
+/// them: these add parentheses, `a OR b c` rendering as `a OR (b c)` and `a:b:c` as `a:(b:c)`
+/// (three levels).
 ///
 /// FTS5's parser has a fixed stack of 100 entries and fails with "parser stack overflow" past
 /// it; each level of the rendering can hold three (`"a" AND (`). Up to 31 levels fit (measured

@@ -847,7 +847,7 @@ mod props {
         fn nesting_up_to_the_limit_stays_within_the_fts5_parser_stack(
             wraps in proptest::collection::vec(wrapping(), 1..8),
             leaf in prop_oneof![Just("x"), Just("x*"), Just("\"x y\""), Just("body:x"), Just("x NOT y")],
-            past in 0..2usize,
+            past in 0..4usize,
         ) {
             let input = nested(leaf, &wraps, MAX_QUERY_DEPTH + past);
             match parse_query(&input) {
