@@ -128,8 +128,7 @@ pub fn parse_query(input: &str) -> Result<SearchQuery> {
     parse_in(STANDALONE, input)
 }
 
-/// [`parse_query`], naming `collection` in its errors.
-#[allow(dead_code, reason = "called by the search builder (fts/mod.rs), written alongside")]
+/// [`parse_query`], naming `collection` in its errors (for the search builder).
 pub(crate) fn parse_in(collection: &str, input: &str) -> Result<SearchQuery> {
     let fail = |pos: usize, reason: String| Error::InvalidQuery {
         collection: collection.to_owned(),
@@ -154,8 +153,10 @@ pub(crate) fn parse_in(collection: &str, input: &str) -> Result<SearchQuery> {
 ///
 /// Every term and phrase becomes an FTS5 string (`"..."`, a `"` inside doubled), so nothing a
 /// user typed inside one is FTS5 syntax; a prefix is `"term" *`, a field filter `col : expr`,
-/// and every compound operand of an operator or a field filter is in parentheses. The result
-/// parses back with [`parse_query`] to the same query.
+/// and every compound operand of an operator or a field filter is in parentheses (but the
+/// left `NOT` of `a NOT b NOT c`). The result of a parsed query parses back with
+/// [`parse_query`] to the same query; one grown by [`map_terms`](SearchQuery::map_terms) may be
+/// over the limits of the parser, but still renders to an expression FTS5 accepts.
 pub fn to_fts5(query: &SearchQuery) -> String {
     let mut out = String::new();
     render(&query.root, Syntax::Fts5, &mut out);
