@@ -90,23 +90,30 @@ pub mod cdc {
 
 /// Full-text search over FTS5: [`Collection::search`] over a collection's `#[fts]` fields,
 /// [`FullTextIndex`](fts::FullTextIndex) without the derive, and the query language on its
-/// own ([`parse_query`](fts::parse_query), [`to_fts5`](fts::to_fts5)). See `docs/search.md`.
+/// own: [`parse_query`](fts::parse_query) reads what a user typed (`title:rust "web server"
+/// wasm* NOT java`) into a [`SearchQuery`](fts::SearchQuery) tree, and
+/// [`to_fts5`](fts::to_fts5) renders it as an FTS5 `MATCH` expression in which every term is a
+/// quoted string, so no operator can be smuggled through one. See `docs/search.md`.
 ///
 /// # Example
 ///
 /// ```
-/// use db4::fts::{parse_query, to_fts5};
+/// use db4::fts::{QueryNode, parse_query, to_fts5};
 ///
 /// # fn main() -> db4::Result<()> {
-/// let query = parse_query("title:edge AND (database OR sqlite*)")?;
-/// let fts5 = to_fts5(&query); // every term quoted: safe to bind as the MATCH operand
-/// assert!(fts5.contains("\"edge\""));
-/// assert!(parse_query("(unbalanced").is_err());
+/// let query = parse_query("title:rust OR \"web server\" NOT java")?;
+/// assert_eq!(to_fts5(&query), r#"title : "rust" OR ("web server" NOT "java")"#);
+/// assert_eq!(query.fields(), vec![("title", 0)]);
+/// assert!(matches!(query.root(), QueryNode::Or(nodes) if nodes.len() == 2));
+///
+/// let err = parse_query("NOT java").unwrap_err();
+/// assert!(err.to_string().contains("at byte 0: `NOT` needs a term before it"));
 /// # Ok(()) }
 /// ```
 pub mod fts {
     pub use db4_runtime::fts::{
-        FullTextIndex, Hit, IndexSearch, MAX_SNIPPET_TOKENS, Search, SearchQuery, SearchResults, parse_query, to_fts5,
+        FullTextIndex, Hit, IndexSearch, MAX_FIELD_NAME_BYTES, MAX_QUERY_BYTES, MAX_QUERY_DEPTH, MAX_QUERY_TERMS,
+        MAX_SNIPPET_TOKENS, QueryNode, Search, SearchQuery, SearchResults, parse_query, to_fts5,
     };
 }
 

@@ -538,3 +538,45 @@ fn rebuilding_the_index_after_a_vacuum() -> db4::Result<()> {
     assert!(matches!(plain.rebuild_search_index(), Err(Error::InvalidQuery { .. })));
     Ok(())
 }
+
+#[test]
+fn the_query_language_through_a_collection() -> db4::Result<()> {
+    let (_db, articles) = setup()?;
+    let mut a = article("a", "Edge databases", "sqlite everywhere");
+    a.tags = vec!["wasm".into()];
+    articles.insert(&a)?;
+    articles.insert(&article("b", "Databases at the core", "postgres"))?;
+    articles.insert(&article("c", "Edge functions", "javascript"))?;
+    let found = |q: &str| -> db4::Result<Vec<String>> {
+        let mut ids: Vec<String> = articles.search(q).run()?.hits.into_iter().map(|h| h.doc.id).collect();
+        ids.sort();
+        Ok(ids)
+    };
+    assert_eq!(found("title:edge")?, ["a", "c"]);
+    assert_eq!(found("edge database")?, ["a"]);
+    assert_eq!(found("edge OR postgres")?, ["a", "b", "c"]);
+    assert_eq!(found("database NOT sqlite")?, ["b"]);
+    assert_eq!(found("\"edge functions\"")?, ["c"]);
+    assert_eq!(found("java*")?, ["c"]);
+    assert_eq!(found("tags:wasm")?, ["a"]);
+    assert_eq!(found("body:edge")?, Vec::<String>::new());
+    // A field that is not full-text, and a malformed query: errors with byte positions.
+    match articles.search("edge published:true").run() {
+        Err(Error::InvalidQuery { collection, reason }) => {
+            assert_eq!(collection, "articles");
+            assert!(reason.starts_with("at byte 5:") && reason.contains("`published`"), "{reason}");
+        }
+        other => panic!("expected InvalidQuery, got {other:?}"),
+    }
+    match articles.search("edge AND (sqlite").run() {
+        Err(Error::InvalidQuery { collection, reason }) => {
+            assert_eq!(collection, "articles");
+            assert!(reason.starts_with("at byte 9:"), "{reason}");
+        }
+        other => panic!("expected InvalidQuery, got {other:?}"),
+    }
+    // Operators smuggled inside phrases are text.
+    assert!(articles.search("\"edge OR postgres\"").run()?.hits.is_empty());
+    assert!(articles.search("\"NEAR(edge sqlite)\"").run()?.hits.is_empty());
+    Ok(())
+}

@@ -62,10 +62,64 @@ struct Trigram {
 
 /// Pieces hostile input is made of.
 const PIECES: &[&str] = &[
-    "AND", "OR", "NOT", "NEAR", "NEAR(", "and", "or", "not", "(", ")", "((", "))", "\"", "\"\"", "*", "**", "^", ":",
-    "title:", "body:", "tags:", "nope:", "rank:", "rowid:", "{title body}:", "+", "-", ",", ".", "\0", "\\", "'",
-    "''", "%", "_", "$", "é", "日本", "🦀", "database", "edge", "sqlite", "x", "", " ", "\t", "\n", "col", "*a",
-    "a*b", "\"a b\"", "NEAR(a b, 2)", "\u{200b}", "\u{feff}", "--", ";", "DROP TABLE", "\u{0}\u{0}",
+    "AND",
+    "OR",
+    "NOT",
+    "NEAR",
+    "NEAR(",
+    "and",
+    "or",
+    "not",
+    "(",
+    ")",
+    "((",
+    "))",
+    "\"",
+    "\"\"",
+    "*",
+    "**",
+    "^",
+    ":",
+    "title:",
+    "body:",
+    "tags:",
+    "nope:",
+    "rank:",
+    "rowid:",
+    "{title body}:",
+    "+",
+    "-",
+    ",",
+    ".",
+    "\0",
+    "\\",
+    "'",
+    "''",
+    "%",
+    "_",
+    "$",
+    "é",
+    "日本",
+    "🦀",
+    "database",
+    "edge",
+    "sqlite",
+    "x",
+    "",
+    " ",
+    "\t",
+    "\n",
+    "col",
+    "*a",
+    "a*b",
+    "\"a b\"",
+    "NEAR(a b, 2)",
+    "\u{200b}",
+    "\u{feff}",
+    "--",
+    ";",
+    "DROP TABLE",
+    "\u{0}\u{0}",
 ];
 
 fn hostile() -> impl Strategy<Value = String> {
@@ -127,12 +181,16 @@ fn check<T: Document>(c: &Collection<T>, q: &str, o: &Options) -> Result<(), Tes
     Ok(())
 }
 
-fn hostile_db() -> db4::Result<(Db, Collection<Porter>, Collection<Unicode>, Collection<Trigram>)> {
+/// A database with the three collections, seeded.
+type Hostile = (Db, Collection<Porter>, Collection<Unicode>, Collection<Trigram>);
+
+fn hostile_db() -> db4::Result<Hostile> {
     let db = Db::open_in_memory()?;
     let p = db.collection::<Porter>()?;
     let u = db.collection::<Unicode>()?;
     let t = db.collection::<Trigram>()?;
-    let texts = ["Edge databases", "SQLite at the edge", "NEAR and NOT are words", "日本語のテキスト 🦀", "\"quoted\" (text)"];
+    let texts =
+        ["Edge databases", "SQLite at the edge", "NEAR and NOT are words", "日本語のテキスト 🦀", "\"quoted\" (text)"];
     for (i, text) in texts.iter().enumerate() {
         let id = i as i64;
         let tags = vec!["rust".to_owned(), (*text).to_owned()];
@@ -149,8 +207,7 @@ proptest! {
     #[test]
     fn any_query_string_gives_results_or_invalid_query(q in hostile(), o in options()) {
         thread_local! {
-            static DB: (Db, Collection<Porter>, Collection<Unicode>, Collection<Trigram>) =
-                hostile_db().expect("seed the hostile-query database");
+            static DB: Hostile = hostile_db().expect("seed the hostile-query database");
         }
         DB.with(|(_, p, u, t)| -> Result<(), TestCaseError> {
             check(p, &q, &o)?;
@@ -196,15 +253,15 @@ fn words(max: usize) -> impl Strategy<Value = Vec<&'static str>> {
 }
 
 fn doc() -> impl Strategy<Value = Doc> {
-    (0i64..12, words(4), proptest::option::of(words(6)), words(3), any::<i64>()).prop_map(|(id, title, body, tags, n)| {
-        Doc {
+    (0i64..12, words(4), proptest::option::of(words(6)), words(3), any::<i64>()).prop_map(
+        |(id, title, body, tags, n)| Doc {
             id,
             title: title.join(" "),
             body: body.map(|b| b.join(" ")),
             tags: tags.into_iter().map(str::to_owned).collect(),
             n,
-        }
-    })
+        },
+    )
 }
 
 #[derive(Debug, Clone)]

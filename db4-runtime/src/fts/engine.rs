@@ -16,7 +16,7 @@
 
 use crate::backend::{Connection, Row};
 use crate::error::{BackendErrorKind, Error, Result};
-use crate::fts::query::{parse_query, to_fts5};
+use crate::fts::query::{parse_in, to_fts5};
 use crate::schema::Tokenizer;
 use crate::schema::fts::rank_function;
 use crate::value::{Value, ValueRef};
@@ -160,20 +160,11 @@ pub(crate) fn match_expression(
     options: &Options,
     input: &str,
 ) -> Result<String> {
-    let query = parse_query(input).map_err(|e| rename(e, target.name))?;
+    let query = parse_in(target.name, input)?;
     let allowed: Vec<&str> = target.fields.iter().map(|(name, _)| *name).collect();
     query.check_fields(target.name, &allowed)?;
     let query = if options.typos { super::typos::expand(conn, target, &query)? } else { query };
     Ok(to_fts5(&query))
-}
-
-/// A parse error names the searched collection or index rather than the standalone parser's
-/// placeholder.
-fn rename(e: Error, name: &str) -> Error {
-    match e {
-        Error::InvalidQuery { reason, .. } => Error::InvalidQuery { collection: name.to_owned(), reason },
-        other => other,
-    }
 }
 
 /// Where the extra columns of a search start, and which there are.

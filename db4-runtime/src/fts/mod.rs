@@ -11,13 +11,16 @@
 
 mod engine;
 mod index;
-pub mod query;
+mod query;
 mod search;
 mod typos;
 
 pub use engine::{Hit, SearchResults};
 pub use index::{FullTextIndex, IndexSearch};
-pub use query::{SearchQuery, parse_query, to_fts5};
+pub use query::{
+    MAX_FIELD_NAME_BYTES, MAX_QUERY_BYTES, MAX_QUERY_DEPTH, MAX_QUERY_TERMS, QueryNode, SearchQuery, parse_query,
+    to_fts5,
+};
 pub use search::Search;
 
 /// The most tokens a snippet may hold: FTS5's own bound.

@@ -9,7 +9,8 @@
 //! - Candidates share the term's first character (read as one range of the vocabulary, by its
 //!   index), and at most [`MAX_ALTERNATIVES`] are kept, the closest and most frequent first.
 //! - With the Porter tokenizer the vocabulary holds stems (`databas` for "databases"): a term
-//!   is also compared cut to the stem's length, give or take one character.
+//!   is also compared cut to the stem's length, give or take one character, and a stem found
+//!   is matched as a prefix (as a term the stemmer would shorten it again).
 //! - The trigram tokenizer matches substrings; it gets no expansion.
 //!
 //! Each lookup binds four values, well inside the 100-parameter limit.
@@ -30,15 +31,18 @@ pub(crate) fn expand(conn: &dyn Connection, target: &Target<'_>, query: &SearchQ
         return Ok(query.clone());
     }
     let mut failure = None;
-    let expanded = query.map_terms(|term| {
+    // A stem from the Porter vocabulary is matched as a prefix: as a term the stemmer would
+    // shorten it again (`databas` to `databa`).
+    let prefix = target.tokenizer == Tokenizer::Porter;
+    let expanded = query.map_terms_prefixed(|term| {
         if failure.is_some() {
-            return vec![term.to_owned()];
+            return Vec::new();
         }
         match alternatives(conn, target, term) {
-            Ok(found) => found,
+            Ok(found) => found.into_iter().map(|alt| (alt, prefix)).collect(),
             Err(e) => {
                 failure = Some(e);
-                vec![term.to_owned()]
+                Vec::new()
             }
         }
     });
@@ -57,16 +61,16 @@ fn budget(chars: usize) -> usize {
     }
 }
 
-/// `term` followed by its alternatives, or `term` alone.
+/// The alternatives of `term` (none if it matches as written).
 fn alternatives(conn: &dyn Connection, target: &Target<'_>, term: &str) -> Result<Vec<String>> {
     let lower = term.to_lowercase();
     let chars: Vec<char> = lower.chars().collect();
     let k = budget(chars.len());
     if k == 0 || matches_something(conn, target, term)? {
-        return Ok(vec![term.to_owned()]);
+        return Ok(Vec::new());
     }
     let first = chars[0];
-    let Some(next) = char::from_u32(first as u32 + 1) else { return Ok(vec![term.to_owned()]) };
+    let Some(next) = char::from_u32(first as u32 + 1) else { return Ok(Vec::new()) };
     let stems = target.tokenizer == Tokenizer::Porter;
     let shortest = chars.len().saturating_sub(k + if stems { 3 } else { 0 }).max(1);
     let longest = chars.len() + k;
@@ -103,9 +107,7 @@ fn alternatives(conn: &dyn Connection, target: &Target<'_>, term: &str) -> Resul
         Ok(())
     })?;
     found.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
-    let mut out = vec![term.to_owned()];
-    out.extend(found.into_iter().map(|(_, _, t)| t).filter(|t| *t != lower).take(MAX_ALTERNATIVES));
-    Ok(out)
+    Ok(found.into_iter().map(|(_, _, t)| t).filter(|t| *t != lower).take(MAX_ALTERNATIVES).collect())
 }
 
 /// Whether `term` alone matches a document.
@@ -176,6 +178,7 @@ mod tests {
         assert_eq!(d("", "abc"), 3);
         assert_eq!(d("abcdefgh", "a"), 4); // past the limit
         assert_eq!(d("é", "e"), 1);
+        assert_eq!(d("databs", "databas"), 1);
         assert_eq!(budget(4), 0);
         assert_eq!(budget(5), 1);
         assert_eq!(budget(9), 2);

@@ -63,4 +63,5 @@ suite!(
     change_long_poll,
     search_ranking,
     search_follows_writes,
+    search_hostile_queries,
 );

@@ -1426,3 +1426,67 @@ pub fn search_follows_writes(t: &dyn Target) {
     expect(c.post("/articles/retitle", &json!({ "titles": [["d", "omega"]] })), 200);
     assert_eq!((total("omega"), total("original")), (1, 0));
 }
+
+pub fn search_hostile_queries(t: &dyn Target) {
+    let c = Tenant::new(t, "search_hostile_queries");
+    expect(
+        c.post("/articles", &searched_article("a", "Edge databases", "SQLite \"quoted\" (text) NEAR NOT", "Published")),
+        201,
+    );
+    let long = "edge ".repeat(2_000);
+    let nested = "(".repeat(500) + "edge" + &")".repeat(500);
+    let queries = [
+        "edge",
+        "\"",
+        "\"\"",
+        "(",
+        ")",
+        "(()",
+        "edge AND",
+        "OR edge",
+        "NOT edge",
+        "edge NOT",
+        "*",
+        "edge **",
+        "a*b",
+        "title:",
+        ":edge",
+        "nope:edge",
+        "views:1",
+        "rank:edge",
+        "NEAR(edge sqlite, 2)",
+        "edge ^ sqlite",
+        "{title}:edge",
+        "\u{0}",
+        "edge\u{0}sqlite",
+        "\"edge\u{0}\"",
+        "日本語",
+        "🦀*",
+        "'; DROP TABLE articles; --",
+        "edge -sqlite",
+        "+edge",
+        "title:(edge OR",
+        "\"unterminated",
+        &long,
+        &nested,
+        "AND OR NOT",
+        "and or not",
+        "\\",
+        "%00",
+    ];
+    for q in queries {
+        let reply = c.get(&format!("/search?q={}&highlight=1&snippet=8&total=1&typos=1", encode(q)));
+        match reply.status {
+            200 => assert!(reply.body["hits"].is_array(), "{q:?}: {}", reply.body),
+            400 => {
+                assert_eq!(reply.body["error"], "invalid_query", "{q:?}: {}", reply.body);
+                let message = reply.body["message"].as_str().expect("message");
+                assert!(message.contains("at byte") || message.contains("query"), "{q:?}: {message}");
+            }
+            other => panic!("{q:?}: status {other}: {}", reply.body),
+        }
+    }
+    // Specials inside a phrase are text: the document's own words match as a phrase.
+    assert_eq!(hit_ids(&search(&c, "\"quoted (text) near not\"", "")), ["a"]);
+    assert_eq!(search(&c, "edge", "&total=1")["total"], 1);
+}
