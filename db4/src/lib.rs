@@ -14,8 +14,8 @@ pub use db4_runtime::{
 };
 // Documents and their schemas (what `#[derive(Document)]` implements and builds).
 pub use db4_runtime::{
-    Document, DocumentId, FieldDef, FtsText, IdArg, IdKind, IndexKind, Numeric, OptionField, Ordered, QueryValue,
-    Schema, TextField, Tokenizer, VersionValue,
+    Document, DocumentId, FieldDef, FtsText, IdArg, IdKind, IndexDef, IndexField, IndexKind, Numeric, OptionField,
+    Ordered, QueryValue, Schema, TextField, Tokenizer, VersionValue,
 };
 // Values as SQLite stores them.
 pub use db4_runtime::{Value, ValueError, ValueRef, to_value};
