@@ -15,6 +15,7 @@ mod open_modes;
 mod pipeline;
 mod queries;
 mod query_limits;
+mod range;
 mod range_indexes;
 mod serde_features;
 mod spans;

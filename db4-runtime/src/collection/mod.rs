@@ -143,6 +143,10 @@ impl<T: Document, S: Scope> Collection<T, S> {
         self.scope.runner()
     }
 
+    pub(crate) fn slot(&self) -> &MetaSlot {
+        &self.slot
+    }
+
     /// Starts a query over the collection.
     pub fn query(&self) -> Query<'_, T> {
         Query::new(self.runner(), &self.slot)

@@ -1,0 +1,7 @@
+//! placeholder
+/// x
+pub struct RangeIndex;
+/// x
+pub struct RangePage;
+/// x
+pub struct RangeQuery;
