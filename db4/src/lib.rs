@@ -133,9 +133,8 @@ pub mod wal {
 /// Range queries over ordered indexes, also at the crate root: [`Collection::range`] over a
 /// `#[range_index]` field and [`Collection::range_index`] over a composite index declared with
 /// `#[db4(index(name = "...", fields(a, b desc)))]`, keyset pagination with signed
-/// [`Cursor`](range::Cursor)s, lazy iteration, and [`RangeIndex`](range::RangeIndex), an
-/// ordered index usable on its own, without the derive. The order of every type, the cursor
-/// format and the limits are in `docs/range.md`.
+/// [`Cursor`](range::Cursor)s and lazy iteration. The order of every type, the cursor format
+/// and the limits are in `docs/range.md`.
 ///
 /// # Example
 ///
@@ -167,7 +166,6 @@ pub mod wal {
 pub mod range {
     pub use db4_runtime::{
         AnyValue, Cursor, DEFAULT_PAGE_SIZE, IndexDef, IndexField, KeyPrefix, MAX_CURSOR_CHARS, Page, Range,
-        RangeIndex, RangePage, RangeQuery,
     };
 }
 

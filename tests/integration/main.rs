@@ -17,6 +17,7 @@ mod queries;
 mod query_limits;
 mod range;
 mod range_indexes;
+mod range_props;
 mod serde_features;
 mod spans;
 mod stats;

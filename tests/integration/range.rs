@@ -305,3 +305,107 @@ fn order_by_breaks_ties_by_id() -> db4::Result<()> {
     assert_eq!(range, want);
     Ok(())
 }
+
+#[test]
+fn an_empty_page_still_leads_back() -> db4::Result<()> {
+    let (_db, articles) = seeded(10)?;
+    let f = Article::fields();
+    let first = articles.range(f.created_at).limit(6).fetch()?;
+    // Everything after the first page goes before the next one is read.
+    for a in (0..10).map(article).filter(|a| !first.items.contains(a)) {
+        articles.delete(&a.id)?;
+    }
+    let empty = articles.range(f.created_at).after(first.next.as_ref().unwrap()).limit(6).fetch()?;
+    assert!(empty.items.is_empty() && !empty.has_more && empty.next.is_none());
+    // Its `prev` includes the row the cursor stood on: back, the whole first page returns.
+    let back = articles.range(f.created_at).before(empty.prev.as_ref().unwrap()).limit(6).fetch()?;
+    assert_eq!(back.items, first.items);
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Low,
+    High,
+    Medium,
+}
+
+impl Ordered for Level {}
+
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(collection = "extremes")]
+#[db4(index(name = "by_level", fields(level)))]
+#[db4(index(name = "by_flag", fields(flag)))]
+pub struct Extreme {
+    #[id]
+    pub id: i64,
+    #[range_index]
+    pub n: Option<i64>,
+    #[range_index]
+    pub x: Option<f64>,
+    #[range_index]
+    pub s: Option<String>,
+    pub level: Level,
+    pub flag: bool,
+}
+
+#[test]
+fn extreme_values_sort_as_documented() -> db4::Result<()> {
+    let db = Db::open_in_memory()?;
+    let extremes = db.collection::<Extreme>()?;
+    let ns = [Some(i64::MAX), Some(0), None, Some(i64::MIN), Some(-1), Some(1), Some(i64::MIN + 1)];
+    let xs = [Some(1e300), Some(-0.5), None, Some(-1e300), Some(0.0), Some(f64::MIN_POSITIVE), Some(2.5)];
+    let ss = ["b", "", "é", "\u{10FFFF}", "B", "a\u{0}b", "a"].map(|s| Some(s.to_owned()));
+    let levels = [Level::Low, Level::High, Level::Medium, Level::Low, Level::High, Level::Medium, Level::Low];
+    let docs: Vec<Extreme> = (0..7)
+        .map(|i| Extreme {
+            id: 6 - i as i64,
+            n: ns[i],
+            x: xs[i],
+            s: if i == 6 { None } else { ss[i].clone() },
+            level: levels[i],
+            flag: i % 2 == 0,
+        })
+        .collect();
+    extremes.insert_many(&docs)?;
+    let f = Extreme::fields();
+    fn by<B>(r: db4::Range<'_, Extreme, B>) -> db4::Result<Vec<Extreme>> {
+        r.iter(2).collect()
+    }
+
+    // Integers: None, then numerically, i64::MIN first.
+    let got: Vec<Option<i64>> = by(extremes.range(f.n))?.into_iter().map(|d| d.n).collect();
+    assert_eq!(got, [None, Some(i64::MIN), Some(i64::MIN + 1), Some(-1), Some(0), Some(1), Some(i64::MAX)]);
+    // Floats likewise.
+    let got: Vec<Option<f64>> = by(extremes.range(f.x))?.into_iter().map(|d| d.x).collect();
+    assert_eq!(got, [None, Some(-1e300), Some(-0.5), Some(0.0), Some(f64::MIN_POSITIVE), Some(2.5), Some(1e300)]);
+    // Text by UTF-8 bytes: "" first, uppercase before lowercase, NUL kept, é and U+10FFFF last.
+    let got: Vec<Option<String>> = by(extremes.range(f.s))?.into_iter().map(|d| d.s).collect();
+    let want = [None, Some(""), Some("B"), Some("a\u{0}b"), Some("b"), Some("é"), Some("\u{10FFFF}")];
+    assert_eq!(got, want.map(|s| s.map(str::to_owned)));
+    // Enums by variant name (High < Low < Medium), ties by id; booleans false first.
+    let got: Vec<(Level, i64)> = by(extremes.range_index("by_level"))?.into_iter().map(|d| (d.level, d.id)).collect();
+    assert_eq!(
+        got,
+        [
+            (Level::High, 2),
+            (Level::High, 5),
+            (Level::Low, 0),
+            (Level::Low, 3),
+            (Level::Low, 6),
+            (Level::Medium, 1),
+            (Level::Medium, 4)
+        ]
+    );
+    let got: Vec<bool> = by(extremes.range_index("by_flag"))?.into_iter().map(|d| d.flag).collect();
+    assert_eq!(got, [false, false, false, true, true, true, true]);
+
+    // order_by and the comparisons agree with the ranges.
+    let ordered: Vec<Option<i64>> = extremes.query().order_by(f.n.asc()).all()?.into_iter().map(|d| d.n).collect();
+    assert_eq!(ordered, [None, Some(i64::MIN), Some(i64::MIN + 1), Some(-1), Some(0), Some(1), Some(i64::MAX)]);
+    assert_eq!(extremes.query().filter(f.n.lt(i64::MIN + 1)).count()?, 2, "None is below every value");
+    assert_eq!(extremes.range(f.n).lt(i64::MIN + 1).fetch()?.items.len(), 2);
+    assert_eq!(extremes.range(f.n).gt(None::<i64>).fetch()?.items.len(), 6, "a None bound is the lowest position");
+    assert_eq!(extremes.range(f.n).lte(None::<i64>).fetch()?.items.len(), 1);
+    Ok(())
+}

@@ -14,6 +14,9 @@ const VERSION: u8 = 1;
 /// The longest cursor text [`Cursor::parse`] reads; longer input is refused before decoding.
 pub const MAX_CURSOR_CHARS: usize = 16 * 1024;
 
+/// The flag of a position that includes the row at its key (the `prev` of an empty page).
+const FLAG_INCLUSIVE: u8 = 1;
+
 const TAG_NULL: u8 = 0;
 const TAG_INTEGER: u8 = 1;
 const TAG_REAL: u8 = 2;
@@ -60,15 +63,24 @@ impl Cursor {
 
     /// The key values the cursor holds, after checking its form.
     pub(crate) fn values(&self) -> Result<Vec<Value>> {
+        self.decoded().map(|(_, values)| values)
+    }
+
+    /// Whether the position includes the row at its key, and the key's values.
+    pub(crate) fn decoded(&self) -> Result<(bool, Vec<Value>)> {
         let bad = |what: &str| Error::invalid_cursor(what.to_owned());
         let Some((&version, rest)) = self.bytes.split_first() else { return Err(bad("empty")) };
         if version != VERSION {
             return Err(Error::invalid_cursor(format!("unknown cursor version {version}")));
         }
-        if rest.len() < MAC_BYTES + 1 {
+        if rest.len() < MAC_BYTES + 2 {
             return Err(bad("cut short"));
         }
         let body = &rest[..rest.len() - MAC_BYTES];
+        let (&flags, body) = body.split_first().ok_or_else(|| bad("cut short"))?;
+        if flags > FLAG_INCLUSIVE {
+            return Err(bad("unknown flags"));
+        }
         let (&count, mut body) = body.split_first().ok_or_else(|| bad("cut short"))?;
         if count == 0 {
             return Err(bad("holds no key"));
@@ -82,7 +94,7 @@ impl Cursor {
         if !body.is_empty() {
             return Err(bad("trailing bytes"));
         }
-        Ok(values)
+        Ok((flags == FLAG_INCLUSIVE, values))
     }
 
     fn signed(&self) -> (&[u8], &[u8]) {
@@ -112,8 +124,9 @@ impl std::str::FromStr for Cursor {
 
 /// Signs and checks cursors with the database's secret (kept in `_db4_meta`).
 pub(crate) trait CursorSigner {
-    /// A cursor at `values` (the key of a row) for the range described by `context`.
-    fn sign(&self, context: &[u8], values: &[ValueRef<'_>]) -> Cursor;
+    /// A cursor at `values` (the key of a row) for the range described by `context`;
+    /// `inclusive` when the position includes that row.
+    fn sign(&self, context: &[u8], values: &[ValueRef<'_>], inclusive: bool) -> Cursor;
 
     /// The key `cursor` holds, if it was signed by this key for the range `context` and holds
     /// `expected` values.
@@ -121,12 +134,13 @@ pub(crate) trait CursorSigner {
     /// # Errors
     ///
     /// [`Error::InvalidCursor`] otherwise.
-    fn verify(&self, context: &[u8], cursor: &Cursor, expected: usize) -> Result<Vec<Value>>;
+    fn verify(&self, context: &[u8], cursor: &Cursor, expected: usize) -> Result<(bool, Vec<Value>)>;
 }
 
 impl CursorSigner for CursorKey {
-    fn sign(&self, context: &[u8], values: &[ValueRef<'_>]) -> Cursor {
-        let mut bytes = vec![VERSION, u8::try_from(values.len()).unwrap_or(u8::MAX)];
+    fn sign(&self, context: &[u8], values: &[ValueRef<'_>], inclusive: bool) -> Cursor {
+        let flags = if inclusive { FLAG_INCLUSIVE } else { 0 };
+        let mut bytes = vec![VERSION, flags, u8::try_from(values.len()).unwrap_or(u8::MAX)];
         for v in values {
             encode_value(&mut bytes, *v);
         }
@@ -135,8 +149,8 @@ impl CursorSigner for CursorKey {
         Cursor { bytes }
     }
 
-    fn verify(&self, context: &[u8], cursor: &Cursor, expected: usize) -> Result<Vec<Value>> {
-        let values = cursor.values()?;
+    fn verify(&self, context: &[u8], cursor: &Cursor, expected: usize) -> Result<(bool, Vec<Value>)> {
+        let (inclusive, values) = cursor.decoded()?;
         let (signed, tag) = cursor.signed();
         if !self.check(context, signed, tag) {
             return Err(Error::invalid_cursor(
@@ -150,7 +164,7 @@ impl CursorSigner for CursorKey {
                 values.len()
             )));
         }
-        Ok(values)
+        Ok((inclusive, values))
     }
 }
 
@@ -300,10 +314,12 @@ mod tests {
         ];
         let key = CursorKey::fixed([7; 32]);
         let refs: Vec<ValueRef<'_>> = values.iter().map(Value::as_ref).collect();
-        let cursor = key.sign(b"ctx", &refs);
+        let cursor = key.sign(b"ctx", &refs, false);
         let back = Cursor::parse(&cursor.to_string()).unwrap();
         assert_eq!(back, cursor);
-        assert_eq!(key.verify(b"ctx", &back, values.len()).unwrap(), values);
+        assert_eq!(key.verify(b"ctx", &back, values.len()).unwrap(), (false, values.to_vec()));
+        let inclusive = key.sign(b"ctx", &refs, true);
+        assert_eq!(key.verify(b"ctx", &inclusive, values.len()).unwrap(), (true, values.to_vec()));
         assert!(matches!(key.verify(b"other", &back, values.len()), Err(Error::InvalidCursor { .. })));
         assert!(matches!(CursorKey::fixed([8; 32]).verify(b"ctx", &back, 8), Err(Error::InvalidCursor { .. })));
         assert!(matches!(key.verify(b"ctx", &back, 3), Err(Error::InvalidCursor { .. })));
@@ -312,15 +328,24 @@ mod tests {
     #[test]
     fn a_one_field_cursor_is_short() {
         let key = CursorKey::fixed([1; 32]);
-        let c = key.sign(b"ctx", &[ValueRef::Integer(1_767_225_600_000), ValueRef::Text("art-000000000123")]);
+        let c = key.sign(b"ctx", &[ValueRef::Integer(1_767_225_600_000), ValueRef::Text("art-000000000123")], false);
         assert!(c.to_string().len() <= 96, "{c}");
-        let c = key.sign(b"ctx", &[ValueRef::Integer(i64::MIN), ValueRef::Integer(i64::MAX)]);
+        let c = key.sign(b"ctx", &[ValueRef::Integer(i64::MIN), ValueRef::Integer(i64::MAX)], false);
         assert!(c.to_string().len() <= 96, "{c}");
     }
 
     #[test]
     fn garbage_is_refused() {
-        for text in ["", "A", "AAAA", "!!!!", "AQ", "AgAAAAAAAAAAAAAAAAAAAAAA", &"A".repeat(MAX_CURSOR_CHARS + 1)] {
+        for text in [
+            "",
+            "A",
+            "AAAA",
+            "!!!!",
+            "AQ",
+            "AgAAAAAAAAAAAAAAAAAAAAAA",
+            "AQIBAAAAAAAAAAAAAAAAAAAAAA",
+            &"A".repeat(MAX_CURSOR_CHARS + 1),
+        ] {
             assert!(matches!(Cursor::parse(text), Err(Error::InvalidCursor { .. })), "{text:?}");
         }
     }

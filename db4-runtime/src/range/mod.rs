@@ -6,11 +6,9 @@
 
 mod cursor;
 mod sql;
-mod standalone;
 
 pub use cursor::{Cursor, MAX_CURSOR_CHARS};
 use cursor::{CursorKey, CursorSigner};
-pub use standalone::{RangeIndex, RangePage, RangeQuery};
 
 use crate::collection::Collection;
 use crate::db::Db;
@@ -120,8 +118,10 @@ struct IndexKeys {
 #[derive(Debug, Clone)]
 enum Position {
     Start,
-    After(Vec<Value>),
-    Before(Vec<Value>),
+    /// After the key; `true`: at or after it.
+    After(Vec<Value>, bool),
+    /// Before the key; `true`: at or before it.
+    Before(Vec<Value>, bool),
 }
 
 /// A range query over an ordered index, from [`Collection::range`] or
@@ -449,15 +449,21 @@ impl<'c, T: Document, B> Range<'c, T, B> {
         // The cursor holds the keys after the prefix, and the id.
         let expected = index.keys.len() - self.prefix.len() + 1;
         let position = match (&self.after, &self.before) {
-            (Some(c), _) => Position::After(self.checked(c, &context, expected)?),
-            (None, Some(c)) => Position::Before(self.checked(c, &context, expected)?),
+            (Some(c), _) => {
+                let (inclusive, values) = self.checked(c, &context, expected)?;
+                Position::After(values, inclusive)
+            }
+            (None, Some(c)) => {
+                let (inclusive, values) = self.checked(c, &context, expected)?;
+                Position::Before(values, inclusive)
+            }
             (None, None) => Position::Start,
         };
         Ok((index, context, position))
     }
 
-    fn checked(&self, cursor: &Cursor, context: &[u8], expected: usize) -> Result<Vec<Value>> {
-        let values = self.key.verify(context, cursor, expected)?;
+    fn checked(&self, cursor: &Cursor, context: &[u8], expected: usize) -> Result<(bool, Vec<Value>)> {
+        let (inclusive, values) = self.key.verify(context, cursor, expected)?;
         use crate::schema::IdKind;
         let id_ok = matches!(
             (values.last(), self.slot.get().id_kind),
@@ -466,7 +472,7 @@ impl<'c, T: Document, B> Range<'c, T, B> {
         if !id_ok {
             return Err(Error::invalid_cursor("its id is not of this collection's id type"));
         }
-        Ok(values)
+        Ok((inclusive, values))
     }
 
     /// What a cursor of this range is signed over: the collection, the index and its keys,
@@ -509,7 +515,7 @@ impl<'c, T: Document, B> Range<'c, T, B> {
     fn page(&self, index: &IndexKeys, context: &[u8], position: Position, limit: usize) -> Result<Page<T>> {
         let schema = self.slot.schema();
         let id_field = schema.fields().iter().position(|f| f.is_id()).unwrap_or(0);
-        let backward = matches!(position, Position::Before(_));
+        let backward = matches!(position, Position::Before(..));
         let flip = self.descending ^ backward;
         let last_desc = index.keys.last().is_some_and(|k| k.1);
         let p = self.prefix.len();
@@ -578,10 +584,10 @@ impl<'c, T: Document, B> Range<'c, T, B> {
                     let slot = bind(&mut sql, value)?;
                     conditions.push(sql::compare(&mut sql, bounded, op, slot)?);
                 }
-                if let Position::After(values) | Position::Before(values) = &position {
+                if let Position::After(values, inclusive) | Position::Before(values, inclusive) = &position {
                     sep(&mut sql);
                     let slots = values.iter().map(|v| bind(&mut sql, v)).collect::<Result<Vec<_>>>()?;
-                    conditions.push(sql::after(&mut sql, &keys[p..], &slots)?);
+                    conditions.push(sql::after(&mut sql, &keys[p..], &slots, *inclusive)?);
                 }
                 sql.push(")");
             }
@@ -625,17 +631,23 @@ impl<'c, T: Document, B> Range<'c, T, B> {
         if backward {
             rows.reverse();
         }
-        let sign = |key: &Vec<Value>| {
+        let sign = |key: &Vec<Value>, inclusive: bool| {
             let refs: Vec<ValueRef<'_>> = key.iter().map(Value::as_ref).collect();
-            self.key.sign(context, &refs)
+            self.key.sign(context, &refs, inclusive)
         };
-        let first = rows.first().map(|r| sign(&r.1));
-        let last = rows.last().map(|r| sign(&r.1));
-        let from_cursor = !matches!(position, Position::Start);
-        let (next, prev) = if backward {
-            (last, if has_more { first } else { None })
-        } else {
-            (if has_more { last } else { None }, if from_cursor { first } else { None })
+        let first = rows.first().map(|r| sign(&r.1, false));
+        let last = rows.last().map(|r| sign(&r.1, false));
+        // An empty page read from a cursor: the way back (or on) starts at that cursor,
+        // including its own row, which the page it came from ended with.
+        let reopened = |values: &Vec<Value>| Some(sign(values, true));
+        let (next, prev) = match &position {
+            Position::Start => (if has_more { last } else { None }, None),
+            Position::After(values, _) => {
+                (if has_more { last } else { None }, if rows.is_empty() { reopened(values) } else { first })
+            }
+            Position::Before(values, _) => {
+                (if rows.is_empty() { reopened(values) } else { last }, if has_more { first } else { None })
+            }
         };
         Ok(Page { items: rows.into_iter().map(|r| r.0).collect(), next, prev, has_more })
     }
@@ -724,7 +736,7 @@ impl<T: Document, B> Iterator for RangeIter<'_, T, B> {
 
     fn next(&mut self) -> Option<Result<T>> {
         loop {
-            let backward = matches!(self.keys.as_ref().map(|k| &k.2), Some(Position::Before(_)));
+            let backward = matches!(self.keys.as_ref().map(|k| &k.2), Some(Position::Before(..)));
             let item = if backward { self.buffer.pop_back() } else { self.buffer.pop_front() };
             if let Some(doc) = item {
                 return Some(Ok(doc));
@@ -753,11 +765,15 @@ impl<T: Document, B> Iterator for RangeIter<'_, T, B> {
                 }
                 Ok(page) => {
                     self.done = !page.has_more;
-                    let backward = matches!(position, Position::Before(_));
+                    let backward = matches!(position, Position::Before(..));
                     let cursor = if backward { page.prev } else { page.next };
                     if let (Some(cursor), Some(keys)) = (cursor, self.keys.as_mut()) {
-                        let values = cursor.values().unwrap_or_default();
-                        keys.2 = if backward { Position::Before(values) } else { Position::After(values) };
+                        let (inclusive, values) = cursor.decoded().unwrap_or_default();
+                        keys.2 = if backward {
+                            Position::Before(values, inclusive)
+                        } else {
+                            Position::After(values, inclusive)
+                        };
                     } else {
                         self.done = true;
                     }

@@ -161,14 +161,19 @@ fn group_compare(sql: &mut Statement<'_>, keys: &[Key], values: &[Option<Slot>],
     compare(sql, keys[g.start].field, op, values[g.start])
 }
 
-/// Writes the condition that a row's key comes strictly after `values` in the scan order of
-/// `keys` (each key's direction); returns its height.
-pub(crate) fn after(sql: &mut Statement<'_>, keys: &[Key], values: &[Option<Slot>]) -> Result<usize> {
+/// Writes the condition that a row's key comes after `values` in the scan order of `keys`
+/// (each key's direction), or at it with `inclusive`; returns its height.
+pub(crate) fn after(sql: &mut Statement<'_>, keys: &[Key], values: &[Option<Slot>], inclusive: bool) -> Result<usize> {
     let groups = groups(keys, values);
     let mut heights = Vec::with_capacity(groups.len());
     let mut closing = 0;
     for (i, g) in groups.iter().enumerate() {
-        let later = if g.descending { Op::Lt } else { Op::Gt };
+        let later = match (g.descending, inclusive && i + 1 == groups.len()) {
+            (false, false) => Op::Gt,
+            (false, true) => Op::Gte,
+            (true, false) => Op::Lt,
+            (true, true) => Op::Lte,
+        };
         if i + 1 == groups.len() {
             heights.push((group_compare(sql, keys, values, g, later)?, 0));
             break;
