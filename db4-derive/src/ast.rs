@@ -20,6 +20,48 @@ pub struct Container<'a> {
     pub full_changes: Option<bool>,
     /// `None` when the input is not a struct with named fields (already reported).
     pub fields: Option<Vec<Field<'a>>>,
+    /// `#[db4(index(name = "...", fields(a, b desc)))]`, in declaration order.
+    pub indexes: Vec<CompositeIndex>,
+}
+
+/// A composite index declared on the struct.
+pub struct CompositeIndex {
+    /// `name = "..."`; `None` if missing (already reported).
+    pub name: Option<LitStr>,
+    /// The keys, in order: the field as written and whether it is descending.
+    pub keys: Vec<IndexKey>,
+}
+
+/// One key of a composite index: `created_at` or `created_at desc`.
+pub struct IndexKey {
+    pub ident: Ident,
+    pub descending: bool,
+}
+
+impl IndexKey {
+    /// The field name without a raw-identifier prefix.
+    pub fn name(&self) -> String {
+        self.ident.to_string().trim_start_matches("r#").to_owned()
+    }
+}
+
+impl syn::parse::Parse for IndexKey {
+    fn parse(input: syn::parse::ParseStream<'_>) -> syn::Result<Self> {
+        let ident: Ident = syn::ext::IdentExt::parse_any(input)?;
+        let mut descending = false;
+        if input.peek(Ident) {
+            let dir: Ident = input.parse()?;
+            if dir == DESC {
+                descending = true;
+            } else if dir != ASC {
+                return Err(syn::Error::new(
+                    dir.span(),
+                    format!("expected `asc` or `desc` after `{ident}`, or a comma; found `{dir}`"),
+                ));
+            }
+        }
+        Ok(IndexKey { ident, descending })
+    }
 }
 
 /// One named field.
@@ -54,9 +96,17 @@ impl<'a> Container<'a> {
         let mut tokenizer = None;
         let mut full_changes = None;
         let mut rename_all = None;
+        let mut indexes = Vec::new();
         for attr in &input.attrs {
             if attr.path().is_ident(DB4) {
-                parse_container_attr(cx, attr, &mut collection, &mut krate, &mut tokenizer, &mut full_changes);
+                let options = ContainerOptions {
+                    collection: &mut collection,
+                    krate: &mut krate,
+                    tokenizer: &mut tokenizer,
+                    full_changes: &mut full_changes,
+                    indexes: &mut indexes,
+                };
+                parse_container_attr(cx, attr, options);
             } else if attr.path().is_ident(SERDE) {
                 parse_serde_container(attr, &mut rename_all);
             } else if let Some(name) = field_attr_name(attr) {
@@ -110,6 +160,7 @@ impl<'a> Container<'a> {
             tokenizer,
             full_changes,
             fields,
+            indexes,
         }
     }
 }
@@ -119,14 +170,17 @@ fn field_attr_name(attr: &Attribute) -> Option<&'static str> {
     [ID, PARTITION_KEY, FTS, INDEX, RANGE_INDEX, VERSION].into_iter().find(|n| attr.path().is_ident(n))
 }
 
-fn parse_container_attr(
-    cx: &Ctxt,
-    attr: &Attribute,
-    collection: &mut Option<LitStr>,
-    krate: &mut Option<syn::Path>,
-    tokenizer: &mut Option<(String, LitStr)>,
-    full_changes: &mut Option<bool>,
-) {
+/// Where the options of `#[db4(...)]` on the struct go.
+struct ContainerOptions<'o> {
+    collection: &'o mut Option<LitStr>,
+    krate: &'o mut Option<syn::Path>,
+    tokenizer: &'o mut Option<(String, LitStr)>,
+    full_changes: &'o mut Option<bool>,
+    indexes: &'o mut Vec<CompositeIndex>,
+}
+
+fn parse_container_attr(cx: &Ctxt, attr: &Attribute, options: ContainerOptions<'_>) {
+    let ContainerOptions { collection, krate, tokenizer, full_changes, indexes } = options;
     let result = attr.parse_nested_meta(|meta| {
         if meta.path.is_ident(COLLECTION) {
             let lit: LitStr = string_value(&meta, COLLECTION)?;
@@ -172,11 +226,13 @@ fn parse_container_attr(
                 cx.error_spanned_by(&meta.path, "duplicate `changes` option");
             }
             *full_changes = Some(mode == "full");
+        } else if meta.path.is_ident(INDEX) {
+            indexes.push(parse_index(cx, &meta)?);
         } else {
             let name = meta.path.to_token_stream_string();
             return Err(meta.error(format!(
-                "unknown db4 option `{name}`; expected `collection = \"...\"`, `crate = \"...\"`, `tokenizer = \"...\"` or \
-                 `changes = \"...\"`"
+                "unknown db4 option `{name}`; expected `collection = \"...\"`, `crate = \"...\"`, `tokenizer = \"...\"`, \
+                 `changes = \"...\"` or `index(name = \"...\", fields(...))`"
             )));
         }
         Ok(())
@@ -184,6 +240,54 @@ fn parse_container_attr(
     if let Err(e) = result {
         cx.syn_error(e);
     }
+}
+
+/// Parses `index(name = "...", fields(a, b desc))`.
+fn parse_index(cx: &Ctxt, meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<CompositeIndex> {
+    const FORM: &str = "write `index(name = \"by_tenant_created\", fields(tenant_id, created_at desc))`";
+    let span = meta.path.span();
+    if !meta.input.peek(syn::token::Paren) {
+        return Err(meta.error(format!("expected a list after `index`: {FORM}")));
+    }
+    let mut index = CompositeIndex { name: None, keys: Vec::new() };
+    let mut saw_fields = false;
+    meta.parse_nested_meta(|inner| {
+        if inner.path.is_ident(NAME) {
+            let lit = string_value(&inner, NAME)?;
+            if index.name.is_some() {
+                cx.error_spanned_by(&inner.path, "duplicate `name` option in `index(...)`");
+            }
+            index.name = Some(lit);
+        } else if inner.path.is_ident(FIELDS) {
+            if !inner.input.peek(syn::token::Paren) {
+                return Err(inner.error(format!("expected `fields(a, b desc)`: {FORM}")));
+            }
+            let content;
+            syn::parenthesized!(content in inner.input);
+            let keys = content.parse_terminated(<IndexKey as syn::parse::Parse>::parse, syn::Token![,])?;
+            if saw_fields {
+                cx.error_spanned_by(&inner.path, "duplicate `fields` option in `index(...)`");
+            }
+            saw_fields = true;
+            if keys.is_empty() {
+                cx.error_spanned_by(&inner.path, "an index needs at least one field: `fields(a, b desc)`");
+            }
+            index.keys.extend(keys);
+        } else {
+            let name = inner.path.to_token_stream_string();
+            return Err(
+                inner.error(format!("unknown `index` option `{name}`; expected `name = \"...\"` or `fields(...)`"))
+            );
+        }
+        Ok(())
+    })?;
+    if index.name.is_none() {
+        cx.syn_error(syn::Error::new(span, format!("this index has no name: {FORM}")));
+    }
+    if !saw_fields {
+        cx.syn_error(syn::Error::new(span, format!("this index has no fields: {FORM}")));
+    }
+    Ok(index)
 }
 
 /// Reads `name = "..."`, with an error that shows that form.

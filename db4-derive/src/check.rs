@@ -99,6 +99,75 @@ pub fn check(cx: &Ctxt, cont: &Container<'_>) {
     {
         cx.error_spanned_by(lit, "a tokenizer is set but no field is marked `#[fts]`");
     }
+    check_indexes(cx, cont, fields);
+}
+
+/// The most fields a composite index may have (db4-runtime's `MAX_INDEX_FIELDS`).
+const MAX_INDEX_FIELDS: usize = 16;
+
+/// Composite indexes: a valid, unique name; fields that exist, are stored, appear once and
+/// are neither the id nor the version. (That each field's type is ordered is asserted in
+/// the generated code, spanned on the field named in the index.)
+fn check_indexes(cx: &Ctxt, cont: &Container<'_>, fields: &[Field<'_>]) {
+    let mut names: Vec<String> = Vec::new();
+    for index in &cont.indexes {
+        if let Some(lit) = &index.name {
+            let name = lit.value();
+            if !is_valid_field_name(&name) {
+                cx.error_spanned_by(lit, format!("invalid index name {name:?}: use 1-64 ASCII letters, digits or `_`"));
+            } else if names.contains(&name) {
+                cx.error_spanned_by(
+                    lit,
+                    format!("duplicate index name {name:?}: each index of `{}` needs its own", cont.ident),
+                );
+            }
+            names.push(name);
+        }
+        if index.keys.len() > MAX_INDEX_FIELDS {
+            cx.error_spanned_by(
+                &index.keys[MAX_INDEX_FIELDS].ident,
+                format!("an index has at most {MAX_INDEX_FIELDS} fields (the id is always added as the last key)"),
+            );
+        }
+        for (i, key) in index.keys.iter().enumerate() {
+            let name = key.name();
+            let Some(field) = fields.iter().find(|f| f.name == name) else {
+                let known: Vec<&str> = fields.iter().filter(|f| f.id.is_none()).map(|f| f.name.as_str()).collect();
+                cx.error_spanned_by(
+                    &key.ident,
+                    format!(
+                        "no field `{name}` in `{}`; an index names fields of the struct: {}",
+                        cont.ident,
+                        known.join(", ")
+                    ),
+                );
+                continue;
+            };
+            if index.keys[..i].iter().any(|k| k.name() == name) {
+                cx.error_spanned_by(&key.ident, format!("field `{name}` appears twice in this index"));
+            } else if field.id.is_some() {
+                cx.error_spanned_by(
+                    &key.ident,
+                    format!("`{name}` is the id, which every index already ends with; remove it from `fields(...)`"),
+                );
+            } else if field.version.is_some() {
+                cx.error_spanned_by(
+                    &key.ident,
+                    format!("`{name}` is the `#[version]` counter, which cannot be indexed"),
+                );
+            } else if field.not_stored.is_some() {
+                cx.error_spanned_by(
+                    &key.ident,
+                    format!("field `{name}` is not written as a key of the document by serde, so it cannot be indexed"),
+                );
+            } else if !is_valid_field_name(&field.name) {
+                cx.error_spanned_by(
+                    &key.ident,
+                    "indexed field names must be ASCII letters, digits and `_`, at most 64 characters",
+                );
+            }
+        }
+    }
 }
 
 /// `bm25()` takes the table and one weight per column, within 32 arguments.

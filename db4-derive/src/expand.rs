@@ -50,6 +50,35 @@ pub fn expand(cont: &Container<'_>) -> TokenStream {
         _ => quote!(#p::Tokenizer::Porter),
     };
 
+    let index_defs = cont.indexes.iter().map(|index| {
+        let name = index.name.as_ref().map(syn::LitStr::value).unwrap_or_default();
+        let keys = index.keys.iter().map(|k| {
+            let field = k.name();
+            if k.descending { quote!(#p::IndexField::desc(#field)) } else { quote!(#p::IndexField::asc(#field)) }
+        });
+        quote!(#p::IndexDef::new(#name, &[#(#keys),*]))
+    });
+    let index_count = cont.indexes.len();
+    // Only when declared, so the common expansion stays as it was.
+    let (indexes_static, indexes) = if index_count == 0 {
+        (quote!(), quote!())
+    } else {
+        (
+            quote!(static __DB4_INDEXES: [#p::IndexDef; #index_count] = [#(#index_defs),*];),
+            quote!(.indexes(&__DB4_INDEXES)),
+        )
+    };
+    // Each key's type must be ordered: asserted with the span of the key in the declaration.
+    // (Through a field access spanned on the key, so the error points at the declaration.)
+    let index_checks = cont.indexes.iter().flat_map(|index| &index.keys).filter_map(|k| {
+        let field = fields.iter().find(|f| f.name == k.name())?;
+        let mut member = field.ident.clone();
+        member.set_span(k.ident.span());
+        Some(quote_spanned!(k.ident.span()=>
+            const _: fn(&#ident) = |__db4_doc| #p::assert_ordered_key(&__db4_doc.#member);
+        ))
+    });
+
     let id = fields.iter().find(|f| f.id.is_some());
     let id_ty = id.map(|f| f.ty);
     let id_ident = id.map(|f| f.ident);
@@ -87,10 +116,12 @@ pub fn expand(cont: &Container<'_>) -> TokenStream {
         #[doc(hidden)]
         const _: () = {
             static __DB4_FIELDS: [#p::FieldDef; #field_count] = [#(#defs),*];
+            #indexes_static
             static __DB4_SCHEMA: #p::Schema =
-                #p::Schema::new(#collection, #type_name, &__DB4_FIELDS).tokenizer(#tokenizer)#full_changes;
+                #p::Schema::new(#collection, #type_name, &__DB4_FIELDS).tokenizer(#tokenizer)#full_changes #indexes;
 
             #(#type_checks)*
+            #(#index_checks)*
 
             #[automatically_derived]
             impl #p::Document for #ident {

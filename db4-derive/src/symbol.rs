@@ -13,6 +13,10 @@ pub const CRATE: &str = "crate";
 pub const TOKENIZER: &str = "tokenizer";
 pub const CHANGES: &str = "changes";
 pub const WEIGHT: &str = "weight";
+pub const NAME: &str = "name";
+pub const FIELDS: &str = "fields";
+pub const ASC: &str = "asc";
+pub const DESC: &str = "desc";
 
 pub const TOKENIZERS: [&str; 3] = ["porter", "unicode61", "trigram"];
 /// What `#[db4(changes = "...")]` accepts: before- and after-images, or after-images only.

@@ -57,3 +57,20 @@ fn errors_come_with_a_fallback_impl() {
         }
     }));
 }
+
+#[test]
+fn composite_indexes() {
+    insta::assert_snapshot!(expand(quote::quote! {
+        #[db4(collection = "articles", index(name = "by_tenant_created", fields(tenant_id, created_at desc)))]
+        #[db4(index(name = "by_status", fields(status asc, r#type)))]
+        pub struct Article {
+            #[id]
+            pub id: String,
+            #[partition_key]
+            pub tenant_id: String,
+            pub status: Status,
+            pub r#type: String,
+            pub created_at: i64,
+        }
+    }));
+}

@@ -237,6 +237,8 @@ struct DbInner {
     registry: Registry,
     /// The writes this handle has committed, by collection.
     committed: Totals,
+    /// The secret range cursors are signed with (kept in the database).
+    cursor_key: crate::store::secret::CursorKey,
     /// [`DbOptions::name`], shared by the change events read through this handle.
     source: Arc<str>,
 }
@@ -385,6 +387,7 @@ impl Db {
             Err(e) if e.backend_kind() == Some(crate::BackendErrorKind::ReadOnly) => {}
             other => other?,
         }
+        let cursor_key = crate::store::secret::CursorKey::load(&*backend)?;
         Ok(Self {
             inner: Arc::new(DbInner {
                 backend,
@@ -393,6 +396,7 @@ impl Db {
                 options,
                 registry: Registry::default(),
                 committed: Totals::default(),
+                cursor_key,
             }),
         })
     }
@@ -530,6 +534,10 @@ impl Db {
     }
 
     /// Where the writes of each unit of work are counted once it commits.
+    pub(crate) fn cursor_key(&self) -> &crate::store::secret::CursorKey {
+        &self.inner.cursor_key
+    }
+
     pub(crate) fn committed(&self) -> &Totals {
         &self.inner.committed
     }

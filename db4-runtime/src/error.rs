@@ -183,6 +183,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A range cursor ([`Cursor`](crate::Cursor)) is not one this database handed out for
+    /// this range: truncated, edited, garbage, from another database, or from a range with
+    /// another index, direction, bounds, prefix or filter. Nothing was read.
+    #[error("invalid cursor: {reason}")]
+    InvalidCursor {
+        /// What is wrong with it (never the secret or the values it holds).
+        reason: String,
+    },
+
     /// The application aborted the work with an error of its own, for example a business
     /// rule or an I/O error inside a transaction closure. Built with [`Error::aborted`]; taken
     /// back out with [`Error::downcast`], [`Error::downcast_ref`] or [`Error::into_aborted`].
@@ -279,6 +288,10 @@ impl Error {
 
     pub(crate) fn serialization(collection: &str, id: Option<String>, source: serde_json::Error) -> Self {
         Error::Serialization { collection: collection.to_owned(), id, source }
+    }
+
+    pub(crate) fn invalid_cursor(reason: impl Into<String>) -> Self {
+        Error::InvalidCursor { reason: reason.into() }
     }
 
     pub(crate) fn change_log(reason: impl Into<String>) -> Self {

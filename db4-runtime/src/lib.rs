@@ -33,6 +33,8 @@ mod query;
 
 mod collection;
 
+mod range;
+
 mod batch;
 
 mod wal;
@@ -56,10 +58,11 @@ pub use collection::{CasResult, Collection, Numeric, TxCollection};
 pub use db::{ChangeLogStats, CollectionStats, DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions, DbStats};
 pub use error::{BackendError, BackendErrorKind, Error, Result};
 pub use query::{Field, Filter, Order, Query};
+pub use range::{AnyValue, Cursor, DEFAULT_PAGE_SIZE, KeyPrefix, MAX_CURSOR_CHARS, Page, Range};
 pub use retry::{RetryPolicy, is_retryable, with_optimistic_lock};
 pub use schema::{
-    Document, DocumentId, FieldDef, FtsText, IdArg, IdKind, IndexKind, OptionField, Ordered, QueryValue, Schema,
-    TextField, Tokenizer, VersionValue,
+    Document, DocumentId, FieldDef, FtsText, IdArg, IdKind, IndexDef, IndexField, IndexKind, OptionField, Ordered,
+    QueryValue, Schema, TextField, Tokenizer, VersionValue,
 };
 pub use store::change::{Change, ChangeKind};
 pub use store::migrate::MigrationReport;
@@ -77,7 +80,8 @@ pub mod __private {
     pub use crate::error::{Error, Result};
     pub use crate::query::Field;
     pub use crate::schema::{
-        Document, DocumentId, FieldDef, FtsText, IndexKind, Ordered, Schema, Tokenizer, VersionValue,
+        Document, DocumentId, FieldDef, FtsText, IndexDef, IndexField, IndexKind, Ordered, Schema, Tokenizer,
+        VersionValue,
     };
     pub use crate::value::Value;
     pub use core::option::Option;
@@ -118,6 +122,8 @@ pub mod __private {
     pub const fn assert_id<T: DocumentId>() {}
     /// Compile-time check: `T` can be `#[range_index]`ed.
     pub const fn assert_ordered<T: Ordered + ?Sized>() {}
+    /// Compile-time check: a key of a composite index has an ordered type.
+    pub fn assert_ordered_key<T: Ordered + ?Sized>(_: &T) {}
     /// Compile-time check: `T` can be `#[fts]` indexed.
     pub const fn assert_fts<T: FtsText + ?Sized>() {}
     /// Compile-time check: `T` can be a `#[version]` counter.

@@ -26,11 +26,12 @@ const LAYERS: &[&str] = &[
     "wal",
     "cdc",
     "fts",
+    "range",
 ];
 
 /// The modules of `src/store`, in import order.
 const STORE: &[&str] =
-    &["meta", "codec", "change", "outbox", "tally", "pipeline", "migrate", "slot", "commit", "registry"];
+    &["secret", "meta", "codec", "change", "outbox", "tally", "pipeline", "migrate", "slot", "commit", "registry"];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -24,10 +24,10 @@ const REGISTRY: &str = "\"_db4_fti\"";
 /// # Example
 ///
 /// ```
-/// use db4::fts::FullTextIndex;
-/// use db4::{Db, Tokenizer};
+/// use db4_runtime::fts::FullTextIndex;
+/// use db4_runtime::{Db, Tokenizer};
 ///
-/// # fn main() -> db4::Result<()> {
+/// # fn main() -> db4_runtime::Result<()> {
 /// let db = Db::open_in_memory()?;
 /// let index = FullTextIndex::create(&db, "articles_fts", &[("title", 2.0), ("body", 1.0)], Tokenizer::Porter)?;
 /// index.index("art-1", &[("title", "Building edge databases"), ("body", "With Cloudflare and SQLite")])?;

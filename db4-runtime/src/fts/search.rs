@@ -22,43 +22,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// parentheses; see [`parse_query`](crate::fts::parse_query)) is parsed when the search
     /// runs. Hits come best first, by BM25 with the declared weights.
     ///
-    /// # Example
-    ///
-    /// ```
-    /// use db4::{Db, Document};
-    /// use serde::{Deserialize, Serialize};
-    ///
-    /// #[derive(Document, Serialize, Deserialize, Debug, Clone, PartialEq)]
-    /// struct Article {
-    ///     #[id]
-    ///     id: String,
-    ///     #[fts(weight = 2.0)]
-    ///     title: String,
-    ///     #[fts]
-    ///     body: String,
-    ///     #[index]
-    ///     published: bool,
-    /// }
-    ///
-    /// # fn main() -> db4::Result<()> {
-    /// let db = Db::open_in_memory()?;
-    /// let articles = db.collection::<Article>()?;
-    /// articles.insert(&Article { id: "a1".into(), title: "Edge databases".into(), body: "SQLite at the edge".into(), published: true })?;
-    /// articles.insert(&Article { id: "a2".into(), title: "Gardening".into(), body: "A database of plants".into(), published: true })?;
-    ///
-    /// let res = articles
-    ///     .search("database")
-    ///     .filter(Article::fields().published.eq(true))
-    ///     .highlight("<em>", "</em>")
-    ///     .snippet(16)
-    ///     .limit(10)
-    ///     .with_total()
-    ///     .run()?;
-    /// assert_eq!(res.total, Some(2));
-    /// assert_eq!(res.hits[0].doc.id, "a1"); // the title match weighs twice
-    /// assert_eq!(res.hits[0].highlights, vec![("title", "Edge <em>databases</em>".to_owned())]);
-    /// # Ok(()) }
-    /// ```
+    /// The `db4::fts` module of the facade has an example.
     pub fn search(&self, query: &str) -> Search<'_, T> {
         Search {
             runner: self.runner(),

@@ -24,7 +24,9 @@ use std::marker::PhantomData;
 /// A query over a collection, from [`Collection::query`](crate::Collection::query).
 ///
 /// Filters added with [`filter`](Query::filter) must all hold. Without
-/// [`order_by`](Query::order_by) the order of results is unspecified. Filters mean what they
+/// [`order_by`](Query::order_by) the order of results is unspecified; with it, documents
+/// equal on every key are ordered by id, in the direction of the last key, so the order is
+/// total (the same one [`Collection::range`](crate::Collection::range) pages through). Filters mean what they
 /// mean in Rust over the document's values, `None` ordering below every value (see
 /// [`Filter`]).
 ///
@@ -71,7 +73,8 @@ impl<'c, T: Document> Query<'c, T> {
         self
     }
 
-    /// Sorts by a field; later calls break ties of earlier ones.
+    /// Sorts by a field; later calls break ties of earlier ones, and the id breaks the last
+    /// ties (ascending after an ascending key, descending after a descending one).
     pub fn order_by(mut self, order: Order<T>) -> Self {
         self.order.push((order.field, order.descending));
         self
@@ -218,6 +221,11 @@ impl<'c, T: Document> Query<'c, T> {
             sql.push(if i == 0 { " ORDER BY " } else { ", " });
             sql.field(field)?;
             sql.push(if descending { " DESC" } else { " ASC" });
+        }
+        // Ties are broken by id, in the direction of the last key, so the order is total (and
+        // an index over the key, which holds the row's id after it, still serves it).
+        if let Some(&(_, descending)) = self.order.last() {
+            sql.push(if descending { ", \"_id\" DESC" } else { ", \"_id\" ASC" });
         }
         if self.limit.is_some() || self.offset > 0 {
             let limit = self.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));

@@ -192,11 +192,13 @@ version_value!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);
 /// (`gt`, `between`, ...) and `#[range_index]` make sense on it.
 ///
 /// Implement it for your own type only if its serialized form orders correctly under SQLite's
-/// comparison rules (numbers numerically, text by UTF-8 bytes).
+/// comparison rules (numbers numerically, text by UTF-8 bytes). An enum of unit variants is
+/// stored as its variant name, so implementing it there orders the enum by variant name, byte
+/// by byte (not by declaration order); see `docs/range.md`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` has no order db4 can index",
-    label = "range comparisons and `#[range_index]` need an ordered type: an integer, a float, `String`, `bool` or `char`",
-    note = "implement `db4::Ordered` for your type if its serialized value sorts correctly in SQLite"
+    label = "range comparisons, `#[range_index]` and composite indexes need an ordered type: an integer, a float, `String`, `bool` or `char`",
+    note = "implement `db4::Ordered` for your type if its serialized value sorts correctly in SQLite (an enum of unit variants then sorts by variant name)"
 )]
 pub trait Ordered {}
 

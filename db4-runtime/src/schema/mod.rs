@@ -6,9 +6,11 @@
 
 mod document;
 pub(crate) mod fts;
+pub(crate) mod index;
 pub(crate) mod kind;
 
 pub use document::{Document, DocumentId, FtsText, IdArg, OptionField, Ordered, QueryValue, TextField, VersionValue};
+pub use index::{IndexDef, IndexField};
 
 use crate::error::{Error, Result};
 
@@ -161,6 +163,7 @@ pub struct Schema {
     fields: &'static [FieldDef],
     tokenizer: Tokenizer,
     full_changes: bool,
+    indexes: &'static [IndexDef],
 }
 
 impl Schema {
@@ -168,7 +171,19 @@ impl Schema {
     /// Exactly one field must be marked [`FieldDef::id`]; [`Db::collection`](crate::Db::collection)
     /// validates the rest and reports problems as [`Error::SchemaMismatch`].
     pub const fn new(collection: &'static str, type_name: &'static str, fields: &'static [FieldDef]) -> Self {
-        Self { collection, type_name, fields, tokenizer: Tokenizer::Porter, full_changes: false }
+        Self { collection, type_name, fields, tokenizer: Tokenizer::Porter, full_changes: false, indexes: &[] }
+    }
+
+    /// Declares composite indexes (`#[db4(index(name = "...", fields(...)))]`); see
+    /// [`IndexDef`].
+    pub const fn indexes(mut self, indexes: &'static [IndexDef]) -> Self {
+        self.indexes = indexes;
+        self
+    }
+
+    /// The declared composite indexes.
+    pub const fn composite_indexes(&self) -> &'static [IndexDef] {
+        self.indexes
     }
 
     /// Records before-images of this collection's changes in the change log (and for commit
@@ -227,10 +242,10 @@ impl Schema {
         self.fields.iter().find(|f| f.version)
     }
 
-    /// The fields kept in their own columns, in declaration order. Their values are what
-    /// `Document::index_values` produces, in the same order.
-    pub fn column_fields(&self) -> impl Iterator<Item = &'static FieldDef> {
-        self.fields.iter().filter(|f| f.has_column())
+    /// The fields kept in their own columns, in declaration order: the partition key, the
+    /// indexed fields and the keys of composite indexes.
+    pub fn column_fields(&self) -> impl Iterator<Item = &'static FieldDef> + '_ {
+        self.fields.iter().filter(|f| f.has_column() || self.in_composite_index(f.name))
     }
 
     /// The full-text fields with their weights.
@@ -257,6 +272,9 @@ impl Schema {
                     self.collection
                 ),
             ));
+        }
+        if let Some((index, reason)) = self.index_problem() {
+            return Err(mismatch(&index, reason));
         }
         let mut seen = std::collections::HashSet::new();
         for f in self.fields {
@@ -306,12 +324,12 @@ impl Schema {
         }
         // `_id`, `_doc` and `_version` take three of a table's columns.
         let max_indexed = crate::limits::MAX_COLUMNS - 3;
-        if count(FieldDef::has_column) > max_indexed {
+        if self.column_fields().count() > max_indexed {
             return Err(mismatch(
                 "",
                 format!(
                     "{} indexed fields (including the partition key); a table has at most {} columns, so at most {max_indexed} can be indexed",
-                    count(FieldDef::has_column),
+                    self.column_fields().count(),
                     crate::limits::MAX_COLUMNS
                 ),
             ));
@@ -345,7 +363,20 @@ impl Schema {
         }
         columns.extend(self.column_fields().map(|f| column_ddl(f, &column_name(f.name, f.key))));
         let mut ddl = vec![format!("CREATE TABLE IF NOT EXISTS {table} ({})", columns.join(", "))];
-        ddl.extend(self.column_fields().map(|f| self.index_ddl(f.name, &column_name(f.name, f.key))));
+        ddl.extend(
+            self.fields.iter().filter(|f| f.has_column()).map(|f| self.index_ddl(f.name, &column_name(f.name, f.key))),
+        );
+        for index in self.indexes {
+            let columns: Vec<(String, bool)> = index
+                .fields()
+                .iter()
+                .filter_map(|k| {
+                    let f = self.fields.iter().find(|f| f.name == k.field())?;
+                    Some((column_name(f.name, f.key), k.is_descending()))
+                })
+                .collect();
+            ddl.push(index::composite_index_ddl(self.collection, index.name(), &columns));
+        }
         ddl
     }
 

@@ -11,6 +11,7 @@
 use crate::backend::Connection;
 use crate::error::{Error, Result};
 use crate::schema::Document;
+use crate::schema::index::{composite_index_ddl, composite_index_name};
 use crate::schema::kind::{FieldKind, field_kind};
 use crate::schema::{IdKind, IndexKind, Tokenizer, column_ddl, column_name, index_name};
 use crate::schema::{fts, json_path, quote_ident};
@@ -104,6 +105,37 @@ pub(crate) struct SchemaRecord {
     /// The value kind of each key whose kind is known, by JSON key.
     #[serde(default)]
     kinds: BTreeMap<String, FieldKind>,
+    /// The composite indexes (`#[db4(index(...))]`); not written when there are none, so
+    /// records of types without any read as they always did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    indexes: Vec<IndexRecord>,
+}
+
+/// A composite index as created: its name and its columns with their directions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct IndexRecord {
+    name: String,
+    /// (column name, descending), in key order; the id follows.
+    columns: Vec<(String, bool)>,
+}
+
+/// The records of `schema`'s composite indexes over the columns `columns` names.
+fn index_records(schema: &'static crate::Schema, columns: &[ColumnRecord]) -> Vec<IndexRecord> {
+    schema
+        .composite_indexes()
+        .iter()
+        .map(|index| IndexRecord {
+            name: index.name().to_owned(),
+            columns: index
+                .fields()
+                .iter()
+                .filter_map(|k| {
+                    let column = columns.iter().find(|c| c.field == k.field())?;
+                    Some((column.column(), k.is_descending()))
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +163,12 @@ impl ColumnRecord {
     fn same(&self, other: &ColumnRecord) -> bool {
         self.field == other.field && self.key() == other.key()
     }
+
+    /// Whether the column has a single-field index of its own (a composite index's key
+    /// alone has none).
+    fn own_index(&self) -> bool {
+        self.index.is_some() || self.partition_key
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,7 +193,7 @@ impl SchemaRecord {
     /// The record `T`'s schema asks for, before it is merged with what is stored.
     fn of(meta_schema: &'static crate::Schema, id_kind: IdKind, kinds: &[Option<FieldKind>]) -> Self {
         let s = meta_schema;
-        Self {
+        let mut record = Self {
             format: RECORD_FORMAT,
             type_name: s.type_name().to_owned(),
             id_field: s.id_field().map(|f| f.name().to_owned()).unwrap_or_default(),
@@ -181,7 +219,10 @@ impl SchemaRecord {
             keys: s.fields().iter().map(|f| f.key().to_owned()).collect(),
             known_keys: sorted(s.fields().iter().map(|f| f.key().to_owned())),
             kinds: s.fields().iter().zip(kinds).filter_map(|(f, k)| k.map(|k| (f.key().to_owned(), k))).collect(),
-        }
+            indexes: Vec::new(),
+        };
+        record.indexes = index_records(s, &record.columns);
+        record
     }
 
     /// Every key known to have been declared: older records list only the last type's.
@@ -337,6 +378,7 @@ pub(crate) fn ensure<T: Document>(
             c.column = Some(crate::schema::hashed_column_name(&c.field, c.key()));
         }
     }
+    wanted.indexes = index_records(schema, &wanted.columns);
     if stored == wanted {
         return meta(&stored, generation).map(Arc::new);
     }
@@ -367,9 +409,27 @@ pub(crate) fn ensure<T: Document>(
         _ => {}
     }
 
+    // Composite indexes whose declaration changed go first: SQLite drops no column an index
+    // still reads.
+    for old in stored.indexes.iter().filter(|i| !wanted.indexes.contains(i)) {
+        conn.execute_ddl(&format!(
+            "DROP INDEX IF EXISTS {}",
+            quote_ident(&composite_index_name(collection, &old.name))
+        ))?;
+    }
     // A column is kept when its field and JSON key are unchanged (the kind of index does not
     // matter: both are one SQLite index); otherwise it is dropped and/or generated anew.
     // Generated columns need no backfill: SQLite computes them while building the index.
+    // A kept column gains or loses its own index when it became or stopped being only a
+    // composite index's key.
+    for new in &wanted.columns {
+        let Some(old) = stored.columns.iter().find(|s| s.same(new)) else { continue };
+        if old.own_index() && !new.own_index() {
+            conn.execute_ddl(&format!("DROP INDEX IF EXISTS {}", quote_ident(&index_name(collection, &old.field))))?;
+        } else if !old.own_index() && new.own_index() {
+            conn.execute_ddl(&schema.index_ddl(&new.field, &new.column()))?;
+        }
+    }
     for old in stored.columns.iter().filter(|c| !wanted.columns.iter().any(|w| w.same(c))) {
         conn.execute_ddl(&format!("DROP INDEX IF EXISTS {}", quote_ident(&index_name(collection, &old.field))))?;
         conn.execute_ddl(&format!("ALTER TABLE {table} DROP COLUMN {}", quote_ident(&old.column())))?;
@@ -381,7 +441,12 @@ pub(crate) fn ensure<T: Document>(
             })?;
         let column = new.column();
         conn.execute_ddl(&format!("ALTER TABLE {table} ADD COLUMN {}", column_ddl(def, &column)))?;
-        conn.execute_ddl(&schema.index_ddl(def.name(), &column))?;
+        if new.own_index() {
+            conn.execute_ddl(&schema.index_ddl(def.name(), &column))?;
+        }
+    }
+    for new in wanted.indexes.iter().filter(|i| !stored.indexes.contains(i)) {
+        conn.execute_ddl(&composite_index_ddl(collection, &new.name, &new.columns))?;
     }
     if stored.fts_shape() != wanted.fts_shape() {
         rebuild_fts(conn, schema, &stored)?;

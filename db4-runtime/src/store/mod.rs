@@ -2,7 +2,8 @@
 //! is read (`meta`, `codec`), how it follows its type's schema (`migrate`), the one write
 //! pipeline every write goes through (`pipeline`), the changes it records (`change`),
 //! the change log they are appended to when their unit of work commits (`outbox`), their
-//! delivery to commit observers (`commit`), and the counts of committed writes (`tally`).
+//! delivery to commit observers (`commit`), the counts of committed writes (`tally`), and the
+//! database's secret for signing range cursors (`secret`).
 
 pub(crate) mod change;
 pub(crate) mod codec;
@@ -12,5 +13,6 @@ pub(crate) mod migrate;
 pub(crate) mod outbox;
 pub(crate) mod pipeline;
 pub(crate) mod registry;
+pub(crate) mod secret;
 pub(crate) mod slot;
 pub(crate) mod tally;

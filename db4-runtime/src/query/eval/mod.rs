@@ -149,9 +149,9 @@ impl<D: Document> Filter<D> {
 }
 
 impl<D: Document> Order<D> {
-    /// How `order_by` with this order sorts `a` and `b`: `Equal` when their values are equal
-    /// (SQLite leaves their order unspecified; add another `order_by` to break ties). `None`
-    /// sorts first in ascending order, last in descending order.
+    /// How `order_by` with this order sorts `a` and `b` on this key: `Equal` when their values
+    /// are equal (a query then orders them by id, in this key's direction if it is the last).
+    /// `None` sorts first in ascending order, last in descending order.
     ///
     /// # Example
     ///

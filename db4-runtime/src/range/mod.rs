@@ -1,0 +1,785 @@
+//! Range queries over ordered indexes, keyset pagination with signed cursors, and lazy
+//! iteration: [`Collection::range`] over a `#[range_index]` field, [`Collection::range_index`]
+//! over a composite index (`#[db4(index(...))]`), then a [`Range`] builder that fetches a
+//! [`Page`] or iterates. The ordering of every type, the cursor format and the limits are in
+//! `docs/range.md`.
+
+mod cursor;
+mod sql;
+
+pub use cursor::{Cursor, MAX_CURSOR_CHARS};
+use cursor::{CursorKey, CursorSigner};
+
+use crate::collection::Collection;
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::query::Field;
+use crate::query::Filter;
+use crate::query::filter::{Atom, CmpOp, Expr};
+use crate::schema::{Document, Ordered, QueryValue};
+use crate::sql::Slot;
+use crate::store::codec::{decode, with_id};
+use crate::store::slot::MetaSlot;
+use crate::trace;
+use crate::txn::{Runner, Scope};
+use crate::value::{Value, ValueError, ValueRef, to_value};
+use cursor::encode_value;
+use serde::Serialize;
+use sql::{Key, Op};
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+
+/// The page size of a [`Range`] without [`limit`](Range::limit).
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+
+/// The bound type of a range over a named index ([`Collection::range_index`]): its keys may
+/// have different types, so bounds and prefixes take any serializable value, checked against
+/// the stored values' order when the range runs (see `docs/range.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnyValue {}
+
+impl<V: Serialize> QueryValue<AnyValue> for V {
+    fn into_value(self) -> Result<Value, ValueError> {
+        to_value(&self)
+    }
+}
+
+/// The values of the leading keys of an index, for [`Range::prefix`]: one value (any
+/// [`Ordered`] type, or `&str`), or a tuple of up to six values, one per key.
+pub trait KeyPrefix {
+    /// The values, one per key, as SQL values.
+    ///
+    /// # Errors
+    ///
+    /// Why a value cannot be bound (a NaN, an integer out of range).
+    fn key_values(&self) -> Result<Vec<Value>, ValueError>;
+}
+
+impl<V: Ordered + Serialize> KeyPrefix for V {
+    fn key_values(&self) -> Result<Vec<Value>, ValueError> {
+        Ok(vec![to_value(self)?])
+    }
+}
+
+impl KeyPrefix for &str {
+    fn key_values(&self) -> Result<Vec<Value>, ValueError> {
+        Ok(vec![Value::Text((*self).to_owned())])
+    }
+}
+
+macro_rules! tuple_prefix {
+    ($($name:ident),+) => {
+        impl<$($name: Serialize),+> KeyPrefix for ($($name,)+) {
+            #[allow(non_snake_case)]
+            fn key_values(&self) -> Result<Vec<Value>, ValueError> {
+                let ($($name,)+) = self;
+                Ok(vec![$(to_value($name)?),+])
+            }
+        }
+    };
+}
+tuple_prefix!(A);
+tuple_prefix!(A, B);
+tuple_prefix!(A, B, C);
+tuple_prefix!(A, B, C, D);
+tuple_prefix!(A, B, C, D, E);
+tuple_prefix!(A, B, C, D, E, F);
+
+/// One page of a range: at most `limit` documents in the range's order, and the cursors
+/// around them.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Page<T> {
+    /// The documents, in the range's order (also when paging backwards with
+    /// [`Range::before`]).
+    pub items: Vec<T>,
+    /// Where the next page starts ([`Range::after`]); `None` when no document follows (as far
+    /// as this read saw).
+    pub next: Option<Cursor>,
+    /// Where the previous page ends ([`Range::before`]); `None` on the first page.
+    pub prev: Option<Cursor>,
+    /// Whether more documents follow in the direction this page was read (forwards, or
+    /// backwards with [`Range::before`]): learned by reading one document more than `limit`,
+    /// never by counting.
+    pub has_more: bool,
+}
+
+/// The index a range reads, resolved against the document type's schema.
+#[derive(Debug, Clone)]
+struct IndexKeys {
+    /// How cursors name it: `field:<name>` or `index:<name>`.
+    name: String,
+    /// The keys (field index, descending in the index), the id last.
+    keys: Vec<(usize, bool)>,
+}
+
+/// Where a page starts.
+#[derive(Debug, Clone)]
+enum Position {
+    Start,
+    /// After the key; `true`: at or after it.
+    After(Vec<Value>, bool),
+    /// Before the key; `true`: at or before it.
+    Before(Vec<Value>, bool),
+}
+
+/// A range query over an ordered index, from [`Collection::range`] or
+/// [`Collection::range_index`]: bounds on the first key after the [`prefix`](Self::prefix),
+/// a direction, filters, a page size and a cursor, then [`fetch`](Self::fetch) a page or
+/// [`iter`](Self::iter) lazily.
+///
+/// Documents come in the index's order with the id as the last key: ascending fields smallest
+/// first, descending ones largest first, `None` below every value (first ascending, last
+/// descending), ties broken by id in the direction of the index's last field.
+/// [`descending`](Self::descending) reverses all of it.
+///
+/// `B` is the type of the bounds: the field's type for [`Collection::range`],
+/// [`AnyValue`] for a named index.
+#[must_use = "a range does nothing until run with fetch() or iter()"]
+pub struct Range<'c, T, B = AnyValue> {
+    runner: Runner<'c>,
+    slot: &'c MetaSlot,
+    key: &'c CursorKey,
+    index: std::result::Result<IndexKeys, String>,
+    prefix: Vec<Value>,
+    lower: Bound<Value>,
+    upper: Bound<Value>,
+    descending: bool,
+    filters: Vec<Expr>,
+    limit: usize,
+    after: Option<Cursor>,
+    before: Option<Cursor>,
+    /// The first value that could not be bound, reported when the range runs.
+    invalid: Option<String>,
+    _marker: PhantomData<fn() -> (T, B)>,
+}
+
+impl<T, B> std::fmt::Debug for Range<'_, T, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Range")
+            .field("index", &self.index)
+            .field("prefix", &self.prefix)
+            .field("lower", &self.lower)
+            .field("upper", &self.upper)
+            .field("descending", &self.descending)
+            .field("filters", &self.filters)
+            .field("limit", &self.limit)
+            .field("after", &self.after)
+            .field("before", &self.before)
+            .finish()
+    }
+}
+
+fn db_of<'a>(runner: Runner<'a>) -> &'a Db {
+    match runner {
+        Runner::Db(db) => db,
+        Runner::Tx(tx) => tx.db(),
+    }
+}
+
+impl<T: Document, S: Scope> Collection<T, S> {
+    /// A range over a field's index (`#[range_index]`; an `#[index]`ed field, the partition
+    /// key and the id work too), smallest value first, ties broken by id.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use db4_runtime as db4;
+    /// # use db4_derive::Document;
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Document, Serialize, Deserialize)]
+    /// # #[db4(crate = "db4_runtime")]
+    /// struct Event { #[id] id: i64, #[range_index] at: i64 }
+    ///
+    /// # fn main() -> db4::Result<()> {
+    /// let events = db4::Db::open_in_memory()?.collection::<Event>()?;
+    /// for i in 0..10 { events.insert(&Event { id: i, at: 100 - i })?; }
+    ///
+    /// let page = events.range(Event::fields().at).between(92..=97).limit(3).fetch()?;
+    /// assert_eq!(page.items.iter().map(|e| e.at).collect::<Vec<_>>(), [92, 93, 94]);
+    /// let cursor = db4::Cursor::parse(&page.next.unwrap().to_string())?;
+    /// let page2 = events.range(Event::fields().at).between(92..=97).after(&cursor).limit(3).fetch()?;
+    /// assert_eq!(page2.items.iter().map(|e| e.at).collect::<Vec<_>>(), [95, 96, 97]);
+    /// assert!(!page2.has_more);
+    /// # Ok(()) }
+    /// ```
+    pub fn range<V: Ordered>(&self, field: Field<T, V>) -> Range<'_, T, V> {
+        let schema = T::schema();
+        let index = match schema.fields().get(field.index()) {
+            Some(def) if def.is_id() => Ok(IndexKeys { name: format!("field:{}", def.name()), keys: Vec::new() }),
+            Some(def) if def.has_column() => {
+                Ok(IndexKeys { name: format!("field:{}", def.name()), keys: vec![(field.index(), false)] })
+            }
+            Some(def) => Err(format!(
+                "field `{}` has no index to range over: mark it `#[range_index]`, or declare a composite index \
+                 that starts with it and use `range_index`",
+                def.name()
+            )),
+            None => Err(format!("field #{} does not belong to this collection", field.index())),
+        };
+        self.new_range(index)
+    }
+
+    /// A range over the composite index `name` (declared with
+    /// `#[db4(index(name = "...", fields(...)))]`) or over the index of the field called
+    /// `name`. Bounds apply to the first key after the [`prefix`](Range::prefix).
+    ///
+    /// An unknown name fails with [`Error::InvalidQuery`] when the range runs.
+    pub fn range_index(&self, name: &str) -> Range<'_, T, AnyValue> {
+        let schema = T::schema();
+        let position = |field: &str| schema.fields().iter().position(|f| f.name() == field);
+        let index = if let Some(def) = schema.composite_indexes().iter().find(|i| i.name() == name) {
+            def.fields()
+                .iter()
+                .map(|k| position(k.field()).map(|i| (i, k.is_descending())))
+                .collect::<Option<Vec<_>>>()
+                .map(|keys| IndexKeys { name: format!("index:{name}"), keys })
+                .ok_or_else(|| format!("index `{name}` names a field the schema does not have"))
+        } else {
+            match schema.fields().iter().position(|f| f.name() == name) {
+                Some(i) if schema.fields()[i].is_id() => Ok(IndexKeys { name: format!("field:{name}"), keys: vec![] }),
+                Some(i) if schema.fields()[i].has_column() => {
+                    Ok(IndexKeys { name: format!("field:{name}"), keys: vec![(i, false)] })
+                }
+                _ => {
+                    let known: Vec<&str> = schema
+                        .composite_indexes()
+                        .iter()
+                        .map(|i| i.name())
+                        .chain(schema.fields().iter().filter(|f| f.has_column()).map(|f| f.name()))
+                        .collect();
+                    Err(format!("no index named `{name}`; the indexes are: {}", known.join(", ")))
+                }
+            }
+        };
+        self.new_range(index)
+    }
+
+    fn new_range<B>(&self, index: std::result::Result<IndexKeys, String>) -> Range<'_, T, B> {
+        let runner = self.runner();
+        Range {
+            runner,
+            slot: self.slot(),
+            key: db_of(runner).cursor_key(),
+            index,
+            prefix: Vec::new(),
+            lower: Bound::Unbounded,
+            upper: Bound::Unbounded,
+            descending: false,
+            filters: Vec::new(),
+            limit: DEFAULT_PAGE_SIZE,
+            after: None,
+            before: None,
+            invalid: None,
+            _marker: PhantomData,
+        }
+    }
+}
+
+fn owned_bound<Q: Clone + QueryValue<B>, B>(bound: Bound<&Q>, invalid: &mut Option<String>) -> Bound<Value> {
+    let mut value = |q: &Q| match q.clone().into_value() {
+        Ok(v) => v,
+        Err(e) => {
+            invalid.get_or_insert(e.0);
+            Value::Null
+        }
+    };
+    match bound {
+        Bound::Included(q) => Bound::Included(value(q)),
+        Bound::Excluded(q) => Bound::Excluded(value(q)),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl<'c, T: Document, B> Range<'c, T, B> {
+    /// Keeps the keys within `bounds` (`a..b`, `a..=b`, `a..`, `..b`, `..`, or a pair of
+    /// [`Bound`]s), inclusive or exclusive as written, on the first key after the prefix.
+    /// Replaces earlier bounds.
+    pub fn between<Q: QueryValue<B> + Clone>(mut self, bounds: impl RangeBounds<Q>) -> Self {
+        self.lower = owned_bound(bounds.start_bound(), &mut self.invalid);
+        self.upper = owned_bound(bounds.end_bound(), &mut self.invalid);
+        self
+    }
+
+    fn bound(&mut self, value: std::result::Result<Value, ValueError>) -> Value {
+        value.unwrap_or_else(|e| {
+            self.invalid.get_or_insert(e.0);
+            Value::Null
+        })
+    }
+
+    /// Keeps keys greater than `value` (replacing the lower bound).
+    pub fn gt(mut self, value: impl QueryValue<B>) -> Self {
+        self.lower = Bound::Excluded(self.bound(value.into_value()));
+        self
+    }
+
+    /// Keeps keys greater than or equal to `value` (replacing the lower bound).
+    pub fn gte(mut self, value: impl QueryValue<B>) -> Self {
+        self.lower = Bound::Included(self.bound(value.into_value()));
+        self
+    }
+
+    /// Keeps keys less than `value` (replacing the upper bound); `None` is less than every
+    /// value.
+    pub fn lt(mut self, value: impl QueryValue<B>) -> Self {
+        self.upper = Bound::Excluded(self.bound(value.into_value()));
+        self
+    }
+
+    /// Keeps keys less than or equal to `value` (replacing the upper bound).
+    pub fn lte(mut self, value: impl QueryValue<B>) -> Self {
+        self.upper = Bound::Included(self.bound(value.into_value()));
+        self
+    }
+
+    /// Fixes the leading keys of the index to `values` (one value, or a tuple with one per
+    /// key): `range_index("by_tenant_created").prefix("acme")` is tenant `acme`'s documents
+    /// by creation time. Bounds then apply to the next key (the id, once every field is
+    /// fixed). Replaces an earlier prefix.
+    pub fn prefix(mut self, values: impl KeyPrefix) -> Self {
+        match values.key_values() {
+            Ok(values) => self.prefix = values,
+            Err(e) => {
+                self.invalid.get_or_insert(e.0);
+            }
+        }
+        self
+    }
+
+    /// The index's own order (the default).
+    pub fn ascending(mut self) -> Self {
+        self.descending = false;
+        self
+    }
+
+    /// The reverse of the index's order, every key and the id reversed.
+    pub fn descending(mut self) -> Self {
+        self.descending = true;
+        self
+    }
+
+    /// Keeps only documents matching `filter` too (added to earlier filters). The index
+    /// still gives the order; documents the filter rejects are skipped.
+    pub fn filter(mut self, filter: Filter<T>) -> Self {
+        self.filters.push(filter.expr);
+        self
+    }
+
+    /// At most `n` documents per page (default [`DEFAULT_PAGE_SIZE`]); at least 1.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = n;
+        self
+    }
+
+    /// Starts after `cursor` (a [`Page::next`] or [`Page::prev`] of this same range).
+    /// Replaces [`before`](Self::before).
+    pub fn after(mut self, cursor: &Cursor) -> Self {
+        self.after = Some(cursor.clone());
+        self.before = None;
+        self
+    }
+
+    /// Ends before `cursor`: the page is the `limit` documents just before it, in the range's
+    /// order. Replaces [`after`](Self::after).
+    pub fn before(mut self, cursor: &Cursor) -> Self {
+        self.before = Some(cursor.clone());
+        self.after = None;
+        self
+    }
+
+    /// Reads one page.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCursor`] for a cursor not issued for this range by this database,
+    /// [`Error::InvalidQuery`] for an unknown index, a prefix longer than the index, a value
+    /// that cannot be bound, a `limit` of 0 or a filter past a statement limit,
+    /// [`Error::Serialization`] naming a stored document that no longer deserializes, or a
+    /// backend error.
+    pub fn fetch(self) -> Result<Page<T>> {
+        let span = trace::op("range", Some(self.slot.schema().collection()));
+        let page =
+            self.prepare().and_then(|(keys, context, position)| self.page(&keys, &context, position, self.limit));
+        span.rows_of(page, |p| p.items.len() as u64)
+    }
+
+    /// Iterates over every document of the range, reading `page_size` at a time as the
+    /// iterator advances (each page a read of its own: writes between pages are seen, and no
+    /// document present throughout is skipped or repeated). Starts after the
+    /// [`after`](Self::after) cursor if set; with [`before`](Self::before), walks backwards
+    /// from it, nearest first. Stops after the first error.
+    pub fn iter(self, page_size: usize) -> impl Iterator<Item = Result<T>> + 'c
+    where
+        T: 'c,
+        B: 'c,
+    {
+        let start = self.prepare();
+        RangeIter { range: self, start: Some(start), keys: None, page_size, buffer: VecDeque::new(), done: false }
+    }
+
+    fn collection(&self) -> &'static str {
+        self.slot.schema().collection()
+    }
+
+    fn invalid_query(&self, reason: impl Into<String>) -> Error {
+        Error::invalid_query(self.collection(), reason)
+    }
+
+    /// Checks the range and the cursor: the keys of the scan, the context cursors are signed
+    /// over, and where to start.
+    fn prepare(&self) -> Result<(IndexKeys, Vec<u8>, Position)> {
+        let index = self.index.clone().map_err(|e| self.invalid_query(e))?;
+        if let Some(reason) = &self.invalid {
+            return Err(self.invalid_query(format!("a range bound or prefix cannot be bound: {reason}")));
+        }
+        if self.limit == 0 {
+            return Err(self.invalid_query("a range's limit must be at least 1"));
+        }
+        if self.prefix.len() > index.keys.len() {
+            return Err(self.invalid_query(format!(
+                "the prefix has {} values and index `{}` has {} fields",
+                self.prefix.len(),
+                index.name.split(':').nth(1).unwrap_or(""),
+                index.keys.len()
+            )));
+        }
+        let context = self.context(&index);
+        // The cursor holds the keys after the prefix, and the id.
+        let expected = index.keys.len() - self.prefix.len() + 1;
+        let position = match (&self.after, &self.before) {
+            (Some(c), _) => {
+                let (inclusive, values) = self.checked(c, &context, expected)?;
+                Position::After(values, inclusive)
+            }
+            (None, Some(c)) => {
+                let (inclusive, values) = self.checked(c, &context, expected)?;
+                Position::Before(values, inclusive)
+            }
+            (None, None) => Position::Start,
+        };
+        Ok((index, context, position))
+    }
+
+    fn checked(&self, cursor: &Cursor, context: &[u8], expected: usize) -> Result<(bool, Vec<Value>)> {
+        let (inclusive, values) = self.key.verify(context, cursor, expected)?;
+        use crate::schema::IdKind;
+        let id_ok = matches!(
+            (values.last(), self.slot.get().id_kind),
+            (Some(Value::Integer(_)), IdKind::Integer) | (Some(Value::Text(_)), IdKind::Text)
+        );
+        if !id_ok {
+            return Err(Error::invalid_cursor("its id is not of this collection's id type"));
+        }
+        Ok((inclusive, values))
+    }
+
+    /// What a cursor of this range is signed over: the collection, the index and its keys,
+    /// the direction, the prefix, the bounds and the filters.
+    fn context(&self, index: &IndexKeys) -> Vec<u8> {
+        let schema = self.slot.schema();
+        let mut out = b"db4 range v1\0".to_vec();
+        let text = |out: &mut Vec<u8>, s: &str| encode_value(out, ValueRef::Text(s));
+        text(&mut out, schema.collection());
+        text(&mut out, &index.name);
+        for &(field, desc) in &index.keys {
+            let def = &schema.fields()[field];
+            text(&mut out, def.name());
+            text(&mut out, def.key());
+            out.push(u8::from(desc));
+        }
+        out.push(u8::from(self.descending));
+        encode_value(&mut out, ValueRef::Integer(self.prefix.len() as i64));
+        for v in &self.prefix {
+            encode_value(&mut out, v.as_ref());
+        }
+        for bound in [&self.lower, &self.upper] {
+            match bound {
+                Bound::Unbounded => out.push(0),
+                Bound::Included(v) => {
+                    out.push(1);
+                    encode_value(&mut out, v.as_ref());
+                }
+                Bound::Excluded(v) => {
+                    out.push(2);
+                    encode_value(&mut out, v.as_ref());
+                }
+            }
+        }
+        encode_filters(&mut out, &self.filters);
+        out
+    }
+
+    /// Reads the page at `position`: `limit` + 1 rows, to learn whether more follow.
+    fn page(&self, index: &IndexKeys, context: &[u8], position: Position, limit: usize) -> Result<Page<T>> {
+        let schema = self.slot.schema();
+        let id_field = schema.fields().iter().position(|f| f.is_id()).unwrap_or(0);
+        let backward = matches!(position, Position::Before(..));
+        let flip = self.descending ^ backward;
+        let last_desc = index.keys.last().is_some_and(|k| k.1);
+        let p = self.prefix.len();
+        let (rows, has_more) = self.runner.read_meta(self.slot, |conn, meta| {
+            let nullable =
+                |field: usize| field != id_field && meta.kinds.get(field).copied().flatten().is_none_or(|k| k.nullable);
+            let keys: Vec<Key> = index
+                .keys
+                .iter()
+                .map(|&(field, desc)| Key { field, descending: desc ^ flip, nullable: nullable(field) })
+                .chain([Key { field: id_field, descending: last_desc ^ flip, nullable: false }])
+                .collect();
+            let mut sql = meta.statement();
+            sql.push(&format!("SELECT \"_id\", {}", meta.doc_columns));
+            for key in &keys[p..keys.len() - 1] {
+                sql.push(", ");
+                sql.field(key.field)?;
+            }
+            sql.push(&format!(" FROM {}", meta.table));
+            let mut conditions: Vec<usize> = Vec::new();
+            let mut open = false;
+            let mut and = |sql: &mut crate::sql::Statement<'_>| {
+                if open {
+                    sql.push(" AND ");
+                } else {
+                    sql.push(" WHERE ");
+                    open = true;
+                }
+            };
+            if !self.filters.is_empty() {
+                and(&mut sql);
+                // The filter sits under one AND, with the range's conditions beside it.
+                sql.push("(");
+                sql.filters(&self.filters, 1)?;
+                sql.push(")");
+            }
+            let bind = |sql: &mut crate::sql::Statement<'_>, v: &Value| -> Result<Option<Slot>> {
+                if matches!(v, Value::Null) { Ok(None) } else { sql.bind(v.clone()).map(Some) }
+            };
+            let range_conditions = !self.prefix.is_empty()
+                || !matches!((&self.lower, &self.upper), (Bound::Unbounded, Bound::Unbounded))
+                || !matches!(position, Position::Start);
+            if range_conditions {
+                and(&mut sql);
+                sql.push("(");
+                let mut first = true;
+                let mut sep = |sql: &mut crate::sql::Statement<'_>| {
+                    if !first {
+                        sql.push(" AND ");
+                    }
+                    first = false;
+                };
+                for (key, value) in keys.iter().zip(&self.prefix) {
+                    sep(&mut sql);
+                    let slot = bind(&mut sql, value)?;
+                    conditions.push(sql::compare(&mut sql, key.field, Op::Eq, slot)?);
+                }
+                let bounded = keys[p].field;
+                for (bound, inclusive, exclusive) in [(&self.lower, Op::Gte, Op::Gt), (&self.upper, Op::Lte, Op::Lt)] {
+                    let (op, value) = match bound {
+                        Bound::Unbounded => continue,
+                        Bound::Included(v) => (inclusive, v),
+                        Bound::Excluded(v) => (exclusive, v),
+                    };
+                    sep(&mut sql);
+                    let slot = bind(&mut sql, value)?;
+                    conditions.push(sql::compare(&mut sql, bounded, op, slot)?);
+                }
+                if let Position::After(values, inclusive) | Position::Before(values, inclusive) = &position {
+                    sep(&mut sql);
+                    let slots = values.iter().map(|v| bind(&mut sql, v)).collect::<Result<Vec<_>>>()?;
+                    conditions.push(sql::after(&mut sql, &keys[p..], &slots, *inclusive)?);
+                }
+                sql.push(")");
+            }
+            // `a AND b AND c` nests to the left; the filter's own AND above it adds one level.
+            let mut height = 0;
+            for (i, &h) in conditions.iter().enumerate() {
+                height = if i == 0 { h } else { 1 + height.max(h) };
+            }
+            sql.fit(height + usize::from(!self.filters.is_empty()), crate::sql::MAX_EXPR_DEPTH)?;
+            for (i, key) in keys.iter().enumerate() {
+                sql.push(if i == 0 { " ORDER BY " } else { ", " });
+                sql.field(key.field)?;
+                sql.push(if key.descending { " DESC" } else { " ASC" });
+            }
+            sql.push(" LIMIT ");
+            let n = sql.bind_param(Value::Integer(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)));
+            sql.push_slot(n);
+            let (text, params) = sql.finish()?;
+            let first_key = 1 + meta.doc_columns.matches(',').count() + 1;
+            let mut rows: Vec<(T, Vec<Value>)> = Vec::new();
+            let mut more = false;
+            conn.query(&text, &params, &mut |row| {
+                if rows.len() == limit {
+                    // The probe row: more follow.
+                    more = true;
+                    return Ok(());
+                }
+                let id = row.get(0)?.to_owned();
+                let doc = decode::<T>(meta, row, 1).map_err(|e| with_id(e, &id))?;
+                let mut key = Vec::with_capacity(keys.len() - p);
+                for i in 0..keys.len() - p - 1 {
+                    key.push(row.get(first_key + i)?.to_owned());
+                }
+                key.push(id);
+                rows.push((doc, key));
+                Ok(())
+            })?;
+            Ok((rows, more))
+        })?;
+        let mut rows = rows;
+        if backward {
+            rows.reverse();
+        }
+        let sign = |key: &Vec<Value>, inclusive: bool| {
+            let refs: Vec<ValueRef<'_>> = key.iter().map(Value::as_ref).collect();
+            self.key.sign(context, &refs, inclusive)
+        };
+        let first = rows.first().map(|r| sign(&r.1, false));
+        let last = rows.last().map(|r| sign(&r.1, false));
+        // An empty page read from a cursor: the way back (or on) starts at that cursor,
+        // including its own row, which the page it came from ended with.
+        let reopened = |values: &Vec<Value>| Some(sign(values, true));
+        let (next, prev) = match &position {
+            Position::Start => (if has_more { last } else { None }, None),
+            Position::After(values, _) => {
+                (if has_more { last } else { None }, if rows.is_empty() { reopened(values) } else { first })
+            }
+            Position::Before(values, _) => {
+                (if rows.is_empty() { reopened(values) } else { last }, if has_more { first } else { None })
+            }
+        };
+        Ok(Page { items: rows.into_iter().map(|r| r.0).collect(), next, prev, has_more })
+    }
+}
+
+/// Writes the filters into a cursor's context, unambiguously: each node in preorder with its
+/// kind and number of children (iteratively: filters nest as deeply as memory allows).
+fn encode_filters(out: &mut Vec<u8>, filters: &[Expr]) {
+    let int = |out: &mut Vec<u8>, n: usize| encode_value(out, ValueRef::Integer(n as i64));
+    int(out, filters.len());
+    let mut stack: Vec<&Expr> = filters.iter().rev().collect();
+    while let Some(e) = stack.pop() {
+        match e {
+            Expr::Not(inner) => {
+                out.push(b'!');
+                stack.push(inner);
+            }
+            Expr::And(items) | Expr::Or(items) => {
+                out.push(if matches!(e, Expr::And(_)) { b'&' } else { b'|' });
+                int(out, items.len());
+                stack.extend(items.iter().rev());
+            }
+            Expr::Atom(atom) => {
+                out.push(b'a');
+                match atom {
+                    Atom::Compare { field, op, value } => {
+                        let op = match op {
+                            CmpOp::Eq => 0,
+                            CmpOp::Ne => 1,
+                            CmpOp::Gt => 2,
+                            CmpOp::Gte => 3,
+                            CmpOp::Lt => 4,
+                            CmpOp::Lte => 5,
+                        };
+                        out.extend([0, op]);
+                        int(out, *field);
+                        encode_value(out, value.as_ref());
+                    }
+                    Atom::Between { field, low, high } => {
+                        out.push(1);
+                        int(out, *field);
+                        encode_value(out, low.as_ref());
+                        encode_value(out, high.as_ref());
+                    }
+                    Atom::In { field, values } => {
+                        out.push(2);
+                        int(out, *field);
+                        int(out, values.len());
+                        for v in values {
+                            encode_value(out, v.as_ref());
+                        }
+                    }
+                    Atom::StartsWith { field, prefix } => {
+                        out.push(3);
+                        int(out, *field);
+                        encode_value(out, ValueRef::Text(prefix));
+                    }
+                    Atom::IsNull { field, negated } => {
+                        out.extend([4, u8::from(*negated)]);
+                        int(out, *field);
+                    }
+                    Atom::Invalid { field, reason } => {
+                        out.push(5);
+                        int(out, *field);
+                        encode_value(out, ValueRef::Text(reason));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The iterator of [`Range::iter`]: one page read at a time.
+struct RangeIter<'c, T, B> {
+    range: Range<'c, T, B>,
+    /// The checked start, taken on the first call.
+    start: Option<Result<(IndexKeys, Vec<u8>, Position)>>,
+    keys: Option<(IndexKeys, Vec<u8>, Position)>,
+    page_size: usize,
+    buffer: VecDeque<T>,
+    done: bool,
+}
+
+impl<T: Document, B> Iterator for RangeIter<'_, T, B> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        loop {
+            let backward = matches!(self.keys.as_ref().map(|k| &k.2), Some(Position::Before(..)));
+            let item = if backward { self.buffer.pop_back() } else { self.buffer.pop_front() };
+            if let Some(doc) = item {
+                return Some(Ok(doc));
+            }
+            if self.done {
+                return None;
+            }
+            if let Some(start) = self.start.take() {
+                match start {
+                    Ok(keys) => self.keys = Some(keys),
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            let (index, context, position) = self.keys.as_ref()?;
+            if self.page_size == 0 {
+                self.done = true;
+                return Some(Err(self.range.invalid_query("a range's page size must be at least 1")));
+            }
+            match self.range.page(index, context, position.clone(), self.page_size) {
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                Ok(page) => {
+                    self.done = !page.has_more;
+                    let backward = matches!(position, Position::Before(..));
+                    let cursor = if backward { page.prev } else { page.next };
+                    if let (Some(cursor), Some(keys)) = (cursor, self.keys.as_mut()) {
+                        let (inclusive, values) = cursor.decoded().unwrap_or_default();
+                        keys.2 = if backward {
+                            Position::Before(values, inclusive)
+                        } else {
+                            Position::After(values, inclusive)
+                        };
+                    } else {
+                        self.done = true;
+                    }
+                    self.buffer.extend(page.items);
+                }
+            }
+        }
+    }
+}

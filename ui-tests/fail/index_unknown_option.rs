@@ -1,0 +1,13 @@
+// An option `index(...)` does not know.
+use db4::Document;
+use serde::{Deserialize, Serialize};
+
+#[derive(Document, Serialize, Deserialize)]
+#[db4(index(name = "by_created", fields(created_at), unique))]
+struct Article {
+    #[id]
+    id: String,
+    created_at: i64,
+}
+
+fn main() {}
