@@ -105,7 +105,7 @@ impl SplitMix64 {
 }
 
 /// splitmix64's output function: a bijection on `u64`, so distinct inputs give distinct ids.
-fn mix64(mut z: u64) -> u64 {
+pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

@@ -8,10 +8,13 @@
 //! Each measurement is repeated and the median reported; results and the written state are
 //! cross-checked between the sides and against the generated data (and a model of the writes),
 //! and the run aborts if they differ. A last section measures db4's write-ahead log on its
-//! own (`MemoryWal::append`), which has no raw counterpart. See `docs/benchmarks.md`.
+//! own (`MemoryWal::append`), which has no raw counterpart; the full-text search section compares
+//! `Collection::search` with hand-written FTS5 on a corpus of its own. See `docs/benchmarks.md`.
 
 mod cdc;
+mod corpus;
 mod data;
+mod fts;
 mod measure;
 mod raw;
 mod wal;
@@ -43,11 +46,13 @@ const DB4_RANGE_QUERY_SQL: &str = r#"SELECT "_id", "_doc" FROM "docs" WHERE ("f_
 const UPDATES_PER_TXN: usize = 10;
 
 const USAGE: &str =
-    "usage: db4-compare [--docs N] [--reps N] [--queries N] [--txns N] [--dir PATH] [--db4-readers N] [--quick]
+    "usage: db4-compare [--docs N] [--reps N] [--queries N] [--fts-queries N] [--txns N] [--dir PATH] [--db4-readers N] [--quick]
 
-  --docs N         documents to insert, and point gets to run (default 100000)
+  --docs N         documents to insert, and point gets to run; articles of the full-text
+                   section (default 100000)
   --reps N         timed repetitions of each measurement, median reported (default 5)
   --queries N      status+tenant queries per repetition; the range query runs 10×N (default 40)
+  --fts-queries N  full-text queries per repetition (default 1000)
   --txns N         update transactions and increments per repetition with synchronous = FULL;
                    4×N with NORMAL; empty transactions: 20×N (default 500)
   --dir PATH       where the database files go (default: target/<profile>/db4-compare-data)
@@ -55,7 +60,9 @@ const USAGE: &str =
   --wal-records N  records per repetition of the write-ahead log section (default 1000000)
   --wal-only       run only the write-ahead log section (MemoryWal::append, no SQLite)
   --cdc-only       run only the change log section (log on versus off, changes_since)
-  --quick          a smoke run: 2000 docs, 3 reps, 10 queries, 20 txns, 100000 WAL records
+  --fts-only       run only the full-text search section (search and indexing against FTS5)
+  --quick          a smoke run: 2000 docs, 3 reps, 10 queries, 100 full-text queries, 20 txns,
+                   100000 WAL records
                    (explicit flags still win)";
 
 /// What to run, from the command line.
@@ -74,6 +81,10 @@ struct Config {
     wal_only: bool,
     /// Only the change log section.
     cdc_only: bool,
+    /// Full-text queries per repetition.
+    fts_queries: usize,
+    /// Only the full-text search section.
+    fts_only: bool,
 }
 
 impl Config {
@@ -82,6 +93,7 @@ impl Config {
         let (mut docs, mut reps, mut queries, mut txns, mut dir, mut db4_readers) =
             (None, None, None, None, None, None);
         let (mut quick, mut wal_only, mut cdc_only, mut wal_records) = (false, false, false, None);
+        let (mut fts_only, mut fts_queries) = (false, None);
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
             match arg.as_str() {
@@ -94,6 +106,8 @@ impl Config {
                 "--wal-records" => wal_records = Some(value("--wal-records")?.parse::<usize>()?),
                 "--wal-only" => wal_only = true,
                 "--cdc-only" => cdc_only = true,
+                "--fts-queries" => fts_queries = Some(value("--fts-queries")?.parse::<usize>()?),
+                "--fts-only" => fts_only = true,
                 "--quick" => quick = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -117,16 +131,19 @@ impl Config {
             wal_records: wal_records.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
             wal_only,
             cdc_only,
+            fts_queries: fts_queries.unwrap_or(if quick { 100 } else { 1_000 }),
+            fts_only,
         };
         if config.docs < UPDATES_PER_TXN
             || config.reps == 0
             || config.queries == 0
             || config.txns == 0
+            || config.fts_queries == 0
             || config.wal_records < 4
         {
             return Err(format!(
-                "--docs must be at least {UPDATES_PER_TXN}, --wal-records at least 4, --reps, --queries and --txns \
-                 at least 1"
+                "--docs must be at least {UPDATES_PER_TXN}, --wal-records at least 4, --reps, --queries, --fts-queries \
+                 and --txns at least 1"
             )
             .into());
         }
@@ -168,6 +185,9 @@ fn run() -> BoxResult<()> {
         return run_wal(&config, &data::generate(config.docs.min(10_000)));
     }
     std::fs::create_dir_all(&config.dir)?;
+    if config.fts_only {
+        return fts::run(&config);
+    }
     let docs = data::generate(config.docs);
     if config.cdc_only {
         return cdc::run(&config, &docs);
@@ -205,6 +225,8 @@ fn run() -> BoxResult<()> {
     measure::report(&measurements);
     println!();
     cdc::run(&config, &docs)?;
+    println!();
+    fts::run(&config)?;
     println!();
     run_wal(&config, &docs[..docs.len().min(10_000)])
 }
