@@ -420,33 +420,6 @@ fn a_handle_whose_fts_fields_changed_underneath_refuses_to_search() -> db4::Resu
 }
 
 #[test]
-fn the_search_is_ranked_by_fts5_and_reads_highlights_only_for_returned_rows() {
-    // The plan: FTS5 delivers rows in rank order (no sort by SQLite), so the select list,
-    // with highlight() and snippet(), is evaluated only for the rows LIMIT lets through.
-    let dir = TempDir::new("fts-plan");
-    let path = dir.join("db.sqlite");
-    {
-        let db = Db::open(&path).expect("open");
-        db.collection::<Article>().expect("collection");
-    }
-    let raw = rusqlite::Connection::open(&path).expect("open raw");
-    let plan: Vec<String> = raw
-        .prepare(
-            "EXPLAIN QUERY PLAN SELECT t._id, t._doc, f.rank, highlight(f._db4_fts_articles, 0, '[', ']') \
-             FROM _db4_fts_articles AS f JOIN articles AS t ON t.rowid = f.rowid \
-             WHERE f._db4_fts_articles MATCH 'x' AND f.rank MATCH 'bm25(2.0, 1.0, 1.5, 1.0)' AND t.f_published = 1 \
-             ORDER BY f.rank LIMIT 20",
-        )
-        .expect("plan")
-        .query_map([], |r| r.get::<_, String>(3))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("plan rows");
-    assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
-    assert!(plan.iter().any(|p| p.contains("VIRTUAL TABLE")), "{plan:?}");
-}
-
-#[test]
 fn typos_widen_terms_that_match_nothing() -> db4::Result<()> {
     let (_db, articles) = setup()?;
     articles.insert(&article("a", "Distributed databases", "consensus protocols"))?;

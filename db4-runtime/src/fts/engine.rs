@@ -18,7 +18,6 @@ use crate::backend::{Connection, Row};
 use crate::error::{BackendErrorKind, Error, Result};
 use crate::fts::query::{parse_in, to_fts5};
 use crate::schema::Tokenizer;
-use crate::schema::fts::rank_function;
 use crate::value::{Value, ValueRef};
 
 /// One search result: the document (or, for a [`FullTextIndex`](super::FullTextIndex), the
@@ -175,61 +174,142 @@ pub(crate) struct Columns {
     plain_markers: bool,
 }
 
-/// Writes `f.rank` and the highlight and snippet columns, which start at column `at`.
-pub(crate) fn push_columns(sql: &mut dyn Sink, target: &Target<'_>, options: &Options, at: usize) -> Result<Columns> {
+/// Conditions a caller adds to the match (a collection's filters), rendered into `S`.
+pub(crate) type Conditions<'f, S> = Option<&'f dyn Fn(&mut S) -> Result<()>>;
+
+/// The `bm25()` call ranking with the target's weights. The weights are validated finite
+/// positive numbers, written as literals.
+fn bm25(target: &Target<'_>) -> String {
     let fts = crate::schema::quote_ident(&target.fts_table);
-    sql.push("f.\"rank\"");
-    let markers = match (&options.highlight, options.snippet) {
-        (Some((open, close)), _) => Some((sql.bind(Value::Text(open.clone()))?, sql.bind(Value::Text(close.clone()))?)),
-        (None, Some(_)) => Some((sql.bind(Value::Text(String::new()))?, sql.bind(Value::Text(String::new()))?)),
-        (None, None) => None,
-    };
-    if let (Some((open, close)), Some(_)) = (&markers, &options.highlight) {
-        for (i, (name, _)) in target.fields.iter().enumerate() {
-            let column = crate::schema::quote_ident(name);
-            sql.push(&format!(", f.{column}, highlight(f.{fts}, {i}, {open}, {close})"));
-        }
-    }
-    if let (Some((open, close)), Some(n)) = (&markers, options.snippet) {
-        let ellipsis = sql.bind(Value::Text(options.ellipsis.clone()))?;
-        // `n` is checked to be 1..=64: a literal, like the column numbers.
-        sql.push(&format!(", snippet(f.{fts}, -1, {open}, {close}, {ellipsis}, {n})"));
-    }
-    let plain_markers = options.highlight.as_ref().is_some_and(|(open, close)| open.is_empty() && close.is_empty());
-    Ok(Columns { at, highlight: options.highlight.is_some(), snippet: options.snippet.is_some(), plain_markers })
+    let weights: Vec<String> = target.fields.iter().map(|(_, w)| format!("{w:?}")).collect();
+    format!("bm25(f.{fts}, {})", weights.join(", "))
 }
 
-/// Writes `FROM`, the match and the rank function, ready for more conditions.
-pub(crate) fn push_from_where(
-    sql: &mut dyn Sink,
+/// Writes the ranked page of matches as the CTE `top` (`r`: rowid, `s`: BM25, lower is
+/// better): the match and the caller's conditions, ordered by score then rowid, with the page.
+/// SQLite's sorter keeps only `offset + limit` rows.
+fn push_top<S: Sink>(
+    sql: &mut S,
     target: &Target<'_>,
     content: &str,
-    expression: String,
+    matching: &str,
+    conditions: Conditions<'_, S>,
     options: &Options,
 ) -> Result<()> {
     let fts = crate::schema::quote_ident(&target.fts_table);
-    let matching = sql.bind(Value::Text(expression))?;
-    let rank = sql.bind(Value::Text(rank_function(target.fields.iter().map(|(_, w)| *w))))?;
     sql.push(&format!(
-        " FROM {fts} AS f JOIN {content} AS t ON t.rowid = f.rowid WHERE f.{fts} MATCH {matching} AND f.\"rank\" MATCH {rank}"
+        "WITH \"top\" AS MATERIALIZED (SELECT f.rowid AS \"r\", {} AS \"s\" FROM {fts} AS f",
+        bm25(target)
     ));
-    if let Some(min) = options.min_score {
-        // score = -rank
-        let bound = sql.bind(Value::Real(-min))?;
-        sql.push(&format!(" AND f.\"rank\" <= {bound}"));
+    if conditions.is_some() {
+        sql.push(&format!(" JOIN {content} AS t ON t.rowid = f.rowid"));
     }
-    Ok(())
-}
-
-/// Writes the order and the page.
-pub(crate) fn push_order_page(sql: &mut dyn Sink, options: &Options) -> Result<()> {
-    sql.push(" ORDER BY f.\"rank\"");
+    sql.push(&format!(" WHERE f.{fts} MATCH {matching}"));
+    if let Some(conditions) = conditions {
+        sql.push(" AND ");
+        conditions(sql)?;
+    }
+    sql.push(" ORDER BY \"s\", \"r\"");
     if options.limit.is_some() || options.offset > 0 {
         let limit = options.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
         let offset = i64::try_from(options.offset).unwrap_or(i64::MAX);
         let limit = sql.bind(Value::Integer(limit))?;
         let offset = sql.bind(Value::Integer(offset))?;
         sql.push(&format!(" LIMIT {limit} OFFSET {offset}"));
+    }
+    sql.push(") ");
+    Ok(())
+}
+
+/// Writes the whole search: the page of matches first (`top`), then, for those rows only, the
+/// caller's columns (`head`, over `t`, the content table), the score, and the highlights and
+/// snippet (over `f`, the FTS5 table matched again). Ranking all matches before reading any
+/// text keeps `highlight()` and `snippet()` to the rows returned; FTS5 evaluates the second
+/// match for those rowids only.
+pub(crate) fn push_search<S: Sink>(
+    sql: &mut S,
+    target: &Target<'_>,
+    options: &Options,
+    content: &str,
+    head: &str,
+    head_width: usize,
+    expression: String,
+    conditions: Conditions<'_, S>,
+) -> Result<Columns> {
+    let fts = crate::schema::quote_ident(&target.fts_table);
+    let matching = sql.bind(Value::Text(expression))?;
+    let markers = match (&options.highlight, options.snippet) {
+        (Some((open, close)), _) => Some((sql.bind(Value::Text(open.clone()))?, sql.bind(Value::Text(close.clone()))?)),
+        (None, Some(_)) => Some((sql.bind(Value::Text(String::new()))?, sql.bind(Value::Text(String::new()))?)),
+        (None, None) => None,
+    };
+    let ellipsis = match options.snippet {
+        Some(_) => Some(sql.bind(Value::Text(options.ellipsis.clone()))?),
+        None => None,
+    };
+    let min = match options.min_score {
+        // score = -bm25
+        Some(min) => Some(sql.bind(Value::Real(-min))?),
+        None => None,
+    };
+    push_top(sql, target, content, &matching, conditions, options)?;
+    sql.push(&format!("SELECT {head}, \"top\".\"s\""));
+    if let (Some((open, close)), Some(_)) = (&markers, &options.highlight) {
+        for (i, (name, _)) in target.fields.iter().enumerate() {
+            let column = crate::schema::quote_ident(name);
+            sql.push(&format!(", f.{column}, highlight(f.{fts}, {i}, {open}, {close})"));
+        }
+    }
+    if let (Some((open, close)), Some(n), Some(ellipsis)) = (&markers, options.snippet, &ellipsis) {
+        // `n` is checked to be 1..=64: a literal, like the column numbers.
+        sql.push(&format!(", snippet(f.{fts}, -1, {open}, {close}, {ellipsis}, {n})"));
+    }
+    sql.push(&format!(" FROM \"top\" JOIN {content} AS t ON t.rowid = \"top\".\"r\""));
+    if markers.is_some() {
+        sql.push(&format!(" JOIN {fts} AS f ON f.rowid = \"top\".\"r\" AND f.{fts} MATCH {matching}"));
+    }
+    // The hits scoring at least `min` are a prefix of the order, so cutting the page is the
+    // same as paging what passes.
+    if let Some(min) = &min {
+        sql.push(&format!(" WHERE \"top\".\"s\" <= {min}"));
+    }
+    sql.push(" ORDER BY \"top\".\"s\", \"top\".\"r\"");
+    let plain_markers = options.highlight.as_ref().is_some_and(|(open, close)| open.is_empty() && close.is_empty());
+    Ok(Columns {
+        at: head_width,
+        highlight: options.highlight.is_some(),
+        snippet: options.snippet.is_some(),
+        plain_markers,
+    })
+}
+
+/// Writes the count of all matches passing the conditions and the score bound.
+pub(crate) fn push_total<S: Sink>(
+    sql: &mut S,
+    target: &Target<'_>,
+    options: &Options,
+    content: &str,
+    expression: String,
+    conditions: Conditions<'_, S>,
+) -> Result<()> {
+    let fts = crate::schema::quote_ident(&target.fts_table);
+    let matching = sql.bind(Value::Text(expression))?;
+    let min = match options.min_score {
+        Some(min) => Some(sql.bind(Value::Real(-min))?),
+        None => None,
+    };
+    sql.push(&format!("SELECT count(*) FROM (SELECT {} AS \"s\" FROM {fts} AS f", bm25(target)));
+    if conditions.is_some() {
+        sql.push(&format!(" JOIN {content} AS t ON t.rowid = f.rowid"));
+    }
+    sql.push(&format!(" WHERE f.{fts} MATCH {matching}"));
+    if let Some(conditions) = conditions {
+        sql.push(" AND ");
+        conditions(sql)?;
+    }
+    sql.push(")");
+    if let Some(min) = min {
+        sql.push(&format!(" WHERE \"s\" <= {min}"));
     }
     Ok(())
 }
@@ -255,7 +335,7 @@ pub(crate) fn read_extras(row: &dyn Row, target: &Target<'_>, columns: &Columns)
         ValueRef::Real(r) => -r,
         ValueRef::Integer(i) => -(i as f64),
         _ => 0.0,
-    };
+    } + 0.0; // no -0.0
     at += 1;
     let mut highlights = Vec::new();
     if columns.highlight {
@@ -298,4 +378,52 @@ pub(crate) fn count_matches(conn: &dyn Connection, target: &Target<'_>, expressi
     let fts = crate::schema::quote_ident(&target.fts_table);
     let sql = format!("SELECT count(*) FROM {fts} WHERE {fts} MATCH ?1");
     crate::store::codec::count(conn, target.name, &sql, &[Value::Text(expression.to_owned())])
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::schema::{FieldDef, IdKind, Schema};
+
+    static FIELDS: [FieldDef; 3] = [
+        FieldDef::new("id", "id", "String").id(),
+        FieldDef::new("title", "title", "String").fts(2.0),
+        FieldDef::new("body", "body", "String").fts(1.0),
+    ];
+    static NOTES: Schema = Schema::new("notes", "Note", &FIELDS);
+
+    /// The plan: the page is ranked first (`top`, materialized, sorted by SQLite's sorter),
+    /// and the highlights and snippet are read in the outer query, which scans only `top`.
+    #[test]
+    fn highlights_are_read_for_the_ranked_page_only() -> Result<()> {
+        let conn = rusqlite::Connection::open_in_memory().map_err(|e| Error::invalid_query("t", e.to_string()))?;
+        let ddl = NOTES.ddl(IdKind::Text).into_iter().chain(crate::schema::fts::create_ddl(&NOTES));
+        for stmt in ddl {
+            conn.execute_batch(&stmt).map_err(|e| Error::invalid_query("t", e.to_string()))?;
+        }
+        let target = crate::fts::search::target(&NOTES);
+        let options = Options {
+            highlight: Some(("[".into(), "]".into())),
+            snippet: Some(8),
+            limit: Some(20),
+            ..Options::default()
+        };
+        let mut sql = Plain::default();
+        push_search(&mut sql, &target, &options, "\"notes\"", "t.\"_id\"", 1, "\"edge\"".into(), None)?;
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))
+            .map_err(|e| Error::invalid_query("t", format!("{e}: {}", sql.text)))?;
+        let params = rusqlite::params_from_iter(sql.params.iter().map(|v| match v {
+            Value::Text(s) => rusqlite::types::Value::Text(s.clone()),
+            Value::Integer(i) => rusqlite::types::Value::Integer(*i),
+            _ => rusqlite::types::Value::Null,
+        }));
+        let plan: Vec<String> = stmt
+            .query_map(params, |r| r.get::<_, String>(3))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| Error::invalid_query("t", e.to_string()))?;
+        assert!(plan.iter().any(|p| p.starts_with("MATERIALIZE top")), "{plan:?}");
+        assert!(plan.iter().any(|p| p.starts_with("SCAN top")), "{plan:?}");
+        Ok(())
+    }
 }

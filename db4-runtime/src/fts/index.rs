@@ -9,7 +9,7 @@
 use crate::backend::{Access, Connection};
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::fts::engine::{self, Options, Plain, SearchResults, Sink, Target};
+use crate::fts::engine::{self, Options, Plain, SearchResults, Target};
 use crate::schema::fts::{RESERVED_COLUMNS, tokenize_option};
 use crate::schema::{Tokenizer, quote_ident};
 use crate::trace;
@@ -469,12 +469,18 @@ impl IndexSearch<'_> {
             self.options.check(target.name)?;
             Runner::Db(&self.index.db).read(|conn| {
                 let expression = engine::match_expression(conn, &target, &self.options, &self.query)?;
-                let mut sql = Plain::default();
-                sql.push("SELECT t.\"_id\", ");
-                let columns = engine::push_columns(&mut sql, &target, &self.options, 1)?;
                 let content = quote_ident(&self.index.inner.content);
-                engine::push_from_where(&mut sql, &target, &content, expression.clone(), &self.options)?;
-                engine::push_order_page(&mut sql, &self.options)?;
+                let mut sql = Plain::default();
+                let columns = engine::push_search(
+                    &mut sql,
+                    &target,
+                    &self.options,
+                    &content,
+                    "t.\"_id\"",
+                    1,
+                    expression.clone(),
+                    None,
+                )?;
                 let mut hits = Vec::new();
                 conn.query(&sql.text, &sql.params, &mut |row| {
                     let ValueRef::Text(id) = row.get(0)? else {
@@ -490,8 +496,7 @@ impl IndexSearch<'_> {
                     (true, None) => Some(engine::count_matches(conn, &target, &expression)?),
                     (true, Some(_)) => {
                         let mut sql = Plain::default();
-                        sql.push("SELECT count(*)");
-                        engine::push_from_where(&mut sql, &target, &content, expression, &self.options)?;
+                        engine::push_total(&mut sql, &target, &self.options, &content, expression, None)?;
                         Some(crate::store::codec::count(conn, target.name, &sql.text, &sql.params)?)
                     }
                 };

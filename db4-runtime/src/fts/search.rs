@@ -8,6 +8,7 @@ use crate::query::Filter;
 use crate::query::filter::Expr;
 use crate::schema::Document;
 use crate::schema::fts::{table_name, vocab_name};
+use crate::sql::Statement;
 use crate::store::codec::{decode, with_id};
 use crate::store::meta::CollectionMeta;
 use crate::store::slot::MetaSlot;
@@ -192,16 +193,21 @@ impl<'c, T: Document> Search<'c, T> {
         expression: &str,
     ) -> Result<Vec<Hit<T>>> {
         let mut sql = meta.statement();
-        let doc_columns = if meta.versioned { "t.\"_doc\", t.\"_version\"" } else { "t.\"_doc\"" };
-        sql.push(&format!("SELECT t.\"_id\", {doc_columns}, "));
-        let columns = engine::push_columns(&mut sql, target, &self.options, if meta.versioned { 3 } else { 2 })?;
-        engine::push_from_where(&mut sql, target, &meta.table, expression.to_owned(), &self.options)?;
-        if !self.filters.is_empty() {
-            sql.push(" AND ");
-            // One level for the AND around the filters.
-            sql.filters(&self.filters, 1)?;
-        }
-        engine::push_order_page(&mut sql, &self.options)?;
+        let head = if meta.versioned { "t.\"_id\", t.\"_doc\", t.\"_version\"" } else { "t.\"_id\", t.\"_doc\"" };
+        let width = if meta.versioned { 3 } else { 2 };
+        let filters = |sql: &mut Statement<'_>| sql.filters(&self.filters, 1);
+        let conditions: engine::Conditions<'_, Statement<'_>> =
+            if self.filters.is_empty() { None } else { Some(&filters) };
+        let columns = engine::push_search(
+            &mut sql,
+            target,
+            &self.options,
+            &meta.table,
+            head,
+            width,
+            expression.to_owned(),
+            conditions,
+        )?;
         let (text, params) = sql.finish()?;
         let mut hits = Vec::new();
         conn.query(&text, &params, &mut |row| {
@@ -226,12 +232,10 @@ impl<'c, T: Document> Search<'c, T> {
             return engine::count_matches(conn, target, expression);
         }
         let mut sql = meta.statement();
-        sql.push("SELECT count(*)");
-        engine::push_from_where(&mut sql, target, &meta.table, expression.to_owned(), &self.options)?;
-        if !self.filters.is_empty() {
-            sql.push(" AND ");
-            sql.filters(&self.filters, 1)?;
-        }
+        let filters = |sql: &mut Statement<'_>| sql.filters(&self.filters, 1);
+        let conditions: engine::Conditions<'_, Statement<'_>> =
+            if self.filters.is_empty() { None } else { Some(&filters) };
+        engine::push_total(&mut sql, target, &self.options, &meta.table, expression.to_owned(), conditions)?;
         let (text, params) = sql.finish()?;
         crate::store::codec::count(conn, meta.collection, &text, &params)
     }

@@ -46,6 +46,8 @@ pub(crate) struct Storage {
     pub known_keys: Vec<String>,
     /// The full-text objects the table has (`schema::fts::signature`).
     pub fts: String,
+    /// The full-text fields the table's FTS5 table indexes: (field name, JSON key).
+    pub fts_fields: Vec<(String, String)>,
 }
 
 /// How writes treat the `_version` column.
@@ -85,6 +87,9 @@ pub(crate) struct CollectionMeta {
     /// The collection's full-text objects are the ones the type declares: searches may run.
     /// False when another type changed the full-text fields or tokenizer since.
     pub fts_current: bool,
+    /// What keeps the FTS5 table in step with the writes (for the full-text fields the
+    /// table has, whatever the type declares).
+    pub fts_sql: Option<crate::schema::fts::FtsSql>,
 }
 
 impl CollectionMeta {
@@ -201,6 +206,7 @@ impl CollectionMeta {
             kinds,
             generation: storage.generation,
             fts_current: storage.fts == crate::schema::fts::signature_of(schema),
+            fts_sql: crate::schema::fts::FtsSql::new(collection, &storage.fts_fields),
         })
     }
 
@@ -217,6 +223,7 @@ impl CollectionMeta {
             versioned: schema.version_field().is_some(),
             known_keys: schema.fields().iter().map(|f| f.key().to_owned()).collect(),
             fts: crate::schema::fts::signature_of(schema),
+            fts_fields: schema.fts_fields().map(|(f, _)| (f.name().to_owned(), f.key().to_owned())).collect(),
         };
         let kinds: Arc<[Option<FieldKind>]> = schema.fields().iter().map(|_| None).collect();
         Self::new(schema, id_kind, 1 << 20, kinds, &storage)
@@ -257,6 +264,7 @@ mod tests {
             versioned,
             known_keys: vec!["id".into(), "status".into(), "body".into(), "version".into(), "title".into()],
             fts: String::new(),
+            fts_fields: Vec::new(),
         }
     }
 

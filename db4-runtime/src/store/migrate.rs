@@ -23,7 +23,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const SCHEMA_TABLE: &str = "\"_db4_schema\"";
-const RECORD_FORMAT: u32 = 2;
+/// The newest record format this code reads. Format 3 marks a collection with full-text
+/// fields: their index is kept in step by the write pipeline, so a db4 from before it (which
+/// reads format 2 at most) refuses to open the collection rather than write documents
+/// without indexing them.
+const RECORD_FORMAT: u32 = 3;
+/// The format of a collection without full-text fields.
+const PLAIN_RECORD_FORMAT: u32 = 2;
 
 /// Creates the schema table if this database has none (and gives a table from before
 /// generations its `generation` column).
@@ -194,7 +200,7 @@ impl SchemaRecord {
     fn of(meta_schema: &'static crate::Schema, id_kind: IdKind, kinds: &[Option<FieldKind>]) -> Self {
         let s = meta_schema;
         let mut record = Self {
-            format: RECORD_FORMAT,
+            format: if s.fts_fields().next().is_some() { RECORD_FORMAT } else { PLAIN_RECORD_FORMAT },
             type_name: s.type_name().to_owned(),
             id_field: s.id_field().map(|f| f.name().to_owned()).unwrap_or_default(),
             id_kind,
@@ -237,6 +243,11 @@ impl SchemaRecord {
             versioned: self.version_field.is_some(),
             known_keys: self.known().to_vec(),
             fts: fts::signature(self.fts_shape()),
+            // A record from before the full-text tables existed has none to keep in step.
+            fts_fields: match self.fts_layout {
+                0 => Vec::new(),
+                _ => self.fts_shape().2.into_iter().map(|(f, k)| (f.to_owned(), k.to_owned())).collect(),
+            },
         }
     }
 }

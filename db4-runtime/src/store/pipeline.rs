@@ -133,9 +133,15 @@ pub(crate) fn restore(conn: &dyn Connection, entries: Vec<Undo>) -> Result<()> {
     for entry in entries.into_iter().rev() {
         match entry {
             Undo::Document { meta, id, before, .. } => {
+                if let Some(fts) = &meta.fts_sql {
+                    conn.execute(&fts.unindex, std::slice::from_ref(&id))?;
+                }
                 conn.execute(&meta.sql.delete, std::slice::from_ref(&id))?;
                 if let Some(row) = before {
                     conn.execute(&meta.sql.insert, &row)?;
+                    if let Some(fts) = &meta.fts_sql {
+                        conn.execute(&fts.index, &row[..2])?;
+                    }
                 }
             }
             Undo::Statements(statements) => {
@@ -229,7 +235,12 @@ impl<'c> Writer<'c> {
             }
             _ => None,
         };
-        // 2. The statement.
+        // 2. The statement, with the full-text index kept in step: terms are removed while the
+        // row still has its rowid, and indexed once it holds the new text.
+        let fts = meta.fts_sql.as_ref();
+        if let (Some(fts), Op::Delete(_) | Op::Put(_)) = (fts, &op) {
+            conn.execute(&fts.unindex, std::slice::from_ref(id))?;
+        }
         let mut replaced = false;
         let changed = match &op {
             Op::Insert(enc) => match conn.execute(&meta.sql.insert, &enc.params) {
@@ -250,6 +261,25 @@ impl<'c> Writer<'c> {
         };
         if changed == 0 {
             return Ok(0);
+        }
+        if let Some(fts) = fts {
+            match &op {
+                Op::Insert(enc) | Op::Upsert(enc) | Op::Put(enc) => {
+                    conn.execute(&fts.index, &enc.params[..2])?;
+                }
+                Op::Update(enc) => {
+                    if conn.execute(&fts.unindex_changed, &enc.params[..2])? > 0 {
+                        conn.execute(&fts.index, &enc.params[..2])?;
+                    }
+                }
+                Op::Rewrite { id, json } => {
+                    let params = [(*id).clone(), Value::Text(json.clone())];
+                    if conn.execute(&fts.unindex_changed, &params)? > 0 {
+                        conn.execute(&fts.index, &params)?;
+                    }
+                }
+                Op::Delete(_) | Op::DeleteIds(_) | Op::DeleteWhere(_) => {}
+            }
         }
         // 3. The record.
         let kind = match (kind, &before) {
@@ -364,6 +394,9 @@ impl<'c> Writer<'c> {
         };
         let mut changed = 0;
         for list in json_lists(ids.iter().map(Value::as_ref), MAX_VALUE_BYTES) {
+            if let Some(fts) = &meta.fts_sql {
+                self.conn.execute(&fts.unindex_ids, std::slice::from_ref(&list))?;
+            }
             changed += self.conn.execute(&meta.sql.delete_ids, &[list])?;
         }
         if changed == 0 {
@@ -395,13 +428,26 @@ impl<'c> Writer<'c> {
         }
         let whole = self.log.borrow().images_before(meta);
         statement.push(if whole { &meta.sql.returning_row } else { " RETURNING \"_id\"" });
+        // The deleted rows' rowids, to remove their terms from the full-text index.
+        if meta.fts_sql.is_some() {
+            statement.push(", rowid");
+        }
         let (text, params) = statement.finish()?;
         let width = if whole { meta.row_width() } else { 1 };
         let mut rows: Vec<Vec<Value>> = Vec::new();
+        let mut rowids: Vec<Value> = Vec::new();
         self.conn.query(&text, &params, &mut |row| {
             rows.push((0..width).map(|i| row.get(i).map(ValueRef::to_owned)).collect::<Result<_>>()?);
+            if meta.fts_sql.is_some() {
+                rowids.push(row.get(width)?.to_owned());
+            }
             Ok(())
         })?;
+        if let Some(fts) = &meta.fts_sql {
+            for list in json_lists(rowids.iter().map(Value::as_ref), MAX_VALUE_BYTES) {
+                self.conn.execute(&fts.unindex_rowids, &[list])?;
+            }
+        }
         let n = rows.len();
         self.count(meta, ChangeKind::Delete, n);
         for mut row in rows {
