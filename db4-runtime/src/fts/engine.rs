@@ -174,6 +174,17 @@ pub(crate) struct Columns {
     plain_markers: bool,
 }
 
+/// The table a search reads documents from, and what it selects of them.
+#[derive(Clone, Copy)]
+pub(crate) struct Source<'a> {
+    /// The content table (quoted), aliased `t`: a collection's table or an index's.
+    pub content: &'a str,
+    /// The columns of `t` each hit starts with.
+    pub head: &'a str,
+    /// How many they are.
+    pub width: usize,
+}
+
 /// Conditions a caller adds to the match (a collection's filters), rendered into `S`.
 pub(crate) type Conditions<'f, S> = Option<&'f dyn Fn(&mut S) -> Result<()>>;
 
@@ -230,12 +241,11 @@ pub(crate) fn push_search<S: Sink>(
     sql: &mut S,
     target: &Target<'_>,
     options: &Options,
-    content: &str,
-    head: &str,
-    head_width: usize,
+    source: Source<'_>,
     expression: String,
     conditions: Conditions<'_, S>,
 ) -> Result<Columns> {
+    let Source { content, head, width: head_width } = source;
     let fts = crate::schema::quote_ident(&target.fts_table);
     let matching = sql.bind(Value::Text(expression))?;
     let markers = match (&options.highlight, options.snippet) {
@@ -409,7 +419,8 @@ mod tests {
             ..Options::default()
         };
         let mut sql = Plain::default();
-        push_search(&mut sql, &target, &options, "\"notes\"", "t.\"_id\"", 1, "\"edge\"".into(), None)?;
+        let source = Source { content: "\"notes\"", head: "t.\"_id\"", width: 1 };
+        push_search(&mut sql, &target, &options, source, "\"edge\"".into(), None)?;
         let mut stmt = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))
             .map_err(|e| Error::invalid_query("t", format!("{e}: {}", sql.text)))?;

@@ -471,16 +471,8 @@ impl IndexSearch<'_> {
                 let expression = engine::match_expression(conn, &target, &self.options, &self.query)?;
                 let content = quote_ident(&self.index.inner.content);
                 let mut sql = Plain::default();
-                let columns = engine::push_search(
-                    &mut sql,
-                    &target,
-                    &self.options,
-                    &content,
-                    "t.\"_id\"",
-                    1,
-                    expression.clone(),
-                    None,
-                )?;
+                let source = engine::Source { content: &content, head: "t.\"_id\"", width: 1 };
+                let columns = engine::push_search(&mut sql, &target, &self.options, source, expression.clone(), None)?;
                 let mut hits = Vec::new();
                 conn.query(&sql.text, &sql.params, &mut |row| {
                     let ValueRef::Text(id) = row.get(0)? else {

@@ -198,16 +198,8 @@ impl<'c, T: Document> Search<'c, T> {
         let filters = |sql: &mut Statement<'_>| sql.filters(&self.filters, 1);
         let conditions: engine::Conditions<'_, Statement<'_>> =
             if self.filters.is_empty() { None } else { Some(&filters) };
-        let columns = engine::push_search(
-            &mut sql,
-            target,
-            &self.options,
-            &meta.table,
-            head,
-            width,
-            expression.to_owned(),
-            conditions,
-        )?;
+        let source = engine::Source { content: &meta.table, head, width };
+        let columns = engine::push_search(&mut sql, target, &self.options, source, expression.to_owned(), conditions)?;
         let (text, params) = sql.finish()?;
         let mut hits = Vec::new();
         conn.query(&text, &params, &mut |row| {
