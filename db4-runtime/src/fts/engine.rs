@@ -78,6 +78,67 @@ impl Default for Options {
     }
 }
 
+/// The option methods both search builders have (each has an `options: Options` field).
+macro_rules! option_methods {
+    () => {
+        /// Returns, in each hit's [`highlights`](crate::fts::Hit::highlights), the text of every
+        /// field that matched with each match wrapped in `start` and `end`.
+        pub fn highlight(mut self, start: impl Into<String>, end: impl Into<String>) -> Self {
+            self.options.highlight = Some((start.into(), end.into()));
+            self
+        }
+
+        /// Returns, in each hit's [`snippet`](crate::fts::Hit::snippet), the fragment of at most
+        /// `max_tokens` tokens (1 to [`MAX_SNIPPET_TOKENS`](crate::fts::MAX_SNIPPET_TOKENS))
+        /// that best shows the matches, with matches marked as
+        /// [`highlight`](Self::highlight) says.
+        pub fn snippet(mut self, max_tokens: usize) -> Self {
+            self.options.snippet = Some(max_tokens);
+            self
+        }
+
+        /// The text put where a snippet cuts its field (default `…`).
+        pub fn ellipsis(mut self, ellipsis: impl Into<String>) -> Self {
+            self.options.ellipsis = ellipsis.into();
+            self
+        }
+
+        /// Returns at most `n` hits.
+        pub fn limit(mut self, n: usize) -> Self {
+            self.options.limit = Some(n);
+            self
+        }
+
+        /// Skips the first `n` hits.
+        pub fn offset(mut self, n: usize) -> Self {
+            self.options.offset = n;
+            self
+        }
+
+        /// Keeps only hits scoring at least `score`.
+        pub fn min_score(mut self, score: f64) -> Self {
+            self.options.min_score = Some(score);
+            self
+        }
+
+        /// Also counts every matching document (one more statement), in
+        /// [`SearchResults::total`](crate::fts::SearchResults::total).
+        pub fn with_total(mut self) -> Self {
+            self.options.with_total = true;
+            self
+        }
+
+        /// Tolerates typos: each plain term of at least 5 characters that matches nothing also
+        /// matches indexed terms one edit away (two edits from 9 characters), found in the
+        /// index's vocabulary (`docs/search.md`, "Typo tolerance").
+        pub fn typos(mut self, on: bool) -> Self {
+            self.options.typos = on;
+            self
+        }
+    };
+}
+pub(crate) use option_methods;
+
 /// What a search runs over.
 pub(crate) struct Target<'a> {
     /// The collection or index searched (for errors).
@@ -196,6 +257,28 @@ fn bm25(target: &Target<'_>) -> String {
     format!("bm25(f.{fts}, {})", weights.join(", "))
 }
 
+/// Writes `<score> AS "s" FROM <fts> AS f [JOIN <content> AS t] WHERE <match> [AND
+/// <conditions>]`: the matches with their BM25, as a select list continues.
+fn push_matches<S: Sink>(
+    sql: &mut S,
+    target: &Target<'_>,
+    content: &str,
+    matching: &str,
+    conditions: Conditions<'_, S>,
+) -> Result<()> {
+    let fts = crate::schema::quote_ident(&target.fts_table);
+    sql.push(&format!("{} AS \"s\" FROM {fts} AS f", bm25(target)));
+    if conditions.is_some() {
+        sql.push(&format!(" JOIN {content} AS t ON t.rowid = f.rowid"));
+    }
+    sql.push(&format!(" WHERE f.{fts} MATCH {matching}"));
+    if let Some(conditions) = conditions {
+        sql.push(" AND ");
+        conditions(sql)?;
+    }
+    Ok(())
+}
+
 /// Writes the ranked page of matches as the CTE `top` (`r`: rowid, `s`: BM25, lower is
 /// better): the match and the caller's conditions, ordered by score then rowid, with the page.
 /// SQLite's sorter keeps only `offset + limit` rows.
@@ -207,19 +290,8 @@ fn push_top<S: Sink>(
     conditions: Conditions<'_, S>,
     options: &Options,
 ) -> Result<()> {
-    let fts = crate::schema::quote_ident(&target.fts_table);
-    sql.push(&format!(
-        "WITH \"top\" AS MATERIALIZED (SELECT f.rowid AS \"r\", {} AS \"s\" FROM {fts} AS f",
-        bm25(target)
-    ));
-    if conditions.is_some() {
-        sql.push(&format!(" JOIN {content} AS t ON t.rowid = f.rowid"));
-    }
-    sql.push(&format!(" WHERE f.{fts} MATCH {matching}"));
-    if let Some(conditions) = conditions {
-        sql.push(" AND ");
-        conditions(sql)?;
-    }
+    sql.push("WITH \"top\" AS MATERIALIZED (SELECT f.rowid AS \"r\", ");
+    push_matches(sql, target, content, matching, conditions)?;
     sql.push(" ORDER BY \"s\", \"r\"");
     if options.limit.is_some() || options.offset > 0 {
         let limit = options.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
@@ -302,21 +374,13 @@ pub(crate) fn push_total<S: Sink>(
     expression: String,
     conditions: Conditions<'_, S>,
 ) -> Result<()> {
-    let fts = crate::schema::quote_ident(&target.fts_table);
     let matching = sql.bind(Value::Text(expression))?;
     let min = match options.min_score {
         Some(min) => Some(sql.bind(Value::Real(-min))?),
         None => None,
     };
-    sql.push(&format!("SELECT count(*) FROM (SELECT {} AS \"s\" FROM {fts} AS f", bm25(target)));
-    if conditions.is_some() {
-        sql.push(&format!(" JOIN {content} AS t ON t.rowid = f.rowid"));
-    }
-    sql.push(&format!(" WHERE f.{fts} MATCH {matching}"));
-    if let Some(conditions) = conditions {
-        sql.push(" AND ");
-        conditions(sql)?;
-    }
+    sql.push("SELECT count(*) FROM (SELECT ");
+    push_matches(sql, target, content, &matching, conditions)?;
     sql.push(")");
     if let Some(min) = min {
         sql.push(&format!(" WHERE \"s\" <= {min}"));

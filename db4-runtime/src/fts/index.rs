@@ -409,53 +409,7 @@ pub struct IndexSearch<'i> {
 }
 
 impl IndexSearch<'_> {
-    /// As [`Search::highlight`](crate::fts::Search::highlight).
-    pub fn highlight(mut self, start: impl Into<String>, end: impl Into<String>) -> Self {
-        self.options.highlight = Some((start.into(), end.into()));
-        self
-    }
-
-    /// As [`Search::snippet`](crate::fts::Search::snippet).
-    pub fn snippet(mut self, max_tokens: usize) -> Self {
-        self.options.snippet = Some(max_tokens);
-        self
-    }
-
-    /// As [`Search::ellipsis`](crate::fts::Search::ellipsis).
-    pub fn ellipsis(mut self, ellipsis: impl Into<String>) -> Self {
-        self.options.ellipsis = ellipsis.into();
-        self
-    }
-
-    /// Returns at most `n` hits.
-    pub fn limit(mut self, n: usize) -> Self {
-        self.options.limit = Some(n);
-        self
-    }
-
-    /// Skips the first `n` hits.
-    pub fn offset(mut self, n: usize) -> Self {
-        self.options.offset = n;
-        self
-    }
-
-    /// Keeps only hits scoring at least `score`.
-    pub fn min_score(mut self, score: f64) -> Self {
-        self.options.min_score = Some(score);
-        self
-    }
-
-    /// Also counts every matching document.
-    pub fn with_total(mut self) -> Self {
-        self.options.with_total = true;
-        self
-    }
-
-    /// As [`Search::typos`](crate::fts::Search::typos).
-    pub fn typos(mut self, on: bool) -> Self {
-        self.options.typos = on;
-        self
-    }
+    engine::option_methods!();
 
     /// Runs the search.
     ///

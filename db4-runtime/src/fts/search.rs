@@ -90,58 +90,7 @@ impl<'c, T: Document> Search<'c, T> {
         self
     }
 
-    /// Returns, in each hit's [`highlights`](Hit::highlights), the text of every field that
-    /// matched with each match wrapped in `start` and `end`.
-    pub fn highlight(mut self, start: impl Into<String>, end: impl Into<String>) -> Self {
-        self.options.highlight = Some((start.into(), end.into()));
-        self
-    }
-
-    /// Returns, in each hit's [`snippet`](Hit::snippet), the fragment of at most `max_tokens`
-    /// tokens (1 to [`MAX_SNIPPET_TOKENS`](crate::fts::MAX_SNIPPET_TOKENS)) that best shows
-    /// the matches, with matches marked as [`highlight`](Self::highlight) says.
-    pub fn snippet(mut self, max_tokens: usize) -> Self {
-        self.options.snippet = Some(max_tokens);
-        self
-    }
-
-    /// The text put where a snippet cuts its field (default `…`).
-    pub fn ellipsis(mut self, ellipsis: impl Into<String>) -> Self {
-        self.options.ellipsis = ellipsis.into();
-        self
-    }
-
-    /// Returns at most `n` hits.
-    pub fn limit(mut self, n: usize) -> Self {
-        self.options.limit = Some(n);
-        self
-    }
-
-    /// Skips the first `n` hits.
-    pub fn offset(mut self, n: usize) -> Self {
-        self.options.offset = n;
-        self
-    }
-
-    /// Keeps only hits scoring at least `score`.
-    pub fn min_score(mut self, score: f64) -> Self {
-        self.options.min_score = Some(score);
-        self
-    }
-
-    /// Also counts every matching document (one more statement), in
-    /// [`SearchResults::total`].
-    pub fn with_total(mut self) -> Self {
-        self.options.with_total = true;
-        self
-    }
-
-    /// Tolerates typos: each plain term of at least 5 characters also matches indexed terms
-    /// one edit away (two edits from 9 characters), found in the index's vocabulary.
-    pub fn typos(mut self, on: bool) -> Self {
-        self.options.typos = on;
-        self
-    }
+    engine::option_methods!();
 
     /// Runs the search.
     ///
