@@ -179,3 +179,102 @@ fn hand_built_schemas_with_bad_indexes_are_refused() {
         assert!(matches!(schema.validate(), Err(db4::Error::SchemaMismatch { .. })), "{indexes:?}");
     }
 }
+
+mod single {
+    use super::*;
+
+    #[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+    #[db4(collection = "events")]
+    pub struct Event {
+        #[id]
+        pub id: String,
+        #[range_index]
+        pub at: i64,
+        #[index]
+        pub kind: String,
+    }
+
+    #[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+    #[db4(collection = "counters")]
+    pub struct Counter {
+        #[id]
+        pub id: i64,
+        #[range_index]
+        pub n: i64,
+    }
+}
+
+fn generation(path: &std::path::Path, collection: &str) -> i64 {
+    raw(path).query_row("SELECT generation FROM _db4_schema WHERE collection = ?1", [collection], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn single_field_indexes_end_with_a_text_id_and_older_ones_are_rebuilt_on_open() -> db4::Result<()> {
+    use single::{Counter, Event};
+    let dir = TempDir::new("single-index-layout");
+    let path = dir.join("db.sqlite");
+    {
+        let db = Db::open(&path)?;
+        let events = db.collection::<Event>()?;
+        for i in 0..40 {
+            events.insert(&Event { id: format!("e{:02}", 39 - i), at: i / 4, kind: format!("k{}", i % 2) })?;
+        }
+        db.collection::<Counter>()?.insert(&Counter { id: 1, n: 5 })?;
+    }
+    let at_index = "CREATE INDEX \"events.at\" ON \"events\" (\"f_at\", \"_id\")";
+    assert_eq!(index_sql(&path, "events.at").as_deref(), Some(at_index));
+    assert_eq!(
+        index_sql(&path, "events.kind").as_deref(),
+        Some("CREATE INDEX \"events.kind\" ON \"events\" (\"f_kind\", \"_id\")")
+    );
+    // An integer id is the rowid, which every index entry ends with already.
+    assert_eq!(
+        index_sql(&path, "counters.n").as_deref(),
+        Some("CREATE INDEX \"counters.n\" ON \"counters\" (\"f_n\")")
+    );
+    // What every range page renders over a one-field index: no sort step.
+    let page = "SELECT \"_id\", \"_doc\" FROM \"events\" WHERE (\"f_at\", \"_id\") > (3, 'e20') \
+                ORDER BY \"f_at\" ASC, \"_id\" ASC LIMIT 11";
+    let descending =
+        "SELECT \"_id\" FROM \"events\" WHERE \"f_at\" BETWEEN 2 AND 6 ORDER BY \"f_at\" DESC, \"_id\" DESC";
+    for sql in [page, descending] {
+        let plan = plan(&path, sql);
+        assert!(plan.contains("USING INDEX events.at") && !plan.contains("TEMP B-TREE"), "{plan}");
+    }
+
+    // A database from before: the indexes over the column alone, no layout in the record.
+    {
+        let conn = raw(&path);
+        conn.execute_batch(
+            "DROP INDEX \"events.at\"; CREATE INDEX \"events.at\" ON \"events\" (\"f_at\");
+             DROP INDEX \"events.kind\"; CREATE INDEX \"events.kind\" ON \"events\" (\"f_kind\");
+             UPDATE _db4_schema SET schema = json_remove(schema, '$.single_index_layout') WHERE collection = 'events';",
+        )
+        .unwrap();
+    }
+    assert!(plan(&path, page).contains("TEMP B-TREE"), "the old layout sorts");
+    let (events_before, counters_before) = (generation(&path, "events"), generation(&path, "counters"));
+    {
+        let db = Db::open(&path)?;
+        let events = db.collection::<Event>()?;
+        assert_eq!(index_sql(&path, "events.at").as_deref(), Some(at_index));
+        assert!(index_sql(&path, "events.kind").is_some_and(|s| s.ends_with("(\"f_kind\", \"_id\")")));
+        assert_eq!(generation(&path, "events"), events_before + 1);
+        assert!(!plan(&path, page).contains("TEMP B-TREE"));
+        let all: Vec<Event> = events.range(Event::fields().at).iter(7).collect::<db4::Result<_>>()?;
+        let keys: Vec<(i64, String)> = all.iter().map(|e| (e.at, e.id.clone())).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!((keys.len(), &keys), (40, &sorted));
+        assert_eq!(schema_record(&path, "events").unwrap()["single_index_layout"], 1);
+        db.collection::<Counter>()?;
+        assert_eq!(generation(&path, "counters"), counters_before, "a current record is left alone");
+    }
+    {
+        // Once migrated, reopening changes nothing.
+        let db = Db::open(&path)?;
+        db.collection::<Event>()?;
+        assert_eq!(generation(&path, "events"), events_before + 1);
+    }
+    Ok(())
+}

@@ -364,7 +364,10 @@ impl Schema {
         columns.extend(self.column_fields().map(|f| column_ddl(f, &column_name(f.name, f.key))));
         let mut ddl = vec![format!("CREATE TABLE IF NOT EXISTS {table} ({})", columns.join(", "))];
         ddl.extend(
-            self.fields.iter().filter(|f| f.has_column()).map(|f| self.index_ddl(f.name, &column_name(f.name, f.key))),
+            self.fields
+                .iter()
+                .filter(|f| f.has_column())
+                .map(|f| self.index_ddl(f.name, &column_name(f.name, f.key), id_kind)),
         );
         for index in self.indexes {
             let columns: Vec<(String, bool)> = index
@@ -380,9 +383,17 @@ impl Schema {
         ddl
     }
 
-    pub(crate) fn index_ddl(&self, field: &str, column: &str) -> String {
+    /// The `CREATE INDEX` of a field's own index. With text ids the id is its last key:
+    /// SQLite's index entries end with the rowid, which is the id only for integer ids, and
+    /// without it `ORDER BY x, "_id"` (every range page, every `order_by`) would sort each
+    /// group of equal keys in a temporary B-tree.
+    pub(crate) fn index_ddl(&self, field: &str, column: &str, id_kind: IdKind) -> String {
+        let id = match id_kind {
+            IdKind::Text => ", \"_id\"",
+            IdKind::Integer => "",
+        };
         format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+            "CREATE INDEX IF NOT EXISTS {} ON {} ({}{id})",
             quote_ident(&index_name(self.collection, field)),
             quote_ident(self.collection),
             quote_ident(column)

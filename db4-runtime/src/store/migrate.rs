@@ -30,6 +30,10 @@ const SCHEMA_TABLE: &str = "\"_db4_schema\"";
 const RECORD_FORMAT: u32 = 3;
 /// The format of a collection without full-text fields.
 const PLAIN_RECORD_FORMAT: u32 = 2;
+/// The layout of single-field indexes: 1 since a text id became their last key
+/// ([`Schema::index_ddl`](crate::Schema)); 0 in records from before, whose indexes are rebuilt
+/// on open.
+const SINGLE_INDEX_LAYOUT: u32 = 1;
 
 /// Creates the schema table if this database has none (and gives a table from before
 /// generations its `generation` column).
@@ -115,6 +119,9 @@ pub(crate) struct SchemaRecord {
     /// records of types without any read as they always did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     indexes: Vec<IndexRecord>,
+    /// [`SINGLE_INDEX_LAYOUT`] when the single-field indexes were made; 0 in older records.
+    #[serde(default)]
+    single_index_layout: u32,
 }
 
 /// A composite index as created: its name and its columns with their directions.
@@ -226,6 +233,7 @@ impl SchemaRecord {
             known_keys: sorted(s.fields().iter().map(|f| f.key().to_owned())),
             kinds: s.fields().iter().zip(kinds).filter_map(|(f, k)| k.map(|k| (f.key().to_owned(), k))).collect(),
             indexes: Vec::new(),
+            single_index_layout: SINGLE_INDEX_LAYOUT,
         };
         record.indexes = index_records(s, &record.columns);
         record
@@ -433,12 +441,18 @@ pub(crate) fn ensure<T: Document>(
     // Generated columns need no backfill: SQLite computes them while building the index.
     // A kept column gains or loses its own index when it became or stopped being only a
     // composite index's key.
+    // An index of an older layout is made anew (with text ids: the id becomes its last key).
+    let relayout = stored.single_index_layout != wanted.single_index_layout && id_kind == IdKind::Text;
     for new in &wanted.columns {
         let Some(old) = stored.columns.iter().find(|s| s.same(new)) else { continue };
+        let drop_old = format!("DROP INDEX IF EXISTS {}", quote_ident(&index_name(collection, &old.field)));
         if old.own_index() && !new.own_index() {
-            conn.execute_ddl(&format!("DROP INDEX IF EXISTS {}", quote_ident(&index_name(collection, &old.field))))?;
+            conn.execute_ddl(&drop_old)?;
         } else if !old.own_index() && new.own_index() {
-            conn.execute_ddl(&schema.index_ddl(&new.field, &new.column()))?;
+            conn.execute_ddl(&schema.index_ddl(&new.field, &new.column(), id_kind))?;
+        } else if new.own_index() && relayout {
+            conn.execute_ddl(&drop_old)?;
+            conn.execute_ddl(&schema.index_ddl(&new.field, &new.column(), id_kind))?;
         }
     }
     for old in stored.columns.iter().filter(|c| !wanted.columns.iter().any(|w| w.same(c))) {
@@ -453,7 +467,7 @@ pub(crate) fn ensure<T: Document>(
         let column = new.column();
         conn.execute_ddl(&format!("ALTER TABLE {table} ADD COLUMN {}", column_ddl(def, &column)))?;
         if new.own_index() {
-            conn.execute_ddl(&schema.index_ddl(def.name(), &column))?;
+            conn.execute_ddl(&schema.index_ddl(def.name(), &column, id_kind))?;
         }
     }
     for new in wanted.indexes.iter().filter(|i| !stored.indexes.contains(i)) {

@@ -12,10 +12,12 @@ pub const TENANTS: u64 = 20;
 /// A user-ish record of about 830 bytes of JSON.
 ///
 /// The attributes give the table db4 creates, which the raw side reproduces by hand: `_id`
-/// (text primary key), `_doc` (the JSON) and one indexed column each for `tenant`, `status`
-/// and `created_at`.
+/// (text primary key), `_doc` (the JSON), one indexed column each for `tenant`, `status`
+/// and `created_at` (each index ending with `_id`), and the composite index
+/// `by_tenant_status_created` over `(tenant, status, created_at desc, _id desc)`.
 #[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[db4(collection = "docs")]
+#[db4(index(name = "by_tenant_status_created", fields(tenant, status, created_at desc)))]
 pub struct Doc {
     /// 16 hex digits, unique.
     #[id]
@@ -55,6 +57,9 @@ pub enum Status {
     /// Gone.
     Closed,
 }
+
+/// A key of the composite index: states sort by name.
+impl db4::Ordered for Status {}
 
 impl Status {
     /// Every state, in a fixed order.

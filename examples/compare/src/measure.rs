@@ -45,12 +45,20 @@ pub struct Measurement {
     /// `times[side][rep]`.
     times: [Vec<Duration>; SIDES.len()],
     target: Option<Target>,
+    /// The side the target compares db4 with (1 unless [`against`](Self::against) says).
+    against: usize,
 }
 
 impl Measurement {
     /// An operation run `ops` times (counted in `unit`s) per repetition.
     pub fn new(name: impl Into<String>, ops: usize, unit: &'static str, target: Option<Target>) -> Self {
-        Self { name: name.into(), ops, unit, times: Default::default(), target }
+        Self { name: name.into(), ops, unit, times: Default::default(), target, against: 1 }
+    }
+
+    /// Compares db4 with side `side` for the target (the stored-columns store, say).
+    pub fn against(mut self, side: usize) -> Self {
+        self.against = side.clamp(1, SIDES.len() - 1);
+        self
     }
 
     /// The operation's name.
@@ -193,7 +201,10 @@ pub fn report(measurements: &[Measurement]) {
         };
         let ratio = m.ratio(1);
         let (target, met) = match m.target {
-            Some(t) => (t.label(), if t.met(ratio) { "yes" } else { "**no**" }),
+            Some(t) => {
+                let label = if m.against == 1 { t.label() } else { format!("{} vs {}", t.label(), SIDES[m.against]) };
+                (label, if t.met(m.ratio(m.against)) { "yes" } else { "**no**" })
+            }
             None => ("—".to_owned(), "—"),
         };
         println!(

@@ -26,9 +26,10 @@ pub enum Layout {
 const GENERATED_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "docs" ("_id" TEXT PRIMARY KEY NOT NULL, "_doc" TEXT NOT NULL, "f_tenant" GENERATED ALWAYS AS (json_extract("_doc", '$."tenant"')) VIRTUAL, "f_status" GENERATED ALWAYS AS (json_extract("_doc", '$."status"')) VIRTUAL, "f_created_at" GENERATED ALWAYS AS (json_extract("_doc", '$."created_at"')) VIRTUAL)"#;
 const STORED_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "docs" ("_id" TEXT PRIMARY KEY NOT NULL, "_doc" TEXT NOT NULL, "f_tenant", "f_status", "f_created_at")"#;
 const INDEXES: &str = r#"
-CREATE INDEX IF NOT EXISTS "docs_tenant" ON "docs" ("f_tenant");
-CREATE INDEX IF NOT EXISTS "docs_status" ON "docs" ("f_status");
-CREATE INDEX IF NOT EXISTS "docs_created_at" ON "docs" ("f_created_at");
+CREATE INDEX IF NOT EXISTS "docs_tenant" ON "docs" ("f_tenant", "_id");
+CREATE INDEX IF NOT EXISTS "docs_status" ON "docs" ("f_status", "_id");
+CREATE INDEX IF NOT EXISTS "docs_created_at" ON "docs" ("f_created_at", "_id");
+CREATE INDEX IF NOT EXISTS "docs_tenant_status_created" ON "docs" ("f_tenant", "f_status", "f_created_at" DESC, "_id" DESC);
 "#;
 
 const GENERATED_INSERT: &str = r#"INSERT INTO "docs" ("_id", "_doc") VALUES (?1, ?2)"#;
@@ -45,6 +46,15 @@ pub const TENANT_QUERY: &str =
 /// The newest documents in a `created_at` window.
 pub const RANGE_QUERY: &str =
     r#"SELECT "_doc" FROM "docs" WHERE "f_created_at" BETWEEN ?1 AND ?2 ORDER BY "f_created_at" DESC LIMIT ?3"#;
+
+/// Where a keyset page ended: the last row's `(created_at, id)`.
+pub type KeysetPosition = (i64, String);
+
+/// The first page of documents by `(created_at, id)`, as a person would write keyset paging.
+pub const FIRST_PAGE: &str =
+    r#"SELECT "_id", "_doc", "f_created_at" FROM "docs" ORDER BY "f_created_at", "_id" LIMIT ?1"#;
+/// The page after the row `(created_at, id)`.
+pub const NEXT_PAGE: &str = r#"SELECT "_id", "_doc", "f_created_at" FROM "docs" WHERE ("f_created_at", "_id") > (?1, ?2) ORDER BY "f_created_at", "_id" LIMIT ?3"#;
 
 /// A hand-written document store on one rusqlite connection.
 #[derive(Debug)]
@@ -181,6 +191,26 @@ impl RawStore {
     /// The newest `limit` documents with `low <= created_at <= high`, newest first.
     pub fn range_query(&self, low: i64, high: i64, limit: i64) -> BoxResult<Vec<Doc>> {
         self.documents(RANGE_QUERY, params![low, high, limit])
+    }
+
+    /// One page of keyset paging by `(created_at, id)`: the `limit` documents after the row
+    /// `after` (from the start without it), and the position of the last one.
+    pub fn keyset_page(
+        &self,
+        after: Option<&KeysetPosition>,
+        limit: i64,
+    ) -> BoxResult<(Vec<Doc>, Option<KeysetPosition>)> {
+        let mut stmt = self.conn.prepare_cached(if after.is_some() { NEXT_PAGE } else { FIRST_PAGE })?;
+        let mut rows = match after {
+            Some((at, id)) => stmt.query(params![at, id, limit])?,
+            None => stmt.query(params![limit])?,
+        };
+        let (mut docs, mut last) = (Vec::new(), None);
+        while let Some(row) = rows.next()? {
+            docs.push(serde_json::from_str(row.get_ref(1)?.as_str()?)?);
+            last = Some((row.get(2)?, row.get(0)?));
+        }
+        Ok((docs, last))
     }
 
     /// Runs a query whose only column is `_doc` and deserializes each row.

@@ -29,9 +29,14 @@ impl Status {
     }
 }
 
-/// An article of one tenant (the README's document).
+/// Statuses sort by name in an index (`Archived < Draft < Published`), byte by byte.
+impl db4::Ordered for Status {}
+
+/// An article of one tenant (the README's document). `by_status_created` lists one status's
+/// articles newest first (`GET /articles/range?index=by_status_created&prefix=Draft`).
 #[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[db4(collection = "articles")]
+#[db4(index(name = "by_status_created", fields(status, created_at desc)))]
 pub struct Article {
     /// The article's id, unique within its tenant.
     #[id]

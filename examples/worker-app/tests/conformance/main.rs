@@ -64,4 +64,7 @@ suite!(
     search_ranking,
     search_follows_writes,
     search_hostile_queries,
+    range_paging,
+    range_cursors_refused,
+    range_under_writes,
 );

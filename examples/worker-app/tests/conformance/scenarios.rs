@@ -1490,3 +1490,272 @@ pub fn search_hostile_queries(t: &dyn Target) {
     assert_eq!(hit_ids(&search(&c, "\"quoted (text) near not\"", "")), ["a"]);
     assert_eq!(search(&c, "edge", "&total=1")["total"], 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Ranges and keyset cursors
+
+fn range_article(id: &str, status: &str, created_at: i64) -> Value {
+    json!({ "id": id, "title": format!("Range {id}"), "body": "", "tags": [], "status": status,
+            "created_at": created_at, "views": 0 })
+}
+
+fn range_page(c: &Tenant<'_>, query: &str) -> Value {
+    let page = expect(c.get(&format!("/articles/range?{query}")), 200);
+    assert!(page["has_more"].is_boolean(), "no has_more: {page}");
+    page
+}
+
+fn cursor_of(page: &Value, which: &str) -> Option<String> {
+    page[which].as_str().map(str::to_owned)
+}
+
+/// The ids of every page of `GET /articles/range?{query}` from the start, page by page,
+/// following `next`, and the last page's `prev` (where a backward walk starts). Calls
+/// `between` after each page, before the next is read.
+fn walk_forward(c: &Tenant<'_>, query: &str, mut between: impl FnMut(usize)) -> (Vec<Vec<String>>, Option<String>) {
+    let mut pages = Vec::new();
+    let mut page = range_page(c, query);
+    assert_eq!(page["prev"], Value::Null, "the first page has no prev: {page}");
+    for n in 1.. {
+        pages.push(ids(&page["items"]));
+        assert_eq!(page["has_more"].as_bool(), Some(page["next"].is_string()), "has_more iff next: {page}");
+        let Some(next) = cursor_of(&page, "next") else { break };
+        assert!(n < 1000, "the walk does not end");
+        between(n);
+        page = range_page(c, &format!("{query}&after={}", encode(&next)));
+        assert!(page["prev"].is_string(), "a page read after a cursor has a prev: {page}");
+    }
+    (pages, cursor_of(&page, "prev"))
+}
+
+/// The ids of every page before the cursor `before`, following `prev`, in the range's order.
+fn walk_backward(c: &Tenant<'_>, query: &str, before: &str, mut between: impl FnMut(usize)) -> Vec<String> {
+    let mut pages: Vec<Vec<String>> = Vec::new();
+    let mut cursor = before.to_owned();
+    for n in 1.. {
+        let page = range_page(c, &format!("{query}&before={}", encode(&cursor)));
+        pages.push(ids(&page["items"]));
+        assert_eq!(page["has_more"].as_bool(), Some(page["prev"].is_string()), "has_more iff prev: {page}");
+        let Some(prev) = cursor_of(&page, "prev") else { break };
+        assert!(n < 1000, "the walk does not end");
+        between(n);
+        cursor = prev;
+    }
+    pages.into_iter().rev().flatten().collect()
+}
+
+/// Forward then backward through the whole range: each id once, in `expected`'s order.
+#[track_caller]
+fn walk_both_ways(c: &Tenant<'_>, query: &str, expected: &[String]) {
+    let (pages, last_prev) = walk_forward(c, query, |_| {});
+    assert_eq!(pages.concat(), expected, "forward through {query}");
+    let mut back = match last_prev {
+        Some(prev) => walk_backward(c, query, &prev, |_| {}),
+        None => Vec::new(),
+    };
+    back.extend(pages.last().cloned().unwrap_or_default());
+    assert_eq!(back, expected, "backward through {query}");
+}
+
+/// The ids of `docs` ordered by `key`.
+fn ordered_ids<K: Ord>(docs: &[Value], keep: impl Fn(&Value) -> bool, key: impl Fn(&Value) -> K) -> Vec<String> {
+    let mut kept: Vec<&Value> = docs.iter().filter(|d| keep(d)).collect();
+    kept.sort_by_key(|d| key(d));
+    kept.iter().map(|d| d["id"].as_str().expect("id").to_owned()).collect()
+}
+
+fn created(d: &Value) -> i64 {
+    d["created_at"].as_i64().expect("created_at")
+}
+
+fn id_of(d: &Value) -> String {
+    d["id"].as_str().expect("id").to_owned()
+}
+
+fn status_of(d: &Value) -> String {
+    d["status"].as_str().expect("status").to_owned()
+}
+
+/// Forward and backward paging over both indexes, both directions, with bounds, prefixes and
+/// filters, returns every matching article exactly once, in the index's order.
+pub fn range_paging(t: &dyn Target) {
+    let c = Tenant::new(t, "range_paging");
+    let statuses = ["Draft", "Published", "Archived"];
+    // Equal creation times, so ties are broken by id.
+    let docs: Vec<Value> = (0..23)
+        .map(|i: i64| range_article(&format!("r-{i:02}"), statuses[(i % 3) as usize], 1000 + i * 7 % 10))
+        .collect();
+    for chunk in docs.chunks(10) {
+        expect(c.post("/articles/bulk", &json!(chunk)), 201);
+    }
+    let all = |_: &Value| true;
+    let by_created = ordered_ids(&docs, all, |d| (created(d), id_of(d)));
+
+    let first = range_page(&c, "limit=5");
+    assert_eq!(ids(&first["items"]), by_created[..5]);
+    assert_eq!((first["has_more"].as_bool(), first["prev"].is_null()), (Some(true), true));
+    for limit in [1, 5, 7, 23, 100] {
+        walk_both_ways(&c, &format!("limit={limit}"), &by_created);
+        walk_both_ways(&c, &format!("index=created_at&limit={limit}"), &by_created);
+    }
+    let reversed: Vec<String> = by_created.iter().rev().cloned().collect();
+    walk_both_ways(&c, "desc=1&limit=4", &reversed);
+
+    // Bounds on created_at, inclusive and exclusive.
+    let window = ordered_ids(&docs, |d| (1003..1007).contains(&created(d)), |d| (created(d), id_of(d)));
+    walk_both_ways(&c, "gte=1003&lt=1007&limit=3", &window);
+    let window = ordered_ids(&docs, |d| created(d) > 1003 && created(d) <= 1007, |d| (created(d), id_of(d)));
+    walk_both_ways(&c, "gt=1003&lte=1007&limit=2", &window);
+    assert_eq!(ids(&range_page(&c, "gt=2000")["items"]), Vec::<String>::new());
+
+    // A filter: the index gives the order, the filter skips.
+    let drafts = ordered_ids(&docs, |d| status_of(d) == "Draft", |d| (created(d), id_of(d)));
+    walk_both_ways(&c, "status=Draft&limit=2", &drafts);
+
+    // The composite index (status, created_at desc): statuses by name, newest first, ties by
+    // id descending (the last field's direction).
+    let newest = |d: &Value| (std::cmp::Reverse(created(d)), std::cmp::Reverse(id_of(d)));
+    let composite = ordered_ids(&docs, all, |d| (status_of(d), newest(d)));
+    walk_both_ways(&c, "index=by_status_created&limit=6", &composite);
+    let published = ordered_ids(&docs, |d| status_of(d) == "Published", newest);
+    walk_both_ways(&c, "index=by_status_created&prefix=Published&limit=2", &published);
+    let published_late = ordered_ids(&docs, |d| status_of(d) == "Published" && created(d) >= 1004, newest);
+    walk_both_ways(&c, "index=by_status_created&prefix=Published&gte=1004&limit=2", &published_late);
+    let oldest_first: Vec<String> = published.iter().rev().cloned().collect();
+    walk_both_ways(&c, "index=by_status_created&prefix=Published&desc=1&limit=3", &oldest_first);
+    // Bounds on the status when there is no prefix.
+    let not_archived = ordered_ids(&docs, |d| status_of(d).as_str() > "Archived", |d| (status_of(d), newest(d)));
+    walk_both_ways(&c, "index=by_status_created&gt=Archived&limit=5", &not_archived);
+
+    // Malformed requests.
+    expect_error(c.get("/articles/range?index=views"), 400, "invalid_query");
+    expect_error(c.get("/articles/range?gte=soon"), 400, "invalid_query");
+    expect_error(c.get("/articles/range?index=by_status_created&prefix=Bogus"), 400, "invalid_query");
+    expect_error(c.get("/articles/range?limit=0"), 400, "invalid_query");
+    expect_error(c.get("/articles/range?desc=yes"), 400, "invalid_query");
+    expect_error(c.get("/articles/range?colour=red"), 400, "invalid_query");
+    expect_error(c.call("POST", "/articles/range", Some(b"{}")), 405, "method_not_allowed");
+}
+
+/// A cursor works only with the tenant, index and parameters it came from (the page size may
+/// change); edited, cut, padded or made-up cursors are 400 `invalid_cursor`, never a 500.
+pub fn range_cursors_refused(t: &dyn Target) {
+    let a = Tenant::new(t, "range_cursors_a");
+    let b = Tenant::new(t, "range_cursors_b");
+    let docs: Vec<Value> = (0..9).map(|i| range_article(&format!("k-{i}"), "Draft", 500 + i)).collect();
+    for c in [&a, &b] {
+        expect(c.post("/articles/bulk", &json!(docs)), 201);
+    }
+    let page = range_page(&a, "limit=3");
+    let next = cursor_of(&page, "next").expect("a next cursor");
+    let after =
+        |c: &Tenant<'_>, query: &str, cursor: &str| c.get(&format!("/articles/range?{query}&after={}", encode(cursor)));
+    assert_eq!(ids(&expect(after(&a, "limit=3", &next), 200)["items"]), ["k-3", "k-4", "k-5"]);
+    assert_eq!(ids(&expect(after(&a, "limit=2", &next), 200)["items"]), ["k-3", "k-4"], "the page size may change");
+    // The same data in another tenant (another Durable Object, another secret).
+    expect_error(after(&b, "limit=3", &next), 400, "invalid_cursor");
+    // The same tenant, another range.
+    for other in [
+        "index=by_status_created&limit=3",
+        "index=by_status_created&prefix=Draft&limit=3",
+        "desc=1&limit=3",
+        "gte=500&limit=3",
+        "lt=2000&limit=3",
+        "status=Draft&limit=3",
+    ] {
+        expect_error(after(&a, other, &next), 400, "invalid_cursor");
+    }
+    // A composite index's cursor is refused by the created_at index, and the other way round.
+    let composite = range_page(&a, "index=by_status_created&prefix=Draft&limit=2");
+    let composite_next = cursor_of(&composite, "next").expect("a next cursor");
+    expect_error(after(&a, "limit=2", &composite_next), 400, "invalid_cursor");
+    let prev = cursor_of(&expect(after(&a, "limit=3", &next), 200), "prev").expect("a prev cursor");
+    expect_error(
+        a.get(&format!("/articles/range?index=by_status_created&prefix=Draft&before={}", encode(&prev))),
+        400,
+        "invalid_cursor",
+    );
+
+    // Every one-character edit, cuts and padding.
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut edits: Vec<String> = Vec::new();
+    for (i, ch) in next.char_indices() {
+        let other = alphabet.chars().find(|&x| x != ch).expect("another character");
+        let other = if i % 2 == 0 { other } else { alphabet.chars().rev().find(|&x| x != ch).expect("another") };
+        edits.push(format!("{}{other}{}", &next[..i], &next[i + 1..]));
+    }
+    for cut in [1, 2, 5, next.len() / 2, next.len() - 1] {
+        edits.push(next[..next.len() - cut].to_owned());
+    }
+    edits.extend([format!("{next}A"), format!("{next}AAAA"), format!("A{next}"), String::new()]);
+    edits.extend(
+        ["not a cursor", "====", "%", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "\u{1F600}", "null"].map(str::to_owned),
+    );
+    edits.push("A".repeat(20_000));
+    for bad in &edits {
+        expect_error(after(&a, "limit=3", bad), 400, "invalid_cursor");
+        expect_error(a.get(&format!("/articles/range?limit=3&before={}", encode(bad))), 400, "invalid_cursor");
+    }
+    expect_error(a.get(&format!("/articles/range?limit=3&after={0}&before={0}", encode(&next))), 400, "invalid_query");
+    // The genuine cursor still works after all that.
+    assert_eq!(ids(&expect(after(&a, "limit=3", &next), 200)["items"]), ["k-3", "k-4", "k-5"]);
+}
+
+/// Inserts and deletes between pages move no other row: every article present throughout a
+/// walk comes exactly once and in order, forwards and backwards, on both indexes.
+pub fn range_under_writes(t: &dyn Target) {
+    let c = Tenant::new(t, "range_under_writes");
+    let statuses = ["Draft", "Published"];
+    // Stable articles on even times (two per time), writes land on every time, odd or even.
+    let stable: Vec<Value> = (0..30)
+        .map(|i: i64| range_article(&format!("s-{i:02}"), statuses[(i % 2) as usize], 100 + 2 * (i / 2)))
+        .collect();
+    for chunk in stable.chunks(10) {
+        expect(c.post("/articles/bulk", &json!(chunk)), 201);
+    }
+    let stable_ids: std::collections::BTreeSet<String> = stable.iter().map(id_of).collect();
+    let mut written: Vec<String> = Vec::new();
+    let mut churn = |round: usize| {
+        // Times before, at and after wherever the walk is; ids that sort before and after the
+        // stable ones at equal times.
+        for (k, at) in [(0, 99 + round as i64), (1, 100 + 2 * round as i64), (2, 128 - round as i64), (3, 101)] {
+            let id = format!("{}-{round}-{k}", if k % 2 == 0 { "a" } else { "z" });
+            expect(c.post("/articles", &range_article(&id, statuses[k % 2], at)), 201);
+            written.push(id);
+        }
+        // Delete one written a round earlier.
+        if written.len() > 4 {
+            let gone = written.remove(written.len() - 5);
+            expect(c.delete(&format!("/articles/{gone}")), 200);
+        }
+    };
+    let check = |seen: &[String], stable_order: &[String], what: &str| {
+        let mut unique = std::collections::BTreeSet::new();
+        for id in seen {
+            assert!(unique.insert(id.clone()), "{what}: {id} came twice in {seen:?}");
+        }
+        let kept: Vec<String> = seen.iter().filter(|id| stable_ids.contains(*id)).cloned().collect();
+        assert_eq!(kept, stable_order, "{what}: the stable articles, once each, in order");
+    };
+
+    let by_created = ordered_ids(&stable, |_| true, |d| (created(d), id_of(d)));
+    let (pages, _) = walk_forward(&c, "limit=4", &mut churn);
+    let forward = pages.concat();
+    check(&forward, &by_created, "forward by created_at");
+    // The whole walk is in order, writes included: fetch them all and compare.
+    let now = range_page(&c, "limit=1000");
+    let position: std::collections::HashMap<String, usize> =
+        ids(&now["items"]).into_iter().enumerate().map(|(i, id)| (id, i)).collect();
+    let at: Vec<usize> = forward.iter().filter_map(|id| position.get(id).copied()).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "forward walk out of order: {forward:?}");
+
+    // Backwards, newest first in the composite index, from a cursor at the very end.
+    let newest = |d: &Value| (std::cmp::Reverse(created(d)), std::cmp::Reverse(id_of(d)));
+    let published = ordered_ids(&stable, |d| status_of(d) == "Published", newest);
+    let query = "index=by_status_created&prefix=Published&limit=3";
+    // The last page of a walk in small pages gives the backward start.
+    let (pages, last_prev) = walk_forward(&c, query, |_| {});
+    let mut back = walk_backward(&c, query, &last_prev.expect("a prev cursor"), |n| churn(100 + n));
+    back.extend(pages.last().cloned().unwrap_or_default());
+    check(&back, &published, "backward by status, newest first");
+}
