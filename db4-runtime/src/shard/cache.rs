@@ -1,5 +1,6 @@
 //! A bounded LRU cache from partition keys to shards, invalidated by the ring's epoch.
 
+use super::hasher::KeyHashBuilder;
 use super::ring::{HashRing, ShardId};
 use std::collections::HashMap;
 
@@ -65,7 +66,7 @@ impl CacheStats {
 /// ```
 pub struct RoutingCache {
     capacity: usize,
-    index: HashMap<Vec<u8>, usize>,
+    index: HashMap<Vec<u8>, usize, KeyHashBuilder>,
     entries: Vec<Entry>,
     free: Vec<usize>,
     /// Most recently used.
@@ -86,7 +87,7 @@ impl RoutingCache {
     pub fn new(capacity: usize) -> RoutingCache {
         RoutingCache {
             capacity,
-            index: HashMap::new(),
+            index: HashMap::default(),
             entries: Vec::new(),
             free: Vec::new(),
             newest: NIL,
@@ -160,7 +161,8 @@ impl RoutingCache {
 
     /// Drops every entry and resets the counters.
     pub fn clear(&mut self) {
-        *self = RoutingCache::new(self.capacity);
+        let capacity = self.capacity;
+        *self = RoutingCache::new(capacity);
     }
 
     /// The number of entries held.

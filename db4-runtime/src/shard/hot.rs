@@ -2,6 +2,7 @@
 //! are hot. The clock is the caller's: every call takes `now_ms` (milliseconds on any
 //! monotonic-enough scale), so this runs the same natively, on wasm and in tests.
 
+use super::hasher::KeyHashBuilder;
 use super::ring::ShardId;
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -77,14 +78,14 @@ impl ShardLoad {
 pub struct SpaceSaving {
     capacity: usize,
     counters: Vec<(Vec<u8>, u64, u64)>,
-    index: HashMap<Vec<u8>, usize>,
+    index: HashMap<Vec<u8>, usize, KeyHashBuilder>,
     total: u64,
 }
 
 impl SpaceSaving {
     /// An empty summary monitoring at most `capacity` keys (at least one).
     pub fn new(capacity: usize) -> SpaceSaving {
-        SpaceSaving { capacity: capacity.max(1), counters: Vec::new(), index: HashMap::new(), total: 0 }
+        SpaceSaving { capacity: capacity.max(1), counters: Vec::new(), index: HashMap::default(), total: 0 }
     }
 
     /// Counts one occurrence of `key`. O(1) for a monitored key, O(capacity) when replacing.
@@ -101,10 +102,16 @@ impl SpaceSaving {
         }
         // Replace the least counted (the first of them, for determinism).
         let Some((at, _)) = self.counters.iter().enumerate().min_by_key(|(i, c)| (c.1, *i)) else { return };
-        let min = self.counters[at].1;
-        let old = std::mem::replace(&mut self.counters[at], (key.to_vec(), min + 1, min));
-        self.index.remove(&old.0);
-        self.index.insert(key.to_vec(), at);
+        // The evicted key's buffers are reused: no allocation per replacement.
+        let counter = &mut self.counters[at];
+        let mut index_key = self.index.remove_entry(&counter.0).map_or_else(Vec::new, |(k, _)| k);
+        index_key.clear();
+        index_key.extend_from_slice(key);
+        counter.0.clear();
+        counter.0.extend_from_slice(key);
+        counter.2 = counter.1;
+        counter.1 += 1;
+        self.index.insert(index_key, at);
     }
 
     /// The most a key that is not monitored can have occurred: the least count when full, 0

@@ -28,6 +28,7 @@
 //! See `docs/sharding.md` for the balance figures and the design.
 
 mod cache;
+mod hasher;
 mod hot;
 mod merge;
 mod plan;

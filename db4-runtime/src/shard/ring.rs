@@ -104,6 +104,39 @@ pub struct HashRing {
     /// Sorted by point, then shard; empty in modulo placement.
     nodes: Vec<VirtualNode>,
     epoch: u64,
+    /// Derived from `nodes`: see [`Slices`].
+    slices: Slices,
+}
+
+/// A lookup table over the points: the hash space cut into 2^bits equal slices (about as many
+/// as points), and for each slice the first point at or after its start, so a lookup reads
+/// the table and the one or two points of its slice instead of binary-searching all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Slices {
+    shift: u32,
+    /// `first[i]`: the index of the first point `>= i << shift`; one more entry, the count.
+    first: Vec<u32>,
+}
+
+impl Slices {
+    fn of(nodes: &[VirtualNode]) -> Slices {
+        if nodes.is_empty() {
+            return Slices::default();
+        }
+        let bits = (usize::BITS - nodes.len().leading_zeros()).clamp(1, 21);
+        let shift = 64 - bits;
+        let mut first = Vec::with_capacity((1 << bits) + 1);
+        let mut at = 0;
+        for slice in 0..1u64 << bits {
+            let start = slice << shift;
+            while at < nodes.len() && nodes[at].point < start {
+                at += 1;
+            }
+            first.push(at as u32);
+        }
+        first.push(nodes.len() as u32);
+        Slices { shift, first }
+    }
 }
 
 /// The xxh3 hash of a partition key: the point on the ring it is routed by.
@@ -232,6 +265,7 @@ impl HashRing {
             next_shard: shard_count,
             nodes: Vec::new(),
             epoch: 0,
+            slices: Slices::default(),
         }
     }
 
@@ -249,6 +283,7 @@ impl HashRing {
         self.nodes.sort_unstable_by_key(|n| (n.point, n.shard));
         // Two hashed points of one shard can coincide (a 64-bit collision); one routes alike.
         self.nodes.dedup();
+        self.slices = Slices::of(&self.nodes);
     }
 
     /// The shard holding `key`.
@@ -262,7 +297,13 @@ impl HashRing {
             let at = (hash % self.shards.len().max(1) as u64) as usize;
             return self.shards.get(at).copied().unwrap_or(ShardId(0));
         }
-        let at = self.nodes.partition_point(|n| n.point < hash);
+        // The first point >= hash lies in the hash's slice, or is the first of the next ones.
+        let slice = (hash >> self.slices.shift) as usize;
+        let (lo, hi) = match self.slices.first.get(slice..slice + 2) {
+            Some(&[lo, hi]) => (lo as usize, hi as usize),
+            _ => (0, self.nodes.len()),
+        };
+        let at = lo + self.nodes.get(lo..hi).map_or(0, |s| s.partition_point(|n| n.point < hash));
         // Past the largest point: wrap to the smallest. (A ring always has a point.)
         self.nodes.get(at).or(self.nodes.first()).map_or(ShardId(0), |n| n.shard)
     }
@@ -395,6 +436,7 @@ impl HashRing {
         }
         self.shards.remove(at);
         self.nodes.retain(|n| n.shard != shard);
+        self.slices = Slices::of(&self.nodes);
         self.epoch += 1;
         Ok(())
     }
@@ -611,6 +653,7 @@ impl TryFrom<RingData> for HashRing {
             virtual_nodes: d.virtual_nodes,
             shards: d.shards,
             next_shard: d.next_shard,
+            slices: Slices::of(&d.nodes),
             nodes: d.nodes,
             epoch: d.epoch,
         })

@@ -523,6 +523,16 @@ fn random_ring(placement: u8, shards: u32, vnodes: u32, ops: &[(u8, u32)]) -> Re
     Ok(ring)
 }
 
+/// The owner of `hash` by the definition: the first point at or after it, else the first
+/// point; for a modulo ring, the shard at `hash % n`.
+fn successor(ring: &HashRing, hash: u64) -> ShardId {
+    let nodes = ring.virtual_nodes();
+    if nodes.is_empty() {
+        return ring.shards()[(hash % ring.shards().len() as u64) as usize];
+    }
+    nodes.iter().find(|n| n.point >= hash).unwrap_or(&nodes[0]).shard
+}
+
 proptest! {
     #[test]
     fn a_plan_moves_exactly_the_keys_that_change_shard(
@@ -563,6 +573,8 @@ proptest! {
         hashes.extend([0, u64::MAX]);
         for h in hashes {
             let (a, b) = (before.shard_for_hash(h), after.shard_for_hash(h));
+            prop_assert_eq!(a, successor(&before, h), "the lookup table agrees with a search of every point");
+            prop_assert_eq!(b, successor(&after, h));
             prop_assert_eq!(plan.moves(h), (a != b).then_some((a, b)), "hash {}", h);
         }
         let sources: Vec<ShardId> = plan.sources().iter().map(|s| s.shard).collect();
