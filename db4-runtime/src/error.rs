@@ -192,6 +192,33 @@ pub enum Error {
         reason: String,
     },
 
+    /// A shard ring was asked for something it cannot be, changing nothing: no shards, no
+    /// virtual nodes, more shards or points than it holds, removing its last shard, splitting
+    /// a shard of a ring that places keys by modulo.
+    #[error("invalid shard configuration: {reason}")]
+    InvalidShardConfig {
+        /// What is wrong, with the numbers involved.
+        reason: String,
+    },
+
+    /// A shard id that the ring does not hold (never added, or removed).
+    #[error("no shard {shard} in the ring (epoch {epoch})")]
+    UnknownShard {
+        /// The shard asked for.
+        shard: u32,
+        /// The epoch of the ring asked.
+        epoch: u64,
+    },
+
+    /// A step of a shard migration was asked for out of order (copying before the plan was
+    /// started, switching before the catch-up, a change-log position going backwards), or two
+    /// rings that make no migration: the plan is unchanged.
+    #[error("migration plan: {reason}")]
+    MigrationState {
+        /// The step the plan is at and what was refused.
+        reason: String,
+    },
+
     /// The application aborted the work with an error of its own, for example a business
     /// rule or an I/O error inside a transaction closure. Built with [`Error::aborted`]; taken
     /// back out with [`Error::downcast`], [`Error::downcast_ref`] or [`Error::into_aborted`].
@@ -300,6 +327,14 @@ impl Error {
 
     pub(crate) fn transaction_state(reason: impl Into<String>) -> Self {
         Error::TransactionState { reason: reason.into() }
+    }
+
+    pub(crate) fn invalid_shard_config(reason: impl Into<String>) -> Self {
+        Error::InvalidShardConfig { reason: reason.into() }
+    }
+
+    pub(crate) fn migration_state(reason: impl Into<String>) -> Self {
+        Error::MigrationState { reason: reason.into() }
     }
 
     /// The one constructor of [`Error::Corrupted`].

@@ -43,6 +43,8 @@ mod cdc;
 
 pub mod fts;
 
+pub mod shard;
+
 #[cfg(feature = "cloudflare")]
 pub use backend::DurableBackend;
 pub use backend::{Access, Backend, Connection, HeldTransaction, Row};

@@ -12,6 +12,7 @@ use std::fmt;
 /// next one the next number, and LSNs are not reused after truncation or reopening (for a
 /// `FileWal`, see its documentation for the one exception, a torn tail cut off on open).
 /// [`Lsn::ZERO`] comes before every entry: reading or replaying from it sees everything.
+/// It serializes as its number (kept in a persisted migration plan, for one).
 ///
 /// # Example
 ///
@@ -23,7 +24,8 @@ use std::fmt;
 /// assert!(Lsn::ZERO < lsn);
 /// assert_eq!(lsn.to_string(), "41");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Lsn(u64);
 
 impl Lsn {

@@ -27,6 +27,7 @@ const LAYERS: &[&str] = &[
     "cdc",
     "fts",
     "range",
+    "shard",
 ];
 
 /// The modules of `src/store`, in import order.
@@ -119,4 +120,38 @@ fn modules_import_only_the_layers_before_them() {
     }
     assert!(checked > 100, "only {checked} imports seen: is the scan reading the sources?");
     assert!(broken.is_empty(), "imports against the layer order:\n{}", broken.join("\n"));
+}
+
+/// The layers sharding's pure core (`src/shard`, shared by the native router and the Durable
+/// Object transport) may use: the leaves, schemas, values and the query evaluator.
+const SHARD_CORE_USES: &[&str] = &["lsn", "error", "value", "json", "schema", "query"];
+
+/// What would make the core impure: I/O, clocks, threads.
+const SHARD_CORE_AVOIDS: &[&str] = &["std::fs", "std::time", "std::thread", "std::net", "std::io", "std::env"];
+
+#[test]
+fn the_shard_core_is_pure() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/shard");
+    let core = ["mod.rs", "ring.rs", "hasher.rs", "cache.rs", "hot.rs", "plan.rs", "merge.rs"];
+    let mut broken = Vec::new();
+    for name in core {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        for (n, line) in code(&text) {
+            for used in uses(&line, "crate::") {
+                if LAYERS.contains(&used) && !SHARD_CORE_USES.contains(&used) {
+                    broken.push(format!("shard/{name}:{n}: uses `{used}`"));
+                }
+            }
+            for avoided in SHARD_CORE_AVOIDS {
+                if line.contains(avoided) {
+                    broken.push(format!("shard/{name}:{n}: uses `{avoided}`"));
+                }
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "the shard core must stay pure (no I/O, no clock, only the leaf layers):\n{}",
+        broken.join("\n")
+    );
 }

@@ -157,6 +157,43 @@ pub mod fts {
     };
 }
 
+/// Sharding's pure core, usable on its own and the same natively and in a Worker: the
+/// consistent-hash [`HashRing`](shard::HashRing) (xxh3, virtual nodes, a modulo mode), the
+/// [`RoutingCache`](shard::RoutingCache), hot-shard detection
+/// ([`HotTracker`](shard::HotTracker)), [`MigrationPlan`](shard::MigrationPlan)s for
+/// lossless splits, and the merging of per-shard query results
+/// ([`plan_query`](shard::plan_query), [`merge_sorted`](shard::merge_sorted),
+/// [`merge_by_score`](shard::merge_by_score)). No I/O: the clock is passed in, the state
+/// serializes. See `docs/sharding.md`.
+///
+/// # Example
+///
+/// ```
+/// use db4::shard::{HashRing, MigrationPlan};
+///
+/// # fn main() -> db4::Result<()> {
+/// let mut ring = HashRing::new(16, 128)?;
+/// let acme = ring.shard_for(b"acme");
+/// assert_eq!(ring.shard_for(b"acme"), acme); // the same on every machine
+///
+/// let (plan, new) = MigrationPlan::add_shard(&ring)?;
+/// assert!(plan.ranges().iter().all(|r| r.to == new)); // keys move only to the new shard
+/// ring = plan.after().clone();
+/// assert_eq!(ring.shards().len(), 17);
+/// assert_eq!(ring.epoch(), 1);
+/// let moved = ring.shard_for(b"acme");
+/// assert!(moved == acme || moved == new);
+/// # Ok(()) }
+/// ```
+pub mod shard {
+    pub use db4_runtime::shard::{
+        CacheStats, HashRing, HotConfig, HotTracker, KeyLoad, MAX_RING_POINTS, MAX_SHARDS, MigrationPlan,
+        MigrationStep, MovedRange, Placement, PlanReason, QueryPlan, RoutingCache, ShardId, ShardLoad, SourceProgress,
+        SpaceSaving, VirtualNode, hash_to_i64, key_hash, kmerge_by, merge_by_score, merge_sorted, partition_key_bytes,
+        partition_key_of, pinned_partition_keys, plan_query, shard_fetch_limit,
+    };
+}
+
 /// A write-ahead log of document changes, usable on its own: [`MemoryWal`](wal::MemoryWal)
 /// in memory and, with the `fs` feature (on by default, not on wasm),
 /// [`FileWal`](wal::FileWal) in a directory of checksummed segment files that survives

@@ -2,7 +2,7 @@
 //! as parameterised SQL within the platform limits (`render`, over `sql::Statement`), and the
 //! [`Query`] builder that runs it.
 
-mod eval;
+pub(crate) mod eval;
 pub(crate) mod filter;
 mod render;
 

@@ -352,6 +352,17 @@ impl<'d> DocFields<'d> {
         Ok(Self { repr: Repr::Text(top_level(json)) })
     }
 
+    /// The value of the field at `key`, owned (to route a document by its partition key).
+    pub(crate) fn value(&self, key: &str) -> Value {
+        match self.get(key) {
+            Scalar::Null => Value::Null,
+            Scalar::Integer(i) => Value::Integer(i),
+            Scalar::Real(r) => Value::Real(r),
+            Scalar::Text(t) => Value::Text(t.into_owned()),
+            Scalar::Blob(b) => Value::Blob(b.to_vec()),
+        }
+    }
+
     /// The value of the field at `key`.
     fn get(&self, key: &str) -> Scalar<'_> {
         match &self.repr {
