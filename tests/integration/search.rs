@@ -553,3 +553,26 @@ fn the_query_language_through_a_collection() -> db4::Result<()> {
     assert!(articles.search("\"NEAR(edge sqlite)\"").run()?.hits.is_empty());
     Ok(())
 }
+
+#[test]
+fn a_search_with_more_filter_values_than_parameters_stays_within_the_limits() -> db4::Result<()> {
+    let (_db, articles) = setup()?;
+    let docs: Vec<Article> = (0..30)
+        .map(|i| Article {
+            views: i,
+            ..article(&format!("a{i:02}"), "report", &"report ".repeat(1 + (i % 3) as usize))
+        })
+        .collect();
+    articles.insert_many(&docs)?;
+    // 120 conditions: past the statement's parameters, so values spill into one JSON array,
+    // and the page's LIMIT and OFFSET still bind.
+    let mut search = articles.search("report").highlight("[", "]").snippet(4).min_score(0.0).limit(5).offset(2);
+    for v in 100..220 {
+        search = search.filter(Article::fields().views.ne(v));
+    }
+    let res = search.filter(Article::fields().views.lt(10)).with_total().run()?;
+    assert_eq!(res.total, Some(10));
+    assert_eq!(res.hits.len(), 5);
+    assert!(res.hits.iter().all(|h| h.doc.views < 10 && !h.highlights.is_empty()));
+    Ok(())
+}
