@@ -372,15 +372,29 @@ fn lock(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| io_error("open", &path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(Error::Backend(BackendError::new(
-            BackendErrorKind::Busy,
-            format!("write-ahead log: {} is open already", dir.display()),
-        ))),
-        Err(TryLockError::Error(e)) => Err(io_error("lock", &path, e)),
+    // A lock held only for an instant is waited for: a process that forks a child (any
+    // `std::process::Command` on another thread) lends the child its open files until the
+    // child's `exec` closes them, and with them a lock that was already given back.
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::Backend(BackendError::new(
+                    BackendErrorKind::Busy,
+                    format!("write-ahead log: {} is open already", dir.display()),
+                )));
+            }
+            Err(TryLockError::Error(e)) => return Err(io_error("lock", &path, e)),
+        }
     }
 }
+
+/// How long [`lock`] waits for a lock that is taken before saying the log is open already.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The segment being appended to.
 struct Active {
