@@ -387,7 +387,11 @@ impl Db {
             Err(e) if e.backend_kind() == Some(crate::BackendErrorKind::ReadOnly) => {}
             other => other?,
         }
-        if !options.change_log && !options.read_only {
+        #[cfg(feature = "sqlite")]
+        let read_only = options.read_only;
+        #[cfg(not(feature = "sqlite"))]
+        let read_only = false;
+        if !options.change_log && !read_only {
             // Writes with the log off do not keep the log's references to document rows: its
             // events get their own copies of the after-images first.
             match run(&*backend, Access::Atomic, outbox::materialize_all) {
