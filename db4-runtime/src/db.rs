@@ -387,18 +387,6 @@ impl Db {
             Err(e) if e.backend_kind() == Some(crate::BackendErrorKind::ReadOnly) => {}
             other => other?,
         }
-        #[cfg(feature = "sqlite")]
-        let read_only = options.read_only;
-        #[cfg(not(feature = "sqlite"))]
-        let read_only = false;
-        if !options.change_log && !read_only {
-            // Writes with the log off do not keep the log's references to document rows: its
-            // events get their own copies of the after-images first.
-            match run(&*backend, Access::Atomic, outbox::materialize_all) {
-                Err(e) if e.backend_kind() == Some(crate::BackendErrorKind::ReadOnly) => {}
-                other => other?,
-            }
-        }
         let cursor_key = crate::store::secret::CursorKey::load(&*backend)?;
         Ok(Self {
             inner: Arc::new(DbInner {

@@ -314,9 +314,10 @@ pub(crate) fn read_page(db: &Db, after: Lsn, max: usize) -> Result<(Vec<ChangeEv
 
 fn read_page_on(conn: &dyn Connection, source: &Arc<str>, after: Lsn, max: usize) -> Result<(Vec<ChangeEvent>, bool)> {
     let sql = format!("SELECT {COLUMNS} FROM {CHANGES} WHERE \"lsn\" > ?1 ORDER BY \"lsn\" LIMIT ?2");
-    let mut page: Vec<Stored> = Vec::new();
+    let mut events = Vec::new();
     let mut bytes = 0;
     let mut rows = 0;
+    let mut splits = Vec::new();
     let mut failure = None;
     conn.query(&sql, &[lsn_value(after), Value::Integer(max as i64)], &mut |row| {
         rows += 1;
@@ -324,32 +325,47 @@ fn read_page_on(conn: &dyn Connection, source: &Arc<str>, after: Lsn, max: usize
             return Ok(());
         }
         match decode(row, source) {
-            Ok(stored) => {
-                bytes += stored.event.before.as_ref().map_or(0, String::len)
-                    + stored.event.after.as_ref().map_or(0, String::len);
-                page.push(stored);
+            Ok((event, stored, split)) => {
+                // A split row's CRC is checked once its before-image is read, below.
+                if split {
+                    splits.push((events.len(), stored));
+                } else if let Err(e) = verify(&event, stored) {
+                    failure = Some(e);
+                    return Ok(());
+                }
+                bytes += event.before.as_ref().map_or(0, String::len) + event.after.as_ref().map_or(0, String::len);
+                events.push(event);
             }
             Err(e) => failure = Some(e),
         }
         Ok(())
     })?;
-    // Images kept apart from their rows, read after the query so that no statement runs while
-    // another is being read: before-images too large to share the row, then after-images held
-    // by the next event of the document or by its row.
-    for stored in page.iter_mut().filter(|s| s.flags & outbox::SPLIT_BEFORE != 0) {
-        stored.event.before = Some(read_split_before(conn, stored.event.lsn)?);
-    }
-    // Fewer rows than asked for: the page reaches the end of the log, and no event follows it.
-    let at_end = rows < max;
-    resolve_after_images(conn, &mut page, at_end)?;
-    let mut events = Vec::with_capacity(page.len());
-    for stored in page {
-        if let Err(e) = stored.check() {
+    // Before-images kept apart from their rows (too large to share one), read after the
+    // query so that no statement runs while another is being read.
+    for (index, stored) in splits {
+        let event = &mut events[index];
+        let lsn = event.lsn.get();
+        let mut before = None;
+        conn.query(
+            &format!("SELECT \"before\" FROM {SPLIT_IMAGES} WHERE \"lsn\" = ?1"),
+            &[lsn_value(event.lsn)],
+            &mut |row| {
+                before = Some(match row.get(0)? {
+                    ValueRef::Text(t) => t.to_owned(),
+                    other => {
+                        return Err(damaged(lsn, format!("event {lsn}: the before image is {}", other.type_name())));
+                    }
+                });
+                Ok(())
+            },
+        )?;
+        event.before = Some(before.ok_or_else(|| damaged(lsn, format!("event {lsn}: its before image is missing")))?);
+        if let Err(e) = verify(event, stored) {
             // The events before it are handed back; the damage is reported when it is next.
+            events.truncate(index);
             failure = Some(e);
             break;
         }
-        events.push(stored.into_event());
     }
     let expected = after.get() + 1;
     match events.first() {
@@ -379,184 +395,9 @@ fn lsn_value(lsn: Lsn) -> Value {
     Value::Integer(i64::try_from(lsn.get()).unwrap_or(i64::MAX))
 }
 
-/// An event as its row stores it, while its images are gathered.
-struct Stored {
-    /// The event, `before` holding the row's replaced text even when it is hidden.
-    event: ChangeEvent,
-    crc: i64,
-    /// The row's `split` bits (`outbox::SPLIT_BEFORE`, `AFTER_ELSEWHERE`, `BEFORE_HIDDEN`).
-    flags: i64,
-    /// The after-image was looked for elsewhere and is not there.
-    missing: Option<&'static str>,
-}
-
-impl Stored {
-    fn after_elsewhere(&self) -> bool {
-        self.flags & outbox::AFTER_ELSEWHERE != 0
-    }
-
-    /// Checks the event against its CRC, once its images are in place.
-    fn check(&self) -> Result<()> {
-        let lsn = self.event.lsn.get();
-        if let Some(place) = self.missing {
-            return Err(damaged(lsn, format!("event {lsn}: its after-image is {place}, which is gone")));
-        }
-        match verify(&self.event, self.crc) {
-            Err(_) if self.after_elsewhere() => Err(damaged(
-                lsn,
-                format!(
-                    "event {lsn}: the after-image found for it fails its checksum (the document's row or \
-                     next event was changed outside db4's write pipeline, e.g. by a handle with the change \
-                     log off)"
-                ),
-            )),
-            other => other,
-        }
-    }
-
-    fn into_event(mut self) -> ChangeEvent {
-        if self.flags & outbox::BEFORE_HIDDEN != 0 {
-            self.event.before = None;
-        }
-        self.event
-    }
-}
-
-/// A document id as a map key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum IdKey {
-    Integer(i64),
-    Text(String),
-}
-
-impl IdKey {
-    fn of(id: &Value) -> Self {
-        match id {
-            Value::Integer(i) => Self::Integer(*i),
-            other => Self::Text(crate::store::codec::id_text(other)),
-        }
-    }
-}
-
-/// Finds the after-images of the page's events that do not hold theirs: the replaced text of
-/// the document's next event, in the page or after it (unless the page ends the log), else
-/// the document's row.
-fn resolve_after_images(conn: &dyn Connection, page: &mut [Stored], at_end: bool) -> Result<()> {
-    use std::collections::{BTreeMap, HashMap};
-    let Some(last) = page.last().map(|s| s.event.lsn) else { return Ok(()) };
-    // Newest first, so each event meets the next one of its document already seen.
-    let mut next_in_page: HashMap<(String, IdKey), usize> = HashMap::new();
-    let mut unresolved: BTreeMap<String, Vec<(IdKey, usize)>> = BTreeMap::new();
-    for index in (0..page.len()).rev() {
-        let key = (page[index].event.collection.clone(), IdKey::of(&page[index].event.id));
-        if page[index].after_elsewhere() {
-            match next_in_page.get(&key) {
-                Some(&next) => {
-                    let image = page[next].event.before.clone();
-                    let stored = &mut page[index];
-                    stored.missing = image.is_none().then_some("the next event's replaced text");
-                    stored.event.after = image;
-                }
-                None => unresolved.entry(key.0.clone()).or_default().push((key.1.clone(), index)),
-            }
-        }
-        if page[index].event.op != ChangeOp::Insert {
-            next_in_page.insert(key, index);
-        } else {
-            next_in_page.remove(&key);
-        }
-    }
-    for (collection, waiting) in unresolved {
-        // At most one waiting event per document: the newest of the page.
-        let ids: Vec<Value> = waiting.iter().map(|(_, index)| page[*index].event.id.clone()).collect();
-        let mut found: HashMap<IdKey, String> = HashMap::new();
-        let mut split_next = Vec::new();
-        let next_sql = format!(
-            "SELECT \"doc_id\", min(\"lsn\"), \"before\", \"split\" FROM {CHANGES} \
-             WHERE \"doc_id\" IN (SELECT value FROM json_each(?1)) AND {} AND \"collection\" = ?2 \
-             AND \"lsn\" > ?3 GROUP BY \"doc_id\"",
-            outbox::NEXT_CONDITION
-        );
-        let mut no_next: Vec<Value> = Vec::new();
-        let mut seen_next = std::collections::HashSet::new();
-        let lists = if at_end {
-            Vec::new()
-        } else {
-            crate::sql::json_lists(ids.iter().map(Value::as_ref), crate::sql::MAX_VALUE_BYTES)
-        };
-        for list in lists {
-            conn.query(&next_sql, &[list, Value::Text(collection.clone()), lsn_value(last)], &mut |row| {
-                let id = IdKey::of(&row.get(0)?.to_owned());
-                seen_next.insert(id.clone());
-                let lsn = match row.get(1)? {
-                    ValueRef::Integer(n) => n,
-                    _ => 0,
-                };
-                let split = matches!(row.get(3)?, ValueRef::Integer(f) if f & outbox::SPLIT_BEFORE != 0);
-                match row.get(2)? {
-                    ValueRef::Text(text) if !split => {
-                        found.insert(id, text.to_owned());
-                    }
-                    _ if split => split_next.push((id, lsn)),
-                    // No replaced text: the event is left without its image, and reported.
-                    _ => {}
-                }
-                Ok(())
-            })?;
-        }
-        for (id, lsn) in split_next {
-            let before = read_split_before(conn, Lsn::new(u64::try_from(lsn).unwrap_or(0)))?;
-            found.insert(id, before);
-        }
-        for (key, index) in &waiting {
-            if !seen_next.contains(key) {
-                no_next.push(page[*index].event.id.clone());
-            }
-        }
-        // The documents with no next event: their rows hold the images.
-        if !no_next.is_empty() && outbox::table_exists(conn, &collection)? {
-            let rows_sql = format!(
-                "SELECT \"_id\", \"_doc\" FROM {} WHERE \"_id\" IN (SELECT value FROM json_each(?1))",
-                crate::schema::quote_ident(&collection)
-            );
-            for list in crate::sql::json_lists(no_next.iter().map(Value::as_ref), crate::sql::MAX_VALUE_BYTES) {
-                conn.query(&rows_sql, &[list], &mut |row| {
-                    let id = IdKey::of(&row.get(0)?.to_owned());
-                    if let ValueRef::Text(text) = row.get(1)? {
-                        found.insert(id, text.to_owned());
-                    }
-                    Ok(())
-                })?;
-            }
-        }
-        for (key, index) in waiting {
-            let stored = &mut page[index];
-            match found.remove(&key) {
-                Some(image) => stored.event.after = Some(image),
-                None if seen_next.contains(&key) => stored.missing = Some("the next event's replaced text"),
-                None => stored.missing = Some("its document's row"),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The before-image of event `lsn` kept in [`SPLIT_IMAGES`].
-fn read_split_before(conn: &dyn Connection, lsn: Lsn) -> Result<String> {
-    let n = lsn.get();
-    let mut before = None;
-    conn.query(&format!("SELECT \"before\" FROM {SPLIT_IMAGES} WHERE \"lsn\" = ?1"), &[lsn_value(lsn)], &mut |row| {
-        before = Some(match row.get(0)? {
-            ValueRef::Text(t) => t.to_owned(),
-            other => return Err(damaged(n, format!("event {n}: the before image is {}", other.type_name()))),
-        });
-        Ok(())
-    })?;
-    before.ok_or_else(|| damaged(n, format!("event {n}: its before image is missing")))
-}
-
-/// Reads one change row strictly, its images as far as the row holds them.
-fn decode(row: &dyn crate::backend::Row, source: &Arc<str>) -> Result<Stored> {
+/// Reads one change row strictly; returns the event, its stored CRC and whether its
+/// before-image is kept apart ([`SPLIT_IMAGES`]).
+fn decode(row: &dyn crate::backend::Row, source: &Arc<str>) -> Result<(ChangeEvent, i64, bool)> {
     let int = |i: usize, what: &str, lsn: u64| -> Result<i64> {
         match row.get(i)? {
             ValueRef::Integer(v) => Ok(v),
@@ -591,22 +432,17 @@ fn decode(row: &dyn crate::backend::Row, source: &Arc<str>) -> Result<Stored> {
     let before = text(7, "before")?;
     let after = text(8, "after")?;
     let stored = int(9, "checksum", lsn)?;
-    let flags = int(10, "split flag", lsn)?;
-    let known = outbox::SPLIT_BEFORE | outbox::AFTER_ELSEWHERE | outbox::BEFORE_HIDDEN;
-    let consistent = flags & !known == 0
-        && (flags & outbox::SPLIT_BEFORE == 0 || before.is_none())
-        && (flags & outbox::AFTER_ELSEWHERE == 0 || (after.is_none() && op != ChangeOp::Delete))
-        && (flags & outbox::BEFORE_HIDDEN == 0 || before.is_some() || flags & outbox::SPLIT_BEFORE != 0);
-    if !consistent {
-        return Err(damaged(lsn, format!("event {lsn}: the split flag is {flags}")));
-    }
+    let split = match int(10, "split flag", lsn)? {
+        0 => false,
+        1 if before.is_none() => true,
+        other => return Err(damaged(lsn, format!("event {lsn}: the split flag is {other}"))),
+    };
     let source = Arc::clone(source);
-    Ok(Stored {
-        event: ChangeEvent { lsn: Lsn::new(lsn), tx_id, collection, id, op, version, at, before, after, source },
-        crc: stored,
-        flags,
-        missing: None,
-    })
+    Ok((
+        ChangeEvent { lsn: Lsn::new(lsn), tx_id, collection, id, op, version, at, before, after, source },
+        stored,
+        split,
+    ))
 }
 
 /// Checks an event against the CRC stored with it.

@@ -56,13 +56,6 @@ pub struct Change {
     /// When the change committed, in milliseconds since the Unix epoch; 0 when the log is
     /// off.
     pub at: u64,
-    /// The after-image is byte for byte the document text the write stored in its row, so
-    /// the change log may leave it there instead of copying it (see `store::outbox`).
-    pub(crate) in_row: bool,
-    /// `before` holds the replaced text only for the change log (the previous event's
-    /// after-image); nobody asked for before-images, so it is cleared once the change is in
-    /// the log, before observers see it.
-    pub(crate) hidden_before: bool,
 }
 
 impl Change {
@@ -76,19 +69,7 @@ impl Change {
         after: Option<String>,
         before: Option<String>,
     ) -> Self {
-        Self {
-            collection,
-            id,
-            kind,
-            version,
-            after,
-            before,
-            lsn: None,
-            tx_id: None,
-            at: 0,
-            in_row: false,
-            hidden_before: false,
-        }
+        Self { collection, id, kind, version, after, before, lsn: None, tx_id: None, at: 0 }
     }
 
     /// The document after the write, deserialized as `T`; `None` for a delete.
@@ -109,18 +90,6 @@ impl Change {
     /// As [`after`](Self::after).
     pub fn before<T: serde::de::DeserializeOwned>(&self) -> crate::Result<Option<T>> {
         self.image(self.before.as_deref())
-    }
-
-    /// Marks the after-image as the exact text stored in the document's row.
-    pub(crate) fn stored_in_row(mut self, in_row: bool) -> Self {
-        self.in_row = in_row;
-        self
-    }
-
-    /// Marks `before` as kept for the change log alone.
-    pub(crate) fn with_hidden_before(mut self, hidden: bool) -> Self {
-        self.hidden_before = hidden && self.before.is_some();
-        self
     }
 
     fn image<T: serde::de::DeserializeOwned>(&self, json: Option<&str>) -> crate::Result<Option<T>> {

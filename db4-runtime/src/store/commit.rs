@@ -51,15 +51,7 @@ impl Commits {
     /// Appends a unit of work's changes to the change log (if it is on), giving them their
     /// LSNs. Call inside the unit's backend transaction, just before it commits.
     pub fn append(&self, conn: &dyn Connection, changes: &mut [Change]) -> Result<()> {
-        if !self.change_log {
-            return Ok(());
-        }
-        outbox::append(conn, changes, &self.retention)?;
-        // Text kept only as the log's after-images is nobody's before-image.
-        for change in changes.iter_mut().filter(|c| c.hidden_before) {
-            change.before = None;
-        }
-        Ok(())
+        if self.change_log { outbox::append(conn, changes, &self.retention) } else { Ok(()) }
     }
 
     pub fn observe(&self, observer: impl Fn(&[Change]) + Send + Sync + 'static) {
@@ -80,7 +72,6 @@ impl Commits {
     pub fn log(&self) -> WriteLog {
         WriteLog::new(self.change_log || self.has_observers.load(Ordering::Acquire), self.before_images)
             .resolve_upserts(self.change_log)
-            .keep_references(self.change_log)
     }
 
     /// Refuses a write from inside a commit observer of this thread: it would wait for the

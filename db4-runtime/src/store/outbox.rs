@@ -7,23 +7,6 @@
 //! transaction id (the LSN of its first change) and a commit time. Each row carries a CRC-32
 //! over its fields, checked when the row is read back (`cdc`).
 //!
-//! **After-images by reference.** An event's after-image is the text its write stored in the
-//! document's row, and it stays there until the next write to the document, which reads the
-//! row anyway to replace it. So the log stores each after-image once, not twice: an event
-//! whose after-image is its row's text holds none (`after` NULL, flag [`AFTER_ELSEWHERE`]),
-//! and every event that replaces or removes a row holds the text it replaced in `before`,
-//! which is its predecessor's after-image. A reader finds an event's after-image in the next
-//! event of the same document (an update or a delete, found through a partial index), or, if
-//! there is none yet, in the document's row. When nobody asked for before-images, that
-//! replaced text is flagged [`BEFORE_HIDDEN`] and handed to nobody as a before-image.
-//!
-//! An event's CRC covers its after-image wherever the image is, so an image that changed
-//! behind the log's back (a row written by a handle with the log off while another had it on,
-//! or by hand) fails the check when read instead of being handed back. A database opened with
-//! the log off first copies into their events the images still held only by rows
-//! ([`materialize_all`]). A versioned document's after-image carries its new version, which
-//! the row's text may not; such an image is copied into its event as before.
-//!
 //! What a savepoint undid or a failed nested transaction wrote is no longer in the unit's
 //! change set when it commits, so it never reaches the table; a unit that rolls back takes its
 //! rows with it. Retention (`truncate`) never deletes the newest row, so the next LSN is always
@@ -34,7 +17,6 @@ use crate::checksum::crc32;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::store::change::{Change, ChangeKind};
-use crate::store::secret::{META_TABLE as META, init_meta};
 use crate::value::{Value, ValueRef};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -47,21 +29,6 @@ pub(crate) const CONSUMERS: &str = "\"_db4_consumers\"";
 /// 2 MB per row, and a before- plus an after-image of large documents can pass that. The
 /// event row then holds `before` NULL and `split` 1, and the image lives here.
 pub(crate) const SPLIT_IMAGES: &str = "\"_db4_change_images\"";
-/// A bit of the `split` column: the event's before-image lives in [`SPLIT_IMAGES`].
-pub(crate) const SPLIT_BEFORE: i64 = 1;
-/// A bit of the `split` column: the event's after-image is the `before` of the document's
-/// next event, or its row if there is none (see the module docs).
-pub(crate) const AFTER_ELSEWHERE: i64 = 2;
-/// A bit of the `split` column: `before` is kept as the previous event's after-image only,
-/// and is not this event's before-image for readers.
-pub(crate) const BEFORE_HIDDEN: i64 = 4;
-/// The partial index finding a document's next event after an LSN: over the events that
-/// replace or remove a document (an insert never follows an event whose image is elsewhere).
-const NEXT_INDEX: &str = "\"_db4_changes_next\"";
-/// The condition of [`NEXT_INDEX`], written the same in the statements that use it.
-pub(crate) const NEXT_CONDITION: &str = "\"op\" >= 2";
-/// The key in `_db4_meta` saying that events may hold their after-images elsewhere.
-const ELSEWHERE_KEY: &str = "change_log_after_elsewhere";
 /// The most bytes of images an event row holds; beyond, its before-image goes to
 /// [`SPLIT_IMAGES`]. Below the 2 MB row limit, with room for the other columns.
 const MAX_ROW_IMAGES: usize = crate::limits::MAX_VALUE_BYTES - 64 * 1024;
@@ -116,12 +83,8 @@ pub(crate) fn init(conn: &dyn Connection) -> Result<()> {
          \"split\" INTEGER NOT NULL DEFAULT 0)"
     ))?;
     conn.execute_ddl(&format!(
-        "CREATE INDEX IF NOT EXISTS {NEXT_INDEX} ON {CHANGES} (\"doc_id\") WHERE {NEXT_CONDITION}"
-    ))?;
-    conn.execute_ddl(&format!(
         "CREATE TABLE IF NOT EXISTS {SPLIT_IMAGES} (\"lsn\" INTEGER PRIMARY KEY NOT NULL, \"before\" TEXT NOT NULL)"
     ))?;
-    init_meta(conn)?;
     conn.execute_ddl(&format!(
         "CREATE TABLE IF NOT EXISTS {CONSUMERS} (\"name\" TEXT PRIMARY KEY NOT NULL, \"acked\" INTEGER NOT NULL, \
          \"at\" INTEGER NOT NULL)"
@@ -249,13 +212,9 @@ pub(crate) fn append(conn: &dyn Connection, changes: &mut [Change], retention: &
         change.tx_id = Some(tx_id);
         change.at = at;
     }
-    let in_row = after_elsewhere(changes);
-    if in_row.contains(&true) {
-        mark_after_elsewhere(conn)?;
-    }
-    for (n, chunk) in changes.chunks(ROWS_PER_INSERT).enumerate() {
+    for chunk in changes.chunks(ROWS_PER_INSERT) {
         let mut params = Vec::with_capacity(chunk.len() * WIDTH);
-        for (k, change) in chunk.iter().enumerate() {
+        for change in chunk {
             let lsn = change.lsn.map_or(0, Lsn::get);
             let op = op_code(change.kind);
             let crc = row_crc(
@@ -278,25 +237,13 @@ pub(crate) fn append(conn: &dyn Connection, changes: &mut [Change], retention: &
                 change.version.map_or(Value::Null, |v| Value::Integer(v as i64)),
                 Value::Integer(at as i64),
             ]);
-            let by_ref = in_row[n * ROWS_PER_INSERT + k];
-            let after_bytes = if by_ref { 0 } else { change.after.as_ref().map_or(0, String::len) };
-            let images = change.before.as_ref().map_or(0, String::len) + after_bytes;
+            let images = change.before.as_ref().map_or(0, String::len) + change.after.as_ref().map_or(0, String::len);
             let split = images > MAX_ROW_IMAGES && change.before.is_some();
-            let mut flag = 0;
-            if split {
-                flag |= SPLIT_BEFORE;
-            }
-            if by_ref {
-                flag |= AFTER_ELSEWHERE;
-            }
-            if change.hidden_before {
-                flag |= BEFORE_HIDDEN;
-            }
             params.extend([
                 if split { Value::Null } else { change.before.clone().map_or(Value::Null, Value::Text) },
-                if by_ref { Value::Null } else { change.after.clone().map_or(Value::Null, Value::Text) },
+                change.after.clone().map_or(Value::Null, Value::Text),
                 Value::Integer(i64::from(crc)),
-                Value::Integer(flag),
+                Value::Integer(i64::from(split)),
             ]);
             if split && let Some(before) = &change.before {
                 conn.execute(
@@ -313,85 +260,6 @@ pub(crate) fn append(conn: &dyn Connection, changes: &mut [Change], retention: &
         retain(conn, Lsn::new(last), retention, at)?;
     }
     Ok(())
-}
-
-/// Which of a unit's changes leave their after-image in the document's row: those whose
-/// image is the row's exact text (and every later write of the document reads the row and
-/// keeps the text it replaces).
-fn after_elsewhere(changes: &[Change]) -> Vec<bool> {
-    changes.iter().map(|c| c.in_row && c.after.is_some() && c.kind != ChangeKind::Delete).collect()
-}
-
-/// Records that the log may hold events whose after-images are elsewhere, for
-/// [`materialize_all`] (a lookup, and a write only the first time).
-fn mark_after_elsewhere(conn: &dyn Connection) -> Result<()> {
-    conn.execute(
-        &format!("INSERT OR IGNORE INTO {META} (\"key\", \"value\") VALUES (?1, 1)"),
-        &[Value::Text(ELSEWHERE_KEY.to_owned())],
-    )
-    .map(drop)
-}
-
-/// Copies into their events the after-images still held only by document rows, so that
-/// writes made with the change log off (which keep no replaced text) cannot take them away.
-/// Runs when a database is opened with the log off, and only if an earlier handle left such
-/// events (a mark in `_db4_meta` says so): one pass over the log.
-pub(crate) fn materialize_all(conn: &dyn Connection) -> Result<()> {
-    let mut marked = false;
-    conn.query(
-        &format!("SELECT 1 FROM {META} WHERE \"key\" = ?1"),
-        &[Value::Text(ELSEWHERE_KEY.to_owned())],
-        &mut |_| {
-            marked = true;
-            Ok(())
-        },
-    )?;
-    if !marked {
-        return Ok(());
-    }
-    let mut collections = Vec::new();
-    conn.query(
-        &format!("SELECT DISTINCT \"collection\" FROM {CHANGES} WHERE \"split\" & {AFTER_ELSEWHERE}"),
-        &[],
-        &mut |row| {
-            if let ValueRef::Text(t) = row.get(0)? {
-                collections.push(t.to_owned());
-            }
-            Ok(())
-        },
-    )?;
-    for collection in collections {
-        if !table_exists(conn, &collection)? {
-            // Its events keep their references, and reading them reports the missing rows.
-            continue;
-        }
-        let table = crate::schema::quote_ident(&collection);
-        // The events with no next event: their images are the rows' text.
-        conn.execute(
-            &format!(
-                "UPDATE {CHANGES} SET \"after\" = (SELECT \"_doc\" FROM {table} WHERE \"_id\" = {CHANGES}.\"doc_id\"), \
-                 \"split\" = \"split\" & ~{AFTER_ELSEWHERE} WHERE \"split\" & {AFTER_ELSEWHERE} AND \"collection\" = ?1 \
-                 AND NOT EXISTS (SELECT 1 FROM {CHANGES} AS \"next\" WHERE \"next\".\"doc_id\" = {CHANGES}.\"doc_id\" \
-                 AND \"next\".{NEXT_CONDITION} AND \"next\".\"collection\" = ?1 AND \"next\".\"lsn\" > {CHANGES}.\"lsn\")"
-            ),
-            &[Value::Text(collection.clone())],
-        )?;
-    }
-    conn.execute(&format!("DELETE FROM {META} WHERE \"key\" = ?1"), &[Value::Text(ELSEWHERE_KEY.to_owned())]).map(drop)
-}
-
-/// Whether the database has a table named `name`.
-pub(crate) fn table_exists(conn: &dyn Connection, name: &str) -> Result<bool> {
-    let mut exists = false;
-    conn.query(
-        "SELECT 1 FROM sqlite_schema WHERE \"type\" = 'table' AND \"name\" = ?1",
-        &[Value::Text(name.to_owned())],
-        &mut |_| {
-            exists = true;
-            Ok(())
-        },
-    )?;
-    Ok(exists)
 }
 
 /// The `INSERT` of `rows` change rows (1 ..= [`ROWS_PER_INSERT`]); the texts are built once.

@@ -46,10 +46,6 @@ pub(crate) struct WriteLog {
     /// Upserts read whether the row existed, to be recorded as an insert or an update (the
     /// change log records no upserts).
     resolve_upserts: bool,
-    /// The change log is on, and its events take their after-images by reference
-    /// (`store::outbox`): every write that replaces or removes a row reads it first, and its
-    /// change carries the text it replaced, the previous event's after-image.
-    keep_references: bool,
 }
 
 impl WriteLog {
@@ -61,13 +57,6 @@ impl WriteLog {
     /// Records upserts as inserts or updates, reading whether the row existed.
     pub fn resolve_upserts(mut self, resolve: bool) -> Self {
         self.resolve_upserts = resolve && self.collect;
-        self
-    }
-
-    /// Keeps the change log's references to document rows intact (see
-    /// [`keep_references`](Self::keep_references)).
-    pub fn keep_references(mut self, keep: bool) -> Self {
-        self.keep_references = keep && self.collect;
         self
     }
 
@@ -108,7 +97,7 @@ impl WriteLog {
     }
 
     fn needs_before(&self) -> bool {
-        self.keep_undo || self.before_images || self.keep_references
+        self.keep_undo || self.before_images
     }
 
     /// Whether changes of `meta`'s collection carry before-images: asked for by the database
@@ -305,7 +294,6 @@ impl<'c> Writer<'c> {
             (ChangeKind::Upsert, Some(Some(_))) => ChangeKind::Update,
             (kind, _) => kind,
         };
-        // The text the row now holds (the after-image may add the version to it).
         let after = match (&op, after) {
             (Op::Rewrite { json, .. }, _) => Some(Cow::Borrowed(json.as_str())),
             (_, Some(enc)) => match &enc.params[1] {
@@ -371,29 +359,17 @@ impl<'c> Writer<'c> {
                 }
                 _ => json.to_owned(),
             };
-            // The replaced text: a before-image if one is asked for, and the previous event's
-            // after-image for the change log (hidden from readers when not asked for).
-            let shown = log.images_before(meta);
             let before_doc = match before.as_ref().and_then(|row| row.get(1)) {
-                Some(Value::Text(json)) if shown || log.keep_references => {
+                Some(Value::Text(json)) if log.images_before(meta) => {
                     Some(image(json, before.as_deref().and_then(|row| stored_version(meta, row))))
                 }
                 _ => None,
             };
-            let mut in_row = log.keep_references;
             let after = after.map(|json| match key {
-                Some(_) => {
-                    let patched = image(&json, version);
-                    in_row &= patched == *json;
-                    patched
-                }
+                Some(_) => image(&json, version),
                 None => json.into_owned(),
             });
-            log.changes.push(
-                Change::new(Cow::Borrowed(meta.collection), id.clone(), kind, version, after, before_doc)
-                    .stored_in_row(in_row)
-                    .with_hidden_before(!shown),
-            );
+            log.changes.push(Change::new(Cow::Borrowed(meta.collection), id.clone(), kind, version, after, before_doc));
         }
         if log.keep_undo {
             log.undo.push(Undo::Document { meta: Arc::clone(meta), kind, id: id.clone(), before });
@@ -450,7 +426,7 @@ impl<'c> Writer<'c> {
                 "internal: a DELETE by condition cannot keep undo entries; select the ids first",
             ));
         }
-        let whole = self.needs_before_of(meta);
+        let whole = self.log.borrow().images_before(meta);
         statement.push(if whole { &meta.sql.returning_row } else { " RETURNING \"_id\"" });
         // The deleted rows' rowids, to remove their terms from the full-text index.
         if meta.fts_sql.is_some() {

@@ -25,7 +25,7 @@ impl fmt::Debug for CursorKey {
 }
 
 /// Where the secret is kept: one row of db4's own key-value table.
-pub(crate) const META_TABLE: &str = "\"_db4_meta\"";
+const META_TABLE: &str = "\"_db4_meta\"";
 const SECRET_KEY: &str = "cursor_secret";
 
 impl CursorKey {
@@ -103,15 +103,10 @@ fn read_secret(conn: &dyn Connection) -> Result<Option<CursorKey>> {
     Ok(out)
 }
 
-/// Creates the table of db4's own settings if the database has none.
-pub(crate) fn init_meta(conn: &dyn Connection) -> Result<()> {
+fn create_secret(conn: &dyn Connection) -> Result<CursorKey> {
     conn.execute_ddl(&format!(
         "CREATE TABLE IF NOT EXISTS {META_TABLE} (\"key\" TEXT PRIMARY KEY NOT NULL, \"value\" NOT NULL)"
-    ))
-}
-
-fn create_secret(conn: &dyn Connection) -> Result<CursorKey> {
-    init_meta(conn)?;
+    ))?;
     // Another process may have created it since: the first secret written wins.
     let secret = random()?;
     conn.execute(

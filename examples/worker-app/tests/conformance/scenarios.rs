@@ -1028,8 +1028,8 @@ pub fn change_log(t: &dyn Target) {
             json!(["articles", "a-1", "u", 1]),
             json!(["articles", "a-1", "u", 2]),
             json!(["articles", "a-2", "c", 0]),
-            // A delete carries the version it removed (the log reads the row it replaces).
-            json!(["articles", "a-2", "d", 0]),
+            // A delete carries a version only with before-images (off by default).
+            json!(["articles", "a-2", "d", null]),
             json!(["accounts", "alice", "c", 0]),
             json!(["accounts", "bob", "c", 0]),
             // The transfer: one transaction, its writes in order.

@@ -17,7 +17,7 @@ fn write_events() -> Vec<(Value, u64)> {
         (json!(["articles", "p-1", "c", 0]), 1),
         (json!(["articles", "p-1", "u", 1]), 2),
         (json!(["articles", "p-2", "c", 0]), 3),
-        (json!(["articles", "p-2", "d", 0]), 4),
+        (json!(["articles", "p-2", "d", null]), 4),
         (json!(["accounts", "x", "c", 0]), 5),
         (json!(["accounts", "y", "c", 0]), 6),
         // pt1, with its notification: one transaction.
