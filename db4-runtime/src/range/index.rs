@@ -9,9 +9,7 @@
 
 use super::cursor::{Cursor, encode_value};
 use super::sql::Key;
-use super::{
-    AnyValue, KeyPrefix, Page, PageSource, Pager, Position, Scan, and_height, encode_scan, finish_page, owned_bound,
-};
+use super::{AnyValue, KeyPrefix, Page, PageSource, Pager, Position, Spec, and_height, finish_page};
 use crate::backend::{Access, Connection};
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -19,7 +17,7 @@ use crate::schema::{FieldDef, QueryValue, Schema, quote_ident};
 use crate::sql::FieldSql;
 use crate::trace;
 use crate::txn::Runner;
-use crate::value::{Value, ValueError, ValueRef};
+use crate::value::{Value, ValueRef};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::ops::{Bound, RangeBounds};
@@ -433,17 +431,7 @@ impl RangeIndex {
     /// Starts a range over the whole index, in its order; narrow it with
     /// [`prefix`](IndexRange::prefix) and the bounds.
     pub fn range(&self) -> IndexRange<'_> {
-        IndexRange {
-            index: self,
-            prefix: Vec::new(),
-            lower: Bound::Unbounded,
-            upper: Bound::Unbounded,
-            descending: false,
-            limit: super::DEFAULT_PAGE_SIZE,
-            after: None,
-            before: None,
-            invalid: None,
-        }
+        IndexRange { index: self, spec: Spec::default() }
     }
 
     fn params(&self, id: &str, keys: &impl KeyPrefix) -> Result<Vec<Value>> {
@@ -645,102 +633,79 @@ fn validate(name: &str, fields: &[RangeField]) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct IndexRange<'i> {
     index: &'i RangeIndex,
-    prefix: Vec<Value>,
-    lower: Bound<Value>,
-    upper: Bound<Value>,
-    descending: bool,
-    limit: usize,
-    after: Option<Cursor>,
-    before: Option<Cursor>,
-    /// The first value that could not be bound, reported when the range runs.
-    invalid: Option<String>,
+    spec: Spec,
 }
 
 impl<'i> IndexRange<'i> {
     /// Keeps the keys within `bounds` (`a..b`, `a..=b`, `a..`, `..b`, `..`, or a pair of
     /// [`Bound`]s), inclusive or exclusive as written. Replaces earlier bounds.
     pub fn between<Q: QueryValue<AnyValue> + Clone>(mut self, bounds: impl RangeBounds<Q>) -> Self {
-        self.lower = owned_bound(bounds.start_bound(), &mut self.invalid);
-        self.upper = owned_bound(bounds.end_bound(), &mut self.invalid);
+        self.spec.between(bounds);
         self
-    }
-
-    fn bound(&mut self, value: std::result::Result<Value, ValueError>) -> Value {
-        value.unwrap_or_else(|e| {
-            self.invalid.get_or_insert(e.0);
-            Value::Null
-        })
     }
 
     /// Keeps keys greater than `value` (replacing the lower bound).
     pub fn gt(mut self, value: impl QueryValue<AnyValue>) -> Self {
-        self.lower = Bound::Excluded(self.bound(value.into_value()));
+        self.spec.bound(false, false, value.into_value());
         self
     }
 
     /// Keeps keys greater than or equal to `value` (replacing the lower bound).
     pub fn gte(mut self, value: impl QueryValue<AnyValue>) -> Self {
-        self.lower = Bound::Included(self.bound(value.into_value()));
+        self.spec.bound(false, true, value.into_value());
         self
     }
 
     /// Keeps keys less than `value` (replacing the upper bound); `None` is less than every
     /// value.
     pub fn lt(mut self, value: impl QueryValue<AnyValue>) -> Self {
-        self.upper = Bound::Excluded(self.bound(value.into_value()));
+        self.spec.bound(true, false, value.into_value());
         self
     }
 
     /// Keeps keys less than or equal to `value` (replacing the upper bound).
     pub fn lte(mut self, value: impl QueryValue<AnyValue>) -> Self {
-        self.upper = Bound::Included(self.bound(value.into_value()));
+        self.spec.bound(true, true, value.into_value());
         self
     }
 
     /// Fixes the leading keys to `values` (one value, or a tuple with one per key). Replaces
     /// an earlier prefix.
     pub fn prefix(mut self, values: impl KeyPrefix) -> Self {
-        match values.key_values() {
-            Ok(values) => self.prefix = values,
-            Err(e) => {
-                self.invalid.get_or_insert(e.0);
-            }
-        }
+        self.spec.prefix(&values);
         self
     }
 
     /// The index's own order (the default).
     pub fn ascending(mut self) -> Self {
-        self.descending = false;
+        self.spec.descending = false;
         self
     }
 
     /// The reverse of the index's order, every key and the id reversed.
     pub fn descending(mut self) -> Self {
-        self.descending = true;
+        self.spec.descending = true;
         self
     }
 
     /// At most `n` entries per page (default [`DEFAULT_PAGE_SIZE`](crate::DEFAULT_PAGE_SIZE));
     /// at least 1.
     pub fn limit(mut self, n: usize) -> Self {
-        self.limit = n;
+        self.spec.limit = n;
         self
     }
 
     /// Starts after `cursor` (a [`Page::next`] or [`Page::prev`] of this same range).
     /// Replaces [`before`](Self::before).
     pub fn after(mut self, cursor: &Cursor) -> Self {
-        self.after = Some(cursor.clone());
-        self.before = None;
+        self.spec.cursor(cursor, true);
         self
     }
 
     /// Ends before `cursor`: the page is the `limit` entries just before it, in the range's
     /// order. Replaces [`after`](Self::after).
     pub fn before(mut self, cursor: &Cursor) -> Self {
-        self.before = Some(cursor.clone());
-        self.after = None;
+        self.spec.cursor(cursor, false);
         self
     }
 
@@ -754,7 +719,7 @@ impl<'i> IndexRange<'i> {
     /// [`Error::Corrupted`] for a stored key of the wrong type, or a backend error.
     pub fn fetch(self) -> Result<Page<IndexEntry>> {
         let span = trace::op("range_index_fetch", Some(&self.index.inner.name));
-        let page = self.prepare().and_then(|(context, position)| self.page(&context, &position, self.limit));
+        let page = self.prepare().and_then(|(context, position)| self.page(&context, &position, self.spec.limit));
         span.rows_of(page, |p| p.items.len() as u64)
     }
 
@@ -775,33 +740,28 @@ impl<'i> IndexRange<'i> {
     /// start.
     fn prepare(&self) -> Result<(Vec<u8>, Position)> {
         let inner = &self.index.inner;
-        if let Some(reason) = &self.invalid {
-            return Err(self.invalid_query(format!("a range bound or prefix cannot be bound: {reason}")));
-        }
-        if self.limit == 0 {
-            return Err(self.invalid_query("a range's limit must be at least 1"));
-        }
+        self.spec.check(&inner.name)?;
         let n = inner.fields.len();
-        if self.prefix.len() > n {
+        if self.spec.prefix.len() > n {
             return Err(self.invalid_query(format!(
                 "the prefix has {} values and range index `{}` has {n} fields",
-                self.prefix.len(),
+                self.spec.prefix.len(),
                 inner.name
             )));
         }
         let wrong = |field: &str, what: &str, v: &Value, ty: &str| {
             self.invalid_query(format!("{what} of `{field}` is {} where the key is {ty}", kind_of(v)))
         };
-        for (field, v) in inner.fields.iter().zip(&self.prefix) {
+        for (field, v) in inner.fields.iter().zip(&self.spec.prefix) {
             if !field.key_type.admits(v) {
                 return Err(wrong(&field.name, "the prefix value", v, &field.key_type.as_str().to_ascii_lowercase()));
             }
         }
-        let (bounded, ty) = match inner.fields.get(self.prefix.len()) {
+        let (bounded, ty) = match inner.fields.get(self.spec.prefix.len()) {
             Some(f) => (f.name.as_str(), f.key_type),
             None => ("_id", KeyType::Text),
         };
-        for bound in [&self.lower, &self.upper] {
+        for bound in [&self.spec.lower, &self.spec.upper] {
             if let Bound::Included(v) | Bound::Excluded(v) = bound
                 && !ty.admits(v)
             {
@@ -810,12 +770,11 @@ impl<'i> IndexRange<'i> {
         }
         let context = self.context();
         // The cursor holds the keys after the prefix, and the id.
-        let expected = n - self.prefix.len() + 1;
-        let position =
-            Position::of(self.index.db.cursor_key(), &context, self.after.as_ref(), self.before.as_ref(), expected)?;
+        let expected = n - self.spec.prefix.len() + 1;
+        let position = self.spec.position(self.index.db.cursor_key(), &context, expected)?;
         if let Some(values) = position.key() {
             let (id, keys) = values.split_last().unwrap_or((&Value::Null, &[]));
-            let fits = inner.fields[self.prefix.len()..].iter().zip(keys).all(|(f, v)| f.key_type.admits(v));
+            let fits = inner.fields[self.spec.prefix.len()..].iter().zip(keys).all(|(f, v)| f.key_type.admits(v));
             if !fits || !matches!(id, Value::Text(_)) {
                 return Err(Error::invalid_cursor("its keys are not of this index's types"));
             }
@@ -835,7 +794,7 @@ impl<'i> IndexRange<'i> {
             text(&mut out, field.key_type.as_str());
             out.push(u8::from(field.descending_key()));
         }
-        encode_scan(&mut out, self.descending, &self.prefix, &self.lower, &self.upper);
+        self.spec.encode(&mut out);
         out
     }
 
@@ -843,8 +802,8 @@ impl<'i> IndexRange<'i> {
     fn page(&self, context: &[u8], position: &Position, limit: usize) -> Result<Page<IndexEntry>> {
         let inner = &self.index.inner;
         let n = inner.fields.len();
-        let p = self.prefix.len();
-        let flip = self.descending ^ position.backward();
+        let p = self.spec.prefix.len();
+        let flip = self.spec.descending ^ position.backward();
         let last_desc = inner.fields.last().is_some_and(RangeField::descending_key);
         let keys: Vec<Key> = inner
             .fields
@@ -853,7 +812,7 @@ impl<'i> IndexRange<'i> {
             .map(|(field, f)| Key { field, descending: f.descending_key() ^ flip, nullable: true })
             .chain([Key { field: n, descending: last_desc ^ flip, nullable: false }])
             .collect();
-        let scan = Scan { keys: &keys, prefix: &self.prefix, lower: &self.lower, upper: &self.upper, position };
+        let scan = self.spec.scan(&keys, position);
         let mut sql = crate::sql::Statement::new(inner.schema, &inner.columns);
         sql.push("SELECT \"_id\"");
         for key in &keys[..n] {

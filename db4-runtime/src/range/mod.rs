@@ -134,16 +134,8 @@ pub struct Range<'c, T, B = AnyValue> {
     slot: &'c MetaSlot,
     key: &'c CursorKey,
     index: std::result::Result<IndexKeys, String>,
-    prefix: Vec<Value>,
-    lower: Bound<Value>,
-    upper: Bound<Value>,
-    descending: bool,
+    spec: Spec,
     filters: Vec<Expr>,
-    limit: usize,
-    after: Option<Cursor>,
-    before: Option<Cursor>,
-    /// The first value that could not be bound, reported when the range runs.
-    invalid: Option<String>,
     _marker: PhantomData<fn() -> (T, B)>,
 }
 
@@ -151,14 +143,8 @@ impl<T, B> std::fmt::Debug for Range<'_, T, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Range")
             .field("index", &self.index)
-            .field("prefix", &self.prefix)
-            .field("lower", &self.lower)
-            .field("upper", &self.upper)
-            .field("descending", &self.descending)
+            .field("spec", &self.spec)
             .field("filters", &self.filters)
-            .field("limit", &self.limit)
-            .field("after", &self.after)
-            .field("before", &self.before)
             .finish()
     }
 }
@@ -255,15 +241,8 @@ impl<T: Document, S: Scope> Collection<T, S> {
             slot: self.slot(),
             key: db_of(runner).cursor_key(),
             index,
-            prefix: Vec::new(),
-            lower: Bound::Unbounded,
-            upper: Bound::Unbounded,
-            descending: false,
+            spec: Spec::default(),
             filters: Vec::new(),
-            limit: DEFAULT_PAGE_SIZE,
-            after: None,
-            before: None,
-            invalid: None,
             _marker: PhantomData,
         }
     }
@@ -289,40 +268,32 @@ impl<'c, T: Document, B> Range<'c, T, B> {
     /// [`Bound`]s), inclusive or exclusive as written, on the first key after the prefix.
     /// Replaces earlier bounds.
     pub fn between<Q: QueryValue<B> + Clone>(mut self, bounds: impl RangeBounds<Q>) -> Self {
-        self.lower = owned_bound(bounds.start_bound(), &mut self.invalid);
-        self.upper = owned_bound(bounds.end_bound(), &mut self.invalid);
+        self.spec.between(bounds);
         self
-    }
-
-    fn bound(&mut self, value: std::result::Result<Value, ValueError>) -> Value {
-        value.unwrap_or_else(|e| {
-            self.invalid.get_or_insert(e.0);
-            Value::Null
-        })
     }
 
     /// Keeps keys greater than `value` (replacing the lower bound).
     pub fn gt(mut self, value: impl QueryValue<B>) -> Self {
-        self.lower = Bound::Excluded(self.bound(value.into_value()));
+        self.spec.bound(false, false, value.into_value());
         self
     }
 
     /// Keeps keys greater than or equal to `value` (replacing the lower bound).
     pub fn gte(mut self, value: impl QueryValue<B>) -> Self {
-        self.lower = Bound::Included(self.bound(value.into_value()));
+        self.spec.bound(false, true, value.into_value());
         self
     }
 
     /// Keeps keys less than `value` (replacing the upper bound); `None` is less than every
     /// value.
     pub fn lt(mut self, value: impl QueryValue<B>) -> Self {
-        self.upper = Bound::Excluded(self.bound(value.into_value()));
+        self.spec.bound(true, false, value.into_value());
         self
     }
 
     /// Keeps keys less than or equal to `value` (replacing the upper bound).
     pub fn lte(mut self, value: impl QueryValue<B>) -> Self {
-        self.upper = Bound::Included(self.bound(value.into_value()));
+        self.spec.bound(true, true, value.into_value());
         self
     }
 
@@ -331,24 +302,19 @@ impl<'c, T: Document, B> Range<'c, T, B> {
     /// by creation time. Bounds then apply to the next key (the id, once every field is
     /// fixed). Replaces an earlier prefix.
     pub fn prefix(mut self, values: impl KeyPrefix) -> Self {
-        match values.key_values() {
-            Ok(values) => self.prefix = values,
-            Err(e) => {
-                self.invalid.get_or_insert(e.0);
-            }
-        }
+        self.spec.prefix(&values);
         self
     }
 
     /// The index's own order (the default).
     pub fn ascending(mut self) -> Self {
-        self.descending = false;
+        self.spec.descending = false;
         self
     }
 
     /// The reverse of the index's order, every key and the id reversed.
     pub fn descending(mut self) -> Self {
-        self.descending = true;
+        self.spec.descending = true;
         self
     }
 
@@ -361,23 +327,21 @@ impl<'c, T: Document, B> Range<'c, T, B> {
 
     /// At most `n` documents per page (default [`DEFAULT_PAGE_SIZE`]); at least 1.
     pub fn limit(mut self, n: usize) -> Self {
-        self.limit = n;
+        self.spec.limit = n;
         self
     }
 
     /// Starts after `cursor` (a [`Page::next`] or [`Page::prev`] of this same range).
     /// Replaces [`before`](Self::before).
     pub fn after(mut self, cursor: &Cursor) -> Self {
-        self.after = Some(cursor.clone());
-        self.before = None;
+        self.spec.cursor(cursor, true);
         self
     }
 
     /// Ends before `cursor`: the page is the `limit` documents just before it, in the range's
     /// order. Replaces [`after`](Self::after).
     pub fn before(mut self, cursor: &Cursor) -> Self {
-        self.before = Some(cursor.clone());
-        self.after = None;
+        self.spec.cursor(cursor, false);
         self
     }
 
@@ -393,7 +357,7 @@ impl<'c, T: Document, B> Range<'c, T, B> {
     pub fn fetch(self) -> Result<Page<T>> {
         let span = trace::op("range", Some(self.slot.schema().collection()));
         let page =
-            self.prepare().and_then(|(keys, context, position)| self.page(&keys, &context, &position, self.limit));
+            self.prepare().and_then(|(keys, context, position)| self.page(&keys, &context, &position, self.spec.limit));
         span.rows_of(page, |p| p.items.len() as u64)
     }
 
@@ -424,24 +388,19 @@ impl<'c, T: Document, B> Range<'c, T, B> {
     /// over, and where to start.
     fn prepare(&self) -> Result<(IndexKeys, Vec<u8>, Position)> {
         let index = self.index.clone().map_err(|e| self.invalid_query(e))?;
-        if let Some(reason) = &self.invalid {
-            return Err(self.invalid_query(format!("a range bound or prefix cannot be bound: {reason}")));
-        }
-        if self.limit == 0 {
-            return Err(self.invalid_query("a range's limit must be at least 1"));
-        }
-        if self.prefix.len() > index.keys.len() {
+        self.spec.check(self.collection())?;
+        if self.spec.prefix.len() > index.keys.len() {
             return Err(self.invalid_query(format!(
                 "the prefix has {} values and index `{}` has {} fields",
-                self.prefix.len(),
+                self.spec.prefix.len(),
                 index.name.split(':').nth(1).unwrap_or(""),
                 index.keys.len()
             )));
         }
         let context = self.context(&index);
         // The cursor holds the keys after the prefix, and the id.
-        let expected = index.keys.len() - self.prefix.len() + 1;
-        let position = Position::of(self.key, &context, self.after.as_ref(), self.before.as_ref(), expected)?;
+        let expected = index.keys.len() - self.spec.prefix.len() + 1;
+        let position = self.spec.position(self.key, &context, expected)?;
         use crate::schema::IdKind;
         let id_ok = matches!(
             (position.key().and_then(<[Value]>::last), self.slot.get().id_kind),
@@ -467,7 +426,7 @@ impl<'c, T: Document, B> Range<'c, T, B> {
             text(&mut out, def.key());
             out.push(u8::from(desc));
         }
-        encode_scan(&mut out, self.descending, &self.prefix, &self.lower, &self.upper);
+        self.spec.encode(&mut out);
         encode_filters(&mut out, &self.filters);
         out
     }
@@ -476,9 +435,9 @@ impl<'c, T: Document, B> Range<'c, T, B> {
     fn page(&self, index: &IndexKeys, context: &[u8], position: &Position, limit: usize) -> Result<Page<T>> {
         let schema = self.slot.schema();
         let id_field = schema.fields().iter().position(|f| f.is_id()).unwrap_or(0);
-        let flip = self.descending ^ position.backward();
+        let flip = self.spec.descending ^ position.backward();
         let last_desc = index.keys.last().is_some_and(|k| k.1);
-        let p = self.prefix.len();
+        let p = self.spec.prefix.len();
         let (rows, has_more) = self.runner.read_meta(self.slot, |conn, meta| {
             let nullable =
                 |field: usize| field != id_field && meta.kinds.get(field).copied().flatten().is_none_or(|k| k.nullable);
@@ -488,7 +447,7 @@ impl<'c, T: Document, B> Range<'c, T, B> {
                 .map(|&(field, desc)| Key { field, descending: desc ^ flip, nullable: nullable(field) })
                 .chain([Key { field: id_field, descending: last_desc ^ flip, nullable: false }])
                 .collect();
-            let scan = Scan { keys: &keys, prefix: &self.prefix, lower: &self.lower, upper: &self.upper, position };
+            let scan = self.spec.scan(&keys, position);
             let mut sql = meta.statement();
             sql.push(&format!("SELECT \"_id\", {}", meta.doc_columns));
             for key in &keys[p..keys.len() - 1] {
@@ -529,6 +488,114 @@ impl<'c, T: Document, B> Range<'c, T, B> {
             Ok((rows, more))
         })?;
         Ok(finish_page(self.key, context, position, rows, has_more))
+    }
+}
+
+/// What both range builders gather before they run ([`Range`] and
+/// [`IndexRange`](index::IndexRange)): their builder methods are these.
+#[derive(Debug, Clone)]
+struct Spec {
+    prefix: Vec<Value>,
+    lower: Bound<Value>,
+    upper: Bound<Value>,
+    descending: bool,
+    limit: usize,
+    after: Option<Cursor>,
+    before: Option<Cursor>,
+    /// The first value that could not be bound, reported when the range runs.
+    invalid: Option<String>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            prefix: Vec::new(),
+            lower: Bound::Unbounded,
+            upper: Bound::Unbounded,
+            descending: false,
+            limit: DEFAULT_PAGE_SIZE,
+            after: None,
+            before: None,
+            invalid: None,
+        }
+    }
+}
+
+impl Spec {
+    fn between<Q: QueryValue<B> + Clone, B>(&mut self, bounds: impl RangeBounds<Q>) {
+        self.lower = owned_bound(bounds.start_bound(), &mut self.invalid);
+        self.upper = owned_bound(bounds.end_bound(), &mut self.invalid);
+    }
+
+    /// Sets the upper bound (`upper`) or the lower one to `value`, `inclusive` or not.
+    fn bound(&mut self, upper: bool, inclusive: bool, value: std::result::Result<Value, ValueError>) {
+        let value = value.unwrap_or_else(|e| {
+            self.invalid.get_or_insert(e.0);
+            Value::Null
+        });
+        let bound = if inclusive { Bound::Included(value) } else { Bound::Excluded(value) };
+        if upper {
+            self.upper = bound;
+        } else {
+            self.lower = bound;
+        }
+    }
+
+    fn prefix(&mut self, values: &impl KeyPrefix) {
+        match values.key_values() {
+            Ok(values) => self.prefix = values,
+            Err(e) => {
+                self.invalid.get_or_insert(e.0);
+            }
+        }
+    }
+
+    /// Starts after `cursor` (`after`) or ends before it, replacing the other.
+    fn cursor(&mut self, cursor: &Cursor, after: bool) {
+        (self.after, self.before) = if after { (Some(cursor.clone()), None) } else { (None, Some(cursor.clone())) };
+    }
+
+    /// Refuses what the builder methods could not: a value that cannot be bound, a limit of 0.
+    fn check(&self, collection: &str) -> Result<()> {
+        if let Some(reason) = &self.invalid {
+            return Err(Error::invalid_query(collection, format!("a range bound or prefix cannot be bound: {reason}")));
+        }
+        if self.limit == 0 {
+            return Err(Error::invalid_query(collection, "a range's limit must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Where the page starts, the cursor checked against `context` and `expected` values.
+    fn position(&self, key: &CursorKey, context: &[u8], expected: usize) -> Result<Position> {
+        Position::of(key, context, self.after.as_ref(), self.before.as_ref(), expected)
+    }
+
+    fn scan<'a>(&'a self, keys: &'a [Key], position: &'a Position) -> Scan<'a> {
+        Scan { keys, prefix: &self.prefix, lower: &self.lower, upper: &self.upper, position }
+    }
+
+    /// Writes what a cursor is signed over besides its index: the direction, the prefix and
+    /// the bounds.
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(u8::from(self.descending));
+        encode_value(out, ValueRef::Integer(self.prefix.len() as i64));
+        for v in &self.prefix {
+            encode_value(out, v.as_ref());
+        }
+        for bound in [&self.lower, &self.upper] {
+            match bound {
+                Bound::Unbounded => out.push(0),
+                Bound::Included(v) => {
+                    out.push(1);
+                    encode_value(out, v.as_ref());
+                }
+                Bound::Excluded(v) => {
+                    out.push(2);
+                    encode_value(out, v.as_ref());
+                }
+            }
+        }
     }
 }
 
@@ -696,29 +763,6 @@ fn finish_page<I>(
         }
     };
     Page { items: rows.into_iter().map(|r| r.0).collect(), next, prev, has_more }
-}
-
-/// Writes what a cursor is signed over besides its index: the direction, the prefix and the
-/// bounds.
-fn encode_scan(out: &mut Vec<u8>, descending: bool, prefix: &[Value], lower: &Bound<Value>, upper: &Bound<Value>) {
-    out.push(u8::from(descending));
-    encode_value(out, ValueRef::Integer(prefix.len() as i64));
-    for v in prefix {
-        encode_value(out, v.as_ref());
-    }
-    for bound in [lower, upper] {
-        match bound {
-            Bound::Unbounded => out.push(0),
-            Bound::Included(v) => {
-                out.push(1);
-                encode_value(out, v.as_ref());
-            }
-            Bound::Excluded(v) => {
-                out.push(2);
-                encode_value(out, v.as_ref());
-            }
-        }
-    }
 }
 
 /// Writes the filters into a cursor's context, unambiguously: each node in preorder with its
