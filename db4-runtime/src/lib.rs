@@ -60,7 +60,10 @@ pub use collection::{CasResult, Collection, Numeric, TxCollection};
 pub use db::{ChangeLogStats, CollectionStats, DEFAULT_MAX_DOCUMENT_BYTES, Db, DbOptions, DbStats};
 pub use error::{BackendError, BackendErrorKind, Error, Result};
 pub use query::{Field, Filter, Order, Query};
-pub use range::{AnyValue, Cursor, DEFAULT_PAGE_SIZE, KeyPrefix, MAX_CURSOR_CHARS, Page, Range};
+pub use range::{
+    AnyValue, Cursor, DEFAULT_PAGE_SIZE, Direction, IndexEntry, IndexRange, KeyPrefix, KeyType, MAX_CURSOR_CHARS,
+    MAX_RANGE_FIELDS, Page, Range, RangeField, RangeIndex,
+};
 pub use retry::{RetryPolicy, is_retryable, with_optimistic_lock};
 pub use schema::{
     Document, DocumentId, FieldDef, FtsText, IdArg, IdKind, IndexDef, IndexField, IndexKind, OptionField, Ordered,

@@ -269,7 +269,8 @@ pub mod wal {
 /// ```
 pub mod range {
     pub use db4_runtime::{
-        AnyValue, Cursor, DEFAULT_PAGE_SIZE, IndexDef, IndexField, KeyPrefix, MAX_CURSOR_CHARS, Page, Range,
+        AnyValue, Cursor, DEFAULT_PAGE_SIZE, Direction, IndexDef, IndexEntry, IndexField, IndexRange, KeyPrefix,
+        KeyType, MAX_CURSOR_CHARS, MAX_RANGE_FIELDS, Page, Range, RangeField, RangeIndex,
     };
 }
 

@@ -18,6 +18,7 @@ mod query_limits;
 mod range;
 mod range_indexes;
 mod range_props;
+mod range_standalone;
 mod search;
 mod search_props;
 mod serde_features;

@@ -5,10 +5,12 @@
 //! `docs/range.md`.
 
 mod cursor;
+mod index;
 mod sql;
 
 pub use cursor::{Cursor, MAX_CURSOR_CHARS};
 use cursor::{CursorKey, CursorSigner};
+pub use index::{Direction, IndexEntry, IndexRange, KeyType, MAX_RANGE_FIELDS, RangeField, RangeIndex};
 
 use crate::collection::Collection;
 use crate::db::Db;
@@ -114,16 +116,6 @@ struct IndexKeys {
     keys: Vec<(usize, bool)>,
 }
 
-/// Where a page starts.
-#[derive(Debug, Clone)]
-enum Position {
-    Start,
-    /// After the key; `true`: at or after it.
-    After(Vec<Value>, bool),
-    /// Before the key; `true`: at or before it.
-    Before(Vec<Value>, bool),
-}
-
 /// A range query over an ordered index, from [`Collection::range`] or
 /// [`Collection::range_index`]: bounds on the first key after the [`prefix`](Self::prefix),
 /// a direction, filters, a page size and a cursor, then [`fetch`](Self::fetch) a page or
@@ -142,16 +134,8 @@ pub struct Range<'c, T, B = AnyValue> {
     slot: &'c MetaSlot,
     key: &'c CursorKey,
     index: std::result::Result<IndexKeys, String>,
-    prefix: Vec<Value>,
-    lower: Bound<Value>,
-    upper: Bound<Value>,
-    descending: bool,
+    spec: Spec,
     filters: Vec<Expr>,
-    limit: usize,
-    after: Option<Cursor>,
-    before: Option<Cursor>,
-    /// The first value that could not be bound, reported when the range runs.
-    invalid: Option<String>,
     _marker: PhantomData<fn() -> (T, B)>,
 }
 
@@ -159,14 +143,8 @@ impl<T, B> std::fmt::Debug for Range<'_, T, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Range")
             .field("index", &self.index)
-            .field("prefix", &self.prefix)
-            .field("lower", &self.lower)
-            .field("upper", &self.upper)
-            .field("descending", &self.descending)
+            .field("spec", &self.spec)
             .field("filters", &self.filters)
-            .field("limit", &self.limit)
-            .field("after", &self.after)
-            .field("before", &self.before)
             .finish()
     }
 }
@@ -263,15 +241,8 @@ impl<T: Document, S: Scope> Collection<T, S> {
             slot: self.slot(),
             key: db_of(runner).cursor_key(),
             index,
-            prefix: Vec::new(),
-            lower: Bound::Unbounded,
-            upper: Bound::Unbounded,
-            descending: false,
+            spec: Spec::default(),
             filters: Vec::new(),
-            limit: DEFAULT_PAGE_SIZE,
-            after: None,
-            before: None,
-            invalid: None,
             _marker: PhantomData,
         }
     }
@@ -297,40 +268,32 @@ impl<'c, T: Document, B> Range<'c, T, B> {
     /// [`Bound`]s), inclusive or exclusive as written, on the first key after the prefix.
     /// Replaces earlier bounds.
     pub fn between<Q: QueryValue<B> + Clone>(mut self, bounds: impl RangeBounds<Q>) -> Self {
-        self.lower = owned_bound(bounds.start_bound(), &mut self.invalid);
-        self.upper = owned_bound(bounds.end_bound(), &mut self.invalid);
+        self.spec.between(bounds);
         self
-    }
-
-    fn bound(&mut self, value: std::result::Result<Value, ValueError>) -> Value {
-        value.unwrap_or_else(|e| {
-            self.invalid.get_or_insert(e.0);
-            Value::Null
-        })
     }
 
     /// Keeps keys greater than `value` (replacing the lower bound).
     pub fn gt(mut self, value: impl QueryValue<B>) -> Self {
-        self.lower = Bound::Excluded(self.bound(value.into_value()));
+        self.spec.bound(false, false, value.into_value());
         self
     }
 
     /// Keeps keys greater than or equal to `value` (replacing the lower bound).
     pub fn gte(mut self, value: impl QueryValue<B>) -> Self {
-        self.lower = Bound::Included(self.bound(value.into_value()));
+        self.spec.bound(false, true, value.into_value());
         self
     }
 
     /// Keeps keys less than `value` (replacing the upper bound); `None` is less than every
     /// value.
     pub fn lt(mut self, value: impl QueryValue<B>) -> Self {
-        self.upper = Bound::Excluded(self.bound(value.into_value()));
+        self.spec.bound(true, false, value.into_value());
         self
     }
 
     /// Keeps keys less than or equal to `value` (replacing the upper bound).
     pub fn lte(mut self, value: impl QueryValue<B>) -> Self {
-        self.upper = Bound::Included(self.bound(value.into_value()));
+        self.spec.bound(true, true, value.into_value());
         self
     }
 
@@ -339,24 +302,19 @@ impl<'c, T: Document, B> Range<'c, T, B> {
     /// by creation time. Bounds then apply to the next key (the id, once every field is
     /// fixed). Replaces an earlier prefix.
     pub fn prefix(mut self, values: impl KeyPrefix) -> Self {
-        match values.key_values() {
-            Ok(values) => self.prefix = values,
-            Err(e) => {
-                self.invalid.get_or_insert(e.0);
-            }
-        }
+        self.spec.prefix(&values);
         self
     }
 
     /// The index's own order (the default).
     pub fn ascending(mut self) -> Self {
-        self.descending = false;
+        self.spec.descending = false;
         self
     }
 
     /// The reverse of the index's order, every key and the id reversed.
     pub fn descending(mut self) -> Self {
-        self.descending = true;
+        self.spec.descending = true;
         self
     }
 
@@ -369,23 +327,21 @@ impl<'c, T: Document, B> Range<'c, T, B> {
 
     /// At most `n` documents per page (default [`DEFAULT_PAGE_SIZE`]); at least 1.
     pub fn limit(mut self, n: usize) -> Self {
-        self.limit = n;
+        self.spec.limit = n;
         self
     }
 
     /// Starts after `cursor` (a [`Page::next`] or [`Page::prev`] of this same range).
     /// Replaces [`before`](Self::before).
     pub fn after(mut self, cursor: &Cursor) -> Self {
-        self.after = Some(cursor.clone());
-        self.before = None;
+        self.spec.cursor(cursor, true);
         self
     }
 
     /// Ends before `cursor`: the page is the `limit` documents just before it, in the range's
     /// order. Replaces [`after`](Self::after).
     pub fn before(mut self, cursor: &Cursor) -> Self {
-        self.before = Some(cursor.clone());
-        self.after = None;
+        self.spec.cursor(cursor, false);
         self
     }
 
@@ -401,7 +357,7 @@ impl<'c, T: Document, B> Range<'c, T, B> {
     pub fn fetch(self) -> Result<Page<T>> {
         let span = trace::op("range", Some(self.slot.schema().collection()));
         let page =
-            self.prepare().and_then(|(keys, context, position)| self.page(&keys, &context, position, self.limit));
+            self.prepare().and_then(|(keys, context, position)| self.page(&keys, &context, &position, self.spec.limit));
         span.rows_of(page, |p| p.items.len() as u64)
     }
 
@@ -415,8 +371,9 @@ impl<'c, T: Document, B> Range<'c, T, B> {
         T: 'c,
         B: 'c,
     {
-        let start = self.prepare();
-        RangeIter { range: self, start: Some(start), keys: None, page_size, buffer: VecDeque::new(), done: false }
+        let start =
+            self.prepare().map(|(index, context, position)| (Prepared { range: self, index, context }, position));
+        Pager::new(start, page_size)
     }
 
     fn collection(&self) -> &'static str {
@@ -431,48 +388,28 @@ impl<'c, T: Document, B> Range<'c, T, B> {
     /// over, and where to start.
     fn prepare(&self) -> Result<(IndexKeys, Vec<u8>, Position)> {
         let index = self.index.clone().map_err(|e| self.invalid_query(e))?;
-        if let Some(reason) = &self.invalid {
-            return Err(self.invalid_query(format!("a range bound or prefix cannot be bound: {reason}")));
-        }
-        if self.limit == 0 {
-            return Err(self.invalid_query("a range's limit must be at least 1"));
-        }
-        if self.prefix.len() > index.keys.len() {
+        self.spec.check(self.collection())?;
+        if self.spec.prefix.len() > index.keys.len() {
             return Err(self.invalid_query(format!(
                 "the prefix has {} values and index `{}` has {} fields",
-                self.prefix.len(),
+                self.spec.prefix.len(),
                 index.name.split(':').nth(1).unwrap_or(""),
                 index.keys.len()
             )));
         }
         let context = self.context(&index);
         // The cursor holds the keys after the prefix, and the id.
-        let expected = index.keys.len() - self.prefix.len() + 1;
-        let position = match (&self.after, &self.before) {
-            (Some(c), _) => {
-                let (inclusive, values) = self.checked(c, &context, expected)?;
-                Position::After(values, inclusive)
-            }
-            (None, Some(c)) => {
-                let (inclusive, values) = self.checked(c, &context, expected)?;
-                Position::Before(values, inclusive)
-            }
-            (None, None) => Position::Start,
-        };
-        Ok((index, context, position))
-    }
-
-    fn checked(&self, cursor: &Cursor, context: &[u8], expected: usize) -> Result<(bool, Vec<Value>)> {
-        let (inclusive, values) = self.key.verify(context, cursor, expected)?;
+        let expected = index.keys.len() - self.spec.prefix.len() + 1;
+        let position = self.spec.position(self.key, &context, expected)?;
         use crate::schema::IdKind;
         let id_ok = matches!(
-            (values.last(), self.slot.get().id_kind),
-            (Some(Value::Integer(_)), IdKind::Integer) | (Some(Value::Text(_)), IdKind::Text)
+            (position.key().and_then(<[Value]>::last), self.slot.get().id_kind),
+            (None, _) | (Some(Value::Integer(_)), IdKind::Integer) | (Some(Value::Text(_)), IdKind::Text)
         );
         if !id_ok {
             return Err(Error::invalid_cursor("its id is not of this collection's id type"));
         }
-        Ok((inclusive, values))
+        Ok((index, context, position))
     }
 
     /// What a cursor of this range is signed over: the collection, the index and its keys,
@@ -489,36 +426,18 @@ impl<'c, T: Document, B> Range<'c, T, B> {
             text(&mut out, def.key());
             out.push(u8::from(desc));
         }
-        out.push(u8::from(self.descending));
-        encode_value(&mut out, ValueRef::Integer(self.prefix.len() as i64));
-        for v in &self.prefix {
-            encode_value(&mut out, v.as_ref());
-        }
-        for bound in [&self.lower, &self.upper] {
-            match bound {
-                Bound::Unbounded => out.push(0),
-                Bound::Included(v) => {
-                    out.push(1);
-                    encode_value(&mut out, v.as_ref());
-                }
-                Bound::Excluded(v) => {
-                    out.push(2);
-                    encode_value(&mut out, v.as_ref());
-                }
-            }
-        }
+        self.spec.encode(&mut out);
         encode_filters(&mut out, &self.filters);
         out
     }
 
     /// Reads the page at `position`: `limit` + 1 rows, to learn whether more follow.
-    fn page(&self, index: &IndexKeys, context: &[u8], position: Position, limit: usize) -> Result<Page<T>> {
+    fn page(&self, index: &IndexKeys, context: &[u8], position: &Position, limit: usize) -> Result<Page<T>> {
         let schema = self.slot.schema();
         let id_field = schema.fields().iter().position(|f| f.is_id()).unwrap_or(0);
-        let backward = matches!(position, Position::Before(..));
-        let flip = self.descending ^ backward;
+        let flip = self.spec.descending ^ position.backward();
         let last_desc = index.keys.last().is_some_and(|k| k.1);
-        let p = self.prefix.len();
+        let p = self.spec.prefix.len();
         let (rows, has_more) = self.runner.read_meta(self.slot, |conn, meta| {
             let nullable =
                 |field: usize| field != id_field && meta.kinds.get(field).copied().flatten().is_none_or(|k| k.nullable);
@@ -528,6 +447,7 @@ impl<'c, T: Document, B> Range<'c, T, B> {
                 .map(|&(field, desc)| Key { field, descending: desc ^ flip, nullable: nullable(field) })
                 .chain([Key { field: id_field, descending: last_desc ^ flip, nullable: false }])
                 .collect();
+            let scan = self.spec.scan(&keys, position);
             let mut sql = meta.statement();
             sql.push(&format!("SELECT \"_id\", {}", meta.doc_columns));
             for key in &keys[p..keys.len() - 1] {
@@ -535,76 +455,16 @@ impl<'c, T: Document, B> Range<'c, T, B> {
                 sql.field(key.field)?;
             }
             sql.push(&format!(" FROM {}", meta.table));
-            let mut conditions: Vec<usize> = Vec::new();
-            let mut open = false;
-            let mut and = |sql: &mut crate::sql::Statement<'_>| {
-                if open {
-                    sql.push(" AND ");
-                } else {
-                    sql.push(" WHERE ");
-                    open = true;
-                }
-            };
-            if !self.filters.is_empty() {
-                and(&mut sql);
+            let filtered = !self.filters.is_empty();
+            if filtered {
                 // The filter sits under one AND, with the range's conditions beside it.
-                sql.push("(");
+                sql.push(" WHERE (");
                 sql.filters(&self.filters, 1)?;
                 sql.push(")");
             }
-            let bind = |sql: &mut crate::sql::Statement<'_>, v: &Value| -> Result<Option<Slot>> {
-                if matches!(v, Value::Null) { Ok(None) } else { sql.bind(v.clone()).map(Some) }
-            };
-            let range_conditions = !self.prefix.is_empty()
-                || !matches!((&self.lower, &self.upper), (Bound::Unbounded, Bound::Unbounded))
-                || !matches!(position, Position::Start);
-            if range_conditions {
-                and(&mut sql);
-                sql.push("(");
-                let mut first = true;
-                let mut sep = |sql: &mut crate::sql::Statement<'_>| {
-                    if !first {
-                        sql.push(" AND ");
-                    }
-                    first = false;
-                };
-                for (key, value) in keys.iter().zip(&self.prefix) {
-                    sep(&mut sql);
-                    let slot = bind(&mut sql, value)?;
-                    conditions.push(sql::compare(&mut sql, key.field, Op::Eq, slot)?);
-                }
-                let bounded = keys[p].field;
-                for (bound, inclusive, exclusive) in [(&self.lower, Op::Gte, Op::Gt), (&self.upper, Op::Lte, Op::Lt)] {
-                    let (op, value) = match bound {
-                        Bound::Unbounded => continue,
-                        Bound::Included(v) => (inclusive, v),
-                        Bound::Excluded(v) => (exclusive, v),
-                    };
-                    sep(&mut sql);
-                    let slot = bind(&mut sql, value)?;
-                    conditions.push(sql::compare(&mut sql, bounded, op, slot)?);
-                }
-                if let Position::After(values, inclusive) | Position::Before(values, inclusive) = &position {
-                    sep(&mut sql);
-                    let slots = values.iter().map(|v| bind(&mut sql, v)).collect::<Result<Vec<_>>>()?;
-                    conditions.push(sql::after(&mut sql, &keys[p..], &slots, *inclusive)?);
-                }
-                sql.push(")");
-            }
-            // `a AND b AND c` nests to the left; the filter's own AND above it adds one level.
-            let mut height = 0;
-            for (i, &h) in conditions.iter().enumerate() {
-                height = if i == 0 { h } else { 1 + height.max(h) };
-            }
-            sql.fit(height + usize::from(!self.filters.is_empty()), crate::sql::MAX_EXPR_DEPTH)?;
-            for (i, key) in keys.iter().enumerate() {
-                sql.push(if i == 0 { " ORDER BY " } else { ", " });
-                sql.field(key.field)?;
-                sql.push(if key.descending { " DESC" } else { " ASC" });
-            }
-            sql.push(" LIMIT ");
-            let n = sql.bind_param(Value::Integer(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)));
-            sql.push_slot(n);
+            let conditions = scan.push_conditions(&mut sql, if filtered { " AND " } else { " WHERE " })?;
+            sql.fit(and_height(&conditions) + usize::from(filtered), crate::sql::MAX_EXPR_DEPTH)?;
+            scan.push_order_and_limit(&mut sql, limit)?;
             let (text, params) = sql.finish()?;
             let first_key = 1 + meta.doc_columns.matches(',').count() + 1;
             let mut rows: Vec<(T, Vec<Value>)> = Vec::new();
@@ -627,30 +487,282 @@ impl<'c, T: Document, B> Range<'c, T, B> {
             })?;
             Ok((rows, more))
         })?;
-        let mut rows = rows;
-        if backward {
-            rows.reverse();
-        }
-        let sign = |key: &Vec<Value>, inclusive: bool| {
-            let refs: Vec<ValueRef<'_>> = key.iter().map(Value::as_ref).collect();
-            self.key.sign(context, &refs, inclusive)
-        };
-        let first = rows.first().map(|r| sign(&r.1, false));
-        let last = rows.last().map(|r| sign(&r.1, false));
-        // An empty page read from a cursor: the way back (or on) starts at that cursor,
-        // including its own row, which the page it came from ended with.
-        let reopened = |values: &Vec<Value>| Some(sign(values, true));
-        let (next, prev) = match &position {
-            Position::Start => (if has_more { last } else { None }, None),
-            Position::After(values, _) => {
-                (if has_more { last } else { None }, if rows.is_empty() { reopened(values) } else { first })
-            }
-            Position::Before(values, _) => {
-                (if rows.is_empty() { reopened(values) } else { last }, if has_more { first } else { None })
-            }
-        };
-        Ok(Page { items: rows.into_iter().map(|r| r.0).collect(), next, prev, has_more })
+        Ok(finish_page(self.key, context, position, rows, has_more))
     }
+}
+
+/// What both range builders gather before they run ([`Range`] and
+/// [`IndexRange`](index::IndexRange)): their builder methods are these.
+#[derive(Debug, Clone)]
+struct Spec {
+    prefix: Vec<Value>,
+    lower: Bound<Value>,
+    upper: Bound<Value>,
+    descending: bool,
+    limit: usize,
+    after: Option<Cursor>,
+    before: Option<Cursor>,
+    /// The first value that could not be bound, reported when the range runs.
+    invalid: Option<String>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            prefix: Vec::new(),
+            lower: Bound::Unbounded,
+            upper: Bound::Unbounded,
+            descending: false,
+            limit: DEFAULT_PAGE_SIZE,
+            after: None,
+            before: None,
+            invalid: None,
+        }
+    }
+}
+
+impl Spec {
+    fn between<Q: QueryValue<B> + Clone, B>(&mut self, bounds: impl RangeBounds<Q>) {
+        self.lower = owned_bound(bounds.start_bound(), &mut self.invalid);
+        self.upper = owned_bound(bounds.end_bound(), &mut self.invalid);
+    }
+
+    /// Sets the upper bound (`upper`) or the lower one to `value`, `inclusive` or not.
+    fn bound(&mut self, upper: bool, inclusive: bool, value: std::result::Result<Value, ValueError>) {
+        let value = value.unwrap_or_else(|e| {
+            self.invalid.get_or_insert(e.0);
+            Value::Null
+        });
+        let bound = if inclusive { Bound::Included(value) } else { Bound::Excluded(value) };
+        if upper {
+            self.upper = bound;
+        } else {
+            self.lower = bound;
+        }
+    }
+
+    fn prefix(&mut self, values: &impl KeyPrefix) {
+        match values.key_values() {
+            Ok(values) => self.prefix = values,
+            Err(e) => {
+                self.invalid.get_or_insert(e.0);
+            }
+        }
+    }
+
+    /// Starts after `cursor` (`after`) or ends before it, replacing the other.
+    fn cursor(&mut self, cursor: &Cursor, after: bool) {
+        (self.after, self.before) = if after { (Some(cursor.clone()), None) } else { (None, Some(cursor.clone())) };
+    }
+
+    /// Refuses what the builder methods could not: a value that cannot be bound, a limit of 0.
+    fn check(&self, collection: &str) -> Result<()> {
+        if let Some(reason) = &self.invalid {
+            return Err(Error::invalid_query(collection, format!("a range bound or prefix cannot be bound: {reason}")));
+        }
+        if self.limit == 0 {
+            return Err(Error::invalid_query(collection, "a range's limit must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Where the page starts, the cursor checked against `context` and `expected` values.
+    fn position(&self, key: &CursorKey, context: &[u8], expected: usize) -> Result<Position> {
+        Position::of(key, context, self.after.as_ref(), self.before.as_ref(), expected)
+    }
+
+    fn scan<'a>(&'a self, keys: &'a [Key], position: &'a Position) -> Scan<'a> {
+        Scan { keys, prefix: &self.prefix, lower: &self.lower, upper: &self.upper, position }
+    }
+
+    /// Writes what a cursor is signed over besides its index: the direction, the prefix and
+    /// the bounds.
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(u8::from(self.descending));
+        encode_value(out, ValueRef::Integer(self.prefix.len() as i64));
+        for v in &self.prefix {
+            encode_value(out, v.as_ref());
+        }
+        for bound in [&self.lower, &self.upper] {
+            match bound {
+                Bound::Unbounded => out.push(0),
+                Bound::Included(v) => {
+                    out.push(1);
+                    encode_value(out, v.as_ref());
+                }
+                Bound::Excluded(v) => {
+                    out.push(2);
+                    encode_value(out, v.as_ref());
+                }
+            }
+        }
+    }
+}
+
+/// Where a page starts.
+#[derive(Debug, Clone)]
+enum Position {
+    Start,
+    /// After the key; `true`: at or after it.
+    After(Vec<Value>, bool),
+    /// Before the key; `true`: at or before it.
+    Before(Vec<Value>, bool),
+}
+
+impl Position {
+    /// Where `after` or `before` (at most one is set) says a page starts, once `key` has
+    /// checked the cursor against `context` and its key holds `expected` values.
+    fn of(
+        key: &CursorKey,
+        context: &[u8],
+        after: Option<&Cursor>,
+        before: Option<&Cursor>,
+        expected: usize,
+    ) -> Result<Position> {
+        Ok(match (after, before) {
+            (Some(c), _) => {
+                let (inclusive, values) = key.verify(context, c, expected)?;
+                Position::After(values, inclusive)
+            }
+            (None, Some(c)) => {
+                let (inclusive, values) = key.verify(context, c, expected)?;
+                Position::Before(values, inclusive)
+            }
+            (None, None) => Position::Start,
+        })
+    }
+
+    fn backward(&self) -> bool {
+        matches!(self, Position::Before(..))
+    }
+
+    /// The cursor's key, if the page starts at one.
+    fn key(&self) -> Option<&[Value]> {
+        match self {
+            Position::Start => None,
+            Position::After(values, _) | Position::Before(values, _) => Some(values),
+        }
+    }
+
+    /// The position a page's cursor continues from, in the direction this one reads.
+    fn continued(&self, cursor: &Cursor) -> Position {
+        let (inclusive, values) = cursor.decoded().unwrap_or_default();
+        if self.backward() { Position::Before(values, inclusive) } else { Position::After(values, inclusive) }
+    }
+}
+
+/// What both kinds of range scan the same way: the keys, the prefix, the bounds and where
+/// the page starts.
+struct Scan<'a> {
+    /// Every key of the scan, the id last, each in the direction this page reads it.
+    keys: &'a [Key],
+    prefix: &'a [Value],
+    lower: &'a Bound<Value>,
+    upper: &'a Bound<Value>,
+    position: &'a Position,
+}
+
+/// A value for a key comparison: `None` for NULL, which [`sql::compare`] writes as `IS NULL`.
+fn bind_key(sql: &mut crate::sql::Statement<'_>, v: &Value) -> Result<Option<Slot>> {
+    if matches!(v, Value::Null) { Ok(None) } else { sql.bind(v.clone()).map(Some) }
+}
+
+impl Scan<'_> {
+    /// Writes `<lead>(<prefix> AND <bounds> AND <position>)`, if there is any of them, and
+    /// returns the height of each condition.
+    fn push_conditions(&self, sql: &mut crate::sql::Statement<'_>, lead: &str) -> Result<Vec<usize>> {
+        let mut conditions: Vec<usize> = Vec::new();
+        let bounded = !matches!((self.lower, self.upper), (Bound::Unbounded, Bound::Unbounded));
+        if self.prefix.is_empty() && !bounded && self.position.key().is_none() {
+            return Ok(conditions);
+        }
+        sql.push(lead);
+        sql.push("(");
+        let sep = |sql: &mut crate::sql::Statement<'_>, conditions: &Vec<usize>| {
+            if !conditions.is_empty() {
+                sql.push(" AND ");
+            }
+        };
+        for (key, value) in self.keys.iter().zip(self.prefix) {
+            sep(sql, &conditions);
+            let slot = bind_key(sql, value)?;
+            conditions.push(sql::compare(sql, key.field, Op::Eq, slot)?);
+        }
+        let field = self.keys[self.prefix.len()].field;
+        for (bound, inclusive, exclusive) in [(self.lower, Op::Gte, Op::Gt), (self.upper, Op::Lte, Op::Lt)] {
+            let (op, value) = match bound {
+                Bound::Unbounded => continue,
+                Bound::Included(v) => (inclusive, v),
+                Bound::Excluded(v) => (exclusive, v),
+            };
+            sep(sql, &conditions);
+            let slot = bind_key(sql, value)?;
+            conditions.push(sql::compare(sql, field, op, slot)?);
+        }
+        if let Position::After(values, inclusive) | Position::Before(values, inclusive) = self.position {
+            sep(sql, &conditions);
+            let slots = values.iter().map(|v| bind_key(sql, v)).collect::<Result<Vec<_>>>()?;
+            conditions.push(sql::after(sql, &self.keys[self.prefix.len()..], &slots, *inclusive)?);
+        }
+        sql.push(")");
+        Ok(conditions)
+    }
+
+    /// Writes `ORDER BY` over the keys after the prefix (the prefix's equalities fix the
+    /// others, and sorting by them too only costs) and `LIMIT` one more row than `limit`.
+    fn push_order_and_limit(&self, sql: &mut crate::sql::Statement<'_>, limit: usize) -> Result<()> {
+        for (i, key) in self.keys[self.prefix.len()..].iter().enumerate() {
+            sql.push(if i == 0 { " ORDER BY " } else { ", " });
+            sql.field(key.field)?;
+            sql.push(if key.descending { " DESC" } else { " ASC" });
+        }
+        sql.push(" LIMIT ");
+        let n = sql.bind_param(Value::Integer(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)));
+        sql.push_slot(n);
+        Ok(())
+    }
+}
+
+/// The height of conditions joined by `AND`: `a AND b AND c` nests to the left.
+fn and_height(conditions: &[usize]) -> usize {
+    let mut height = 0;
+    for (i, &h) in conditions.iter().enumerate() {
+        height = if i == 0 { h } else { 1 + height.max(h) };
+    }
+    height
+}
+
+/// The page of `rows` (each with its cursor key) read at `position`, in the range's order,
+/// with its cursors signed over `context`.
+fn finish_page<I>(
+    key: &CursorKey,
+    context: &[u8],
+    position: &Position,
+    mut rows: Vec<(I, Vec<Value>)>,
+    has_more: bool,
+) -> Page<I> {
+    if position.backward() {
+        rows.reverse();
+    }
+    let sign = |values: &[Value], inclusive: bool| {
+        let refs: Vec<ValueRef<'_>> = values.iter().map(Value::as_ref).collect();
+        key.sign(context, &refs, inclusive)
+    };
+    let first = rows.first().map(|r| sign(&r.1, false));
+    let last = rows.last().map(|r| sign(&r.1, false));
+    // An empty page read from a cursor: the way back (or on) starts at that cursor,
+    // including its own row, which the page it came from ended with.
+    let reopened = |values: &[Value]| Some(sign(values, true));
+    let (next, prev) = match position {
+        Position::Start => (if has_more { last } else { None }, None),
+        Position::After(values, _) => {
+            (if has_more { last } else { None }, if rows.is_empty() { reopened(values) } else { first })
+        }
+        Position::Before(values, _) => {
+            (if rows.is_empty() { reopened(values) } else { last }, if has_more { first } else { None })
+        }
+    };
+    Page { items: rows.into_iter().map(|r| r.0).collect(), next, prev, has_more }
 }
 
 /// Writes the filters into a cursor's context, unambiguously: each node in preorder with its
@@ -720,62 +832,90 @@ fn encode_filters(out: &mut Vec<u8>, filters: &[Expr]) {
     }
 }
 
-/// The iterator of [`Range::iter`]: one page read at a time.
-struct RangeIter<'c, T, B> {
+/// A range checked and ready to read pages, for [`Pager`].
+struct Prepared<'c, T, B> {
     range: Range<'c, T, B>,
+    index: IndexKeys,
+    context: Vec<u8>,
+}
+
+impl<T: Document, B> PageSource for Prepared<'_, T, B> {
+    type Item = T;
+
+    fn read(&self, position: &Position, limit: usize) -> Result<Page<T>> {
+        self.range.page(&self.index, &self.context, position, limit)
+    }
+
+    fn invalid(&self, reason: &str) -> Error {
+        self.range.invalid_query(reason)
+    }
+}
+
+/// What [`Pager`] reads pages from.
+trait PageSource {
+    type Item;
+
+    /// The page of at most `limit` items at `position`.
+    fn read(&self, position: &Position, limit: usize) -> Result<Page<Self::Item>>;
+
+    /// The error for a range that cannot run.
+    fn invalid(&self, reason: &str) -> Error;
+}
+
+/// The iterator of the ranges' `iter`: one page read at a time, from the position of the
+/// last page's cursor.
+struct Pager<S: PageSource> {
     /// The checked start, taken on the first call.
-    start: Option<Result<(IndexKeys, Vec<u8>, Position)>>,
-    keys: Option<(IndexKeys, Vec<u8>, Position)>,
+    start: Option<Result<(S, Position)>>,
+    state: Option<(S, Position)>,
     page_size: usize,
-    buffer: VecDeque<T>,
+    buffer: VecDeque<S::Item>,
     done: bool,
 }
 
-impl<T: Document, B> Iterator for RangeIter<'_, T, B> {
-    type Item = Result<T>;
+impl<S: PageSource> Pager<S> {
+    fn new(start: Result<(S, Position)>, page_size: usize) -> Self {
+        Pager { start: Some(start), state: None, page_size, buffer: VecDeque::new(), done: false }
+    }
+}
 
-    fn next(&mut self) -> Option<Result<T>> {
+impl<S: PageSource> Iterator for Pager<S> {
+    type Item = Result<S::Item>;
+
+    fn next(&mut self) -> Option<Result<S::Item>> {
         loop {
-            let backward = matches!(self.keys.as_ref().map(|k| &k.2), Some(Position::Before(..)));
+            let backward = self.state.as_ref().is_some_and(|s| s.1.backward());
             let item = if backward { self.buffer.pop_back() } else { self.buffer.pop_front() };
-            if let Some(doc) = item {
-                return Some(Ok(doc));
+            if let Some(item) = item {
+                return Some(Ok(item));
             }
             if self.done {
                 return None;
             }
             if let Some(start) = self.start.take() {
                 match start {
-                    Ok(keys) => self.keys = Some(keys),
+                    Ok(state) => self.state = Some(state),
                     Err(e) => {
                         self.done = true;
                         return Some(Err(e));
                     }
                 }
             }
-            let (index, context, position) = self.keys.as_ref()?;
+            let (source, position) = self.state.as_mut()?;
             if self.page_size == 0 {
                 self.done = true;
-                return Some(Err(self.range.invalid_query("a range's page size must be at least 1")));
+                return Some(Err(source.invalid("a range's page size must be at least 1")));
             }
-            match self.range.page(index, context, position.clone(), self.page_size) {
+            match source.read(position, self.page_size) {
                 Err(e) => {
                     self.done = true;
                     return Some(Err(e));
                 }
                 Ok(page) => {
-                    self.done = !page.has_more;
-                    let backward = matches!(position, Position::Before(..));
-                    let cursor = if backward { page.prev } else { page.next };
-                    if let (Some(cursor), Some(keys)) = (cursor, self.keys.as_mut()) {
-                        let (inclusive, values) = cursor.decoded().unwrap_or_default();
-                        keys.2 = if backward {
-                            Position::Before(values, inclusive)
-                        } else {
-                            Position::After(values, inclusive)
-                        };
-                    } else {
-                        self.done = true;
+                    let cursor = if position.backward() { page.prev } else { page.next };
+                    match cursor {
+                        Some(cursor) if page.has_more => *position = position.continued(&cursor),
+                        _ => self.done = true,
                     }
                     self.buffer.extend(page.items);
                 }

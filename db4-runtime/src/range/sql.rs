@@ -4,8 +4,9 @@
 //!
 //! A keyset position over keys `k1..km` (the id last) is the lexicographic comparison
 //! `k1 > v1 OR (k1 = v1 AND (k2 > v2 OR ...))`, each value bound once and its parameter reused.
-//! Consecutive keys scanned in the same direction that cannot be `None` are compared as one
-//! row value, `(k1, k2) > (?1, ?2)`, which SQLite turns into a seek on the index: the usual
+//! Consecutive keys scanned in the same direction, with non-`None` cursor values, that cannot
+//! be `None` or are scanned ascending (where a NULL row value is rightly false) are compared as
+//! one row value, `(k1, k2) > (?1, ?2)`, which SQLite turns into a seek on the index: the usual
 //! one-field range is the single comparison `(x, "_id") > (?1, ?2)`.
 
 use crate::error::Result;
@@ -90,14 +91,18 @@ struct Group {
     start: usize,
     end: usize,
     descending: bool,
-    /// Compared as a row value (no key can be NULL here), else one null-aware key.
+    /// Compared as a row value (no value is NULL, no key descends through NULLs), else one
+    /// null-aware key.
     row: bool,
 }
 
 fn groups(keys: &[Key], values: &[Option<Slot>]) -> Vec<Group> {
     let mut out: Vec<Group> = Vec::new();
     for (i, key) in keys.iter().enumerate() {
-        let plain = !key.nullable && values[i].is_some();
+        // A NULL key makes a row value NULL, which is right when NULL comes before the
+        // cursor's value (an ascending key): only a descending nullable key needs the
+        // null-aware comparison.
+        let plain = values[i].is_some() && !(key.nullable && key.descending);
         if let Some(last) = out.last_mut()
             && last.row
             && plain

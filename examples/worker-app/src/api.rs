@@ -31,6 +31,11 @@
 //! cursors (`{"items", "next", "prev", "has_more"}`; the parameters are on `range_articles`): `after=<next>`
 //! continues, `before=<prev>` goes back, and rows written between pages move no other row.
 //!
+//! `PUT /scores/{id}` `{"game": "chess", "score": 1500}`, `DELETE /scores/{id}` and
+//! `GET /scores?prefix=<game>&gt=&gte=&lt=&lte=&desc=1&limit=&after=&before=` do the same over a
+//! standalone [`RangeIndex`](db4::range::RangeIndex) (no document type): game, then best score
+//! first, ties by id descending (the parameters are on `range_scores`).
+//!
 //! # The change log
 //!
 //! `GET /changes?since=&limit=&wait_ms=` pages through the tenant's change log (every
@@ -306,6 +311,10 @@ fn dispatch(db: &Db, tenant: &str, req: &ApiRequest<'_>) -> ApiResult {
         (Post, ["articles", "touch"]) => touch_articles(db, body),
         (Post, ["articles", "retitle"]) => retitle_articles(db, body),
         (Get, ["articles", "range"]) => range_articles(db, &query),
+        (Get, ["scores"]) => range_scores(db, &query),
+        (Put, ["scores", id]) => put_score(db, id, body),
+        (Delete, ["scores", id]) => delete_score(db, id),
+        (_, ["scores"]) => Err(ApiError::MethodNotAllowed),
         (Get, ["search"]) => search_articles(db, &query),
         (_, ["search"]) => Err(ApiError::MethodNotAllowed),
         (Get, ["articles", id]) => get_article(db, id),
@@ -445,6 +454,98 @@ fn range_articles(db: &Db, query: &[(String, String)]) -> ApiResult {
     let page = range.fetch()?;
     Ok(ApiResponse::ok(json!({
         "items": page.items,
+        "next": page.next.map(|c| c.to_string()),
+        "prev": page.prev.map(|c| c.to_string()),
+        "has_more": page.has_more,
+    })))
+}
+
+/// The tenant's standalone range index of scores: `(game, score desc)`, opened by name, or
+/// created by the first request that needs it.
+fn scores_index(db: &Db) -> ApiResult<db4::range::RangeIndex> {
+    use db4::range::{RangeField, RangeIndex};
+    match RangeIndex::open(db, "scores") {
+        Err(db4::Error::NotFound { .. }) => Ok(RangeIndex::create(
+            db,
+            "scores",
+            &[RangeField::text("game"), RangeField::integer("score").descending()],
+        )?),
+        other => Ok(other?),
+    }
+}
+
+/// The body of `PUT /scores/{id}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScoreBody {
+    game: String,
+    score: i64,
+}
+
+fn score_json(id: &str, keys: &[db4::Value]) -> Value {
+    let game = match keys.first() {
+        Some(db4::Value::Text(t)) => json!(t),
+        _ => Value::Null,
+    };
+    let score = match keys.get(1) {
+        Some(db4::Value::Integer(n)) => json!(n),
+        _ => Value::Null,
+    };
+    json!({ "id": id, "game": game, "score": score })
+}
+
+/// `PUT /scores/{id}` `{"game", "score"}`: indexes (or re-indexes) `id`.
+fn put_score(db: &Db, id: &str, body: &[u8]) -> ApiResult {
+    let score: ScoreBody = parse_json(body)?;
+    scores_index(db)?.index(id, (score.game.as_str(), score.score))?;
+    Ok(ApiResponse::ok(json!({ "id": id, "game": score.game, "score": score.score })))
+}
+
+/// `DELETE /scores/{id}`: `{"removed": bool}`.
+fn delete_score(db: &Db, id: &str) -> ApiResult {
+    Ok(ApiResponse::ok(json!({ "removed": scores_index(db)?.remove(id)? })))
+}
+
+/// `GET /scores?prefix=&gt=&gte=&lt=&lte=&desc=1&limit=&after=&before=`: one page of the
+/// scores index, `{"items": [{"id", "game", "score"}], "next", "prev", "has_more"}`.
+///
+/// - `prefix`: a game; the bounds then apply to the score (an integer), else to the game.
+/// - `desc=1` reverses the order; `limit` is the page size (1 to 1000, default 100).
+/// - `after=<next>` / `before=<prev>` as for `GET /articles/range`: a cursor used with other
+///   parameters (but `limit`), by another tenant, or edited is 400 `invalid_cursor`.
+fn range_scores(db: &Db, query: &[(String, String)]) -> ApiResult {
+    let index = scores_index(db)?;
+    let prefixed = query.iter().any(|(k, _)| k == "prefix");
+    let bound = |key: &str, value: &str| -> ApiResult<Value> {
+        if prefixed { Ok(json!(int_param(key, value)?)) } else { Ok(json!(value)) }
+    };
+    let mut range = index.range();
+    let mut cursor_params = 0;
+    for (key, value) in query {
+        range = match key.as_str() {
+            "prefix" => range.prefix(value.as_str()),
+            "gt" => range.gt(bound(key, value)?),
+            "gte" => range.gte(bound(key, value)?),
+            "lt" => range.lt(bound(key, value)?),
+            "lte" => range.lte(bound(key, value)?),
+            "desc" if value == "1" => range.descending(),
+            "desc" if value == "0" => range.ascending(),
+            "desc" => return Err(bad_param(key, value, "0 or 1")),
+            "limit" => range.limit(limit_param(key, value)?),
+            "after" | "before" => {
+                cursor_params += 1;
+                let cursor = db4::Cursor::parse(value)?;
+                if key == "after" { range.after(&cursor) } else { range.before(&cursor) }
+            }
+            _ => return Err(ApiError::InvalidParam(format!("unknown query parameter {key:?}"))),
+        };
+    }
+    if cursor_params > 1 {
+        return Err(ApiError::InvalidParam("a range takes one cursor: `after` or `before`".to_owned()));
+    }
+    let page = range.fetch()?;
+    Ok(ApiResponse::ok(json!({
+        "items": page.items.iter().map(|e| score_json(&e.id, &e.keys)).collect::<Vec<_>>(),
         "next": page.next.map(|c| c.to_string()),
         "prev": page.prev.map(|c| c.to_string()),
         "has_more": page.has_more,

@@ -67,4 +67,5 @@ suite!(
     range_paging,
     range_cursors_refused,
     range_under_writes,
+    range_standalone_index,
 );

@@ -1759,3 +1759,93 @@ pub fn range_under_writes(t: &dyn Target) {
     back.extend(pages.last().cloned().unwrap_or_default());
     check(&back, &published, "backward by status, newest first");
 }
+
+/// Every page of `GET /scores?{query}` forwards, then backwards from the last page's `prev`:
+/// both must list `expected`.
+fn walk_scores(c: &Tenant<'_>, query: &str, expected: &[String]) {
+    let page_of = |extra: String| expect(c.get(&format!("/scores?{query}{extra}")), 200);
+    let mut pages: Vec<Vec<String>> = Vec::new();
+    let mut page = page_of(String::new());
+    loop {
+        pages.push(ids(&page["items"]));
+        assert_eq!(page["has_more"].as_bool(), Some(page["next"].is_string()), "has_more iff next: {page}");
+        let Some(next) = cursor_of(&page, "next") else { break };
+        assert!(pages.len() < 1000, "the walk does not end");
+        page = page_of(format!("&after={}", encode(&next)));
+    }
+    assert_eq!(pages.concat(), expected, "forward through {query}");
+    let mut back: Vec<String> = pages.last().cloned().unwrap_or_default();
+    let mut prev = cursor_of(&page, "prev");
+    while let Some(cursor) = prev {
+        let page = page_of(format!("&before={}", encode(&cursor)));
+        let mut ids = ids(&page["items"]);
+        ids.append(&mut back);
+        back = ids;
+        prev = cursor_of(&page, "prev");
+    }
+    assert_eq!(back, expected, "backward through {query}");
+}
+
+/// The standalone range index (`db4::range::RangeIndex`, no document type) behind
+/// `/scores`: games, then the best score first, ties by id descending; pages both ways with
+/// bounds and a prefix; re-indexing and removal; cursors bound to the tenant and the range.
+pub fn range_standalone_index(t: &dyn Target) {
+    let a = Tenant::new(t, "range_scores_a");
+    let b = Tenant::new(t, "range_scores_b");
+    let games = ["chess", "go", "shogi"];
+    let scores: Vec<(String, &str, i64)> =
+        (0..17).map(|i: i64| (format!("p-{i:02}"), games[(i % 3) as usize], 1000 + (i * 37) % 11 * 10)).collect();
+    for c in [&a, &b] {
+        for (id, game, score) in &scores {
+            let reply = expect(c.put(&format!("/scores/{id}"), &json!({ "game": game, "score": score })), 200);
+            assert_eq!(reply["score"], *score);
+        }
+    }
+    let order = |keep: &dyn Fn(&str, i64) -> bool| -> Vec<String> {
+        let mut kept: Vec<&(String, &str, i64)> = scores.iter().filter(|(_, g, s)| keep(g, *s)).collect();
+        kept.sort_by(|x, y| x.1.cmp(y.1).then(y.2.cmp(&x.2)).then(y.0.cmp(&x.0)));
+        kept.iter().map(|s| s.0.clone()).collect()
+    };
+    let all = order(&|_, _| true);
+    let first = expect(a.get("/scores?limit=2"), 200);
+    assert_eq!(ids(&first["items"]), all[..2]);
+    assert_eq!(first["items"][0]["game"], "chess");
+    for limit in [1, 3, 17, 100] {
+        walk_scores(&a, &format!("limit={limit}"), &all);
+    }
+    let reversed: Vec<String> = all.iter().rev().cloned().collect();
+    walk_scores(&a, "desc=1&limit=4", &reversed);
+    walk_scores(&a, "prefix=go&limit=2", &order(&|g, _| g == "go"));
+    walk_scores(&a, "prefix=chess&gte=1030&lt=1080&limit=2", &order(&|g, s| g == "chess" && (1030..1080).contains(&s)));
+    walk_scores(&a, "gt=chess&limit=5", &order(&|g, _| g > "chess"));
+
+    // Re-indexing moves an entry; removing drops it.
+    expect(a.put("/scores/p-00", &json!({ "game": "go", "score": 5000 })), 200);
+    assert_eq!(ids(&expect(a.get("/scores?prefix=go&limit=1"), 200)["items"]), ["p-00"]);
+    assert_eq!(expect(a.delete("/scores/p-00"), 200)["removed"], true);
+    assert_eq!(expect(a.delete("/scores/p-00"), 200)["removed"], false);
+    assert!(!ids(&expect(a.get("/scores?limit=100"), 200)["items"]).contains(&"p-00".to_owned()));
+
+    // Cursors: another tenant, another range, an edit.
+    let page = expect(a.get("/scores?prefix=chess&limit=2"), 200);
+    let next = cursor_of(&page, "next").expect("a next cursor");
+    let after = |c: &Tenant<'_>, query: &str| c.get(&format!("/scores?{query}&after={}", encode(&next)));
+    expect(after(&a, "prefix=chess&limit=2"), 200);
+    expect_error(after(&b, "prefix=chess&limit=2"), 400, "invalid_cursor");
+    for other in ["prefix=go&limit=2", "limit=2", "prefix=chess&desc=1", "prefix=chess&gt=1000"] {
+        expect_error(after(&a, other), 400, "invalid_cursor");
+    }
+    let mut edited = next.clone().into_bytes();
+    let last = edited.len() - 1;
+    edited[last] = if edited[last] == b'A' { b'B' } else { b'A' };
+    let edited = String::from_utf8(edited).expect("ascii");
+    expect_error(a.get(&format!("/scores?prefix=chess&after={}", encode(&edited))), 400, "invalid_cursor");
+    expect_error(a.get("/scores?after=garbage!"), 400, "invalid_cursor");
+
+    // Bad input.
+    expect_error(a.get("/scores?prefix=chess&gt=high"), 400, "invalid_query");
+    expect_error(a.get("/scores?limit=0"), 400, "invalid_query");
+    expect_error(a.get("/scores?colour=red"), 400, "invalid_query");
+    expect_error(a.put("/scores/p-99", &json!({ "game": "chess" })), 400, "bad_json");
+    expect_error(a.call("POST", "/scores", Some(b"{}")), 405, "method_not_allowed");
+}
