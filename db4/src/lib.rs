@@ -15,9 +15,12 @@ pub use db4_runtime::{
 // Ranges over ordered indexes, with keyset cursors.
 pub use db4_runtime::{Cursor, Page, Range};
 // Documents and their schemas (what `#[derive(Document)]` implements and builds).
+/// The sharded router, also in [`shard`].
+#[cfg(all(feature = "sqlite", feature = "fs"))]
+pub use db4_runtime::shard::{ShardRouter, ShardRouterConfig};
 pub use db4_runtime::{
     Document, DocumentId, FieldDef, FtsText, IdArg, IdKind, IndexDef, IndexField, IndexKind, Numeric, OptionField,
-    Ordered, QueryValue, Schema, TextField, Tokenizer, VersionValue,
+    Ordered, Partitioned, QueryValue, Schema, TextField, Tokenizer, VersionValue,
 };
 // Values as SQLite stores them.
 pub use db4_runtime::{Value, ValueError, ValueRef, to_value};
@@ -186,6 +189,11 @@ pub mod fts {
 /// # Ok(()) }
 /// ```
 pub mod shard {
+    #[cfg(all(feature = "sqlite", feature = "fs"))]
+    pub use db4_runtime::shard::{
+        AUTO_SPLIT_EVERY, DirTransport, MemoryTransport, ShardInfo, ShardQuery, ShardRouter, ShardRouterConfig,
+        ShardTransaction, ShardTransport, SplitReport,
+    };
     pub use db4_runtime::shard::{
         CacheStats, HashRing, HotConfig, HotTracker, KeyLoad, MAX_RING_POINTS, MAX_SHARDS, MigrationPlan,
         MigrationStep, MovedRange, Placement, PlanReason, QueryPlan, RoutingCache, ShardId, ShardLoad, SourceProgress,

@@ -21,6 +21,8 @@ mod range_props;
 mod search;
 mod search_props;
 mod serde_features;
+mod shard_crash;
+mod shard_router;
 mod spans;
 mod stats;
 mod versioning;
