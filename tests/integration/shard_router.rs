@@ -441,3 +441,54 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+#[test]
+fn queries_during_a_split_see_each_document_once() -> db4::Result<()> {
+    let dir = TempDir::new("shard-split-readers");
+    let router = ShardRouter::<Ticket>::open(dir.path(), config(2))?;
+    for i in 0..3000 {
+        router.insert(&ticket(i, &format!("k{}", i % 131)))?;
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (router, done) = (router.clone(), done.clone());
+        std::thread::spawn(move || -> db4::Result<u64> {
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(router.query().count()?, 3000);
+                let page = router.query().order_by(Ticket::fields().score.desc()).offset(10).limit(50).all()?;
+                assert_eq!(page.len(), 50);
+                let ids: Vec<i64> =
+                    router.query().order_by(Ticket::fields().id.asc()).all()?.iter().map(|t| t.id).collect();
+                assert_eq!(ids, (0..3000).collect::<Vec<_>>());
+                reads += 1;
+            }
+            Ok(reads)
+        })
+    };
+    let source = router.shard_for(&"k1".to_string())?;
+    router.split(source)?;
+    let second = router.shard_for(&"k2".to_string())?;
+    router.split(second)?;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().expect("the reader panicked")?;
+    assert!(reads > 0);
+    assert_eq!(everything(&router)?.len(), 3000);
+    Ok(())
+}
+
+#[test]
+fn a_hot_shard_splits_itself_when_asked_to() -> db4::Result<()> {
+    let router = ShardRouter::<Ticket>::in_memory(ShardRouterConfig {
+        auto_split: true,
+        hot_shard_threshold: 1.0,
+        ..config(2)
+    })?;
+    for i in 0..(db4::shard::AUTO_SPLIT_EVERY as i64 + 10) {
+        router.insert(&ticket(i, &format!("k{i}")))?;
+    }
+    assert_eq!(router.shards().len(), 3, "one automatic split after {} operations", db4::shard::AUTO_SPLIT_EVERY);
+    assert_eq!(router.query().count()?, db4::shard::AUTO_SPLIT_EVERY + 10);
+    assert_eq!(everything(&router)?.len() as u64, db4::shard::AUTO_SPLIT_EVERY + 10);
+    Ok(())
+}
