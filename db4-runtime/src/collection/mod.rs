@@ -411,6 +411,11 @@ fn get_many<T: Document, I: IdArg<T::Id>>(
     ids: impl IntoIterator<Item = I>,
 ) -> Result<Vec<Option<T>>> {
     let keys = ids.into_iter().map(|id| id_value::<T>(&slot.get(), &id)).collect::<Result<Vec<_>>>()?;
+    get_many_keys(runner, slot, &keys)
+}
+
+/// [`get_many`] by stored ids.
+fn get_many_keys<T: Document>(runner: Runner<'_>, slot: &MetaSlot, keys: &[Value]) -> Result<Vec<Option<T>>> {
     let lists = json_lists(keys.iter().map(Value::as_ref), MAX_VALUE_BYTES);
     let mut positions: HashMap<IdKey, Vec<usize>> = HashMap::with_capacity(keys.len());
     for (i, k) in keys.iter().enumerate() {
@@ -449,6 +454,11 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// bumped), in one transaction; returns how many.
     pub(crate) fn put_many<'d>(&self, docs: impl IntoIterator<Item = &'d T>) -> Result<u64> {
         write_many(self.runner(), &self.slot, docs, |w, meta, enc| w.apply(meta, Op::Put(enc)).map(drop))
+    }
+
+    /// Reads documents by stored ids, aligned with `keys`.
+    pub(crate) fn get_keys(&self, keys: &[Value]) -> Result<Vec<Option<T>>> {
+        get_many_keys(self.runner(), &self.slot, keys)
     }
 
     /// Deletes the documents with these stored ids, in one transaction; returns how many.

@@ -13,8 +13,8 @@ use crate::Config;
 use crate::data::{SEED, SplitMix64};
 use crate::measure::{format_duration, median};
 use crate::raw::BoxResult;
-use db4::shard::{HashRing, ShardRouter, ShardRouterConfig};
-use db4::{Collection, Db, Document};
+use db4::shard::{DirTransport, HashRing, ShardRouter, ShardRouterConfig};
+use db4::{Collection, Db, DbOptions, Document, Synchronous};
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -62,7 +62,8 @@ pub fn run(config: &Config) -> BoxResult<()> {
     lookups(config)?;
     let insert_docs = config.docs.min(5_000);
     let docs = events(config.docs);
-    inserts(config, &docs[..insert_docs])?;
+    inserts(config, &docs[..insert_docs], Synchronous::Full)?;
+    inserts(config, &docs[..insert_docs], Synchronous::Normal)?;
     top(config, &docs)?;
     println!("\n  load average at end: {}", crate::load_average());
     Ok(())
@@ -103,24 +104,25 @@ fn lookups(config: &Config) -> BoxResult<()> {
     Ok(())
 }
 
-fn fresh_router(dir: &std::path::Path) -> BoxResult<ShardRouter<Event>> {
+fn fresh_router(dir: &std::path::Path, sync: Synchronous) -> BoxResult<ShardRouter<Event>> {
     let _ = std::fs::remove_dir_all(dir);
-    Ok(ShardRouter::open(dir, ShardRouterConfig { shard_count: SHARDS, ..Default::default() })?)
+    let transport = DirTransport::new(dir)?.with_options(DbOptions::default().synchronous(sync));
+    Ok(ShardRouter::with_transport(transport, ShardRouterConfig { shard_count: SHARDS, ..Default::default() })?)
 }
 
-fn fresh_db(path: &std::path::Path) -> BoxResult<Collection<Event>> {
+fn fresh_db(path: &std::path::Path, sync: Synchronous) -> BoxResult<Collection<Event>> {
     crate::remove_database(path)?;
-    Ok(Db::open(path)?.collection::<Event>()?)
+    Ok(Db::open_with(path, DbOptions::default().synchronous(sync))?.collection::<Event>()?)
 }
 
-fn inserts(config: &Config, docs: &[Event]) -> BoxResult<()> {
+fn inserts(config: &Config, docs: &[Event], sync: Synchronous) -> BoxResult<()> {
     let (dir, file) = (config.dir.join("shards-insert"), config.dir.join("shard-single-insert.sqlite"));
     let mut times: [Vec<Duration>; 2] = Default::default();
     for round in 0..=config.reps {
         for turn in 0..2 {
             let side = (round + turn) % 2;
             let elapsed = if side == 0 {
-                let router = fresh_router(&dir)?;
+                let router = fresh_router(&dir, sync)?;
                 for s in router.shards() {
                     router.shard(s)?; // open every file before timing
                 }
@@ -134,7 +136,7 @@ fn inserts(config: &Config, docs: &[Event]) -> BoxResult<()> {
                 }
                 elapsed
             } else {
-                let one = fresh_db(&file)?;
+                let one = fresh_db(&file, sync)?;
                 let start = Instant::now();
                 for d in docs {
                     one.insert(d)?;
@@ -153,7 +155,7 @@ fn inserts(config: &Config, docs: &[Event]) -> BoxResult<()> {
     let [routed, single] = times.map(|t| median(&t));
     let throughput = single.as_secs_f64() / routed.as_secs_f64();
     println!(
-        "insert, {} docs one call each (synchronous = FULL): router {} per insert   one database {} per insert   \
+        "insert, {} docs one call each ({sync:?}): router {} per insert   one database {} per insert   \
          throughput router/one {throughput:.3} (target >= {INSERT_TARGET}: {})",
         docs.len(),
         format_duration(routed / docs.len() as u32),
@@ -165,8 +167,8 @@ fn inserts(config: &Config, docs: &[Event]) -> BoxResult<()> {
 
 fn top(config: &Config, docs: &[Event]) -> BoxResult<()> {
     let (dir, file) = (config.dir.join("shards-top"), config.dir.join("shard-single-top.sqlite"));
-    let router = fresh_router(&dir)?;
-    let one = fresh_db(&file)?;
+    let router = fresh_router(&dir, Synchronous::Normal)?;
+    let one = fresh_db(&file, Synchronous::Normal)?;
     // Loaded untimed, in batches, straight into each shard and into the one database.
     for chunk in docs.chunks(10_000) {
         one.insert_many(chunk)?;

@@ -3,12 +3,16 @@
 //! the sort keys and the id.
 
 use super::{MAX_QUERY_THREADS, ShardRouter, read};
+use crate::collection::Collection;
 use crate::error::{Error, Result};
+use crate::query::Query;
+use crate::query::eval::value_cmp;
 use crate::query::{Filter, Order};
 use crate::schema::Partitioned;
-use crate::shard::merge::{merge_sorted_by, partition_key_of, plan_query, shard_fetch_limit};
+use crate::shard::merge::{kmerge_by, merge_sorted_by, partition_key_of, plan_query, shard_fetch_limit};
 use crate::shard::plan::MigrationStep;
 use crate::shard::ring::{HashRing, ShardId};
+use crate::value::Value;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -39,7 +43,11 @@ impl<T: Partitioned> std::fmt::Debug for ShardQuery<'_, T> {
     }
 }
 
+/// Per-shard answers from this size on are fetched on several threads.
+const PARALLEL_FETCH: usize = 2_000;
+
 /// What each asked shard runs.
+#[derive(Clone, Copy)]
 struct Ask<'q, T> {
     filters: &'q [Filter<T>],
     order: &'q [Order<T>],
@@ -111,12 +119,61 @@ impl<'r, T: Partitioned> ShardQuery<'r, T> {
             return q.offset(self.offset).all();
         }
         let ask = Ask { filters: &self.filters, order: &self.order, fetch: shard_fetch_limit(self.offset, self.limit) };
-        let parts = self.scatter(&shards, &stale, &state.ring, &ask)?;
-        drop(state);
         let mut order: Vec<(usize, bool)> = self.order.iter().map(|o| (o.field, o.descending)).collect();
         let last_desc = order.last().is_some_and(|o| o.1);
-        order.push((id_index::<T>(), last_desc));
-        merge_sorted_by(parts, T::schema(), &order, self.offset, self.limit)
+        if !stale.is_empty() {
+            let parts = scatter(&shards, true, |&shard| self.documents(shard, &stale, &state.ring, &ask))?;
+            drop(state);
+            order.push((id_index::<T>(), last_desc));
+            return merge_sorted_by(parts, T::schema(), &order, self.offset, self.limit);
+        }
+        // Threads pay for big answers only: for a page, each shard's statement is a few tens of
+        // microseconds, less than starting and joining threads (measured in db4-compare).
+        let parallel = ask.fetch.is_none_or(|n| n >= PARALLEL_FETCH);
+        // Two phases: the shards' ids and sort keys, merged; then only the documents kept.
+        let parts = scatter(&shards, parallel, |&shard| {
+            let c = self.router.collection(shard)?;
+            let keys = self.shard_query(&c, &ask).keys()?;
+            Ok(keys.into_iter().map(|(id, keys)| (shard, id, keys)).collect::<Vec<_>>())
+        })?;
+        if order.is_empty() {
+            order.push((id_index::<T>(), false));
+        }
+        let picked = kmerge_by(
+            parts,
+            |a, b| {
+                for (i, &(_, descending)) in order.iter().enumerate() {
+                    let c = value_cmp(&a.2[i], &b.2[i]);
+                    let c = if descending { c.reverse() } else { c };
+                    if c != std::cmp::Ordering::Equal {
+                        return c;
+                    }
+                }
+                let c = value_cmp(&a.1, &b.1);
+                if last_desc { c.reverse() } else { c }
+            },
+            self.offset,
+            self.limit,
+        );
+        let mut wanted: Vec<(ShardId, Vec<Value>)> = Vec::new();
+        for (shard, id, _) in &picked {
+            match wanted.iter_mut().find(|(s, _)| s == shard) {
+                Some((_, ids)) => ids.push(id.clone()),
+                None => wanted.push((*shard, vec![id.clone()])),
+            }
+        }
+        let fetched = scatter(&wanted, parallel, |(shard, ids)| self.router.collection(*shard)?.get_keys(ids))?;
+        drop(state);
+        let mut docs: Vec<std::vec::IntoIter<Option<T>>> = fetched.into_iter().map(Vec::into_iter).collect();
+        let mut out = Vec::with_capacity(picked.len());
+        for (shard, _, _) in &picked {
+            let at = wanted.iter().position(|(s, _)| s == shard).unwrap_or(0);
+            // A document deleted between the two phases is left out.
+            if let Some(Some(doc)) = docs.get_mut(at).and_then(Iterator::next) {
+                out.push(doc);
+            }
+        }
+        Ok(out)
     }
 
     /// Runs the query and returns the first matching document.
@@ -176,61 +233,68 @@ impl<'r, T: Partitioned> ShardQuery<'r, T> {
         }
     }
 
-    /// Each shard's answer, asked on up to [`MAX_QUERY_THREADS`] threads.
-    fn scatter(&self, shards: &[ShardId], stale: &[ShardId], ring: &HashRing, ask: &Ask<'_, T>) -> Result<Vec<Vec<T>>> {
-        let one = |shard: ShardId| -> Result<Vec<T>> {
-            let c = self.router.collection(shard)?;
-            let mut q = c.query();
-            for f in ask.filters {
-                q = q.filter(f.clone());
-            }
-            for o in ask.order {
-                q = q.order_by(*o);
-            }
-            if ask.order.is_empty() {
-                q = q.order_by(id_order::<T>(false));
-            }
-            let is_stale = stale.contains(&shard);
-            if let (Some(n), false) = (ask.fetch, is_stale) {
-                q = q.limit(n);
-            }
-            let mut docs = q.all()?;
-            if is_stale {
-                let mut kept = Vec::with_capacity(docs.len());
-                for doc in docs {
-                    let owner = partition_key_of(&doc)?.map(|v| ring.shard_for_value(&v));
-                    if owner == Some(shard) {
-                        kept.push(doc);
-                    }
-                }
-                docs = kept;
-            }
-            Ok(docs)
-        };
-        let threads = shards.len().min(MAX_QUERY_THREADS);
-        if threads <= 1 {
-            return shards.iter().map(|&s| one(s)).collect();
+    /// The query one shard runs.
+    fn shard_query<'c>(&self, c: &'c Collection<T>, ask: &Ask<'_, T>) -> Query<'c, T> {
+        let mut q = c.query();
+        for f in ask.filters {
+            q = q.filter(f.clone());
         }
-        let next = AtomicUsize::new(0);
-        let slots: Mutex<Vec<Option<Result<Vec<T>>>>> = Mutex::new((0..shards.len()).map(|_| None).collect());
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&shard) = shards.get(i) else { break };
-                        let answer = one(shard);
-                        super::lock(&slots)[i] = Some(answer);
-                    }
-                });
-            }
-        });
-        let slots = slots.into_inner().unwrap_or_else(|e| e.into_inner());
-        slots
-            .into_iter()
-            .map(|s| s.unwrap_or_else(|| Err(Error::invalid_query(T::schema().collection(), "a shard did not answer"))))
-            .collect()
+        for o in ask.order {
+            q = q.order_by(*o);
+        }
+        if ask.order.is_empty() {
+            q = q.order_by(id_order::<T>(false));
+        }
+        if let Some(n) = ask.fetch {
+            q = q.limit(n);
+        }
+        q
     }
+
+    /// A shard's matching documents, all of them, without the copies it still holds of
+    /// documents that moved away (between a split's switch and its cleanup).
+    fn documents(&self, shard: ShardId, stale: &[ShardId], ring: &HashRing, ask: &Ask<'_, T>) -> Result<Vec<T>> {
+        let c = self.router.collection(shard)?;
+        let all = Ask { fetch: if stale.contains(&shard) { None } else { ask.fetch }, ..*ask };
+        let mut docs = self.shard_query(&c, &all).all()?;
+        if stale.contains(&shard) {
+            let mut kept = Vec::with_capacity(docs.len());
+            for doc in docs {
+                if partition_key_of(&doc)?.map(|v| ring.shard_for_value(&v)) == Some(shard) {
+                    kept.push(doc);
+                }
+            }
+            docs = kept;
+        }
+        Ok(docs)
+    }
+}
+
+/// `f` of each item: with `parallel`, on up to [`MAX_QUERY_THREADS`] threads (no more than
+/// the machine has cores), else on the calling thread.
+fn scatter<I: Sync, R: Send>(items: &[I], parallel: bool, f: impl Fn(&I) -> Result<R> + Sync) -> Result<Vec<R>> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let threads = if parallel { items.len().min(MAX_QUERY_THREADS).min(cores) } else { 1 };
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let slots: Mutex<Vec<Option<Result<R>>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let answer = f(item);
+                    super::lock(&slots)[i] = Some(answer);
+                }
+            });
+        }
+    });
+    let slots = slots.into_inner().unwrap_or_else(|e| e.into_inner());
+    // Every slot is filled once the scope ends (a panicking closure would have propagated).
+    slots.into_iter().map(|s| s.unwrap_or_else(|| Err(Error::migration_state("a scatter slot stayed empty")))).collect()
 }
 
 /// `total` matches seen through `offset` and `limit`.

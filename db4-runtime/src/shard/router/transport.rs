@@ -2,7 +2,7 @@
 //! directory of SQLite files ([`DirTransport`]) and memory ([`MemoryTransport`]).
 
 use super::super::ring::ShardId;
-use crate::db::Db;
+use crate::db::{Db, DbOptions};
 use crate::error::Result;
 use std::sync::Mutex;
 
@@ -49,6 +49,7 @@ pub trait ShardTransport: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct DirTransport {
     dir: std::path::PathBuf,
+    options: DbOptions,
 }
 
 /// The manifest's file name in a [`DirTransport`]'s directory.
@@ -63,7 +64,13 @@ impl DirTransport {
     pub fn new(dir: impl AsRef<std::path::Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| crate::wal::io_error("create", &dir, e))?;
-        Ok(Self { dir })
+        Ok(Self { dir, options: DbOptions::default() })
+    }
+
+    /// The options each shard's database is opened with (the default: [`DbOptions::default`]).
+    pub fn with_options(mut self, options: DbOptions) -> Self {
+        self.options = options;
+        self
     }
 
     /// The file of `shard`.
@@ -74,7 +81,7 @@ impl DirTransport {
 
 impl ShardTransport for DirTransport {
     fn open_shard(&self, shard: ShardId) -> Result<Db> {
-        Db::open(self.shard_path(shard))
+        Db::open_with(self.shard_path(shard), self.options.clone())
     }
 
     fn load_manifest(&self) -> Result<Option<String>> {
