@@ -442,6 +442,7 @@ fn get_many_keys<T: Document>(runner: Runner<'_>, slot: &MetaSlot, keys: &[Value
 
 /// What moving documents between databases needs (the shard router's split): writes that keep
 /// the versions the documents carry, deletes by stored key, and pages in id order.
+#[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
 impl<T: Document> Collection<T> {
     /// The database the collection is in.
     pub(crate) fn db(&self) -> &Db {
@@ -449,6 +450,7 @@ impl<T: Document> Collection<T> {
     }
 }
 
+#[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
 impl<T: Document, S: Scope> Collection<T, S> {
     /// Writes the documents as they are, their `#[version]` included (not checked, not
     /// bumped), in one transaction; returns how many.

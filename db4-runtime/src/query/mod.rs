@@ -128,6 +128,7 @@ impl<'c, T: Document> Query<'c, T> {
     /// Runs the query and returns, instead of the documents, each one's stored id and the
     /// values of its sort keys as SQLite orders them (what a merge of several databases'
     /// answers needs before it reads the documents it keeps).
+    #[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
     pub(crate) fn keys(self) -> Result<Vec<(Value, Vec<Value>)>> {
         self.runner.read_meta(self.slot, |conn, meta| {
             let mut sql = meta.statement();
