@@ -103,20 +103,8 @@ impl<'r, T: Partitioned> ShardQuery<'r, T> {
         let single = shards.len() == 1 && !stale.contains(&shards[0]);
         if single {
             let c = self.router.collection(shards[0])?;
-            let mut q = c.query();
-            for f in &self.filters {
-                q = q.filter(f.clone());
-            }
-            for o in &self.order {
-                q = q.order_by(*o);
-            }
-            if self.order.is_empty() {
-                q = q.order_by(id_order::<T>(false));
-            }
-            if let Some(n) = self.limit {
-                q = q.limit(n);
-            }
-            return q.offset(self.offset).all();
+            let ask = Ask { filters: &self.filters, order: &self.order, fetch: self.limit };
+            return self.shard_query(&c, &ask).offset(self.offset).all();
         }
         let ask = Ask { filters: &self.filters, order: &self.order, fetch: shard_fetch_limit(self.offset, self.limit) };
         let mut order: Vec<(usize, bool)> = self.order.iter().map(|o| (o.field, o.descending)).collect();
@@ -205,13 +193,9 @@ impl<'r, T: Partitioned> ShardQuery<'r, T> {
         let state = read(&self.router.inner.state);
         let shards = self.shards(&state.ring)?;
         let mut total = 0u64;
+        let ask = Ask { filters: &self.filters, order: &[], fetch: None };
         for shard in shards {
-            let c = self.router.collection(shard)?;
-            let mut q = c.query();
-            for f in &self.filters {
-                q = q.filter(f.clone());
-            }
-            total += q.count()?;
+            total += self.shard_query(&self.router.collection(shard)?, &ask).count()?;
         }
         Ok(window(total, self.offset, self.limit))
     }
