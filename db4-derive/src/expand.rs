@@ -107,6 +107,7 @@ pub fn expand(cont: &Container<'_>) -> TokenStream {
         let field = f.ident;
         quote!(#field: #p::Field::__new(#i))
     });
+    let partitioned = partitioned(&p, ident, fields, None);
     let vis = cont.vis;
     let doc = format!("Typed field handles of [`{ident}`], for building queries.");
 
@@ -153,6 +154,8 @@ pub fn expand(cont: &Container<'_>) -> TokenStream {
                 }
             }
 
+            #partitioned
+
             #[automatically_derived]
             impl #ident {
                 #[doc = #doc]
@@ -188,6 +191,7 @@ pub fn fallback(cont: &Container<'_>) -> TokenStream {
         (TokenStream::new(), quote!(()), quote!(()))
     };
     let unreachable = quote!(::core::unreachable!("#[derive(Document)] failed to compile"));
+    let partitioned = partitioned(&p, ident, fields, Some(&unreachable));
     quote! {
         #fields_struct
 
@@ -203,7 +207,31 @@ pub fn fallback(cont: &Container<'_>) -> TokenStream {
                 fn version(&self) -> #p::Option<::core::primitive::u64> { #unreachable }
                 fn set_version(&mut self, _: ::core::primitive::u64) { #unreachable }
             }
+            #partitioned
         };
+    }
+}
+
+/// `Partitioned` for a struct with a `#[partition_key]` field, nothing otherwise; with
+/// `unreachable`, the fallback's accessor that is never run.
+fn partitioned(
+    p: &TokenStream,
+    ident: &syn::Ident,
+    fields: &[Field<'_>],
+    unreachable: Option<&TokenStream>,
+) -> TokenStream {
+    let Some(f) = fields.iter().find(|f| f.partition_key.is_some()) else { return TokenStream::new() };
+    let (field, ty) = (f.ident, f.ty);
+    let body = unreachable.cloned().unwrap_or_else(|| quote!(&self.#field));
+    quote! {
+        #[automatically_derived]
+        impl #p::Partitioned for #ident {
+            type PartitionKey = #ty;
+
+            fn partition_key(&self) -> &#ty {
+                #body
+            }
+        }
     }
 }
 

@@ -219,6 +219,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// A shard transaction ([`ShardRouter::transaction`](crate::shard::ShardRouter::transaction))
+    /// touched a partition key of another shard: a transaction holds one shard's keys only.
+    /// Nothing of the transaction is written.
+    #[error("{collection}: a transaction on shard {shard} cannot touch partition key {key:?} of shard {other}")]
+    CrossShard {
+        /// The collection.
+        collection: String,
+        /// The shard the transaction runs on.
+        shard: u32,
+        /// The shard the key belongs to.
+        other: u32,
+        /// The partition key, as text.
+        key: String,
+    },
+
     /// The application aborted the work with an error of its own, for example a business
     /// rule or an I/O error inside a transaction closure. Built with [`Error::aborted`]; taken
     /// back out with [`Error::downcast`], [`Error::downcast_ref`] or [`Error::into_aborted`].

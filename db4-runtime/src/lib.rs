@@ -67,7 +67,7 @@ pub use range::{
 pub use retry::{RetryPolicy, is_retryable, with_optimistic_lock};
 pub use schema::{
     Document, DocumentId, FieldDef, FtsText, IdArg, IdKind, IndexDef, IndexField, IndexKind, OptionField, Ordered,
-    QueryValue, Schema, TextField, Tokenizer, VersionValue,
+    Partitioned, QueryValue, Schema, TextField, Tokenizer, VersionValue,
 };
 pub use store::change::{Change, ChangeKind};
 pub use store::migrate::MigrationReport;
@@ -85,8 +85,8 @@ pub mod __private {
     pub use crate::error::{Error, Result};
     pub use crate::query::Field;
     pub use crate::schema::{
-        Document, DocumentId, FieldDef, FtsText, IndexDef, IndexField, IndexKind, Ordered, Schema, Tokenizer,
-        VersionValue,
+        Document, DocumentId, FieldDef, FtsText, IndexDef, IndexField, IndexKind, Ordered, Partitioned, Schema,
+        Tokenizer, VersionValue,
     };
     pub use crate::value::Value;
     pub use core::option::Option;

@@ -15,9 +15,12 @@ pub use db4_runtime::{
 // Ranges over ordered indexes, with keyset cursors.
 pub use db4_runtime::{Cursor, Page, Range};
 // Documents and their schemas (what `#[derive(Document)]` implements and builds).
+/// The sharded router, also in [`shard`].
+#[cfg(all(feature = "sqlite", feature = "fs"))]
+pub use db4_runtime::shard::{ShardRouter, ShardRouterConfig};
 pub use db4_runtime::{
     Document, DocumentId, FieldDef, FtsText, IdArg, IdKind, IndexDef, IndexField, IndexKind, Numeric, OptionField,
-    Ordered, QueryValue, Schema, TextField, Tokenizer, VersionValue,
+    Ordered, Partitioned, QueryValue, Schema, TextField, Tokenizer, VersionValue,
 };
 // Values as SQLite stores them.
 pub use db4_runtime::{Value, ValueError, ValueRef, to_value};
@@ -185,7 +188,50 @@ pub mod fts {
 /// assert!(moved == acme || moved == new);
 /// # Ok(()) }
 /// ```
+///
+/// The native router, [`ShardRouter`](shard::ShardRouter): one SQLite database per shard,
+/// documents routed by their `#[partition_key]`, queries scattered and merged, splits that
+/// lose nothing.
+///
+/// ```
+/// use db4::shard::{ShardRouter, ShardRouterConfig};
+/// use db4::{Document, Error};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Document, Serialize, Deserialize, Debug, PartialEq)]
+/// struct Order { #[id] id: i64, #[partition_key] tenant: String, total: i64 }
+///
+/// # fn main() -> db4::Result<()> {
+/// let orders = ShardRouter::<Order>::in_memory(ShardRouterConfig { shard_count: 4, ..Default::default() })?;
+/// for i in 0..40 {
+///     orders.insert(&Order { id: i, tenant: format!("t{}", i % 8), total: i * 10 })?;
+/// }
+/// let t3 = "t3".to_string();
+/// assert_eq!(orders.get(&t3, 3)?.map(|o| o.total), Some(30));
+/// // Every shard asked, the answers merged: the same page one database would give.
+/// let top = orders.query().order_by(Order::fields().total.desc()).limit(3).all()?;
+/// assert_eq!(top.iter().map(|o| o.id).collect::<Vec<_>>(), [39, 38, 37]);
+/// // A filter on the partition key asks one shard.
+/// assert!(orders.plan(&[Order::fields().tenant.eq("t3")])?.is_single_shard());
+/// // A transaction holds one shard's keys.
+/// let other = (0..8).map(|i| format!("t{i}")).find(|t| orders.shard_for(t).ok() != orders.shard_for(&t3).ok());
+/// if let Some(other) = other {
+///     let refused = orders.transaction(&t3, |tx| tx.insert(&Order { id: 100, tenant: other, total: 0 }));
+///     assert!(matches!(refused, Err(Error::CrossShard { .. })));
+/// }
+/// // Half of a shard's keys move to a new shard; nothing is lost or doubled.
+/// let report = orders.split(orders.shard_for(&t3)?)?;
+/// assert_eq!(orders.shards().len(), 5);
+/// assert_eq!(orders.query().count()?, 40);
+/// assert_eq!(report.epoch, 1);
+/// # Ok(()) }
+/// ```
 pub mod shard {
+    #[cfg(all(feature = "sqlite", feature = "fs"))]
+    pub use db4_runtime::shard::{
+        AUTO_SPLIT_EVERY, DirTransport, MemoryTransport, ShardInfo, ShardQuery, ShardRouter, ShardRouterConfig,
+        ShardTransaction, ShardTransport, SplitReport,
+    };
     pub use db4_runtime::shard::{
         CacheStats, HashRing, HotConfig, HotTracker, KeyLoad, MAX_RING_POINTS, MAX_SHARDS, MigrationPlan,
         MigrationStep, MovedRange, Placement, PlanReason, QueryPlan, RoutingCache, ShardId, ShardLoad, SourceProgress,

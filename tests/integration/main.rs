@@ -22,6 +22,8 @@ mod range_standalone;
 mod search;
 mod search_props;
 mod serde_features;
+mod shard_crash;
+mod shard_router;
 mod spans;
 mod stats;
 mod versioning;

@@ -411,6 +411,11 @@ fn get_many<T: Document, I: IdArg<T::Id>>(
     ids: impl IntoIterator<Item = I>,
 ) -> Result<Vec<Option<T>>> {
     let keys = ids.into_iter().map(|id| id_value::<T>(&slot.get(), &id)).collect::<Result<Vec<_>>>()?;
+    get_many_keys(runner, slot, &keys)
+}
+
+/// [`get_many`] by stored ids.
+fn get_many_keys<T: Document>(runner: Runner<'_>, slot: &MetaSlot, keys: &[Value]) -> Result<Vec<Option<T>>> {
     let lists = json_lists(keys.iter().map(Value::as_ref), MAX_VALUE_BYTES);
     let mut positions: HashMap<IdKey, Vec<usize>> = HashMap::with_capacity(keys.len());
     for (i, k) in keys.iter().enumerate() {
@@ -433,4 +438,64 @@ fn get_many<T: Document, I: IdArg<T::Id>>(
         }
         Ok(out)
     })
+}
+
+/// What moving documents between databases needs (the shard router's split): writes that keep
+/// the versions the documents carry, deletes by stored key, and pages in id order.
+#[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
+impl<T: Document> Collection<T> {
+    /// The database the collection is in.
+    pub(crate) fn db(&self) -> &Db {
+        &self.scope
+    }
+}
+
+#[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
+impl<T: Document, S: Scope> Collection<T, S> {
+    /// Writes the documents as they are, their `#[version]` included (not checked, not
+    /// bumped), in one transaction; returns how many.
+    pub(crate) fn put_many<'d>(&self, docs: impl IntoIterator<Item = &'d T>) -> Result<u64> {
+        write_many(self.runner(), &self.slot, docs, |w, meta, enc| w.apply(meta, Op::Put(enc)).map(drop))
+    }
+
+    /// Reads documents by stored ids, aligned with `keys`.
+    pub(crate) fn get_keys(&self, keys: &[Value]) -> Result<Vec<Option<T>>> {
+        get_many_keys(self.runner(), &self.slot, keys)
+    }
+
+    /// Deletes the documents with these stored ids, in one transaction; returns how many.
+    pub(crate) fn delete_keys(&self, keys: &[Value]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let n = self.runner().write_meta(&self.slot, Access::Atomic, |w, meta| w.apply(meta, Op::DeleteIds(keys)))?;
+        Ok(n as u64)
+    }
+
+    /// Up to `limit` documents in id order, after the stored id `after` (from the start for
+    /// `None`), each with its stored id.
+    pub(crate) fn page_by_id(&self, after: Option<&Value>, limit: usize) -> Result<Vec<(Value, T)>> {
+        self.runner().read_meta(&self.slot, |conn, meta| {
+            let filter = if after.is_some() { "WHERE \"_id\" > ?1" } else { "WHERE ?1 IS NULL" };
+            let sql =
+                format!("SELECT \"_id\", {} FROM {} {filter} ORDER BY \"_id\" LIMIT ?2", meta.doc_columns, meta.table);
+            let params = [after.cloned().unwrap_or(Value::Null), Value::Integer(limit.min(i64::MAX as usize) as i64)];
+            let mut out = Vec::new();
+            conn.query(&sql, &params, &mut |row| {
+                let id = row.get(0)?.to_owned();
+                let doc = decode::<T>(meta, row, 1).map_err(|e| with_id(e, &id))?;
+                out.push((id, doc));
+                Ok(())
+            })?;
+            Ok(out)
+        })
+    }
+
+    /// The bytes of the stored documents' JSON.
+    pub(crate) fn stored_bytes(&self) -> Result<u64> {
+        self.runner().read_meta(&self.slot, |conn, meta| {
+            let sql = format!("SELECT coalesce(sum(length(\"_doc\")), 0) FROM {}", meta.table);
+            count(conn, meta.collection, &sql, &[])
+        })
+    }
 }

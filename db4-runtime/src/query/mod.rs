@@ -125,6 +125,32 @@ impl<'c, T: Document> Query<'c, T> {
         })
     }
 
+    /// Runs the query and returns, instead of the documents, each one's stored id and the
+    /// values of its sort keys as SQLite orders them (what a merge of several databases'
+    /// answers needs before it reads the documents it keeps).
+    #[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
+    pub(crate) fn keys(self) -> Result<Vec<(Value, Vec<Value>)>> {
+        self.runner.read_meta(self.slot, |conn, meta| {
+            let mut sql = meta.statement();
+            sql.push("SELECT \"_id\"");
+            for &(field, _) in &self.order {
+                sql.push(", ");
+                sql.field(field)?;
+            }
+            sql.push(&format!(" FROM {}", meta.table));
+            self.tail(&mut sql, true, 0)?;
+            let (text, params) = sql.finish()?;
+            let mut out = Vec::new();
+            conn.query(&text, &params, &mut |row| {
+                let id = row.get(0)?.to_owned();
+                let keys = (1..=self.order.len()).map(|i| row.get(i).map(|v| v.to_owned())).collect::<Result<_>>()?;
+                out.push((id, keys));
+                Ok(())
+            })?;
+            Ok(out)
+        })
+    }
+
     /// Runs the query and returns the first matching document.
     ///
     /// # Errors

@@ -45,6 +45,24 @@ pub trait Document: Serialize + DeserializeOwned + Send + Sync + 'static {
     }
 }
 
+/// A [`Document`] with a `#[partition_key]` field: what a
+/// [`ShardRouter`](crate::shard::ShardRouter) routes by.
+///
+/// `#[derive(Document)]` implements it only for a struct that declares `#[partition_key]`, so
+/// a router over a type without one does not compile.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no partition key",
+    label = "a shard router needs a `#[partition_key]` field",
+    note = "mark the field documents are routed by with `#[partition_key]`"
+)]
+pub trait Partitioned: Document {
+    /// The type of the `#[partition_key]` field.
+    type PartitionKey: Serialize;
+
+    /// The document's partition key.
+    fn partition_key(&self) -> &Self::PartitionKey;
+}
+
 /// A type that can be a document id: `String`, `i64` or `u64`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a document id",

@@ -9,7 +9,9 @@ pub(crate) mod fts;
 pub(crate) mod index;
 pub(crate) mod kind;
 
-pub use document::{Document, DocumentId, FtsText, IdArg, OptionField, Ordered, QueryValue, TextField, VersionValue};
+pub use document::{
+    Document, DocumentId, FtsText, IdArg, OptionField, Ordered, Partitioned, QueryValue, TextField, VersionValue,
+};
 pub use index::{IndexDef, IndexField};
 
 use crate::error::{Error, Result};

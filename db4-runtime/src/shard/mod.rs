@@ -33,6 +33,8 @@ mod hot;
 mod merge;
 mod plan;
 mod ring;
+#[cfg(all(feature = "sqlite", feature = "fs"))]
+mod router;
 
 pub use cache::{CacheStats, RoutingCache};
 pub use hot::{HotConfig, HotTracker, KeyLoad, ShardLoad, SpaceSaving};
@@ -45,6 +47,12 @@ pub(crate) use merge::{merge_sorted_by, pinned_keys, plan_exprs};
 pub use plan::{MigrationPlan, MigrationStep, MovedRange, SourceProgress};
 pub use ring::{
     HashRing, MAX_RING_POINTS, MAX_SHARDS, Placement, ShardId, VirtualNode, hash_to_i64, key_hash, partition_key_bytes,
+};
+
+#[cfg(all(feature = "sqlite", feature = "fs"))]
+pub use router::{
+    AUTO_SPLIT_EVERY, DirTransport, MemoryTransport, ShardInfo, ShardQuery, ShardRouter, ShardRouterConfig,
+    ShardTransaction, ShardTransport, SplitReport,
 };
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ pub struct TornTail {
 
 /// An I/O error on `path`, as the backend error every storage failure is.
 pub(crate) fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
-    let message = format!("write-ahead log: cannot {what} {}: {e}", path.display());
+    let message = format!("cannot {what} {}: {e}", path.display());
     Error::Backend(BackendError::new(BackendErrorKind::Io, message).with_source(e))
 }
 

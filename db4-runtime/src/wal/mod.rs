@@ -44,6 +44,8 @@ pub use config::{ReplayReport, StopReason, WalConfig, WalStats};
 #[cfg(feature = "fs")]
 pub use disk::{RecoveryReport, TornTail};
 #[cfg(feature = "fs")]
+pub(crate) use disk::{io_error, write_atomically};
+#[cfg(feature = "fs")]
 pub use file::{FileWal, FileWalOptions};
 pub use memory::MemoryWal;
 

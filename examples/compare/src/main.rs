@@ -19,6 +19,7 @@ mod fts;
 mod measure;
 mod range;
 mod raw;
+mod shard;
 mod wal;
 
 use data::{Doc, SEED, SplitMix64, Status, TENANTS};
@@ -63,6 +64,8 @@ const USAGE: &str =
   --wal-only       run only the write-ahead log section (MemoryWal::append, no SQLite)
   --cdc-only       run only the change log section (log on versus off, changes_since)
   --fts-only       run only the full-text search section (search and indexing against FTS5)
+  --shard-only     run only the shard router section (ring lookup, routed insert, top-100
+                   scatter-gather over 16 shards, each against one database)
   --range-only     run only the insert, the two queries and the range section (keyset paging
                    through every document, the composite index)
   --quick          a smoke run: 2000 docs, 3 reps, 10 queries, 100 full-text queries, 20 txns,
@@ -91,6 +94,8 @@ struct Config {
     fts_only: bool,
     /// Only the insert, the queries and the range section.
     range_only: bool,
+    /// Only the shard router section.
+    shard_only: bool,
 }
 
 impl Config {
@@ -100,7 +105,7 @@ impl Config {
             (None, None, None, None, None, None);
         let (mut quick, mut wal_only, mut cdc_only, mut range_only, mut wal_records) =
             (false, false, false, false, None);
-        let (mut fts_only, mut fts_queries) = (false, None);
+        let (mut fts_only, mut fts_queries, mut shard_only) = (false, None, false);
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
             match arg.as_str() {
@@ -116,6 +121,7 @@ impl Config {
                 "--fts-queries" => fts_queries = Some(value("--fts-queries")?.parse::<usize>()?),
                 "--fts-only" => fts_only = true,
                 "--range-only" => range_only = true,
+                "--shard-only" => shard_only = true,
                 "--quick" => quick = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -142,6 +148,7 @@ impl Config {
             fts_queries: fts_queries.unwrap_or(if quick { 100 } else { 1_000 }),
             fts_only,
             range_only,
+            shard_only,
         };
         if config.docs < UPDATES_PER_TXN
             || config.reps == 0
@@ -197,6 +204,9 @@ fn run() -> BoxResult<()> {
     if config.fts_only {
         return fts::run(&config);
     }
+    if config.shard_only {
+        return shard::run(&config);
+    }
     let docs = data::generate(config.docs);
     if config.cdc_only {
         return cdc::run(&config, &docs);
@@ -246,6 +256,8 @@ fn run() -> BoxResult<()> {
     cdc::run(&config, &docs)?;
     println!();
     fts::run(&config)?;
+    println!();
+    shard::run(&config)?;
     println!();
     run_wal(&config, &docs[..docs.len().min(10_000)])
 }

@@ -239,6 +239,24 @@ impl Scalar<'_> {
     }
 }
 
+/// [`sql_cmp`] of two values read from SQLite (a shard's sort keys).
+#[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
+pub(crate) fn value_cmp(a: &Value, b: &Value) -> Ordering {
+    sql_cmp(&scalar_of(a), &scalar_of(b))
+}
+
+/// A value as the evaluator compares it.
+#[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
+pub(crate) fn scalar_of(v: &Value) -> Scalar<'_> {
+    match v {
+        Value::Null => Scalar::Null,
+        Value::Integer(i) => Scalar::Integer(*i),
+        Value::Real(r) => Scalar::Real(*r),
+        Value::Text(t) => Scalar::Text(Cow::Borrowed(t)),
+        Value::Blob(b) => Scalar::Blob(b),
+    }
+}
+
 /// SQLite's comparison of two values (`ORDER BY`, `<`, `IS`, `IN`, `BETWEEN` under the
 /// `BINARY` collation), with `NULL` taken as the lowest value.
 fn sql_cmp(a: &Scalar<'_>, b: &Scalar<'_>) -> Ordering {

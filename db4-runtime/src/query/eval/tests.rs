@@ -246,13 +246,7 @@ fn to_value(s: &Scalar<'_>) -> Value {
 }
 
 fn scalar(v: &Value) -> Scalar<'_> {
-    match v {
-        Value::Null => Scalar::Null,
-        Value::Integer(i) => Scalar::Integer(*i),
-        Value::Real(r) => Scalar::Real(*r),
-        Value::Text(t) => Scalar::Text(Cow::Borrowed(t)),
-        Value::Blob(b) => Scalar::Blob(b),
-    }
+    super::scalar_of(v)
 }
 
 /// A stored document in the three forms the evaluator takes.
