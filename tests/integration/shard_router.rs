@@ -86,9 +86,14 @@ fn documents_go_to_the_shard_of_their_partition_key() -> db4::Result<()> {
     let after = router.update_with(&acme, 0, RetryPolicy::default(), |d| d.title.push('!'))?;
     assert_eq!(after.title, "changed!");
     assert!(matches!(
-        router.update_with(&acme, 0, RetryPolicy::default(), |d| d.tenant = "elsewhere".into()),
+        router.update_with(&acme, 0, RetryPolicy::default(), |d| {
+            d.tenant = "elsewhere".into();
+            d.title = "moved".into();
+        }),
         Err(Error::InvalidValue { .. })
     ));
+    // Refused, and nothing written: the document is as it was, on its shard.
+    assert_eq!(router.get(&acme, 0)?, Some(after.clone()));
     router.upsert(&ticket(1000, "acme"))?;
     assert!(router.delete(&acme, 1000)?);
     assert!(!router.delete(&acme, 1000)?);

@@ -143,7 +143,17 @@ impl Subscriber for Recorder {
 }
 
 /// Runs `f` with `recorder` as this thread's subscriber.
+///
+/// tracing computes a call site's interest from the subscribers alive when the site is first
+/// hit. Another test's thread hitting a site while no recorder is alive could cache "never"
+/// for it, racing the interest rebuild a new recorder triggers. So one recorder stays alive
+/// for the whole process (it says "sometimes" everywhere and is never any thread's
+/// subscriber), and each traced run rebuilds the cache once more, for a site cached in the
+/// instant before it was alive.
 fn traced<R>(recorder: &Arc<Recorder>, f: impl FnOnce() -> R) -> R {
+    static ALWAYS: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    ALWAYS.get_or_init(|| tracing::Dispatch::new(Recorder::new(Level::TRACE)));
+    tracing::callsite::rebuild_interest_cache();
     tracing::subscriber::with_default(Arc::clone(recorder), f)
 }
 

@@ -88,6 +88,19 @@ impl<T: Document, S: Scope> Collection<T, S> {
         Ok(doc)
     }
 
+    /// [`update_with`](Self::update_with) whose `f` may decline the write by returning
+    /// `false` after looking at the changed document; returns `None` then, with nothing
+    /// written.
+    pub(crate) fn update_with_declinable(
+        &self,
+        id: impl IdArg<T::Id>,
+        policy: RetryPolicy,
+        f: impl FnMut(&mut T) -> bool,
+    ) -> Result<Option<T>> {
+        let key = id_value::<T>(&self.slot.get(), &id)?;
+        read_modify_write(self.runner(), &self.slot, &key, &policy, f)
+    }
+
     /// Like [`update_with`](Self::update_with) with the default retry policy, but writes
     /// only if `predicate` holds for the current document; returns `None` (and writes
     /// nothing) if it does not.

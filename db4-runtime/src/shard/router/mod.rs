@@ -425,7 +425,8 @@ impl<T: Partitioned> ShardRouter<T> {
     /// # Errors
     ///
     /// As [`Collection::update_with`]; [`Error::InvalidValue`] also if `f` changes the
-    /// partition key (the document would then be on the wrong shard).
+    /// partition key (the document would then be on the wrong shard), and nothing is
+    /// written then.
     pub fn update_with(
         &self,
         key: &T::PartitionKey,
@@ -436,24 +437,26 @@ impl<T: Partitioned> ShardRouter<T> {
         let value = key_value::<T>(key)?;
         let bytes = partition_key_bytes(&value);
         let mut moved = false;
-        let result = self.routed(&value, |c| {
-            c.update_with(id, policy, |doc| {
+        let written = self.routed(&value, |c| {
+            c.update_with_declinable(id, policy, |doc| {
                 f(doc);
-                if key_value::<T>(doc.partition_key()).map(|v| partition_key_bytes(&v)).ok().as_deref()
-                    != Some(&bytes[..])
-                {
-                    moved = true;
-                }
+                // A changed partition key would leave the document on the wrong shard: the
+                // write is declined, and nothing changes.
+                moved = key_value::<T>(doc.partition_key()).map(|v| partition_key_bytes(&v)).ok().as_deref()
+                    != Some(&bytes[..]);
+                !moved
             })
-        });
-        if moved {
-            return Err(Error::invalid_value(
+        })?;
+        match written {
+            Some(doc) => Ok(doc),
+            None if moved => Err(Error::invalid_value(
                 T::schema().collection(),
                 pk_name::<T>(),
-                "update_with changed the partition key; the document was written on its old shard",
-            ));
+                "update_with must not change the partition key (nothing was written); delete the document \
+                 and insert it under its new key",
+            )),
+            None => Err(Error::invalid_query(T::schema().collection(), "update_with declined to write")),
         }
-        result
     }
 
     /// Runs `f` in a transaction on the shard of `key`. Every document the transaction
