@@ -56,6 +56,9 @@ pub struct DbOptions {
     /// The database's name in the change log's Debezium envelopes
     /// ([`ChangeEvent::to_json`](crate::ChangeEvent::to_json), `source.db`). Default: `"db4"`.
     pub name: String,
+    /// The storage tiers beyond hot: the warm cache and the cold store ([`DbOptions::tiers`]).
+    /// Shared by the clones of these options.
+    pub(crate) tiers: Arc<crate::tier::TierConfig>,
 }
 
 impl Default for DbOptions {
@@ -70,6 +73,7 @@ impl Default for DbOptions {
             change_log: true,
             change_retention: crate::store::outbox::ChangeRetention::default(),
             name: "db4".to_owned(),
+            tiers: Arc::default(),
         }
     }
 }
@@ -135,6 +139,28 @@ impl DbOptions {
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
+    }
+
+    /// Sets the storage tiers beyond hot: the warm cache's budget, the cold store and the
+    /// compaction policy (see [`TierConfig`](crate::tier::TierConfig)).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use db4_runtime::DbOptions;
+    /// use db4_runtime::tier::{CompactionPolicy, TierConfig};
+    ///
+    /// let options = DbOptions::default().tiers(TierConfig::new(64 << 20, None, CompactionPolicy::default()));
+    /// assert_eq!(options.tier_config().warm_bytes, 64 << 20);
+    /// ```
+    pub fn tiers(mut self, tiers: crate::tier::TierConfig) -> Self {
+        self.tiers = Arc::new(tiers);
+        self
+    }
+
+    /// The storage tiers these options set ([`tiers`](Self::tiers)).
+    pub fn tier_config(&self) -> &crate::tier::TierConfig {
+        &self.tiers
     }
 
     /// Opens the database read-only, or not (see [`read_only`](Self::read_only)).

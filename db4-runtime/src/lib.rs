@@ -45,6 +45,8 @@ pub mod fts;
 
 pub mod shard;
 
+pub mod tier;
+
 #[cfg(feature = "cloudflare")]
 pub use backend::DurableBackend;
 pub use backend::{Access, Backend, Connection, HeldTransaction, Row};
