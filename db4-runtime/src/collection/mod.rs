@@ -477,9 +477,14 @@ impl<T: Document, S: Scope> Collection<T, S> {
     pub(crate) fn page_by_id(&self, after: Option<&Value>, limit: usize) -> Result<Vec<(Value, T)>> {
         self.runner().read_meta(&self.slot, |conn, meta| {
             let filter = if after.is_some() { "WHERE \"_id\" > ?1" } else { "WHERE ?1 IS NULL" };
-            let sql =
-                format!("SELECT \"_id\", {} FROM {} {filter} ORDER BY \"_id\" LIMIT ?2", meta.doc_columns, meta.table);
-            let params = [after.cloned().unwrap_or(Value::Null), Value::Integer(limit.min(i64::MAX as usize) as i64)];
+            // The limit as a literal: a bound LIMIT is prepared again on every run.
+            let sql = format!(
+                "SELECT \"_id\", {} FROM {} {filter} ORDER BY \"_id\" LIMIT {}",
+                meta.doc_columns,
+                meta.table,
+                limit.min(i64::MAX as usize)
+            );
+            let params = [after.cloned().unwrap_or(Value::Null)];
             let mut out = Vec::new();
             conn.query(&sql, &params, &mut |row| {
                 let id = row.get(0)?.to_owned();

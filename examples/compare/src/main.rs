@@ -16,6 +16,7 @@ mod cdc;
 mod corpus;
 mod data;
 mod fts;
+mod layout;
 mod measure;
 mod range;
 mod raw;
@@ -66,6 +67,7 @@ const USAGE: &str =
   --fts-only       run only the full-text search section (search and indexing against FTS5)
   --shard-only     run only the shard router section (ring lookup, routed insert, top-100
                    scatter-gather over 16 shards, each against one database)
+  --layout-only    run only the table-layout measurement (text ids: rowid against WITHOUT ROWID, raw)
   --range-only     run only the insert, the two queries and the range section (keyset paging
                    through every document, the composite index)
   --quick          a smoke run: 2000 docs, 3 reps, 10 queries, 100 full-text queries, 20 txns,
@@ -96,6 +98,8 @@ struct Config {
     range_only: bool,
     /// Only the shard router section.
     shard_only: bool,
+    /// Only the table-layout section (rowid against WITHOUT ROWID).
+    layout_only: bool,
 }
 
 impl Config {
@@ -105,7 +109,7 @@ impl Config {
             (None, None, None, None, None, None);
         let (mut quick, mut wal_only, mut cdc_only, mut range_only, mut wal_records) =
             (false, false, false, false, None);
-        let (mut fts_only, mut fts_queries, mut shard_only) = (false, None, false);
+        let (mut fts_only, mut fts_queries, mut shard_only, mut layout_only) = (false, None, false, false);
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
             match arg.as_str() {
@@ -122,6 +126,7 @@ impl Config {
                 "--fts-only" => fts_only = true,
                 "--range-only" => range_only = true,
                 "--shard-only" => shard_only = true,
+                "--layout-only" => layout_only = true,
                 "--quick" => quick = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -149,6 +154,7 @@ impl Config {
             fts_only,
             range_only,
             shard_only,
+            layout_only,
         };
         if config.docs < UPDATES_PER_TXN
             || config.reps == 0
@@ -208,6 +214,9 @@ fn run() -> BoxResult<()> {
         return shard::run(&config);
     }
     let docs = data::generate(config.docs);
+    if config.layout_only {
+        return layout::run(&config, &docs);
+    }
     if config.cdc_only {
         return cdc::run(&config, &docs);
     }
