@@ -25,6 +25,67 @@ pub fn shard_fetch_limit(offset: usize, limit: Option<usize>) -> Option<usize> {
     limit.map(|l| l.saturating_add(offset))
 }
 
+/// The first round's per-shard fetch for a merged page of `want` (`offset + limit`) items over
+/// `shards` shards: about twice an even share plus a margin, never more than `want`.
+///
+/// Asking every shard for all `want` items is exact but reads `shards × want` rows where
+/// about `want` are kept. Fetching in rounds ([`shards_needing_more`]) reads each shard's
+/// share and asks again only the shards that may hold more of the page.
+///
+/// # Example
+///
+/// ```
+/// use db4_runtime::shard::first_round_fetch;
+///
+/// assert_eq!(first_round_fetch(100, 16), 21); // instead of 100 from each of 16 shards
+/// assert_eq!(first_round_fetch(10, 1), 10);
+/// ```
+pub fn first_round_fetch(want: usize, shards: usize) -> usize {
+    want.min(want.saturating_mul(2).div_ceil(shards.max(1)).saturating_add(8))
+}
+
+/// After a round of fetching, the shards (indexes into `parts`) that must be asked for more
+/// for the merged first `want` items to be exact: each `parts[i]` is shard `i`'s first items
+/// in `cmp` order, `asked[i]` how many it was asked for.
+///
+/// A shard that returned fewer than it was asked for has nothing more. Otherwise, let `t` be
+/// the `want`-th item of all fetched so far: a shard whose last item sorts before `t` may hold
+/// more items before `t` and is asked again; one whose last item is `t` or after holds only
+/// later items (its unfetched items sort after its last one). With fewer than `want` items
+/// fetched in all, every shard that filled its fetch is asked again. `cmp` must be a total
+/// order (db4's merges break ties by id), so `t` is well defined.
+///
+/// # Example
+///
+/// ```
+/// use db4_runtime::shard::shards_needing_more;
+///
+/// // Top 4 of three shards, each asked for 2: shard 0's items are all among the top 4 and it
+/// // may have more; shard 1 ran out; shard 2's last item is past the 4th.
+/// let parts = vec![vec![1, 2], vec![3], vec![4, 9]];
+/// assert_eq!(shards_needing_more(&parts, &[2, 2, 2], 4, |a, b| a.cmp(b)), vec![0]);
+/// ```
+pub fn shards_needing_more<I>(
+    parts: &[Vec<I>],
+    asked: &[usize],
+    want: usize,
+    mut cmp: impl FnMut(&I, &I) -> Ordering,
+) -> Vec<usize> {
+    let full = |i: usize| asked.get(i).is_some_and(|&n| parts[i].len() >= n && n < want);
+    let mut all: Vec<&I> = parts.iter().flatten().collect();
+    if want == 0 {
+        return Vec::new();
+    }
+    if all.len() < want {
+        return (0..parts.len()).filter(|&i| full(i)).collect();
+    }
+    let (_, t, _) = all.select_nth_unstable_by(want - 1, |a, b| cmp(a, b));
+    let t: &I = t;
+    (0..parts.len())
+        .filter(|&i| full(i) && parts[i].last().is_some_and(|last| cmp(last, t) == Ordering::Less))
+        .collect()
+}
+
 /// Merges lists each already sorted by `cmp` into one sorted list, then skips `offset` and
 /// keeps at most `limit` items: a k-way merge over a heap of the lists' heads, O(log k) per
 /// item taken, stopping after `offset + limit`. Equal items keep their order: a list's own,

@@ -39,8 +39,8 @@ mod router;
 pub use cache::{CacheStats, RoutingCache};
 pub use hot::{HotConfig, HotTracker, KeyLoad, ShardLoad, SpaceSaving};
 pub use merge::{
-    PlanReason, QueryPlan, kmerge_by, merge_by_score, merge_sorted, partition_key_of, pinned_partition_keys,
-    plan_query, shard_fetch_limit,
+    PlanReason, QueryPlan, first_round_fetch, kmerge_by, merge_by_score, merge_sorted, partition_key_of,
+    pinned_partition_keys, plan_query, shard_fetch_limit, shards_needing_more,
 };
 #[allow(unused_imports, reason = "for the router, which holds a query's untyped parts")]
 pub(crate) use merge::{merge_sorted_by, pinned_keys, plan_exprs};

@@ -43,8 +43,8 @@ const RANGE_WINDOW_MS: i64 = 60_000;
 
 /// The queries exactly as db4's query builder renders them (`db4-runtime/src/query.rs`); used
 /// only to compare query plans with the hand-written ones.
-const DB4_TENANT_QUERY_SQL: &str = r#"SELECT "_id", "_doc" FROM "docs" WHERE (("f_status" IS ?1) AND ("f_tenant" IS ?2)) ORDER BY "f_created_at" DESC, "_id" DESC LIMIT ?3 OFFSET ?4"#;
-const DB4_RANGE_QUERY_SQL: &str = r#"SELECT "_id", "_doc" FROM "docs" WHERE ("f_created_at" BETWEEN ?1 AND ?2) ORDER BY "f_created_at" DESC, "_id" DESC LIMIT ?3 OFFSET ?4"#;
+const DB4_TENANT_QUERY_SQL: &str = r#"SELECT "_id", "_doc" FROM "docs" WHERE (("f_status" IS ?1) AND ("f_tenant" IS ?2)) ORDER BY "f_created_at" DESC, "_id" DESC LIMIT 100 OFFSET 0"#;
+const DB4_RANGE_QUERY_SQL: &str = r#"SELECT "_id", "_doc" FROM "docs" WHERE ("f_created_at" BETWEEN ?1 AND ?2) ORDER BY "f_created_at" DESC, "_id" DESC LIMIT 100 OFFSET 0"#;
 
 /// Documents updated by each transaction of the update benchmark.
 const UPDATES_PER_TXN: usize = 10;

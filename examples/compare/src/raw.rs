@@ -185,12 +185,12 @@ impl RawStore {
 
     /// The newest `limit` documents of `tenant` with `status`, newest first.
     pub fn tenant_query(&self, status: Status, tenant: &str, limit: i64) -> BoxResult<Vec<Doc>> {
-        self.documents(TENANT_QUERY, params![status.as_str(), tenant, limit])
+        self.documents(&with_limit(TENANT_QUERY, "?3", limit), params![status.as_str(), tenant])
     }
 
     /// The newest `limit` documents with `low <= created_at <= high`, newest first.
     pub fn range_query(&self, low: i64, high: i64, limit: i64) -> BoxResult<Vec<Doc>> {
-        self.documents(RANGE_QUERY, params![low, high, limit])
+        self.documents(&with_limit(RANGE_QUERY, "?3", limit), params![low, high])
     }
 
     /// One page of keyset paging by `(created_at, id)`: the `limit` documents after the row
@@ -200,10 +200,14 @@ impl RawStore {
         after: Option<&KeysetPosition>,
         limit: i64,
     ) -> BoxResult<(Vec<Doc>, Option<KeysetPosition>)> {
-        let mut stmt = self.conn.prepare_cached(if after.is_some() { NEXT_PAGE } else { FIRST_PAGE })?;
+        let sql = match after {
+            Some(_) => with_limit(NEXT_PAGE, "?3", limit),
+            None => with_limit(FIRST_PAGE, "?1", limit),
+        };
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let mut rows = match after {
-            Some((at, id)) => stmt.query(params![at, id, limit])?,
-            None => stmt.query(params![limit])?,
+            Some((at, id)) => stmt.query(params![at, id])?,
+            None => stmt.query([])?,
         };
         let (mut docs, mut last) = (Vec::new(), None);
         while let Some(row) = rows.next()? {
@@ -214,6 +218,9 @@ impl RawStore {
     }
 
     /// Runs a query whose only column is `_doc` and deserializes each row.
+    ///
+    /// (The limit is written into the statement, as db4 does: with a bound `LIMIT` the bundled
+    /// SQLite prepares a cached statement again on every run. The two sides stay alike.)
     fn documents(&self, sql: &str, params: impl rusqlite::Params) -> BoxResult<Vec<Doc>> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let mut rows = stmt.query(params)?;
@@ -234,4 +241,9 @@ impl RawStore {
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
+}
+
+/// `sql` with its `LIMIT` parameter `slot` replaced by the number (see [`RawStore::documents`]).
+fn with_limit(sql: &str, slot: &str, limit: i64) -> String {
+    sql.replacen(&format!("LIMIT {slot}"), &format!("LIMIT {limit}"), 1)
 }

@@ -9,7 +9,9 @@ use crate::query::Query;
 use crate::query::eval::value_cmp;
 use crate::query::{Filter, Order};
 use crate::schema::Partitioned;
-use crate::shard::merge::{kmerge_by, merge_sorted_by, partition_key_of, plan_query, shard_fetch_limit};
+use crate::shard::merge::{
+    first_round_fetch, kmerge_by, merge_sorted_by, partition_key_of, plan_query, shard_fetch_limit, shards_needing_more,
+};
 use crate::shard::plan::MigrationStep;
 use crate::shard::ring::{HashRing, ShardId};
 use crate::value::Value;
@@ -45,6 +47,9 @@ impl<T: Partitioned> std::fmt::Debug for ShardQuery<'_, T> {
 
 /// Per-shard answers from this size on are fetched on several threads.
 const PARALLEL_FETCH: usize = 2_000;
+
+/// One shard's answer in the keys phase: the shard, the document's id and its sort keys.
+type Entry = (ShardId, Value, Vec<Value>);
 
 /// What each asked shard runs.
 #[derive(Clone, Copy)]
@@ -118,31 +123,49 @@ impl<'r, T: Partitioned> ShardQuery<'r, T> {
         // Threads pay for big answers only: for a page, each shard's statement is a few tens of
         // microseconds, less than starting and joining threads (measured in db4-compare).
         let parallel = ask.fetch.is_none_or(|n| n >= PARALLEL_FETCH);
-        // Two phases: the shards' ids and sort keys, merged; then only the documents kept.
-        let parts = scatter(&shards, parallel, |&shard| {
-            let c = self.router.collection(shard)?;
-            let keys = self.shard_query(&c, &ask).keys()?;
-            Ok(keys.into_iter().map(|(id, keys)| (shard, id, keys)).collect::<Vec<_>>())
-        })?;
         if order.is_empty() {
             order.push((id_index::<T>(), false));
         }
-        let picked = kmerge_by(
-            parts,
-            |a, b| {
-                for (i, &(_, descending)) in order.iter().enumerate() {
-                    let c = value_cmp(&a.2[i], &b.2[i]);
-                    let c = if descending { c.reverse() } else { c };
-                    if c != std::cmp::Ordering::Equal {
-                        return c;
+        let cmp = |a: &Entry, b: &Entry| {
+            for (i, &(_, descending)) in order.iter().enumerate() {
+                let c = value_cmp(&a.2[i], &b.2[i]);
+                let c = if descending { c.reverse() } else { c };
+                if c != std::cmp::Ordering::Equal {
+                    return c;
+                }
+            }
+            let c = value_cmp(&a.1, &b.1);
+            if last_desc { c.reverse() } else { c }
+        };
+        // Two phases: the shards' ids and sort keys, merged; then only the documents kept.
+        let keys_of = |shard: ShardId, fetch: Option<usize>| -> Result<Vec<Entry>> {
+            let c = self.router.collection(shard)?;
+            let keys = self.shard_query(&c, &Ask { fetch, ..ask }).keys()?;
+            Ok(keys.into_iter().map(|(id, keys)| (shard, id, keys)).collect())
+        };
+        let parts = match ask.fetch {
+            // In rounds: each shard's share first, then more only from the shards that may
+            // hold more of the page (`shards_needing_more`), up to `offset + limit` each.
+            Some(want) => {
+                let mut fetch = first_round_fetch(want, shards.len());
+                let mut asked = vec![fetch; shards.len()];
+                let mut parts = scatter(&shards, parallel, |&shard| keys_of(shard, Some(fetch)))?;
+                loop {
+                    let more = shards_needing_more(&parts, &asked, want, cmp);
+                    if more.is_empty() {
+                        break parts;
+                    }
+                    fetch = fetch.saturating_mul(4).min(want);
+                    let again = scatter(&more, parallel, |&i| keys_of(shards[i], Some(fetch)))?;
+                    for (i, keys) in more.into_iter().zip(again) {
+                        asked[i] = fetch;
+                        parts[i] = keys;
                     }
                 }
-                let c = value_cmp(&a.1, &b.1);
-                if last_desc { c.reverse() } else { c }
-            },
-            self.offset,
-            self.limit,
-        );
+            }
+            None => scatter(&shards, parallel, |&shard| keys_of(shard, None))?,
+        };
+        let picked = kmerge_by(parts, cmp, self.offset, self.limit);
         let mut wanted: Vec<(ShardId, Vec<Value>)> = Vec::new();
         for (shard, id, _) in &picked {
             match wanted.iter_mut().find(|(s, _)| s == shard) {
