@@ -12,7 +12,8 @@ use crate::backend::Access;
 use crate::error::Result;
 use crate::schema::Document;
 use crate::sql::Statement;
-use crate::store::codec::{count, decode, with_id};
+use crate::store::codec::{Stored, count, decode, with_id};
+use crate::store::meta::CollectionMeta;
 use crate::store::pipeline::Op;
 use crate::store::slot::MetaSlot;
 use crate::trace;
@@ -20,6 +21,7 @@ use crate::txn::Runner;
 use crate::value::Value;
 use filter::Expr;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 /// A query over a collection, from [`Collection::query`](crate::Collection::query).
 ///
@@ -148,6 +150,33 @@ impl<'c, T: Document> Query<'c, T> {
                 Ok(())
             })?;
             Ok(out)
+        })
+    }
+
+    /// The matching rows' stored ids, sort keys and documents, not decoded (see
+    /// [`Stored`]), with the layout they were read with: the shard router's one-statement
+    /// gather, which decodes only what its merge keeps.
+    pub(crate) fn keys_and_stored(self) -> Result<(Arc<CollectionMeta>, Vec<(Value, Vec<Value>, Stored)>)> {
+        self.runner.read_meta(self.slot, |conn, meta| {
+            let mut sql = meta.statement();
+            sql.push("SELECT \"_id\"");
+            for &(field, _) in &self.order {
+                sql.push(", ");
+                sql.field(field)?;
+            }
+            sql.push(&format!(", {} FROM {}", meta.doc_columns, meta.table));
+            self.tail(&mut sql, true, 0)?;
+            let (text, params) = sql.finish()?;
+            let k = self.order.len();
+            let mut out = Vec::new();
+            conn.query(&text, &params, &mut |row| {
+                let id = row.get(0)?.to_owned();
+                let keys = (1..=k).map(|i| row.get(i).map(|v| v.to_owned())).collect::<Result<_>>()?;
+                let stored = Stored::read(meta, row, k + 1).map_err(|e| with_id(e, &id))?;
+                out.push((id, keys, stored));
+                Ok(())
+            })?;
+            Ok((Arc::clone(meta), out))
         })
     }
 

@@ -165,15 +165,40 @@ pub(crate) fn count(conn: &dyn Connection, collection: &str, sql: &str, params: 
 pub(crate) fn decode<T: Document>(meta: &CollectionMeta, row: &dyn Row, at: usize) -> Result<T> {
     // The caller names the document (`with_id`): the row may not hold its id.
     let ValueRef::Text(json) = row.get(at)? else { return Err(corrupt(meta, "document", &Value::Null)) };
-    let version = if meta.versioned {
-        match row.get(at + 1)? {
-            ValueRef::Integer(v) if v >= 0 => Some(v),
-            _ => return Err(corrupt(meta, "version", &Value::Null)),
-        }
-    } else {
-        None
-    };
-    decode_json(meta, json, version)
+    decode_json(meta, json, version_column(meta, row, at + 1)?)
+}
+
+/// The `_version` column at `at`, for a versioned collection.
+fn version_column(meta: &CollectionMeta, row: &dyn Row, at: usize) -> Result<Option<i64>> {
+    if !meta.versioned {
+        return Ok(None);
+    }
+    match row.get(at)? {
+        ValueRef::Integer(v) if v >= 0 => Ok(Some(v)),
+        _ => Err(corrupt(meta, "version", &Value::Null)),
+    }
+}
+
+/// A stored document read but not decoded yet: its JSON text and `_version` column. The shard
+/// router reads a page's candidates from every shard this way and decodes only the ones the
+/// merge keeps.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    json: String,
+    version: Option<i64>,
+}
+
+impl Stored {
+    /// The document at column `at` of `row` (and its version after it), as [`decode`] reads it.
+    pub(crate) fn read(meta: &CollectionMeta, row: &dyn Row, at: usize) -> Result<Self> {
+        let ValueRef::Text(json) = row.get(at)? else { return Err(corrupt(meta, "document", &Value::Null)) };
+        Ok(Self { json: json.to_owned(), version: version_column(meta, row, at + 1)? })
+    }
+
+    /// The document, decoded as [`decode`] would have.
+    pub(crate) fn decode<T: Document>(&self, meta: &CollectionMeta) -> Result<T> {
+        decode_json(meta, &self.json, self.version)
+    }
 }
 
 /// Deserializes a stored document; `version` is its `_version` column, which is authoritative

@@ -14,9 +14,11 @@ use crate::shard::merge::{
 };
 use crate::shard::plan::MigrationStep;
 use crate::shard::ring::{HashRing, ShardId};
+use crate::store::codec::{Stored, with_id};
+use crate::store::meta::CollectionMeta;
 use crate::value::Value;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// A query over a [`ShardRouter`], from [`ShardRouter::query`] (the shards the filters may
 /// match) or [`ShardRouter::query_in_shard`] (one shard). The same builder as
@@ -48,8 +50,13 @@ impl<T: Partitioned> std::fmt::Debug for ShardQuery<'_, T> {
 /// Per-shard answers from this size on are fetched on several threads.
 const PARALLEL_FETCH: usize = 2_000;
 
-/// One shard's answer in the keys phase: the shard, the document's id and its sort keys.
-type Entry = (ShardId, Value, Vec<Value>);
+/// One shard's candidate for a page: the shard's index in the query's shard list, the
+/// document's id, its sort keys, and (gathered in one phase) its stored document.
+type Entry = (usize, Value, Vec<Value>, Option<Stored>);
+
+/// Pages of up to this many documents (`offset + limit`) are gathered in one phase; bigger
+/// ones hold only ids and keys until the merge has picked (see [`ShardQuery::all`]).
+const ONE_PHASE_MAX: usize = 1_000;
 
 /// What each asked shard runs.
 #[derive(Clone, Copy)]
@@ -137,48 +144,73 @@ impl<'r, T: Partitioned> ShardQuery<'r, T> {
             let c = value_cmp(&a.1, &b.1);
             if last_desc { c.reverse() } else { c }
         };
-        // Two phases: the shards' ids and sort keys, merged; then only the documents kept.
-        let keys_of = |shard: ShardId, fetch: Option<usize>| -> Result<Vec<Entry>> {
-            let c = self.router.collection(shard)?;
-            let keys = self.shard_query(&c, &Ask { fetch, ..ask }).keys()?;
-            Ok(keys.into_iter().map(|(id, keys)| (shard, id, keys)).collect())
+        // A page of up to `ONE_PHASE_MAX` documents is gathered with one statement per shard
+        // (and round): each candidate's id, sort keys and stored text, only the kept ones
+        // decoded. Bigger answers take two phases, so the shards' candidates are held as keys
+        // only: the ids and sort keys merged, then only the documents kept fetched.
+        let one_phase = ask.fetch.is_none_or(|n| n <= ONE_PHASE_MAX);
+        let mut metas: Vec<Option<Arc<CollectionMeta>>> = vec![None; shards.len()];
+        let fetch_of = |i: usize, fetch: Option<usize>| -> Result<(Option<Arc<CollectionMeta>>, Vec<Entry>)> {
+            let c = self.router.collection(shards[i])?;
+            let q = self.shard_query(&c, &Ask { fetch, ..ask });
+            if one_phase {
+                let (meta, rows) = q.keys_and_stored()?;
+                Ok((Some(meta), rows.into_iter().map(|(id, keys, doc)| (i, id, keys, Some(doc))).collect()))
+            } else {
+                Ok((None, q.keys()?.into_iter().map(|(id, keys)| (i, id, keys, None)).collect()))
+            }
         };
-        let parts = match ask.fetch {
-            // In rounds: each shard's share first, then more only from the shards that may
-            // hold more of the page (`shards_needing_more`), up to `offset + limit` each.
-            Some(want) => {
-                let mut fetch = first_round_fetch(want, shards.len());
-                let mut asked = vec![fetch; shards.len()];
-                let mut parts = scatter(&shards, parallel, |&shard| keys_of(shard, Some(fetch)))?;
-                loop {
-                    let more = shards_needing_more(&parts, &asked, want, cmp);
-                    if more.is_empty() {
-                        break parts;
-                    }
-                    fetch = fetch.saturating_mul(4).min(want);
-                    let again = scatter(&more, parallel, |&i| keys_of(shards[i], Some(fetch)))?;
-                    for (i, keys) in more.into_iter().zip(again) {
-                        asked[i] = fetch;
-                        parts[i] = keys;
-                    }
+        let all: Vec<usize> = (0..shards.len()).collect();
+        let mut parts = Vec::with_capacity(shards.len());
+        let mut asked = vec![ask.fetch.map_or(usize::MAX, |want| first_round_fetch(want, shards.len())); shards.len()];
+        for (i, (meta, entries)) in
+            scatter(&all, parallel, |&i| fetch_of(i, ask.fetch.map(|_| asked[i])))?.into_iter().enumerate()
+        {
+            metas[i] = meta;
+            parts.push(entries);
+        }
+        // In rounds: each shard's share first, then more only from the shards that may hold
+        // more of the page (`shards_needing_more`), up to `offset + limit` each.
+        if let Some(want) = ask.fetch {
+            let mut fetch = asked[0];
+            loop {
+                let more = shards_needing_more(&parts, &asked, want, cmp);
+                if more.is_empty() {
+                    break;
+                }
+                fetch = fetch.saturating_mul(4).min(want);
+                let again = scatter(&more, parallel, |&i| fetch_of(i, Some(fetch)))?;
+                for (i, (meta, entries)) in more.into_iter().zip(again) {
+                    asked[i] = fetch;
+                    metas[i] = meta;
+                    parts[i] = entries;
                 }
             }
-            None => scatter(&shards, parallel, |&shard| keys_of(shard, None))?,
-        };
+        }
         let picked = kmerge_by(parts, cmp, self.offset, self.limit);
+        if one_phase {
+            drop(state);
+            let mut out = Vec::with_capacity(picked.len());
+            for (i, id, _, doc) in picked {
+                if let (Some(meta), Some(doc)) = (&metas[i], doc) {
+                    out.push(doc.decode::<T>(meta).map_err(|e| with_id(e, &id))?);
+                }
+            }
+            return Ok(out);
+        }
         let mut wanted: Vec<(ShardId, Vec<Value>)> = Vec::new();
-        for (shard, id, _) in &picked {
-            match wanted.iter_mut().find(|(s, _)| s == shard) {
+        for (i, id, _, _) in &picked {
+            match wanted.iter_mut().find(|(s, _)| *s == shards[*i]) {
                 Some((_, ids)) => ids.push(id.clone()),
-                None => wanted.push((*shard, vec![id.clone()])),
+                None => wanted.push((shards[*i], vec![id.clone()])),
             }
         }
         let fetched = scatter(&wanted, parallel, |(shard, ids)| self.router.collection(*shard)?.get_keys(ids))?;
         drop(state);
         let mut docs: Vec<std::vec::IntoIter<Option<T>>> = fetched.into_iter().map(Vec::into_iter).collect();
         let mut out = Vec::with_capacity(picked.len());
-        for (shard, _, _) in &picked {
-            let at = wanted.iter().position(|(s, _)| s == shard).unwrap_or(0);
+        for (i, _, _, _) in &picked {
+            let at = wanted.iter().position(|(s, _)| *s == shards[*i]).unwrap_or(0);
             // A document deleted between the two phases is left out.
             if let Some(Some(doc)) = docs.get_mut(at).and_then(Iterator::next) {
                 out.push(doc);
