@@ -23,6 +23,9 @@ use filter::Expr;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+/// A row of [`Query::keys_and_stored`]: the stored id, the sort keys, the stored document.
+pub(crate) type KeyedStored = (Value, Vec<Value>, Stored);
+
 /// A query over a collection, from [`Collection::query`](crate::Collection::query).
 ///
 /// Filters added with [`filter`](Query::filter) must all hold. Without
@@ -156,7 +159,7 @@ impl<'c, T: Document> Query<'c, T> {
     /// The matching rows' stored ids, sort keys and documents, not decoded (see
     /// [`Stored`]), with the layout they were read with: the shard router's one-statement
     /// gather, which decodes only what its merge keeps.
-    pub(crate) fn keys_and_stored(self) -> Result<(Arc<CollectionMeta>, Vec<(Value, Vec<Value>, Stored)>)> {
+    pub(crate) fn keys_and_stored(self) -> Result<(Arc<CollectionMeta>, Vec<KeyedStored>)> {
         self.runner.read_meta(self.slot, |conn, meta| {
             let mut sql = meta.statement();
             sql.push("SELECT \"_id\"");
