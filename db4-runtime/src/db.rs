@@ -267,6 +267,8 @@ struct DbInner {
     cursor_key: crate::store::secret::CursorKey,
     /// [`DbOptions::name`], shared by the change events read through this handle.
     source: Arc<str>,
+    /// The warm tier ([`TierConfig::warm_bytes`](crate::tier::TierConfig::warm_bytes)); `None` when off.
+    warm: Option<Arc<crate::tier::warm::WarmTier>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -414,6 +416,11 @@ impl Db {
             other => other?,
         }
         let cursor_key = crate::store::secret::CursorKey::load(&*backend)?;
+        let warm = crate::tier::warm::WarmTier::new(options.tiers.warm_bytes, options.tiers.policy.memory_pressure);
+        if warm.is_some() {
+            // Starts the backend's watch over other connections' commits, before any fill.
+            let _ = backend.foreign_commits();
+        }
         Ok(Self {
             inner: Arc::new(DbInner {
                 backend,
@@ -423,6 +430,7 @@ impl Db {
                 registry: Registry::default(),
                 committed: Totals::default(),
                 cursor_key,
+                warm,
             }),
         })
     }
@@ -566,5 +574,10 @@ impl Db {
 
     pub(crate) fn committed(&self) -> &Totals {
         &self.inner.committed
+    }
+
+    /// The warm tier, if it is on.
+    pub(crate) fn warm(&self) -> Option<&Arc<crate::tier::warm::WarmTier>> {
+        self.inner.warm.as_ref()
     }
 }
