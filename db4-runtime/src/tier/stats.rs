@@ -26,7 +26,8 @@ pub struct TierStats {
 pub struct HotTierStats {
     /// Documents stored in the SQLite tables.
     pub documents: u64,
-    /// Bytes of their stored JSON (not counting indexes and SQLite's own overhead).
+    /// The length of their stored JSON, as SQLite's `length` counts it (characters; bytes for
+    /// ASCII), not counting indexes and SQLite's own overhead.
     pub bytes: u64,
 }
 
