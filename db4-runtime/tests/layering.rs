@@ -17,6 +17,7 @@ const LAYERS: &[&str] = &[
     "schema",
     "sql",
     "backend",
+    "tier",
     "store",
     "db",
     "txn",

@@ -313,13 +313,15 @@ pub(crate) fn read_page(db: &Db, after: Lsn, max: usize) -> Result<(Vec<ChangeEv
 }
 
 fn read_page_on(conn: &dyn Connection, source: &Arc<str>, after: Lsn, max: usize) -> Result<(Vec<ChangeEvent>, bool)> {
-    let sql = format!("SELECT {COLUMNS} FROM {CHANGES} WHERE \"lsn\" > ?1 ORDER BY \"lsn\" LIMIT ?2");
+    // The page size as a literal: a bound LIMIT makes SQLite prepare the statement again on
+    // every run (see `sql::Statement::push_integer`).
+    let sql = format!("SELECT {COLUMNS} FROM {CHANGES} WHERE \"lsn\" > ?1 ORDER BY \"lsn\" LIMIT {max}");
     let mut events = Vec::new();
     let mut bytes = 0;
     let mut rows = 0;
     let mut splits = Vec::new();
     let mut failure = None;
-    conn.query(&sql, &[lsn_value(after), Value::Integer(max as i64)], &mut |row| {
+    conn.query(&sql, &[lsn_value(after)], &mut |row| {
         rows += 1;
         if failure.is_some() || bytes > PAGE_BYTES {
             return Ok(());

@@ -6,6 +6,7 @@
 //! modules (`impl<T, S> Collection<T, S>` inside `fts/`, `range/`).
 
 mod atomic;
+mod warm;
 
 pub use atomic::{CasResult, Numeric};
 
@@ -214,7 +215,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
         let span = trace::op("get", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
         let hot = || self.runner().read_meta(&self.slot, |conn, meta| select_one(conn, meta, &key));
-        let doc = crate::tier::warm::get(self.runner(), &self.slot, &key, hot);
+        let doc = warm::get(self.runner(), &self.slot, &key, hot);
         span.rows_of(doc, |doc| u64::from(doc.is_some()))
     }
 
@@ -417,7 +418,7 @@ fn get_many<T: Document, I: IdArg<T::Id>>(
 
 /// [`get_many`] by stored ids.
 fn get_many_keys<T: Document>(runner: Runner<'_>, slot: &MetaSlot, keys: &[Value]) -> Result<Vec<Option<T>>> {
-    crate::tier::warm::get_many(runner, slot, keys, || get_many_hot(runner, slot, keys))
+    warm::get_many(runner, slot, keys, || get_many_hot(runner, slot, keys))
 }
 
 /// [`get_many_keys`] from the hot tier.
@@ -483,9 +484,14 @@ impl<T: Document, S: Scope> Collection<T, S> {
     pub(crate) fn page_by_id(&self, after: Option<&Value>, limit: usize) -> Result<Vec<(Value, T)>> {
         self.runner().read_meta(&self.slot, |conn, meta| {
             let filter = if after.is_some() { "WHERE \"_id\" > ?1" } else { "WHERE ?1 IS NULL" };
-            let sql =
-                format!("SELECT \"_id\", {} FROM {} {filter} ORDER BY \"_id\" LIMIT ?2", meta.doc_columns, meta.table);
-            let params = [after.cloned().unwrap_or(Value::Null), Value::Integer(limit.min(i64::MAX as usize) as i64)];
+            // The limit as a literal: a bound LIMIT is prepared again on every run.
+            let sql = format!(
+                "SELECT \"_id\", {} FROM {} {filter} ORDER BY \"_id\" LIMIT {}",
+                meta.doc_columns,
+                meta.table,
+                limit.min(i64::MAX as usize)
+            );
+            let params = [after.cloned().unwrap_or(Value::Null)];
             let mut out = Vec::new();
             conn.query(&sql, &params, &mut |row| {
                 let id = row.get(0)?.to_owned();

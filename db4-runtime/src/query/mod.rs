@@ -257,11 +257,9 @@ impl<'c, T: Document> Query<'c, T> {
             let limit = self.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
             let offset = i64::try_from(self.offset).unwrap_or(i64::MAX);
             sql.push(" LIMIT ");
-            let limit = sql.bind_param(Value::Integer(limit));
-            sql.push_slot(limit);
+            sql.push_integer(limit);
             sql.push(" OFFSET ");
-            let offset = sql.bind_param(Value::Integer(offset));
-            sql.push_slot(offset);
+            sql.push_integer(offset);
         }
         Ok(())
     }

@@ -717,8 +717,7 @@ impl Scan<'_> {
             sql.push(if key.descending { " DESC" } else { " ASC" });
         }
         sql.push(" LIMIT ");
-        let n = sql.bind_param(Value::Integer(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)));
-        sql.push_slot(n);
+        sql.push_integer(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX));
         Ok(())
     }
 }

@@ -199,6 +199,18 @@ impl<'m> Statement<'m> {
         }
     }
 
+    /// Writes an integer as a literal, for `LIMIT` and `OFFSET`: the bundled SQLite reads a
+    /// bound `LIMIT` while planning and marks the statement to be prepared again whenever that
+    /// parameter is bound anew, so a cached statement with a bound `LIMIT` was
+    /// re-parsed and re-planned on every run (seen with `perf` in db4-compare's shard top-100:
+    /// `sqlite3Reprepare` under `sqlite3_step`). An integer the library formats is not input
+    /// text, and one statement per distinct limit is what the planner wants anyway.
+    pub fn push_integer(&mut self, n: i64) {
+        use std::fmt::Write;
+        // Writing to a String cannot fail.
+        let _ = write!(self.text, "{n}");
+    }
+
     /// Writes a scalar slot: `?n`, or `?a->>i` (which binds tighter than every operator db4
     /// writes around it).
     pub fn push_slot(&mut self, slot: Slot) {

@@ -1,14 +1,8 @@
-//! [`Db::tier_stats`]: what each storage tier holds and how the warm tier is doing.
+//! What [`Db::tier_stats`](crate::Db::tier_stats) reports: what each storage tier holds and
+//! how the warm tier is doing. (The method itself is in `db.rs`: it reads the store, a later
+//! layer than the tiers.)
 
-use crate::backend::{Access, run};
-use crate::db::Db;
-use crate::error::Result;
-use crate::schema::quote_ident;
-use crate::store::codec::count;
-use crate::store::migrate;
-use crate::trace;
-
-/// What each storage tier holds, from [`Db::tier_stats`].
+/// What each storage tier holds, from [`Db::tier_stats`](crate::Db::tier_stats).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[non_exhaustive]
 pub struct TierStats {
@@ -55,6 +49,19 @@ pub struct WarmTierStats {
 }
 
 impl WarmTierStats {
+    /// The figures of a warm tier at one moment.
+    pub(crate) fn of(tier: &crate::tier::warm::WarmTier) -> Self {
+        let s = tier.snapshot();
+        Self {
+            entries: s.entries,
+            bytes: s.bytes,
+            capacity: s.capacity,
+            hits: s.hits,
+            misses: s.misses,
+            evictions: s.evictions,
+        }
+    }
+
     /// The share of reads it answered: `hits / (hits + misses)`, `0.0` before any read.
     pub fn hit_rate(&self) -> f64 {
         let reads = self.hits + self.misses;
@@ -76,64 +83,4 @@ pub struct ColdTierStats {
     pub bytes: u64,
     /// Reads of the cold store this handle made.
     pub reads: u64,
-}
-
-impl Db {
-    /// What each storage tier holds: the hot tier's documents and bytes (read from the
-    /// database, every collection, each counted by a statement of its own), the warm tier's
-    /// contents and hit counts (this handle's), and the cold tier's segments.
-    ///
-    /// # Errors
-    ///
-    /// A backend error, or [`Error::Corrupted`](crate::Error::Corrupted) if db4's schema
-    /// table holds something other than collection names.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// use db4_runtime::{Db, DbOptions};
-    /// use db4_runtime::tier::TierConfig;
-    /// # use db4_derive::Document;
-    /// # use serde::{Deserialize, Serialize};
-    /// # #[derive(Document, Serialize, Deserialize, Clone)]
-    /// # #[db4(crate = "db4_runtime")]
-    /// # struct Note { #[id] id: i64, text: String }
-    /// # fn main() -> db4_runtime::Result<()> {
-    /// let db = Db::open_in_memory_with(DbOptions::default().tiers(TierConfig { warm_bytes: 1 << 20, ..Default::default() }))?;
-    /// let notes = db.collection::<Note>()?;
-    /// notes.insert(&Note { id: 1, text: "hi".into() })?;
-    /// notes.get(1)?; // a miss, which fills the warm tier
-    /// notes.get(1)?; // a hit
-    /// let stats = db.tier_stats()?;
-    /// assert_eq!((stats.hot.documents, stats.warm.entries, stats.warm.hits, stats.warm.misses), (1, 1, 1, 1));
-    /// assert_eq!(stats.warm.hit_rate(), 0.5);
-    /// # Ok(()) }
-    /// ```
-    pub fn tier_stats(&self) -> Result<TierStats> {
-        let _span = trace::op("tier_stats", None);
-        let hot = run(self.backend(), Access::Read, |conn| {
-            let mut hot = HotTierStats::default();
-            for name in migrate::collections(conn)? {
-                let table = quote_ident(&name);
-                hot.documents += count(conn, &name, &format!("SELECT count(*) FROM {table}"), &[])?;
-                hot.bytes +=
-                    count(conn, &name, &format!("SELECT coalesce(sum(length(\"_doc\")), 0) FROM {table}"), &[])?;
-            }
-            Ok(hot)
-        })?;
-        let warm = self.warm().map_or_else(WarmTierStats::default, |tier| {
-            let s = tier.snapshot();
-            WarmTierStats {
-                entries: s.entries,
-                bytes: s.bytes,
-                capacity: s.capacity,
-                hits: s.hits,
-                misses: s.misses,
-                evictions: s.evictions,
-            }
-        });
-        // The cold tier fills this in (segments, documents, bytes, reads).
-        let cold = ColdTierStats::default();
-        Ok(TierStats { hot, warm, cold })
-    }
 }

@@ -16,6 +16,7 @@ mod cdc;
 mod corpus;
 mod data;
 mod fts;
+mod layout;
 mod measure;
 mod range;
 mod raw;
@@ -69,6 +70,7 @@ const USAGE: &str =
                    scatter-gather over 16 shards, each against one database)
   --warm-only      run only the warm-tier section (warm-hit get against a raw get, the miss
                    path, the write overhead)
+  --layout-only    run only the table-layout measurement (text ids: rowid against WITHOUT ROWID, raw)
   --range-only     run only the insert, the two queries and the range section (keyset paging
                    through every document, the composite index)
   --quick          a smoke run: 2000 docs, 3 reps, 10 queries, 100 full-text queries, 20 txns,
@@ -101,6 +103,8 @@ struct Config {
     shard_only: bool,
     /// Only the warm-tier section.
     warm_only: bool,
+    /// Only the table-layout section (rowid against WITHOUT ROWID).
+    layout_only: bool,
 }
 
 impl Config {
@@ -110,7 +114,8 @@ impl Config {
             (None, None, None, None, None, None);
         let (mut quick, mut wal_only, mut cdc_only, mut range_only, mut wal_records) =
             (false, false, false, false, None);
-        let (mut fts_only, mut fts_queries, mut shard_only, mut warm_only) = (false, None, false, false);
+        let (mut fts_only, mut fts_queries, mut shard_only, mut warm_only, mut layout_only) =
+            (false, None, false, false, false);
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
             match arg.as_str() {
@@ -128,6 +133,7 @@ impl Config {
                 "--range-only" => range_only = true,
                 "--shard-only" => shard_only = true,
                 "--warm-only" => warm_only = true,
+                "--layout-only" => layout_only = true,
                 "--quick" => quick = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -156,6 +162,7 @@ impl Config {
             range_only,
             shard_only,
             warm_only,
+            layout_only,
         };
         if config.docs < UPDATES_PER_TXN
             || config.reps == 0
@@ -217,6 +224,9 @@ fn run() -> BoxResult<()> {
     let docs = data::generate(config.docs);
     if config.warm_only {
         return warm::run(&config, &docs);
+    }
+    if config.layout_only {
+        return layout::run(&config, &docs);
     }
     if config.cdc_only {
         return cdc::run(&config, &docs);
