@@ -2,7 +2,6 @@
 //! it outside transactions and fill it on a miss. See `docs/tiers.md`.
 
 use crate::backend::Row;
-use crate::db::Db;
 use crate::error::Result;
 use crate::schema::Document;
 use crate::store::codec::{IdKey, corrupt, decode, decode_json, with_id};
@@ -16,11 +15,11 @@ use std::sync::Arc;
 
 /// The tier a read may use: the database's, outside a transaction, when the backend can vouch
 /// for it (with the count of other connections' commits it vouches at).
-fn usable<'a>(runner: Runner<'a>) -> Option<(&'a Db, &'a WarmTier, u64)> {
+fn usable<'a>(runner: Runner<'a>) -> Option<(&'a WarmTier, u64)> {
     let Runner::Db(db) = runner else { return None };
     let tier = db.warm()?;
     match db.backend().foreign_commits() {
-        Some(foreign) => Some((db, tier, foreign)),
+        Some(foreign) => Some((tier, foreign)),
         None => {
             tier.bypassed();
             None
@@ -80,7 +79,7 @@ pub(crate) fn get<T: Document>(
     id: &Value,
     hot: impl FnOnce() -> Result<Option<T>>,
 ) -> Result<Option<T>> {
-    let Some((db, tier, foreign)) = usable(runner) else { return hot() };
+    let Some((tier, foreign)) = usable(runner) else { return hot() };
     let Some(key) = Key::new(slot.schema().collection(), id) else { return hot() };
     let epoch = match tier.lookup(&key, foreign) {
         Lookup::Hit(cached) => match restore::<T>(slot, &cached, id)? {
@@ -98,9 +97,10 @@ pub(crate) fn get<T: Document>(
         Ok(out)
     })?;
     let Some(found) = found else { return Ok(None) };
-    if db.backend().foreign_commits() == Some(foreign) {
-        tier.fill(key, found.cached, found.json_bytes, epoch, foreign);
-    }
+    // No second check of other connections' commits: one that landed since the lookup either
+    // moved the tier's count already (the fill is refused) or shows in the file at the next
+    // lookup, which drops the tier before it can serve this copy.
+    tier.fill(key, found.cached, found.json_bytes, epoch, foreign);
     Ok(Some(found.doc))
 }
 
@@ -112,7 +112,7 @@ pub(crate) fn get_many<T: Document>(
     ids: &[Value],
     hot: impl FnOnce() -> Result<Vec<Option<T>>>,
 ) -> Result<Vec<Option<T>>> {
-    let Some((db, tier, foreign)) = usable(runner) else { return hot() };
+    let Some((tier, foreign)) = usable(runner) else { return hot() };
     let collection = slot.schema().collection();
     let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(ids.len()).collect();
     // The misses: their position and key, by stored id.
@@ -156,7 +156,6 @@ pub(crate) fn get_many<T: Document>(
         }
         Ok(found)
     })?;
-    let fill = db.backend().foreign_commits() == Some(foreign);
     let meta = slot.get();
     for (id, fetched) in found {
         let Some(key) = Key::new(collection, &id) else { continue };
@@ -167,9 +166,7 @@ pub(crate) fn get_many<T: Document>(
                 out[pos] = restore::<T>(slot, &fetched.cached, &id)?
                     .map_or_else(|| decode_cached::<T>(&meta, &fetched, &id), |d| Ok(Some(d)))?;
             }
-            if fill {
-                tier.fill(key, fetched.cached, fetched.json_bytes, epoch, foreign);
-            }
+            tier.fill(key, fetched.cached, fetched.json_bytes, epoch, foreign);
             out[last] = Some(fetched.doc);
         }
     }
