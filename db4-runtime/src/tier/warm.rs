@@ -13,7 +13,8 @@
 //!   dropped and nothing may fill it) until the unit of work it belongs to has committed or
 //!   rolled back; then the entry is dropped again and the tier's epoch moves on;
 //! - a miss fills the entry only if the epoch has not moved since the miss looked, the
-//!   document is not pending, and no other connection committed meanwhile;
+//!   document is not pending, and the count of other connections' commits is the one the
+//!   miss saw;
 //! - commits by other connections (other handles, other processes) are counted by the backend
 //!   ([`Backend::foreign_commits`](crate::Backend::foreign_commits)); when the count moves,
 //!   the whole tier is dropped, and when the backend cannot tell, the tier is bypassed.
