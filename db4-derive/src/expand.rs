@@ -152,6 +152,12 @@ pub fn expand(cont: &Container<'_>) -> TokenStream {
                 fn version_fits(version: ::core::primitive::u64) -> ::core::primitive::bool {
                     #version_fits
                 }
+
+                fn __warm_clone() -> #p::Option<fn(&Self) -> Self> {
+                    #[allow(unused_imports)]
+                    use #p::{WarmViaClone as _, WarmViaNothing as _};
+                    (&#p::WarmProbe::<Self>::new()).warm_clone()
+                }
             }
 
             #partitioned

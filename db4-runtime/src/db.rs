@@ -267,6 +267,8 @@ struct DbInner {
     cursor_key: crate::store::secret::CursorKey,
     /// [`DbOptions::name`], shared by the change events read through this handle.
     source: Arc<str>,
+    /// The warm tier ([`TierConfig::warm_bytes`](crate::tier::TierConfig::warm_bytes)); `None` when off.
+    warm: Option<Arc<crate::tier::warm::WarmTier>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -414,6 +416,11 @@ impl Db {
             other => other?,
         }
         let cursor_key = crate::store::secret::CursorKey::load(&*backend)?;
+        let warm = crate::tier::warm::WarmTier::new(options.tiers.warm_bytes, options.tiers.policy.memory_pressure);
+        if warm.is_some() {
+            // Starts the backend's watch over other connections' commits, before any fill.
+            let _ = backend.foreign_commits();
+        }
         Ok(Self {
             inner: Arc::new(DbInner {
                 backend,
@@ -423,6 +430,7 @@ impl Db {
                 registry: Registry::default(),
                 committed: Totals::default(),
                 cursor_key,
+                warm,
             }),
         })
     }
@@ -566,5 +574,61 @@ impl Db {
 
     pub(crate) fn committed(&self) -> &Totals {
         &self.inner.committed
+    }
+
+    /// The warm tier, if it is on.
+    pub(crate) fn warm(&self) -> Option<&Arc<crate::tier::warm::WarmTier>> {
+        self.inner.warm.as_ref()
+    }
+}
+
+impl Db {
+    /// What each storage tier holds: the hot tier's documents and bytes (read from the
+    /// database, every collection, each counted by a statement of its own), the warm tier's
+    /// contents and hit counts (this handle's), and the cold tier's segments.
+    ///
+    /// # Errors
+    ///
+    /// A backend error, or [`Error::Corrupted`](crate::Error::Corrupted) if db4's schema
+    /// table holds something other than collection names.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use db4_runtime::{Db, DbOptions};
+    /// use db4_runtime::tier::TierConfig;
+    /// # use db4_derive::Document;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Document, Serialize, Deserialize, Clone)]
+    /// # #[db4(crate = "db4_runtime")]
+    /// # struct Note { #[id] id: i64, text: String }
+    /// # fn main() -> db4_runtime::Result<()> {
+    /// let db = Db::open_in_memory_with(DbOptions::default().tiers(TierConfig { warm_bytes: 1 << 20, ..Default::default() }))?;
+    /// let notes = db.collection::<Note>()?;
+    /// notes.insert(&Note { id: 1, text: "hi".into() })?;
+    /// notes.get(1)?; // a miss, which fills the warm tier
+    /// notes.get(1)?; // a hit
+    /// let stats = db.tier_stats()?;
+    /// assert_eq!((stats.hot.documents, stats.warm.entries, stats.warm.hits, stats.warm.misses), (1, 1, 1, 1));
+    /// assert_eq!(stats.warm.hit_rate(), 0.5);
+    /// # Ok(()) }
+    /// ```
+    pub fn tier_stats(&self) -> Result<crate::tier::TierStats> {
+        let _span = trace::op("tier_stats", None);
+        let hot = run(self.backend(), Access::Read, |conn| {
+            let mut hot = crate::tier::HotTierStats::default();
+            for name in migrate::collections(conn)? {
+                let table = quote_ident(&name);
+                hot.documents += count(conn, &name, &format!("SELECT count(*) FROM {table}"), &[])?;
+                hot.bytes +=
+                    count(conn, &name, &format!("SELECT coalesce(sum(length(\"_doc\")), 0) FROM {table}"), &[])?;
+            }
+            Ok(hot)
+        })?;
+        let warm =
+            self.warm().map_or_else(crate::tier::WarmTierStats::default, |tier| crate::tier::WarmTierStats::of(tier));
+        // The cold tier fills this in (segments, documents, bytes, reads).
+        let cold = crate::tier::ColdTierStats::default();
+        Ok(crate::tier::TierStats { hot, warm, cold })
     }
 }

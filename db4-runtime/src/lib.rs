@@ -135,4 +135,47 @@ pub mod __private {
     pub const fn assert_fts<T: FtsText + ?Sized>() {}
     /// Compile-time check: `T` can be a `#[version]` counter.
     pub const fn assert_version<T: VersionValue>() {}
+
+    /// Autoref specialization for [`Document::__warm_clone`]: `(&WarmProbe::<T>::new()).warm_clone()`
+    /// finds [`WarmViaClone`] when `T: Clone` and falls back to [`WarmViaNothing`] otherwise.
+    /// It only works at a concrete type, which is where the derive calls it.
+    pub struct WarmProbe<T>(core::marker::PhantomData<fn() -> T>);
+
+    impl<T> WarmProbe<T> {
+        /// The probe for `T`.
+        pub const fn new() -> Self {
+            Self(core::marker::PhantomData)
+        }
+    }
+
+    impl<T> Default for WarmProbe<T> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    /// The warm tier's copy for a `Clone` document type: its `clone`.
+    pub trait WarmViaClone<T> {
+        /// `Some(T::clone)`.
+        fn warm_clone(&self) -> Option<fn(&T) -> T>;
+    }
+
+    impl<T: Clone> WarmViaClone<T> for WarmProbe<T> {
+        fn warm_clone(&self) -> Option<fn(&T) -> T> {
+            Some(T::clone)
+        }
+    }
+
+    /// The fallback for a document type that is not `Clone`: no copy (the warm tier keeps the
+    /// stored JSON).
+    pub trait WarmViaNothing<T> {
+        /// `None`.
+        fn warm_clone(&self) -> Option<fn(&T) -> T>;
+    }
+
+    impl<T> WarmViaNothing<T> for &WarmProbe<T> {
+        fn warm_clone(&self) -> Option<fn(&T) -> T> {
+            None
+        }
+    }
 }

@@ -325,7 +325,9 @@ pub mod range {
 /// Storage tiers: hot SQLite tables, a warm in-process cache, a cold object store, and the
 /// compaction that moves documents between them. See `docs/tiers.md`.
 pub mod tier {
-    pub use db4_runtime::tier::{ColdStore, CompactionPolicy, ObjectInfo, TierConfig};
+    pub use db4_runtime::tier::{
+        ColdStore, ColdTierStats, CompactionPolicy, HotTierStats, ObjectInfo, TierConfig, TierStats, WarmTierStats,
+    };
 }
 
 pub use db4_runtime::__private;

@@ -58,6 +58,12 @@ impl DurableBackend {
 }
 
 impl Backend for DurableBackend {
+    /// A Durable Object's storage is written only through its own code, one request at a
+    /// time: with one `Db` per object, every write goes through this backend.
+    fn foreign_commits(&self) -> Option<u64> {
+        Some(0)
+    }
+
     fn run(&self, access: Access, f: &mut dyn FnMut(&dyn Connection) -> Result<()>) -> Result<()> {
         let conn = DurableConnection { sql: &self.sql };
         if access != Access::Atomic {

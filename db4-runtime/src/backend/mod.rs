@@ -15,6 +15,8 @@ pub use durable::DurableBackend;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
+mod wal_watch;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteBackend, SqliteOptions, Synchronous};
 
 /// What a closure passed to [`Backend::run`] is going to do with the connection.
@@ -68,6 +70,23 @@ pub trait Backend: Send + Sync + 'static {
             "this backend only runs transactions as closures: use Db::transaction",
         )
         .into())
+    }
+
+    /// For caches kept above the backend (the warm tier): a count of the commits that
+    /// connections **other** than this backend's own made to its storage, as far as the
+    /// backend has seen them, or `None` when it cannot vouch right now.
+    ///
+    /// # Contract
+    ///
+    /// - Called on every cache hit: it must be cheap and must not run a statement.
+    /// - If another connection's commit completed before a call starts, that call returns a
+    ///   larger count than any call that ended before the commit began, or `None`.
+    /// - This backend's own commits never move it (its caller invalidates those itself).
+    ///
+    /// The default is `None`: caches are bypassed. A backend whose storage nobody else writes
+    /// (an in-memory database, a Durable Object) returns a constant.
+    fn foreign_commits(&self) -> Option<u64> {
+        None
     }
 }
 

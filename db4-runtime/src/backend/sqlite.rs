@@ -103,6 +103,8 @@ pub struct SqliteBackend {
     read_only: bool,
     conn: Mutex<rusqlite::Connection>,
     readers: Vec<Mutex<rusqlite::Connection>>,
+    /// Other connections' commits, watched once a cache asks ([`Backend::foreign_commits`]).
+    watch: std::sync::OnceLock<Option<super::wal_watch::WalWatch>>,
 }
 
 /// How a write waits for the write lock: `total` in all, in waits of `slice` in SQLite's
@@ -226,7 +228,14 @@ impl SqliteBackend {
             Synchronous::Normal => "PRAGMA synchronous = NORMAL",
         };
         conn.execute_batch(sync).map_err(backend_error)?;
-        Ok(Self { busy, file, read_only, conn: Mutex::new(conn), readers: Vec::new() })
+        Ok(Self {
+            busy,
+            file,
+            read_only,
+            conn: Mutex::new(conn),
+            readers: Vec::new(),
+            watch: std::sync::OnceLock::new(),
+        })
     }
 }
 
@@ -347,17 +356,53 @@ impl Backend for SqliteBackend {
         f(&conn)?;
         conn.0.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map_err(backend_error)?;
         guard.armed = false;
+        self.account_own_commit(conn.0);
         Ok(())
     }
 
     fn begin(&self) -> Result<Box<dyn HeldTransaction + '_>> {
         let conn = self.lock_writer()?;
         self.begin_transaction(&conn)?;
-        Ok(Box::new(SqliteHeld { conn, open: true }))
+        Ok(Box::new(SqliteHeld { conn, open: true, watch: self.watch.get().and_then(Option::as_ref) }))
+    }
+
+    fn foreign_commits(&self) -> Option<u64> {
+        let Some(file) = &self.file else {
+            // A private in-memory database: only this backend writes it.
+            return Some(0);
+        };
+        let watch = self.watch.get_or_init(|| {
+            let writer = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            super::wal_watch::WalWatch::start(file, &writer)
+        });
+        let watch = watch.as_ref()?;
+        if let Ok(foreign) = watch.check() {
+            return Some(foreign);
+        }
+        // Something committed since the last account: find out who, if the writer is free
+        // (when it is not, the commit may be this backend's own, accounted for once it ends).
+        let writer = match self.conn.try_lock() {
+            Ok(writer) => writer,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        if !writer.is_autocommit() {
+            return None;
+        }
+        watch.sync(&writer)
     }
 }
 
 impl SqliteBackend {
+    /// Accounts for a commit of the writer connection (which the caller still holds) in the
+    /// watch over other connections' commits, if one runs.
+    fn account_own_commit(&self, writer: &rusqlite::Connection) {
+        if let Some(Some(watch)) = self.watch.get() {
+            // Unaccounted, the next check finds the header moved and syncs then.
+            let _ = watch.sync(writer);
+        }
+    }
+
     /// Opens the writer's transaction: a deferred one (reads only) on a read-only database,
     /// otherwise one holding the write lock.
     fn begin_transaction(&self, writer: &Writer<'_>) -> Result<()> {
@@ -546,6 +591,7 @@ impl SqliteBackend {
 struct SqliteHeld<'a> {
     conn: Writer<'a>,
     open: bool,
+    watch: Option<&'a super::wal_watch::WalWatch>,
 }
 
 impl SqliteHeld<'_> {
@@ -553,6 +599,9 @@ impl SqliteHeld<'_> {
         self.conn.conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(backend_error)?;
         // Only now: if COMMIT failed, drop still rolls back.
         self.open = false;
+        if let Some(watch) = self.watch {
+            let _ = watch.sync(&self.conn.conn);
+        }
         Ok(())
     }
 }

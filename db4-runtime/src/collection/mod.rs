@@ -6,6 +6,7 @@
 //! modules (`impl<T, S> Collection<T, S>` inside `fts/`, `range/`).
 
 mod atomic;
+mod warm;
 
 pub use atomic::{CasResult, Numeric};
 
@@ -213,7 +214,8 @@ impl<T: Document, S: Scope> Collection<T, S> {
     pub fn get(&self, id: impl IdArg<T::Id>) -> Result<Option<T>> {
         let span = trace::op("get", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
-        let doc = self.runner().read_meta(&self.slot, |conn, meta| select_one(conn, meta, &key));
+        let hot = || self.runner().read_meta(&self.slot, |conn, meta| select_one(conn, meta, &key));
+        let doc = warm::get(self.runner(), &self.slot, &key, hot);
         span.rows_of(doc, |doc| u64::from(doc.is_some()))
     }
 
@@ -416,6 +418,11 @@ fn get_many<T: Document, I: IdArg<T::Id>>(
 
 /// [`get_many`] by stored ids.
 fn get_many_keys<T: Document>(runner: Runner<'_>, slot: &MetaSlot, keys: &[Value]) -> Result<Vec<Option<T>>> {
+    warm::get_many(runner, slot, keys, || get_many_hot(runner, slot, keys))
+}
+
+/// [`get_many_keys`] from the hot tier.
+fn get_many_hot<T: Document>(runner: Runner<'_>, slot: &MetaSlot, keys: &[Value]) -> Result<Vec<Option<T>>> {
     let lists = json_lists(keys.iter().map(Value::as_ref), MAX_VALUE_BYTES);
     let mut positions: HashMap<IdKey, Vec<usize>> = HashMap::with_capacity(keys.len());
     for (i, k) in keys.iter().enumerate() {

@@ -43,6 +43,17 @@ pub trait Document: Serialize + DeserializeOwned + Send + Sync + 'static {
         let _ = version;
         true
     }
+
+    /// How the warm tier copies a cached document out: `Some(clone)` for a type that is
+    /// `Clone` (the derive finds out at the concrete type), `None` to cache the stored JSON
+    /// and decode it on each hit instead.
+    #[doc(hidden)]
+    fn __warm_clone() -> Option<fn(&Self) -> Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// A [`Document`] with a `#[partition_key]` field: what a

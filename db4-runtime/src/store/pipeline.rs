@@ -46,6 +46,8 @@ pub(crate) struct WriteLog {
     /// Upserts read whether the row existed, to be recorded as an insert or an update (the
     /// change log records no upserts).
     resolve_upserts: bool,
+    /// The documents written, pending in the warm tier (when it is on) until this is dropped.
+    warm: Option<crate::tier::warm::Touched>,
 }
 
 impl WriteLog {
@@ -58,6 +60,19 @@ impl WriteLog {
     pub fn resolve_upserts(mut self, resolve: bool) -> Self {
         self.resolve_upserts = resolve && self.collect;
         self
+    }
+
+    /// Marks the documents written pending in `tier` (the database's warm tier, if on) until
+    /// the log, or what [`take_warm`](Self::take_warm) hands out, is dropped.
+    pub fn warm(mut self, tier: Option<&Arc<crate::tier::warm::WarmTier>>) -> Self {
+        self.warm = tier.map(crate::tier::warm::Touched::new);
+        self
+    }
+
+    /// The warm tier's pending documents, to be released once the unit of work committed
+    /// (the log itself may be dropped before the commit).
+    pub fn take_warm(&mut self) -> Option<crate::tier::warm::Touched> {
+        self.warm.take()
     }
 
     /// The changes recorded so far, for the change log to give them their LSNs.
@@ -315,8 +330,18 @@ impl<'c> Writer<'c> {
             _ => new_version(meta, kind, after_version(&op), stored),
         };
         self.count(meta, kind, changed);
+        self.touch(meta, std::slice::from_ref(id));
         self.record(meta, kind, id, before.flatten(), after, version)?;
         Ok(changed)
+    }
+
+    /// Marks written documents in the warm tier, if it is on (before the unit commits).
+    fn touch(&self, meta: &CollectionMeta, ids: &[Value]) {
+        if let Some(warm) = &mut self.log.borrow_mut().warm {
+            for id in ids {
+                warm.touch(meta.collection, id);
+            }
+        }
     }
 
     /// Records writes made outside [`apply`](Self::apply): their changes in write order (if
@@ -403,6 +428,7 @@ impl<'c> Writer<'c> {
             return Ok(0);
         }
         self.count(meta, ChangeKind::Delete, changed);
+        self.touch(meta, ids);
         let mut befores = befores.into_iter();
         for id in ids {
             match befores.next() {
@@ -452,6 +478,7 @@ impl<'c> Writer<'c> {
         self.count(meta, ChangeKind::Delete, n);
         for mut row in rows {
             let id = row[0].clone();
+            self.touch(meta, std::slice::from_ref(&id));
             if whole {
                 let version = stored_version(meta, &row);
                 self.record(meta, ChangeKind::Delete, &id, Some(std::mem::take(&mut row)), None, version)?;

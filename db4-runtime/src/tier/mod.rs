@@ -7,6 +7,11 @@
 //! [`ColdStore`] trait an object store implements (a directory natively, R2 on Cloudflare).
 //! The tier logic itself is pure (no I/O of its own, builds for wasm32).
 
+mod stats;
+pub(crate) mod warm;
+
+pub use stats::{ColdTierStats, HotTierStats, TierStats, WarmTierStats};
+
 use crate::error::Result;
 use std::fmt;
 use std::ops::Range;

@@ -125,7 +125,12 @@ impl std::fmt::Debug for Transaction<'_> {
 
 impl<'a> Transaction<'a> {
     fn new(db: &'a Db, conn: TxConn<'a>) -> Self {
-        Self { db, conn, state: RefCell::new(TxState::default()), log: RefCell::new(db.commits().log()) }
+        Self {
+            db,
+            conn,
+            state: RefCell::new(TxState::default()),
+            log: RefCell::new(db.commits().log().warm(db.warm())),
+        }
     }
 
     pub(crate) fn conn(&self) -> Result<&dyn Connection> {
@@ -286,6 +291,8 @@ impl<'a> Transaction<'a> {
         let span = trace::op("commit", None);
         let is_broken = self.state.borrow().broken;
         let new_collections = std::mem::take(&mut self.state.borrow_mut().new_collections);
+        // Released once committed (or rolled back), when this function returns.
+        let _warm = self.log.borrow_mut().take_warm();
         let (mut changes, tally) = std::mem::take(&mut *self.log.borrow_mut()).into_parts();
         let db = self.db;
         match self.conn {
@@ -484,6 +491,7 @@ impl Db {
         let mut ticket = None;
         // The closure's own error waits here; the backend only needs to know to roll back.
         let mut failure: Option<E> = None;
+        let mut warm = None;
         let outcome = crate::backend::run(self.backend(), Access::Atomic, |conn| {
             let tx = Transaction::new(self, TxConn::Lent(conn));
             let out = match f(&tx) {
@@ -498,8 +506,11 @@ impl Db {
             }
             self.commits().append(tx.conn()?, tx.log.borrow_mut().changes_mut())?;
             ticket = self.commits().ticket();
+            // The warm tier's pending documents are released after the commit, below.
+            warm = tx.log.borrow_mut().take_warm();
             Ok((out, tx.into_outcome()))
         });
+        drop(warm);
         let (out, (new_collections, changes, tally)) = match (outcome, failure) {
             (Ok(done), _) => done,
             (Err(_), Some(e)) => return Err(e),

@@ -67,7 +67,7 @@ impl<'a> Runner<'a> {
             Runner::Db(db) => {
                 let commits = db.commits();
                 commits.check_not_observing()?;
-                let log = RefCell::new(commits.log());
+                let log = RefCell::new(commits.log().warm(db.warm()));
                 let mut ticket = None;
                 // The change log's rows commit with the data, so the writes must be atomic.
                 let access = if commits.logs() { Access::Atomic } else { access };

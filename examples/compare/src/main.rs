@@ -22,6 +22,7 @@ mod range;
 mod raw;
 mod shard;
 mod wal;
+mod warm;
 
 use data::{Doc, SEED, SplitMix64, Status, TENANTS};
 use db4::{Collection, Db, DbOptions, Synchronous};
@@ -67,6 +68,8 @@ const USAGE: &str =
   --fts-only       run only the full-text search section (search and indexing against FTS5)
   --shard-only     run only the shard router section (ring lookup, routed insert, top-100
                    scatter-gather over 16 shards, each against one database)
+  --warm-only      run only the warm-tier section (warm-hit get against a raw get, the miss
+                   path, the write overhead)
   --layout-only    run only the table-layout measurement (text ids: rowid against WITHOUT ROWID, raw)
   --range-only     run only the insert, the two queries and the range section (keyset paging
                    through every document, the composite index)
@@ -98,6 +101,8 @@ struct Config {
     range_only: bool,
     /// Only the shard router section.
     shard_only: bool,
+    /// Only the warm-tier section.
+    warm_only: bool,
     /// Only the table-layout section (rowid against WITHOUT ROWID).
     layout_only: bool,
 }
@@ -109,7 +114,8 @@ impl Config {
             (None, None, None, None, None, None);
         let (mut quick, mut wal_only, mut cdc_only, mut range_only, mut wal_records) =
             (false, false, false, false, None);
-        let (mut fts_only, mut fts_queries, mut shard_only, mut layout_only) = (false, None, false, false);
+        let (mut fts_only, mut fts_queries, mut shard_only, mut warm_only, mut layout_only) =
+            (false, None, false, false, false);
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
             match arg.as_str() {
@@ -126,6 +132,7 @@ impl Config {
                 "--fts-only" => fts_only = true,
                 "--range-only" => range_only = true,
                 "--shard-only" => shard_only = true,
+                "--warm-only" => warm_only = true,
                 "--layout-only" => layout_only = true,
                 "--quick" => quick = true,
                 "-h" | "--help" => {
@@ -154,6 +161,7 @@ impl Config {
             fts_only,
             range_only,
             shard_only,
+            warm_only,
             layout_only,
         };
         if config.docs < UPDATES_PER_TXN
@@ -214,6 +222,9 @@ fn run() -> BoxResult<()> {
         return shard::run(&config);
     }
     let docs = data::generate(config.docs);
+    if config.warm_only {
+        return warm::run(&config, &docs);
+    }
     if config.layout_only {
         return layout::run(&config, &docs);
     }

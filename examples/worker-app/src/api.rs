@@ -341,6 +341,8 @@ fn dispatch(db: &Db, tenant: &str, req: &ApiRequest<'_>) -> ApiResult {
         (Get, ["jobs", "retyped", id]) => get_job::<JobRetyped>(db, id),
         (Get, ["stats"]) => db_stats(db),
         (_, ["stats"]) => Err(ApiError::MethodNotAllowed),
+        (Get, ["tiers"]) => tier_stats(db),
+        (_, ["tiers"]) => Err(ApiError::MethodNotAllowed),
         (Get, ["events"]) => list_events(db),
         (Post, ["events", "tx"]) => event_transaction(db, body),
         (_, ["events"] | ["events", "tx"]) => Err(ApiError::MethodNotAllowed),
@@ -1172,6 +1174,31 @@ fn events(db: &Db) -> db4::Result<BatchStore> {
 
 /// `GET /stats`: [`Db::stats`], each stored collection with its documents and the writes this
 /// handle committed.
+/// The options every tenant's database is opened with: a warm tier of [`WARM_BYTES`] in front
+/// of the tables (on a Durable Object, one `Db` per object, kept for its lifetime).
+pub fn db_options() -> db4::DbOptions {
+    db4::DbOptions::default().tiers(db4::tier::TierConfig { warm_bytes: WARM_BYTES, ..Default::default() })
+}
+
+/// The warm tier's budget per tenant: small next to an isolate's 128 MB.
+pub const WARM_BYTES: usize = 4 << 20;
+
+/// `GET /tiers`: [`Db::tier_stats`], the hot tier's size and the warm tier's figures.
+fn tier_stats(db: &Db) -> ApiResult {
+    let s = db.tier_stats()?;
+    Ok(ApiResponse::ok(json!({
+        "hot": { "documents": s.hot.documents, "bytes": s.hot.bytes },
+        "warm": {
+            "entries": s.warm.entries,
+            "bytes": s.warm.bytes,
+            "capacity": s.warm.capacity,
+            "hits": s.warm.hits,
+            "misses": s.warm.misses,
+            "evictions": s.warm.evictions,
+        },
+    })))
+}
+
 fn db_stats(db: &Db) -> ApiResult {
     let stats = db.stats()?;
     let collections: serde_json::Map<String, Value> = stats

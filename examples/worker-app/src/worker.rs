@@ -52,7 +52,7 @@ pub struct TenantStore {
 impl TenantStore {
     fn db(&self) -> std::result::Result<&Db, &str> {
         self.db
-            .get_or_init(|| Db::durable(&self.state.storage()).map_err(|e| e.to_string()))
+            .get_or_init(|| Db::durable_with(&self.state.storage(), api::db_options()).map_err(|e| e.to_string()))
             .as_ref()
             .map_err(String::as_str)
     }

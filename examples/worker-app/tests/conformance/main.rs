@@ -68,4 +68,5 @@ suite!(
     range_cursors_refused,
     range_under_writes,
     range_standalone_index,
+    warm_tier,
 );

@@ -1849,3 +1849,65 @@ pub fn range_standalone_index(t: &dyn Target) {
     expect_error(a.put("/scores/p-99", &json!({ "game": "chess" })), 400, "bad_json");
     expect_error(a.call("POST", "/scores", Some(b"{}")), 405, "method_not_allowed");
 }
+
+/// The warm tier every tenant's database has (`api::db_options`): repeated reads are served
+/// from it (`GET /tiers` counts hits), and an update, a delete, an increment, a rolled-back
+/// transaction and a refused touch are all read back as committed, never from a stale copy.
+pub fn warm_tier(t: &dyn Target) {
+    let c = Tenant::new(t, "warm_tier");
+    let warm = |field: &str| expect(c.get("/tiers"), 200)["warm"][field].as_u64().expect("a count");
+    assert_eq!(warm("capacity"), worker_app::api::WARM_BYTES as u64);
+    let created = expect(c.post("/articles", &article("w-1", "Cached")), 201);
+    expect(c.post("/accounts", &account("rich", 100)), 201);
+    expect(c.post("/accounts", &account("poor", 0)), 201);
+
+    // The first read fills, the next ones hit.
+    let hits = warm("hits");
+    for _ in 0..5 {
+        assert_eq!(expect(c.get("/articles/w-1"), 200), created);
+    }
+    assert!(warm("hits") >= hits + 4, "repeated reads hit the warm tier");
+    assert!(warm("entries") >= 1);
+
+    // An update is read back at once.
+    let mut edit = created.clone();
+    edit["title"] = json!("Cached, revised");
+    let updated = expect(c.put("/articles/w-1", &edit), 200);
+    assert_eq!(expect(c.get("/articles/w-1"), 200), updated);
+    assert_eq!(expect(c.get("/articles/w-1"), 200)["title"], "Cached, revised");
+
+    // An atomic increment.
+    expect(c.post("/articles/w-1/increment", &json!({ "field": "views", "by": 3 })), 200);
+    assert_eq!(expect(c.get("/articles/w-1"), 200)["views"], created["views"].as_i64().unwrap_or(0) + 3);
+
+    // Rolled back: a batch of transfers refused after its first debit, and a touch naming a
+    // missing id; the balances and the article read back as they were.
+    assert_eq!((balance(&c, "rich"), balance(&c, "poor")), (100, 0));
+    let atomic = json!({ "atomic": true, "transfers": [
+        { "id": "t-1", "from": "rich", "to": "poor", "amount": 10 },
+        { "id": "t-2", "from": "poor", "to": "rich", "amount": 1000 },
+    ]});
+    expect_error(c.post("/transfers/batch", &atomic), 422, "insufficient_funds");
+    assert_eq!((balance(&c, "rich"), balance(&c, "poor")), (100, 0));
+    let before = expect(c.get("/articles/w-1"), 200);
+    expect_error(c.post("/articles/touch", &json!({ "ids": ["w-1", "missing"] })), 404, "not_found");
+    assert_eq!(expect(c.get("/articles/w-1"), 200), before);
+
+    // A committed transfer moves both balances; in a batch that is not atomic, a failed
+    // transfer is undone alone (a nested transaction) and the others commit.
+    expect(c.post("/transfers", &json!({ "id": "t-3", "from": "rich", "to": "poor", "amount": 30 })), 201);
+    assert_eq!((balance(&c, "rich"), balance(&c, "poor")), (70, 30));
+    assert_eq!((balance(&c, "rich"), balance(&c, "poor")), (70, 30));
+    let partial = json!({ "atomic": false, "transfers": [
+        { "id": "t-4", "from": "rich", "to": "poor", "amount": 5 },
+        { "id": "t-5", "from": "poor", "to": "rich", "amount": 1000 },
+    ]});
+    expect(c.post("/transfers/batch", &partial), 200);
+    assert_eq!((balance(&c, "rich"), balance(&c, "poor")), (65, 35));
+
+    // A delete.
+    expect(c.delete("/articles/w-1"), 200);
+    expect_error(c.get("/articles/w-1"), 404, "not_found");
+    expect_error(c.get("/articles/w-1"), 404, "not_found");
+    assert!(warm("bytes") <= warm("capacity"));
+}

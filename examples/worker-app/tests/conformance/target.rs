@@ -53,7 +53,9 @@ impl Target for Native {
         };
         let db = {
             let mut dbs = self.dbs.lock().unwrap();
-            dbs.entry(tenant.to_owned()).or_insert_with(|| Db::open_in_memory().expect("in-memory database")).clone()
+            dbs.entry(tenant.to_owned())
+                .or_insert_with(|| Db::open_in_memory_with(api::db_options()).expect("in-memory database"))
+                .clone()
         };
         let target = match query {
             Some(q) => format!("{rest}?{q}"),
