@@ -267,6 +267,8 @@ struct DbInner {
     cursor_key: crate::store::secret::CursorKey,
     /// [`DbOptions::name`], shared by the change events read through this handle.
     source: Arc<str>,
+    /// The cold tier, when [`DbOptions::tiers`] gives a cold store.
+    cold: Option<crate::tier::cold::ColdTier>,
 }
 
 impl std::fmt::Debug for Db {
@@ -414,6 +416,7 @@ impl Db {
             other => other?,
         }
         let cursor_key = crate::store::secret::CursorKey::load(&*backend)?;
+        let cold = crate::tier::cold::ColdTier::open(&*backend, &options.tiers)?;
         Ok(Self {
             inner: Arc::new(DbInner {
                 backend,
@@ -423,6 +426,7 @@ impl Db {
                 registry: Registry::default(),
                 committed: Totals::default(),
                 cursor_key,
+                cold,
             }),
         })
     }
@@ -566,5 +570,10 @@ impl Db {
 
     pub(crate) fn committed(&self) -> &Totals {
         &self.inner.committed
+    }
+
+    /// The cold tier, if a cold store is configured.
+    pub(crate) fn cold(&self) -> Option<&crate::tier::cold::ColdTier> {
+        self.inner.cold.as_ref()
     }
 }

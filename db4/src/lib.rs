@@ -325,7 +325,9 @@ pub mod range {
 /// Storage tiers: hot SQLite tables, a warm in-process cache, a cold object store, and the
 /// compaction that moves documents between them. See `docs/tiers.md`.
 pub mod tier {
-    pub use db4_runtime::tier::{ColdStore, CompactionPolicy, ObjectInfo, TierConfig};
+    #[cfg(feature = "fs")]
+    pub use db4_runtime::tier::DirStore;
+    pub use db4_runtime::tier::{ColdStore, CompactionPolicy, CompactionReport, MemoryStore, ObjectInfo, TierConfig};
 }
 
 pub use db4_runtime::__private;

@@ -26,5 +26,6 @@ mod shard_crash;
 mod shard_router;
 mod spans;
 mod stats;
+mod tier_cold;
 mod versioning;
 mod wal_config;

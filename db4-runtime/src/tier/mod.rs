@@ -7,6 +7,12 @@
 //! [`ColdStore`] trait an object store implements (a directory natively, R2 on Cloudflare).
 //! The tier logic itself is pure (no I/O of its own, builds for wasm32).
 
+pub(crate) mod cold;
+
+#[cfg(feature = "fs")]
+pub use cold::DirStore;
+pub use cold::{CompactionReport, MemoryStore};
+
 use crate::error::Result;
 use std::fmt;
 use std::ops::Range;
