@@ -27,5 +27,7 @@ mod shard_router;
 mod spans;
 mod stats;
 mod tier_cold;
+mod tier_cold_crash;
+mod tier_cold_props;
 mod versioning;
 mod wal_config;

@@ -229,7 +229,7 @@ fn read_modify_write<T: Document>(
     with_optimistic_lock(policy, || {
         let cold = runner.db().cold();
         let doc = runner.read_meta(slot, |conn, meta| match select_one::<T>(conn, meta, key)? {
-            None => crate::tier::cold::get(cold, conn, meta, key),
+            None => crate::tier::cold::get(cold, conn, meta, key, &|| select_one(conn, meta, key)),
             hit => Ok(hit),
         })?;
         let meta = slot.get();

@@ -216,7 +216,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
         let cold = self.runner().db().cold();
         let doc = self.runner().read_meta(&self.slot, |conn, meta| match select_one(conn, meta, &key)? {
             // A hot miss falls through to the cold tier (nothing more without one).
-            None => crate::tier::cold::get(cold, conn, meta, &key),
+            None => crate::tier::cold::get(cold, conn, meta, &key, &|| select_one(conn, meta, &key)),
             hit => Ok(hit),
         });
         span.rows_of(doc, |doc| u64::from(doc.is_some()))

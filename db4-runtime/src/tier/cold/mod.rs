@@ -285,6 +285,11 @@ pub(crate) fn row_of(meta: &CollectionMeta, doc: &ColdDoc) -> Vec<Value> {
 /// The read path after a hot miss: the document from the cold tier, if the database has one
 /// and a live segment holds `id`. Costs nothing without a cold store.
 ///
+/// Reads outside a transaction run statement by statement, so a compaction or a write
+/// bringing the document back hot may commit between the hot miss and the cold lookup: the
+/// lookup checks that the segment generation did not move meanwhile and looks in the hot
+/// table again (with `hot`) before saying "none", and starts over if the generation moved.
+///
 /// # Errors
 ///
 /// [`Error::Corrupted`](crate::Error::Corrupted) naming a missing or damaged segment;
@@ -294,11 +299,27 @@ pub(crate) fn get<T: Document>(
     conn: &dyn Connection,
     meta: &CollectionMeta,
     id: &Value,
+    hot: &dyn Fn() -> Result<Option<T>>,
 ) -> Result<Option<T>> {
     let Some(cold) = cold else { return Ok(None) };
-    let Some((_, doc)) = cold.find(conn, meta, id)? else { return Ok(None) };
-    let version = if meta.versioned { doc.version } else { None };
-    decode_json::<T>(meta, &doc.doc, version).map(Some).map_err(|e| with_id(e, id))
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let before = generation(conn)?;
+        let found = cold.find(conn, meta, id);
+        let moved = generation(conn)? != before;
+        if moved && attempts < 4 {
+            continue;
+        }
+        return match found? {
+            Some((_, doc)) => {
+                let version = if meta.versioned { doc.version } else { None };
+                decode_json::<T>(meta, &doc.doc, version).map(Some).map_err(|e| with_id(e, id))
+            }
+            // Brought back hot (or written) since the hot miss?
+            None => hot(),
+        };
+    }
 }
 
 /// Fills the `None`s of a `get_many` result from the cold tier.
@@ -314,7 +335,7 @@ pub(crate) fn fill<T: Document>(
     }
     for (key, slot) in keys.iter().zip(out.iter_mut()) {
         if slot.is_none() {
-            *slot = get::<T>(cold, conn, meta, key)?;
+            *slot = get::<T>(cold, conn, meta, key, &|| crate::store::codec::select_one(conn, meta, key))?;
         }
     }
     Ok(())
