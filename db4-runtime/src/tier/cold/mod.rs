@@ -9,6 +9,7 @@
 //! document tombstones its copy.
 
 mod compact;
+pub(crate) mod merge;
 pub(crate) mod segment;
 mod store;
 
