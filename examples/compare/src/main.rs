@@ -13,6 +13,7 @@
 //! with hand-written FTS5 on a corpus of its own. See `docs/benchmarks.md`.
 
 mod cdc;
+mod cold;
 mod corpus;
 mod data;
 mod fts;
@@ -66,6 +67,8 @@ const USAGE: &str =
   --fts-only       run only the full-text search section (search and indexing against FTS5)
   --shard-only     run only the shard router section (ring lookup, routed insert, top-100
                    scatter-gather over 16 shards, each against one database)
+  --cold-only      run only the cold tier section (compaction throughput, bytes saved, cold get
+                   against hot get)
   --range-only     run only the insert, the two queries and the range section (keyset paging
                    through every document, the composite index)
   --quick          a smoke run: 2000 docs, 3 reps, 10 queries, 100 full-text queries, 20 txns,
@@ -96,6 +99,8 @@ struct Config {
     range_only: bool,
     /// Only the shard router section.
     shard_only: bool,
+    /// Only the cold tier section.
+    cold_only: bool,
 }
 
 impl Config {
@@ -105,7 +110,7 @@ impl Config {
             (None, None, None, None, None, None);
         let (mut quick, mut wal_only, mut cdc_only, mut range_only, mut wal_records) =
             (false, false, false, false, None);
-        let (mut fts_only, mut fts_queries, mut shard_only) = (false, None, false);
+        let (mut fts_only, mut fts_queries, mut shard_only, mut cold_only) = (false, None, false, false);
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
             match arg.as_str() {
@@ -122,6 +127,7 @@ impl Config {
                 "--fts-only" => fts_only = true,
                 "--range-only" => range_only = true,
                 "--shard-only" => shard_only = true,
+                "--cold-only" => cold_only = true,
                 "--quick" => quick = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -149,6 +155,7 @@ impl Config {
             fts_only,
             range_only,
             shard_only,
+            cold_only,
         };
         if config.docs < UPDATES_PER_TXN
             || config.reps == 0
@@ -210,6 +217,9 @@ fn run() -> BoxResult<()> {
     let docs = data::generate(config.docs);
     if config.cdc_only {
         return cdc::run(&config, &docs);
+    }
+    if config.cold_only {
+        return cold::run(&config, &docs);
     }
     let json_bytes: usize = docs.iter().map(|d| serde_json::to_string(d).map(|s| s.len())).sum::<Result<_, _>>()?;
     println!("db4-compare: db4 vs hand-written rusqlite");

@@ -25,7 +25,7 @@ use crate::store::codec::{count, decode_json, with_id};
 use crate::store::meta::CollectionMeta;
 use crate::tier::{ColdStore, TierConfig};
 use crate::value::{Value, ValueRef};
-use segment::{ColdDoc, Manifest, damaged, decode_block};
+use segment::{ColdDoc, Manifest, damaged};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -74,6 +74,7 @@ struct Cache {
 
 /// The cold tier's figures, for [`Db::tier_stats`](crate::Db) (wired with the warm tier's).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(dead_code, reason = "wired into Db::tier_stats with the warm tier")]
 pub(crate) struct ColdStats {
     /// Live segments.
     pub segments: u64,
@@ -185,8 +186,7 @@ impl ColdTier {
                 .store()
                 .get_range(&m.key, block.offset..block.offset + block.length)?
                 .ok_or_else(|| damaged(meta.collection, &m.key, "missing from the cold store"))?;
-            let docs = decode_block(m, block, &bytes)?;
-            if let Some(doc) = docs.into_iter().find(|d| d.id == *id) {
+            if let Some(doc) = segment::find_in_block(m, block, &bytes, id)? {
                 self.found.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some((Arc::clone(m), doc)));
             }
@@ -197,7 +197,6 @@ impl ColdTier {
     /// The cold tier's figures (see [`ColdStats`]), as `conn` sees the segment table.
     ///
     /// For `Db::tier_stats`, which the warm tier's work adds; wired when both land.
-    #[allow(dead_code, reason = "wired into Db::tier_stats with the warm tier")]
     pub(crate) fn stats(&self, conn: &dyn Connection) -> Result<ColdStats> {
         let segments = count(conn, "cold", &format!("SELECT count(*) FROM {SEGMENTS}"), &[])?;
         let docs = count(conn, "cold", &format!("SELECT coalesce(sum(\"docs\"), 0) FROM {SEGMENTS}"), &[])?;
@@ -210,6 +209,17 @@ impl ColdTier {
             reads: self.reads.load(Ordering::Relaxed),
             found: self.found.load(Ordering::Relaxed),
         })
+    }
+}
+
+impl crate::db::Db {
+    /// The cold tier's figures ([`ColdStats`]: live segments, live documents, segment bytes,
+    /// block reads and cold hits of this handle), `None` without a cold store. For
+    /// `Db::tier_stats`, which the warm tier's work adds; wired when both land.
+    #[allow(dead_code, reason = "wired into Db::tier_stats with the warm tier")]
+    pub(crate) fn cold_stats(&self) -> Result<Option<ColdStats>> {
+        let Some(cold) = self.cold() else { return Ok(None) };
+        crate::backend::run(self.backend(), crate::backend::Access::Read, |conn| cold.stats(conn)).map(Some)
     }
 }
 
@@ -340,4 +350,38 @@ pub(crate) fn fill<T: Document>(
         }
     }
     Ok(())
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use crate::tier::{CompactionPolicy, MemoryStore, TierConfig};
+    use crate::{Db, DbOptions, Result};
+
+    #[derive(serde::Serialize, serde::Deserialize, db4_derive::Document)]
+    #[db4(crate = "crate", collection = "notes")]
+    struct Note {
+        #[id]
+        id: i64,
+        text: String,
+    }
+
+    #[test]
+    fn cold_stats_count_segments_documents_bytes_and_reads() -> Result<()> {
+        let plain = Db::open_in_memory()?;
+        assert_eq!(plain.cold_stats()?, None);
+        let policy = CompactionPolicy { hot_max_documents: Some(2), ..Default::default() };
+        let tiers = TierConfig { warm_bytes: 0, cold: Some(Box::new(MemoryStore::new())), policy };
+        let db = Db::open_in_memory_with(DbOptions::default().tiers(tiers))?;
+        let notes = db.collection::<Note>()?;
+        for id in 0..10 {
+            notes.insert(&Note { id, text: format!("note {id}") })?;
+        }
+        db.compact()?;
+        assert!(notes.get(3)?.is_some());
+        assert!(notes.delete(4)?);
+        let stats = db.cold_stats()?.expect("a cold tier");
+        assert_eq!((stats.segments, stats.documents, stats.found), (1, 7, 2));
+        assert!(stats.bytes > 0 && stats.reads >= 2);
+        Ok(())
+    }
 }

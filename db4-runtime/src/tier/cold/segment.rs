@@ -21,7 +21,7 @@ use std::io::{Read, Write};
 /// The format version written in every manifest.
 pub(crate) const FORMAT: u32 = 1;
 /// A block holds about this many bytes of JSON Lines before compression.
-pub(crate) const BLOCK_BYTES: usize = 64 * 1024;
+pub(crate) const BLOCK_BYTES: usize = 16 * 1024;
 /// Bloom filter bits per id (about 1% false positives with 7 probes).
 const BLOOM_BITS_PER_KEY: usize = 10;
 const BLOOM_PROBES: u32 = 7;
@@ -81,6 +81,22 @@ pub(crate) struct Manifest {
     pub crc32: u32,
     pub blocks: Vec<BlockInfo>,
     pub bloom: Bloom,
+    /// The id range, and each block's, as stored ids (filled by [`Manifest::parse`]).
+    #[serde(skip)]
+    ids: Ranges,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Ranges {
+    min: Value,
+    max: Value,
+    blocks: Vec<(Value, Value)>,
+}
+
+impl Default for Ranges {
+    fn default() -> Self {
+        Ranges { min: Value::Null, max: Value::Null, blocks: Vec::new() }
+    }
 }
 
 /// A bloom filter over a segment's ids (see [`bloom_key`] for what is hashed).
@@ -226,6 +242,7 @@ pub(crate) fn build(key: &str, collection: &str, docs: &[ColdDoc]) -> Result<(Ve
         crc32: crc32(&[&file]),
         blocks,
         bloom: Bloom::with_ids(docs.iter().map(|d| &d.id)),
+        ids: Ranges::default(),
     };
     Ok((file, manifest))
 }
@@ -244,12 +261,18 @@ impl Manifest {
             return Err(damaged(collection, key, format!("unknown format version {}", m.format)));
         }
         m.bloom.load().ok_or_else(|| damaged(collection, key, "bad bloom filter in the manifest"))?;
-        let ids_ok = id_from_json(&m.min_id).is_some()
-            && id_from_json(&m.max_id).is_some()
-            && m.blocks.iter().all(|b| id_from_json(&b.first).is_some() && id_from_json(&b.last).is_some());
-        if !ids_ok || m.key != key {
-            return Err(damaged(collection, key, "bad manifest"));
+        let bad = || damaged(collection, key, "bad manifest");
+        let blocks = m
+            .blocks
+            .iter()
+            .map(|b| Some((id_from_json(&b.first)?, id_from_json(&b.last)?)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(bad)?;
+        let (Some(min), Some(max)) = (id_from_json(&m.min_id), id_from_json(&m.max_id)) else { return Err(bad()) };
+        if m.key != key || !blocks.windows(2).all(|w| cmp_ids(&w[0].1, &w[1].0) == Ordering::Less) {
+            return Err(bad());
         }
+        m.ids = Ranges { min, max, blocks };
         Ok(m)
     }
 
@@ -267,19 +290,19 @@ impl Manifest {
         id_from_json(&self.max_id).unwrap_or(Value::Null)
     }
 
-    /// Whether `id` may be in the segment: within its id range and in its bloom filter.
+    /// Whether `id` may be in the segment: within its id range and in its bloom filter (of a
+    /// parsed manifest).
     pub(crate) fn may_contain(&self, id: &Value) -> bool {
-        cmp_ids(id, &self.min()) != Ordering::Less
-            && cmp_ids(id, &self.max()) != Ordering::Greater
+        cmp_ids(id, &self.ids.min) != Ordering::Less
+            && cmp_ids(id, &self.ids.max) != Ordering::Greater
             && self.bloom.may_contain(id)
     }
 
-    /// The block whose id range holds `id`, if any.
+    /// The block whose id range holds `id`, if any (of a parsed manifest): a binary search.
     pub(crate) fn block_for(&self, id: &Value) -> Option<&BlockInfo> {
-        self.blocks.iter().find(|b| {
-            let (Some(first), Some(last)) = (id_from_json(&b.first), id_from_json(&b.last)) else { return false };
-            cmp_ids(id, &first) != Ordering::Less && cmp_ids(id, &last) != Ordering::Greater
-        })
+        let i = self.ids.blocks.partition_point(|(_, last)| cmp_ids(last, id) == Ordering::Less);
+        let (first, _) = self.ids.blocks.get(i)?;
+        (cmp_ids(id, first) != Ordering::Less).then(|| self.blocks.get(i)).flatten()
     }
 }
 
@@ -310,6 +333,32 @@ pub(crate) fn decode_block(manifest: &Manifest, block: &BlockInfo, bytes: &[u8])
         return Err(damaged(collection, key, format!("the block at {} holds the wrong count", block.offset)));
     }
     Ok(out)
+}
+
+/// Finds `id` in one block's bytes: checks the CRC-32, inflates the gzip member, and parses
+/// only the line that starts with the id (lines start `{"collection":..,"id":..,`).
+pub(crate) fn find_in_block(
+    manifest: &Manifest,
+    block: &BlockInfo,
+    bytes: &[u8],
+    id: &Value,
+) -> Result<Option<ColdDoc>> {
+    let (collection, key) = (manifest.collection.as_str(), manifest.key.as_str());
+    if bytes.len() as u64 != block.length {
+        return Err(damaged(collection, key, format!("block at {} is cut short", block.offset)));
+    }
+    if crc32(&[bytes]) != block.crc32 {
+        return Err(damaged(collection, key, format!("checksum mismatch in the block at {}", block.offset)));
+    }
+    let mut text = String::new();
+    GzDecoder::new(bytes)
+        .read_to_string(&mut text)
+        .map_err(|e| damaged(collection, key, format!("bad gzip in the block at {}: {e}", block.offset)))?;
+    let prefix = format!("{{\"collection\":{},\"id\":{},", serde_json::Value::from(collection), id_json(id));
+    let Some(line) = text.lines().find(|l| l.starts_with(&prefix)) else { return Ok(None) };
+    let parsed: Line<'_> =
+        serde_json::from_str(line).map_err(|e| damaged(collection, key, format!("bad JSON line: {e}")))?;
+    Ok(Some(ColdDoc { id: id.clone(), doc: parsed.doc.get().to_owned(), version: parsed.version }))
 }
 
 /// Decodes a whole segment file, checking the file's CRC-32 and each block's.
