@@ -269,6 +269,8 @@ struct DbInner {
     source: Arc<str>,
     /// The warm tier ([`TierConfig::warm_bytes`](crate::tier::TierConfig::warm_bytes)); `None` when off.
     warm: Option<Arc<crate::tier::warm::WarmTier>>,
+    /// The cold tier, when [`DbOptions::tiers`] gives a cold store.
+    cold: Option<crate::tier::cold::ColdTier>,
 }
 
 impl std::fmt::Debug for Db {
@@ -421,6 +423,7 @@ impl Db {
             // Starts the backend's watch over other connections' commits, before any fill.
             let _ = backend.foreign_commits();
         }
+        let cold = crate::tier::cold::ColdTier::open(&*backend, &options.tiers)?;
         Ok(Self {
             inner: Arc::new(DbInner {
                 backend,
@@ -431,6 +434,7 @@ impl Db {
                 committed: Totals::default(),
                 cursor_key,
                 warm,
+                cold,
             }),
         })
     }
@@ -627,8 +631,19 @@ impl Db {
         })?;
         let warm =
             self.warm().map_or_else(crate::tier::WarmTierStats::default, |tier| crate::tier::WarmTierStats::of(tier));
-        // The cold tier fills this in (segments, documents, bytes, reads).
-        let cold = crate::tier::ColdTierStats::default();
+        let cold =
+            self.cold_stats()?.map_or_else(crate::tier::ColdTierStats::default, |c| crate::tier::ColdTierStats {
+                segments: c.segments,
+                documents: c.documents,
+                bytes: c.bytes,
+                reads: c.reads,
+                hits: c.found,
+            });
         Ok(crate::tier::TierStats { hot, warm, cold })
+    }
+
+    /// The cold tier, if a cold store is configured.
+    pub(crate) fn cold(&self) -> Option<&crate::tier::cold::ColdTier> {
+        self.inner.cold.as_ref()
     }
 }

@@ -17,7 +17,6 @@ const LAYERS: &[&str] = &[
     "schema",
     "sql",
     "backend",
-    "tier",
     "store",
     "db",
     "txn",
@@ -29,6 +28,21 @@ const LAYERS: &[&str] = &[
     "fts",
     "range",
     "shard",
+    "tier",
+];
+
+/// The seams where a lower layer calls up into the storage tiers, each named: the tiers hook
+/// the one write pipeline (a write to a cold document brings it back hot first), the handle
+/// (which owns the cold tier) and the read paths (a hot miss falls through to cold; queries
+/// and ranges merge cold results). Everything else must keep to the order.
+const TIER_SEAMS: &[&str] = &[
+    "db.rs",
+    "store/pipeline.rs",
+    "collection/mod.rs",
+    "collection/atomic.rs",
+    "collection/warm.rs",
+    "query/mod.rs",
+    "range/mod.rs",
 ];
 
 /// The modules of `src/store`, in import order.
@@ -98,7 +112,8 @@ fn modules_import_only_the_layers_before_them() {
             for used in uses(&line, "crate::") {
                 if let Some(r) = LAYERS.iter().position(|l| *l == used) {
                     checked += 1;
-                    if r > rank {
+                    let seam = used == "tier" && TIER_SEAMS.iter().any(|s| Path::new(s) == rel);
+                    if r > rank && !seam {
                         broken.push(format!("{}:{n}: `{top}` uses `{used}`, a later layer", rel.display()));
                     }
                 }

@@ -325,8 +325,11 @@ pub mod range {
 /// Storage tiers: hot SQLite tables, a warm in-process cache, a cold object store, and the
 /// compaction that moves documents between them. See `docs/tiers.md`.
 pub mod tier {
+    #[cfg(feature = "fs")]
+    pub use db4_runtime::tier::DirStore;
     pub use db4_runtime::tier::{
-        ColdStore, ColdTierStats, CompactionPolicy, HotTierStats, ObjectInfo, TierConfig, TierStats, WarmTierStats,
+        ColdStore, ColdTierStats, CompactionPolicy, CompactionReport, HotTierStats, MemoryStore, ObjectInfo,
+        TierConfig, TierStats, WarmTierStats,
     };
 }
 

@@ -59,6 +59,17 @@ pub enum ChangeOp {
     /// A document was inserted or replaced, and the log could not tell which (written only by
     /// a [`BatchStore`](crate::BatchStore) upsert that did not read the entry first).
     Upsert,
+    /// The document moved from the hot tables to the cold tier ([`Db::compact`]): it still
+    /// exists, unchanged, and reads still find it. **Not a delete**: a consumer mirroring the
+    /// data ignores it. No images; `version` is `None`. Debezium letter `a` (not a Debezium
+    /// operation; the envelope also says `"db4_op": "archive"`).
+    Archive,
+    /// The document moved back from the cold tier to the hot tables, unchanged, because a
+    /// write touched it (that write's own event follows in the same transaction). **Not an
+    /// insert**; `after` is the document as it was in the cold tier. Debezium letter `r`
+    /// (Debezium's "read": the current state, which a mirror may upsert; the envelope also
+    /// says `"db4_op": "restore"`).
+    Restore,
 }
 
 impl ChangeOp {
@@ -71,6 +82,8 @@ impl ChangeOp {
             ChangeKind::Update => ChangeOp::Update,
             ChangeKind::Delete => ChangeOp::Delete,
             ChangeKind::Upsert => ChangeOp::Upsert,
+            ChangeKind::Archive => ChangeOp::Archive,
+            ChangeKind::Restore => ChangeOp::Restore,
         }
     }
 
@@ -80,6 +93,8 @@ impl ChangeOp {
             2 => ChangeOp::Update,
             3 => ChangeOp::Delete,
             4 => ChangeOp::Upsert,
+            5 => ChangeOp::Archive,
+            6 => ChangeOp::Restore,
             _ => return None,
         })
     }
@@ -91,6 +106,8 @@ impl ChangeOp {
             ChangeOp::Insert => "c",
             ChangeOp::Update | ChangeOp::Upsert => "u",
             ChangeOp::Delete => "d",
+            ChangeOp::Archive => "a",
+            ChangeOp::Restore => "r",
         }
     }
 }
@@ -218,7 +235,7 @@ impl ChangeEvent {
             Value::Text(t) => serde_json::Value::from(t.as_str()),
             other => serde_json::Value::from(crate::store::codec::id_text(other)),
         };
-        Ok(serde_json::json!({
+        let mut envelope = serde_json::json!({
             "before": image(self.before.as_deref())?,
             "after": image(self.after.as_deref())?,
             "op": self.op.debezium(),
@@ -231,7 +248,17 @@ impl ChangeEvent {
                 "tx_id": self.tx_id,
                 "version": self.version,
             },
-        }))
+        });
+        // A tier move says so in words too, for consumers that only know Debezium's letters.
+        let tier_op = match self.op {
+            ChangeOp::Archive => Some("archive"),
+            ChangeOp::Restore => Some("restore"),
+            _ => None,
+        };
+        if let (Some(op), Some(map)) = (tier_op, envelope.as_object_mut()) {
+            map.insert("db4_op".to_owned(), serde_json::Value::from(op));
+        }
+        Ok(envelope)
     }
 }
 
@@ -454,6 +481,8 @@ fn verify(event: &ChangeEvent, stored: i64) -> Result<()> {
         ChangeOp::Update => ChangeKind::Update,
         ChangeOp::Delete => ChangeKind::Delete,
         ChangeOp::Upsert => ChangeKind::Upsert,
+        ChangeOp::Archive => ChangeKind::Archive,
+        ChangeOp::Restore => ChangeKind::Restore,
     };
     let computed = row_crc(
         event.lsn.get(),

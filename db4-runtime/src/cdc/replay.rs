@@ -161,6 +161,8 @@ fn apply_once(target: &Db, events: &[ChangeEvent], report: &mut ReplayReport) ->
             };
             let outcome = match event.op {
                 ChangeOp::Delete => w.apply(&meta, Op::Delete(&event.id)).map(drop),
+                // A move between tiers changes no document: the target keeps its copy.
+                ChangeOp::Archive | ChangeOp::Restore => Ok(()),
                 ChangeOp::Insert | ChangeOp::Update | ChangeOp::Upsert => match &event.after {
                     Some(json) => {
                         let mut params = vec![event.id.clone(), Value::Text(json.clone())];

@@ -219,6 +219,7 @@ fn read_modify_write<T: Document>(
     };
     if !slot.get().versioned || runner.in_transaction() {
         return runner.write_meta(slot, Access::Atomic, |w, meta| {
+            w.ensure_hot(meta, key)?;
             let doc = select_one::<T>(w.conn, meta, key)?.ok_or_else(|| not_found(meta))?;
             let Some((doc, enc)) = modify(meta, doc)? else { return Ok(None) };
             let version = update_encoded(w, meta, &enc)?;
@@ -226,7 +227,11 @@ fn read_modify_write<T: Document>(
         });
     }
     with_optimistic_lock(policy, || {
-        let doc = runner.read_meta(slot, |conn, meta| select_one::<T>(conn, meta, key))?;
+        let cold = runner.db().cold();
+        let doc = runner.read_meta(slot, |conn, meta| match select_one::<T>(conn, meta, key)? {
+            None => crate::tier::cold::get(cold, conn, meta, key, &|| select_one(conn, meta, key)),
+            hit => Ok(hit),
+        })?;
         let meta = slot.get();
         let doc = doc.ok_or_else(|| not_found(&meta))?;
         let Some((doc, enc)) = modify(&meta, doc)? else { return Ok(None) };
@@ -257,6 +262,7 @@ fn patch_field<T: Document>(
         ));
     }
     runner.write_meta(slot, Access::Atomic, |w, meta| {
+        w.ensure_hot(meta, key)?;
         let mut raw = None;
         w.conn.query(&meta.sql.select_one, std::slice::from_ref(key), &mut |row| {
             let ValueRef::Text(json) = row.get(0)? else { return Err(corrupt(meta, "document", key)) };

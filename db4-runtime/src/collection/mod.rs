@@ -214,7 +214,14 @@ impl<T: Document, S: Scope> Collection<T, S> {
     pub fn get(&self, id: impl IdArg<T::Id>) -> Result<Option<T>> {
         let span = trace::op("get", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
-        let hot = || self.runner().read_meta(&self.slot, |conn, meta| select_one(conn, meta, &key));
+        let cold = self.runner().db().cold();
+        let hot = || {
+            self.runner().read_meta(&self.slot, |conn, meta| match select_one(conn, meta, &key)? {
+                // A hot miss falls through to the cold tier (nothing more without one).
+                None => crate::tier::cold::get(cold, conn, meta, &key, &|| select_one(conn, meta, &key)),
+                hit => Ok(hit),
+            })
+        };
         let doc = warm::get(self.runner(), &self.slot, &key, hot);
         span.rows_of(doc, |doc| u64::from(doc.is_some()))
     }
@@ -344,6 +351,8 @@ fn upsert_encoded(w: Writer<'_>, meta: &Arc<CollectionMeta>, enc: &Encoded) -> R
     if !meta.versioned && meta.foreign_keys.is_empty() {
         return w.apply(meta, Op::Upsert(enc)).map(drop);
     }
+    // A cold document is brought back hot before the existence check reads the hot table.
+    w.ensure_hot(meta, &enc.params[0])?;
     let exists = if meta.versioned {
         stored_version(w.conn, meta, &enc.params[0])?.is_some()
     } else {
@@ -354,6 +363,8 @@ fn upsert_encoded(w: Writer<'_>, meta: &Arc<CollectionMeta>, enc: &Encoded) -> R
 
 /// Replaces a stored document; returns the new version in a versioned collection.
 pub(crate) fn update_encoded(w: Writer<'_>, meta: &Arc<CollectionMeta>, enc: &Encoded) -> Result<Option<u64>> {
+    // A cold document is brought back hot before anything reads its row.
+    w.ensure_hot(meta, &enc.params[0])?;
     let carried = carry_foreign_keys(w.conn, meta, enc)?;
     let enc = carried.as_ref().unwrap_or(enc);
     if w.apply(meta, Op::Update(enc))? > 0 {
@@ -428,6 +439,7 @@ fn get_many_hot<T: Document>(runner: Runner<'_>, slot: &MetaSlot, keys: &[Value]
     for (i, k) in keys.iter().enumerate() {
         positions.entry(IdKey::from_ref(k.as_ref())).or_default().push(i);
     }
+    let cold = runner.db().cold();
     runner.read_meta(slot, |conn, meta| {
         let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(keys.len()).collect();
         for list in &lists {
@@ -443,6 +455,7 @@ fn get_many_hot<T: Document>(runner: Runner<'_>, slot: &MetaSlot, keys: &[Value]
                 Ok(())
             })?;
         }
+        crate::tier::cold::fill(cold, conn, meta, keys, &mut out)?;
         Ok(out)
     })
 }

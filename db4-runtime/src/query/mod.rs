@@ -54,6 +54,7 @@ pub struct Query<'c, T> {
     order: Vec<(usize, bool)>,
     limit: Option<usize>,
     offset: usize,
+    include_cold: bool,
 }
 
 impl<T> std::fmt::Debug for Query<'_, T> {
@@ -69,7 +70,16 @@ impl<T> std::fmt::Debug for Query<'_, T> {
 
 impl<'c, T: Document> Query<'c, T> {
     pub(crate) fn new(runner: Runner<'c>, slot: &'c MetaSlot) -> Self {
-        Self { runner, slot, _marker: PhantomData, filters: Vec::new(), order: Vec::new(), limit: None, offset: 0 }
+        Self {
+            runner,
+            slot,
+            _marker: PhantomData,
+            filters: Vec::new(),
+            order: Vec::new(),
+            limit: None,
+            offset: 0,
+            include_cold: false,
+        }
     }
 
     /// Keeps only documents matching `filter` (in addition to earlier filters).
@@ -97,6 +107,17 @@ impl<'c, T: Document> Query<'c, T> {
         self
     }
 
+    /// Also answers from the cold tier ([`Db::compact`](crate::Db::compact)): the matching
+    /// documents of every live segment are merged with the hot ones, in the query's order
+    /// (the id breaking ties), before `offset` and `limit` apply. It reads every segment of
+    /// the collection whole, so it costs what the cold tier holds. Without a cold store it
+    /// changes nothing. [`delete`](Self::delete) refuses it (deleting cold documents by
+    /// condition is not supported; delete them by id).
+    pub fn include_cold(mut self, include: bool) -> Self {
+        self.include_cold = include;
+        self
+    }
+
     /// Runs the query and returns the matching documents.
     ///
     /// # Errors
@@ -112,6 +133,16 @@ impl<'c, T: Document> Query<'c, T> {
 
     /// Runs the query and returns the matching documents.
     fn fetch(self) -> Result<Vec<T>> {
+        if self.include_cold && self.runner.db().cold().is_some() {
+            return self.merged().and_then(|(meta, rows)| {
+                rows.into_iter()
+                    .map(|r| {
+                        let version = if meta.versioned { r.version } else { None };
+                        crate::store::codec::decode_json::<T>(&meta, &r.json, version).map_err(|e| with_id(e, &r.id))
+                    })
+                    .collect()
+            });
+        }
         self.runner.read_meta(self.slot, |conn, meta| {
             let mut sql = meta.statement();
             sql.push(&format!("SELECT \"_id\", {} FROM {}", meta.doc_columns, meta.table));
@@ -127,6 +158,53 @@ impl<'c, T: Document> Query<'c, T> {
                 Ok(())
             })?;
             Ok(out)
+        })
+    }
+
+    /// The hot rows the query selects (up to `offset + limit`) merged with the matching cold
+    /// documents, then `offset` and `limit` applied.
+    fn merged(
+        &self,
+    ) -> Result<(std::sync::Arc<crate::store::meta::CollectionMeta>, Vec<crate::tier::cold::merge::Row>)> {
+        use crate::tier::cold::merge::{Row, merged};
+        let Some(cold) = self.runner.db().cold() else {
+            return Err(crate::Error::invalid_query(self.slot.schema().collection(), "no cold tier"));
+        };
+        let hot_query = Query {
+            runner: self.runner,
+            slot: self.slot,
+            _marker: PhantomData::<fn() -> T>,
+            filters: self.filters.clone(),
+            order: self.order.clone(),
+            limit: self.limit.map(|l| l.saturating_add(self.offset)),
+            offset: 0,
+            include_cold: false,
+        };
+        self.runner.read_meta(self.slot, |conn, meta| {
+            let mut hot = || {
+                let mut sql = meta.statement();
+                sql.push(&format!("SELECT \"_id\", {} FROM {}", meta.doc_columns, meta.table));
+                hot_query.tail(&mut sql, true, 0)?;
+                let (text, params) = sql.finish()?;
+                let mut rows = Vec::new();
+                conn.query(&text, &params, &mut |row| {
+                    let id = row.get(0)?.to_owned();
+                    let crate::value::ValueRef::Text(json) = row.get(1)? else {
+                        return Err(crate::store::codec::corrupt(meta, "document", &id));
+                    };
+                    let version = match (meta.versioned, row.get(2)) {
+                        (true, Ok(crate::value::ValueRef::Integer(v))) => Some(v),
+                        (true, _) => return Err(crate::store::codec::corrupt(meta, "version", &id)),
+                        (false, _) => None,
+                    };
+                    rows.push(Row::new(meta, id, json.to_owned(), version));
+                    Ok(())
+                })?;
+                Ok(rows)
+            };
+            let rows = merged(cold, conn, meta, &self.filters, &self.order, &mut hot)?;
+            let rows = rows.into_iter().skip(self.offset).take(self.limit.unwrap_or(usize::MAX)).collect();
+            Ok((std::sync::Arc::clone(meta), rows))
         })
     }
 
@@ -202,6 +280,10 @@ impl<'c, T: Document> Query<'c, T> {
     /// As [`all`](Self::all).
     pub fn count(self) -> Result<u64> {
         let span = trace::op("count", Some(self.slot.schema().collection()));
+        if self.include_cold && self.runner.db().cold().is_some() {
+            let n = self.merged().map(|(_, rows)| rows.len() as u64);
+            return span.rows_of(n, |&n| n);
+        }
         let n = self.runner.read_meta(self.slot, |conn, meta| {
             let mut sql = meta.statement();
             if self.limit.is_none() && self.offset == 0 {
@@ -227,6 +309,12 @@ impl<'c, T: Document> Query<'c, T> {
     /// As [`all`](Self::all).
     pub fn delete(self) -> Result<u64> {
         let span = trace::op("delete", Some(self.slot.schema().collection()));
+        if self.include_cold && self.runner.db().cold().is_some() {
+            return Err(crate::Error::invalid_query(
+                self.slot.schema().collection(),
+                "include_cold(true) does not apply to delete(): cold documents are deleted by id",
+            ));
+        }
         let n = self.runner.write_meta(self.slot, Access::Write, |w, meta| {
             if w.keeps_undo() {
                 // A savepoint may need the rows back: find them first, so the pipeline reads

@@ -136,6 +136,7 @@ pub struct Range<'c, T, B = AnyValue> {
     index: std::result::Result<IndexKeys, String>,
     spec: Spec,
     filters: Vec<Expr>,
+    include_cold: bool,
     _marker: PhantomData<fn() -> (T, B)>,
 }
 
@@ -243,6 +244,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
             index,
             spec: Spec::default(),
             filters: Vec::new(),
+            include_cold: false,
             _marker: PhantomData,
         }
     }
@@ -355,6 +357,22 @@ impl<'c, T: Document, B> Range<'c, T, B> {
     /// [`Error::Serialization`] naming a stored document that no longer deserializes, or a
     /// backend error.
     pub fn fetch(self) -> Result<Page<T>> {
+        self.fetch_page()
+    }
+
+    /// Also reads the cold tier ([`Db::compact`](crate::Db::compact)): each page merges the
+    /// hot rows with the live documents of every segment that fall in the range (prefix,
+    /// bounds, filters, after or before the cursor), in the range's order, so
+    /// [`fetch`](Self::fetch), cursors in both directions and [`iter`](Self::iter) work as
+    /// over one table. Each page reads every segment of the collection whole: it costs what
+    /// the cold tier holds. Cursors of such a range are signed for it (a range without
+    /// `include_cold` refuses them). Without a cold store it changes nothing.
+    pub fn include_cold(mut self, include: bool) -> Self {
+        self.include_cold = include;
+        self
+    }
+
+    fn fetch_page(self) -> Result<Page<T>> {
         let span = trace::op("range", Some(self.slot.schema().collection()));
         let page =
             self.prepare().and_then(|(keys, context, position)| self.page(&keys, &context, &position, self.spec.limit));
@@ -428,6 +446,9 @@ impl<'c, T: Document, B> Range<'c, T, B> {
         }
         self.spec.encode(&mut out);
         encode_filters(&mut out, &self.filters);
+        if self.include_cold {
+            out.extend_from_slice(b"\0include cold");
+        }
         out
     }
 
@@ -485,9 +506,120 @@ impl<'c, T: Document, B> Range<'c, T, B> {
                 rows.push((doc, key));
                 Ok(())
             })?;
+            if self.include_cold
+                && let Some(cold) = db_of(self.runner).cold()
+            {
+                return self.merge_cold(cold, conn, meta, &keys, position, (rows, more), limit);
+            }
             Ok((rows, more))
         })?;
         Ok(finish_page(self.key, context, position, rows, has_more))
+    }
+}
+
+/// A page's documents with their scan keys, and whether more follow.
+type KeyedRows<T> = (Vec<(T, Vec<Value>)>, bool);
+
+impl<T: Document, B> Range<'_, T, B> {
+    /// Merges the hot rows of a page (`limit` at most, in scan order) with the live cold
+    /// documents that belong on it; returns the page's rows and whether more follow.
+    #[allow(clippy::too_many_arguments)]
+    fn merge_cold(
+        &self,
+        cold: &crate::tier::cold::ColdTier,
+        conn: &dyn crate::backend::Connection,
+        meta: &crate::store::meta::CollectionMeta,
+        keys: &[Key],
+        position: &Position,
+        (hot, hot_more): KeyedRows<T>,
+        limit: usize,
+    ) -> Result<KeyedRows<T>> {
+        use crate::query::eval::{DocFields, Matcher, value_cmp};
+        use std::cmp::Ordering;
+        let schema = meta.schema;
+        let p = self.spec.prefix.len();
+        let matcher = Matcher::new(schema, &self.filters)?;
+        let scan_cmp = |a: &[Value], b: &[Value]| {
+            for (k, (x, y)) in keys[p..].iter().zip(a.iter().zip(b)) {
+                let o = value_cmp(x, y);
+                let o = if k.descending { o.reverse() } else { o };
+                if o != Ordering::Equal {
+                    return o;
+                }
+            }
+            Ordering::Equal
+        };
+        let in_bound = |v: &Value, bound: &Bound<Value>, upper: bool| match bound {
+            Bound::Unbounded => true,
+            _ if matches!(v, Value::Null) => false,
+            Bound::Included(b) | Bound::Excluded(b) => {
+                let o = value_cmp(v, b);
+                let o = if upper { o.reverse() } else { o };
+                o == Ordering::Greater || (matches!(bound, Bound::Included(_)) && o == Ordering::Equal)
+            }
+        };
+        let hot_ids: std::collections::HashSet<crate::store::codec::IdKey> = hot
+            .iter()
+            .filter_map(|(_, k)| k.last())
+            .map(|id| crate::store::codec::IdKey::from_ref(id.as_ref()))
+            .collect();
+        let mut cold_rows: Vec<(crate::tier::cold::merge::Row, Vec<Value>)> = Vec::new();
+        for row in crate::tier::cold::merge::live(cold, conn, meta)? {
+            if hot_ids.contains(&crate::store::codec::IdKey::from_ref(row.id.as_ref())) {
+                continue;
+            }
+            let fields = DocFields::parse(&row.json)
+                .map_err(|e| Error::serialization(meta.collection, Some(crate::store::codec::id_text(&row.id)), e))?;
+            let value_of = |field: usize| {
+                if schema.fields()[field].is_id() { row.id.clone() } else { fields.value(schema.fields()[field].key()) }
+            };
+            let prefix_ok = self.spec.prefix.iter().enumerate().all(|(i, v)| {
+                let x = value_of(keys[i].field);
+                !matches!(x, Value::Null) && value_cmp(&x, v) == Ordering::Equal
+            });
+            if !prefix_ok || !matcher.matches(&fields) {
+                continue;
+            }
+            if p < keys.len() - 1 {
+                let first = value_of(keys[p].field);
+                if !in_bound(&first, &self.spec.lower, false) || !in_bound(&first, &self.spec.upper, true) {
+                    continue;
+                }
+            }
+            let key: Vec<Value> = keys[p..].iter().map(|k| value_of(k.field)).collect();
+            let after = match position {
+                Position::Start => true,
+                Position::After(c, inclusive) | Position::Before(c, inclusive) => {
+                    let o = scan_cmp(&key, c);
+                    o == Ordering::Greater || (*inclusive && o == Ordering::Equal)
+                }
+            };
+            if after {
+                cold_rows.push((row, key));
+            }
+        }
+        cold_rows.sort_by(|a, b| scan_cmp(&a.1, &b.1));
+        let mut out = Vec::with_capacity(limit + 1);
+        let (mut hot, mut cold_iter) = (hot.into_iter().peekable(), cold_rows.into_iter().peekable());
+        while out.len() <= limit {
+            let take_hot = match (hot.peek(), cold_iter.peek()) {
+                (Some(h), Some(c)) => scan_cmp(&h.1, &c.1) != Ordering::Greater,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_hot {
+                out.extend(hot.next());
+            } else if let Some((row, key)) = cold_iter.next() {
+                let version = if meta.versioned { row.version } else { None };
+                let doc =
+                    crate::store::codec::decode_json::<T>(meta, &row.json, version).map_err(|e| with_id(e, &row.id))?;
+                out.push((doc, key));
+            }
+        }
+        let more = hot_more || out.len() > limit;
+        out.truncate(limit);
+        Ok((out, more))
     }
 }
 

@@ -25,6 +25,12 @@ pub enum ChangeKind {
     Upsert,
     /// A document was deleted.
     Delete,
+    /// A document moved from the hot tables to the cold tier ([`Db::compact`](crate::Db::compact)):
+    /// it still exists, unchanged. Not a delete.
+    Archive,
+    /// A document moved back from the cold tier to the hot tables, unchanged (a write to it
+    /// brought it back; the write's own change follows). Not an insert.
+    Restore,
 }
 
 /// One committed write.

@@ -100,6 +100,8 @@ pub(crate) fn op_code(kind: ChangeKind) -> i64 {
         // The log resolves upserts (the pipeline reads whether the row existed); an upsert
         // still unresolved is stored as such and read back as an update-or-insert.
         ChangeKind::Upsert => 4,
+        ChangeKind::Archive => 5,
+        ChangeKind::Restore => 6,
     }
 }
 

@@ -24,6 +24,7 @@ use crate::store::change::{Change, ChangeKind};
 use crate::store::codec::{Encoded, id_text};
 use crate::store::meta::{CollectionMeta, VersionMode};
 use crate::store::tally::Tally;
+use crate::tier::cold::ColdTier;
 use crate::value::{Value, ValueRef};
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -191,6 +192,9 @@ pub(crate) enum Op<'a> {
     /// Stores the row exactly as given, version included, replacing any stored one (a
     /// replay of another database's change log): recorded as an insert or an update.
     Put(&'a Encoded),
+    /// Removes the rows with these ids from the hot table because compaction moved them to
+    /// the cold tier: recorded as [`ChangeKind::Archive`], not as deletes.
+    Archive(&'a [Value]),
 }
 
 /// A connection to write through, and the log of the unit of work the writes belong to.
@@ -198,11 +202,58 @@ pub(crate) enum Op<'a> {
 pub(crate) struct Writer<'c> {
     pub conn: &'c dyn Connection,
     log: &'c RefCell<WriteLog>,
+    /// The database's cold tier: writes to documents there bring them back hot first.
+    cold: Option<&'c ColdTier>,
 }
 
 impl<'c> Writer<'c> {
     pub fn new(conn: &'c dyn Connection, log: &'c RefCell<WriteLog>) -> Self {
-        Self { conn, log }
+        Self { conn, log, cold: None }
+    }
+
+    /// The writer, aware of the database's cold tier (if it has one).
+    pub fn with_cold(mut self, cold: Option<&'c ColdTier>) -> Self {
+        self.cold = cold;
+        self
+    }
+
+    /// Brings the document `id` back from the cold tier if a live segment holds it: inserts
+    /// its row (and full-text terms) into the hot table as it was, tombstones the cold copy,
+    /// and records a [`ChangeKind::Restore`] (undone with the rest on a rollback). Returns
+    /// whether it did. Without a cold tier, or for an id no segment may hold, it reads
+    /// nothing beyond the segment generation.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupted`] naming a missing or damaged segment; a backend error.
+    pub fn ensure_hot(&self, meta: &Arc<CollectionMeta>, id: &Value) -> Result<bool> {
+        let Some(cold) = self.cold else { return Ok(false) };
+        let Some((segment, doc)) = cold.find(self.conn, meta, id)? else { return Ok(false) };
+        let row = crate::tier::cold::row_of(meta, &doc);
+        self.conn.execute(&meta.sql.insert, &row)?;
+        if let Some(fts) = &meta.fts_sql {
+            self.conn.execute(&fts.index, &row[..2])?;
+        }
+        let undo = crate::tier::cold::tombstone(self.conn, &segment.key, id)?;
+        let version = doc.version.and_then(|v| u64::try_from(v).ok()).filter(|_| meta.row_width() > 2);
+        self.count(meta, ChangeKind::Restore, 1);
+        self.record(meta, ChangeKind::Restore, id, None, Some(Cow::Borrowed(doc.doc.as_str())), version)?;
+        self.record_external(Vec::new, || Some(Undo::Statements(vec![undo])));
+        Ok(true)
+    }
+
+    /// Deletes `id` from the cold tier if a live segment holds it (tombstones the copy,
+    /// recorded as a delete); returns whether it did.
+    fn delete_cold(&self, meta: &Arc<CollectionMeta>, id: &Value) -> Result<bool> {
+        let Some(cold) = self.cold else { return Ok(false) };
+        let Some((segment, doc)) = cold.find(self.conn, meta, id)? else { return Ok(false) };
+        let undo = crate::tier::cold::tombstone(self.conn, &segment.key, id)?;
+        let version = doc.version.and_then(|v| u64::try_from(v).ok()).filter(|_| meta.row_width() > 2);
+        self.count(meta, ChangeKind::Delete, 1);
+        // No before-image: the undo entry must not put the document back hot.
+        self.record(meta, ChangeKind::Delete, id, None, None, version)?;
+        self.record_external(Vec::new, || Some(Undo::Statements(vec![undo])));
+        Ok(true)
     }
 
     /// Whether writes to `meta`'s collection read before-images (for the undo log, or for
@@ -226,13 +277,36 @@ impl<'c> Writer<'c> {
     /// Runs a document write and records it; returns how many rows it changed.
     pub fn apply(&self, meta: &Arc<CollectionMeta>, op: Op<'_>) -> Result<usize> {
         let conn = self.conn;
+        // The cold tier first: a write must see a document compacted out of the hot table.
+        if self.cold.is_some() {
+            match &op {
+                Op::Insert(enc) => {
+                    if self.in_cold(meta, &enc.params[0])? {
+                        return Err(Error::AlreadyExists {
+                            collection: meta.collection.to_owned(),
+                            id: id_text(&enc.params[0]),
+                        });
+                    }
+                }
+                Op::Update(enc) | Op::Upsert(enc) | Op::Put(enc) => {
+                    self.ensure_hot(meta, &enc.params[0])?;
+                }
+                Op::Delete(id) => {
+                    if self.delete_cold(meta, id)? {
+                        return Ok(1);
+                    }
+                }
+                Op::Rewrite { .. } | Op::DeleteIds(_) | Op::DeleteWhere(_) | Op::Archive(_) => {}
+            }
+        }
         let (kind, id, after) = match &op {
             Op::Insert(enc) => (ChangeKind::Insert, &enc.params[0], Some(enc)),
             Op::Update(enc) => (ChangeKind::Update, &enc.params[0], Some(enc)),
             Op::Upsert(enc) | Op::Put(enc) => (ChangeKind::Upsert, &enc.params[0], Some(enc)),
             Op::Delete(id) => (ChangeKind::Delete, *id, None),
             Op::Rewrite { id, .. } => (ChangeKind::Update, *id, None),
-            Op::DeleteIds(ids) => return self.delete_ids(meta, ids),
+            Op::DeleteIds(ids) => return self.delete_ids(meta, ids, ChangeKind::Delete),
+            Op::Archive(ids) => return self.delete_ids(meta, ids, ChangeKind::Archive),
             Op::DeleteWhere(_) => {
                 let Op::DeleteWhere(statement) = op else { unreachable!("matched above") };
                 return self.delete_where(meta, statement);
@@ -272,7 +346,7 @@ impl<'c> Writer<'c> {
                 replaced = conn.execute(&meta.sql.delete, std::slice::from_ref(id))? > 0;
                 conn.execute(&meta.sql.insert, &enc.params)?
             }
-            Op::DeleteIds(_) | Op::DeleteWhere(_) => unreachable!("returned above"),
+            Op::DeleteIds(_) | Op::DeleteWhere(_) | Op::Archive(_) => unreachable!("returned above"),
         };
         if changed == 0 {
             return Ok(0);
@@ -293,7 +367,7 @@ impl<'c> Writer<'c> {
                         conn.execute(&fts.index, &params)?;
                     }
                 }
-                Op::Delete(_) | Op::DeleteIds(_) | Op::DeleteWhere(_) => {}
+                Op::Delete(_) | Op::DeleteIds(_) | Op::DeleteWhere(_) | Op::Archive(_) => {}
             }
         }
         // 3. The record.
@@ -411,8 +485,32 @@ impl<'c> Writer<'c> {
         row.map(|row| exact_row(meta, id, row)).transpose()
     }
 
-    fn delete_ids(&self, meta: &Arc<CollectionMeta>, ids: &[Value]) -> Result<usize> {
-        let befores = if self.needs_before_of(meta) {
+    /// Whether a live cold segment holds `id`.
+    fn in_cold(&self, meta: &CollectionMeta, id: &Value) -> Result<bool> {
+        match self.cold {
+            Some(cold) => Ok(cold.find(self.conn, meta, id)?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    /// Deletes rows by id, recorded as `kind` (a delete, or a move to the cold tier).
+    fn delete_ids(&self, meta: &Arc<CollectionMeta>, ids: &[Value], kind: ChangeKind) -> Result<usize> {
+        let mut cold_deleted = 0;
+        let hot_ids: Cow<'_, [Value]> = if self.cold.is_some() && kind == ChangeKind::Delete {
+            let mut hot = Vec::with_capacity(ids.len());
+            for id in ids {
+                if self.delete_cold(meta, id)? {
+                    cold_deleted += 1;
+                } else {
+                    hot.push(id.clone());
+                }
+            }
+            Cow::Owned(hot)
+        } else {
+            Cow::Borrowed(ids)
+        };
+        let ids = &*hot_ids;
+        let befores = if kind == ChangeKind::Delete && self.needs_before_of(meta) {
             ids.iter().map(|id| self.before_image(meta, id)).collect::<Result<Vec<_>>>()?
         } else {
             Vec::new()
@@ -425,9 +523,9 @@ impl<'c> Writer<'c> {
             changed += self.conn.execute(&meta.sql.delete_ids, &[list])?;
         }
         if changed == 0 {
-            return Ok(0);
+            return Ok(cold_deleted);
         }
-        self.count(meta, ChangeKind::Delete, changed);
+        self.count(meta, kind, changed);
         self.touch(meta, ids);
         let mut befores = befores.into_iter();
         for id in ids {
@@ -436,12 +534,12 @@ impl<'c> Writer<'c> {
                 Some(None) => {}
                 Some(Some(row)) => {
                     let version = stored_version(meta, &row);
-                    self.record(meta, ChangeKind::Delete, id, Some(row), None, version)?;
+                    self.record(meta, kind, id, Some(row), None, version)?;
                 }
-                None => self.record(meta, ChangeKind::Delete, id, None, None, None)?,
+                None => self.record(meta, kind, id, None, None, None)?,
             }
         }
-        Ok(changed)
+        Ok(changed + cold_deleted)
     }
 
     fn delete_where(&self, meta: &Arc<CollectionMeta>, mut statement: Statement<'_>) -> Result<usize> {

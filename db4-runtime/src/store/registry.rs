@@ -27,6 +27,14 @@ impl Registry {
         self.known.lock().unwrap_or_else(PoisonError::into_inner).get(name).map(Arc::clone)
     }
 
+    /// Every collection this handle knows, in name order.
+    pub fn all(&self) -> Vec<Arc<MetaSlot>> {
+        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slots: Vec<_> = known.values().map(Arc::clone).collect();
+        slots.sort_by_key(|s| s.schema().collection());
+        slots
+    }
+
     /// Creates or migrates `T`'s collection (inside a write transaction); register it once
     /// that commits.
     pub fn prepare<T: Document>(writer: &Writer<'_>, max_document_bytes: usize) -> Result<Arc<MetaSlot>> {

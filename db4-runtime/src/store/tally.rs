@@ -18,6 +18,8 @@ pub(crate) struct OpCounts {
     pub updates: u64,
     pub upserts: u64,
     pub deletes: u64,
+    /// Documents moved between tiers (not writes: not in [`Db::stats`](crate::Db::stats)).
+    pub moves: u64,
 }
 
 impl OpCounts {
@@ -27,6 +29,7 @@ impl OpCounts {
             ChangeKind::Update => &mut self.updates,
             ChangeKind::Upsert => &mut self.upserts,
             ChangeKind::Delete => &mut self.deletes,
+            ChangeKind::Archive | ChangeKind::Restore => &mut self.moves,
         }
     }
 
@@ -35,6 +38,7 @@ impl OpCounts {
         self.updates += other.updates;
         self.upserts += other.upserts;
         self.deletes += other.deletes;
+        self.moves += other.moves;
     }
 
     fn total(&self) -> u64 {

@@ -11,6 +11,11 @@ mod stats;
 pub(crate) mod warm;
 
 pub use stats::{ColdTierStats, HotTierStats, TierStats, WarmTierStats};
+pub(crate) mod cold;
+
+#[cfg(feature = "fs")]
+pub use cold::DirStore;
+pub use cold::{CompactionReport, MemoryStore};
 
 use crate::error::Result;
 use std::fmt;

@@ -81,6 +81,16 @@ pub struct ColdTierStats {
     pub documents: u64,
     /// Their bytes in the store.
     pub bytes: u64,
-    /// Reads of the cold store this handle made.
+    /// Reads of the cold store this handle made (point reads that got past the segments' id
+    /// ranges and filters, each one ranged get of a block).
     pub reads: u64,
+    /// Those reads that found their document.
+    pub hits: u64,
+}
+
+impl ColdTierStats {
+    /// The share of cold reads that found their document (`0.0` before any read).
+    pub fn hit_rate(&self) -> f64 {
+        if self.reads == 0 { 0.0 } else { self.hits as f64 / self.reads as f64 }
+    }
 }

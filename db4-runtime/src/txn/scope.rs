@@ -72,7 +72,7 @@ impl<'a> Runner<'a> {
                 // The change log's rows commit with the data, so the writes must be atomic.
                 let access = if commits.logs() { Access::Atomic } else { access };
                 let out = run(db.backend(), access, |conn| {
-                    let out = f(Writer::new(conn, &log))?;
+                    let out = f(Writer::new(conn, &log).with_cold(db.cold()))?;
                     commits.append(conn, log.borrow_mut().changes_mut())?;
                     // Taken while the write lock is held: ticket order is commit order.
                     ticket = commits.ticket();
@@ -85,8 +85,18 @@ impl<'a> Runner<'a> {
                 }
                 Ok(out)
             }
-            Runner::Tx(tx) if access == Access::Atomic => tx.nested(|tx| f(Writer::new(tx.conn()?, tx.log()))),
-            Runner::Tx(tx) => f(Writer::new(tx.conn()?, tx.log())),
+            Runner::Tx(tx) if access == Access::Atomic => {
+                tx.nested(|tx| f(Writer::new(tx.conn()?, tx.log()).with_cold(tx.db().cold())))
+            }
+            Runner::Tx(tx) => f(Writer::new(tx.conn()?, tx.log()).with_cold(tx.db().cold())),
+        }
+    }
+
+    /// The database the scope is on.
+    pub(crate) fn db(self) -> &'a Db {
+        match self {
+            Runner::Db(db) => db,
+            Runner::Tx(tx) => tx.db(),
         }
     }
 

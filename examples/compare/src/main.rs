@@ -13,6 +13,7 @@
 //! with hand-written FTS5 on a corpus of its own. See `docs/benchmarks.md`.
 
 mod cdc;
+mod cold;
 mod corpus;
 mod data;
 mod fts;
@@ -71,6 +72,8 @@ const USAGE: &str =
   --warm-only      run only the warm-tier section (warm-hit get against a raw get, the miss
                    path, the write overhead)
   --layout-only    run only the table-layout measurement (text ids: rowid against WITHOUT ROWID, raw)
+  --cold-only      run only the cold tier section (compaction throughput, bytes saved, cold get
+                   against hot get)
   --range-only     run only the insert, the two queries and the range section (keyset paging
                    through every document, the composite index)
   --quick          a smoke run: 2000 docs, 3 reps, 10 queries, 100 full-text queries, 20 txns,
@@ -105,6 +108,8 @@ struct Config {
     warm_only: bool,
     /// Only the table-layout section (rowid against WITHOUT ROWID).
     layout_only: bool,
+    /// Only the cold tier section.
+    cold_only: bool,
 }
 
 impl Config {
@@ -114,8 +119,8 @@ impl Config {
             (None, None, None, None, None, None);
         let (mut quick, mut wal_only, mut cdc_only, mut range_only, mut wal_records) =
             (false, false, false, false, None);
-        let (mut fts_only, mut fts_queries, mut shard_only, mut warm_only, mut layout_only) =
-            (false, None, false, false, false);
+        let (mut fts_only, mut fts_queries, mut shard_only, mut warm_only, mut layout_only, mut cold_only) =
+            (false, None, false, false, false, false);
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
             match arg.as_str() {
@@ -134,6 +139,7 @@ impl Config {
                 "--shard-only" => shard_only = true,
                 "--warm-only" => warm_only = true,
                 "--layout-only" => layout_only = true,
+                "--cold-only" => cold_only = true,
                 "--quick" => quick = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -163,6 +169,7 @@ impl Config {
             shard_only,
             warm_only,
             layout_only,
+            cold_only,
         };
         if config.docs < UPDATES_PER_TXN
             || config.reps == 0
@@ -230,6 +237,9 @@ fn run() -> BoxResult<()> {
     }
     if config.cdc_only {
         return cdc::run(&config, &docs);
+    }
+    if config.cold_only {
+        return cold::run(&config, &docs);
     }
     let json_bytes: usize = docs.iter().map(|d| serde_json::to_string(d).map(|s| s.len())).sum::<Result<_, _>>()?;
     println!("db4-compare: db4 vs hand-written rusqlite");

@@ -281,6 +281,8 @@ fn apply_to<T: Partitioned>(
         let c = tx.collection::<T>()?;
         for event in events {
             let doc = match event.op {
+                // A move between tiers changes no document: nothing to catch up.
+                ChangeOp::Archive | ChangeOp::Restore => continue,
                 ChangeOp::Delete => None,
                 ChangeOp::Insert | ChangeOp::Update | ChangeOp::Upsert => event.after::<T>()?,
             };
