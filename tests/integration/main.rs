@@ -26,6 +26,7 @@ mod shard_crash;
 mod shard_router;
 mod spans;
 mod stats;
+mod tier_both;
 mod tier_cold;
 mod tier_cold_crash;
 mod tier_cold_props;

@@ -533,3 +533,23 @@ fn big_pages_and_one_phase_pages_equal_one_database() -> db4::Result<()> {
     }
     Ok(())
 }
+
+/// Filters that pin the partition key to two values match no shard: an empty page, whatever
+/// the limit (this panicked once the gather went in rounds).
+#[test]
+fn a_filter_no_shard_can_match_gives_an_empty_page() -> db4::Result<()> {
+    let router = ShardRouter::<Ticket>::in_memory(config(3))?;
+    for i in 0..20 {
+        router.insert(&ticket(i, &format!("t{}", i % 4)))?;
+    }
+    let f = Ticket::fields();
+    for limit in [None, Some(0), Some(5)] {
+        let mut q = router.query().filter(f.tenant.eq("t1")).filter(f.tenant.eq("t2")).order_by(f.score.asc());
+        if let Some(l) = limit {
+            q = q.limit(l);
+        }
+        assert!(q.all()?.is_empty(), "limit {limit:?}");
+    }
+    assert_eq!(router.query().filter(f.tenant.eq("t1")).filter(f.tenant.eq("t2")).count()?, 0);
+    Ok(())
+}

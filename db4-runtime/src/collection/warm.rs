@@ -88,15 +88,25 @@ pub(crate) fn get<T: Document>(
         },
         Lookup::Miss(epoch) => epoch,
     };
+    let cold = runner.db().cold();
     let found = runner.read_meta(slot, |conn, meta| {
         let mut out = None;
         conn.query(&meta.sql.select_one, std::slice::from_ref(id), &mut |row| {
             out = Some(fetched::<T>(meta, row, 0, id)?);
             Ok(())
         })?;
-        Ok(out)
+        match out {
+            Some(found) => Ok(Ok(found)),
+            // A hot miss falls through to the cold tier, whose documents the warm tier does
+            // not keep (a cold read is one ranged get; keeping them is left for later).
+            None => crate::tier::cold::get(cold, conn, meta, id, &|| crate::store::codec::select_one(conn, meta, id))
+                .map(Err),
+        }
     })?;
-    let Some(found) = found else { return Ok(None) };
+    let found = match found {
+        Ok(found) => found,
+        Err(cold) => return Ok(cold),
+    };
     // No second check of other connections' commits: one that landed since the lookup either
     // moved the tier's count already (the fill is refused) or shows in the file at the next
     // lookup, which drops the tier before it can serve this copy.
@@ -140,6 +150,7 @@ pub(crate) fn get_many<T: Document>(
         positions.push(i);
     }
     let Some(epoch) = epoch else { return Ok(out) };
+    let cold = runner.db().cold();
     let lists = crate::sql::json_lists(keys.iter().map(Value::as_ref), crate::sql::MAX_VALUE_BYTES);
     let found = runner.read_meta(slot, |conn, meta| {
         let mut found: Vec<(Value, Fetched<T>)> = Vec::new();
@@ -154,8 +165,32 @@ pub(crate) fn get_many<T: Document>(
                 Ok(())
             })?;
         }
-        Ok(found)
+        // The ids the hot tier lacks fall through to the cold tier (not kept warm).
+        let mut from_cold = Vec::new();
+        if cold.is_some() {
+            let hot: std::collections::HashSet<IdKey> =
+                found.iter().map(|(id, _)| IdKey::from_ref(id.as_ref())).collect();
+            let lacking: Vec<Value> =
+                keys.iter().filter(|k| !hot.contains(&IdKey::from_ref(k.as_ref()))).cloned().collect();
+            let mut docs: Vec<Option<T>> = std::iter::repeat_with(|| None).take(lacking.len()).collect();
+            crate::tier::cold::fill(cold, conn, meta, &lacking, &mut docs)?;
+            from_cold = lacking.into_iter().zip(docs).filter_map(|(id, doc)| doc.map(|d| (id, d))).collect();
+        }
+        Ok((found, from_cold))
     })?;
+    let (found, from_cold) = found;
+    for (id, doc) in from_cold {
+        let Some(key) = Key::new(collection, &id) else { continue };
+        let positions = misses.get(&key.id).map_or(&[][..], Vec::as_slice);
+        if let Some((&last, rest)) = positions.split_last() {
+            for &pos in rest {
+                out[pos] = runner.read_meta(slot, |conn, meta| {
+                    crate::tier::cold::get(cold, conn, meta, &id, &|| crate::store::codec::select_one(conn, meta, &id))
+                })?;
+            }
+            out[last] = Some(doc);
+        }
+    }
     let meta = slot.get();
     for (id, fetched) in found {
         let Some(key) = Key::new(collection, &id) else { continue };

@@ -160,6 +160,10 @@ impl<'r, T: Partitioned> ShardQuery<'r, T> {
                 Ok((None, q.keys()?.into_iter().map(|(id, keys)| (i, id, keys, None)).collect()))
             }
         };
+        if shards.is_empty() {
+            // A filter no shard can match (partition keys pinned to nothing).
+            return Ok(Vec::new());
+        }
         let all: Vec<usize> = (0..shards.len()).collect();
         let mut parts = Vec::with_capacity(shards.len());
         let mut asked = vec![ask.fetch.map_or(usize::MAX, |want| first_round_fetch(want, shards.len())); shards.len()];
@@ -172,7 +176,7 @@ impl<'r, T: Partitioned> ShardQuery<'r, T> {
         // In rounds: each shard's share first, then more only from the shards that may hold
         // more of the page (`shards_needing_more`), up to `offset + limit` each.
         if let Some(want) = ask.fetch {
-            let mut fetch = asked[0];
+            let mut fetch = asked.first().copied().unwrap_or(want);
             loop {
                 let more = shards_needing_more(&parts, &asked, want, cmp);
                 if more.is_empty() {
