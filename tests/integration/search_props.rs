@@ -129,7 +129,12 @@ fn hostile() -> impl Strategy<Value = String> {
         2 => any::<String>(),
         1 => (proptest::sample::select(PIECES), 100usize..2_000).prop_map(|(p, n)| {
             let mut s = p.repeat(n);
-            s.truncate(10_240);
+            // Cut at 10 KiB, on a character boundary (a piece may be multibyte).
+            let mut at = s.len().min(10_240);
+            while !s.is_char_boundary(at) {
+                at -= 1;
+            }
+            s.truncate(at);
             s
         }),
         1 => (1usize..600).prop_map(|n| "(".repeat(n) + "x" + &")".repeat(n / 2)),
