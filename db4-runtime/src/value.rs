@@ -59,6 +59,22 @@ impl ValueRef<'_> {
         }
     }
 
+    /// Writes this value into `dst`, reusing `dst`'s buffer when both are text or both bytes
+    /// (a reader that keeps only its latest row's values copies without allocating).
+    pub(crate) fn write_to(self, dst: &mut Value) {
+        match (self, &mut *dst) {
+            (ValueRef::Text(s), Value::Text(d)) => {
+                d.clear();
+                d.push_str(s);
+            }
+            (ValueRef::Blob(b), Value::Blob(d)) => {
+                d.clear();
+                d.extend_from_slice(b);
+            }
+            (v, d) => *d = v.to_owned(),
+        }
+    }
+
     /// The name of this value's SQL storage class, for error messages.
     pub fn type_name(self) -> &'static str {
         match self {

@@ -148,7 +148,7 @@ impl<'c, T: Document> Query<'c, T> {
             sql.push(&format!("SELECT \"_id\", {} FROM {}", meta.doc_columns, meta.table));
             self.tail(&mut sql, true, 0)?;
             let (text, params) = sql.finish()?;
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(crate::sql::rows_capacity(self.limit));
             conn.query(&text, &params, &mut |row| {
                 let doc = decode::<T>(meta, row, 1).map_err(|e| match row.get(0) {
                     Ok(id) => with_id(e, &id.to_owned()),
@@ -186,7 +186,7 @@ impl<'c, T: Document> Query<'c, T> {
                 sql.push(&format!("SELECT \"_id\", {} FROM {}", meta.doc_columns, meta.table));
                 hot_query.tail(&mut sql, true, 0)?;
                 let (text, params) = sql.finish()?;
-                let mut rows = Vec::new();
+                let mut rows = Vec::with_capacity(crate::sql::rows_capacity(hot_query.limit));
                 conn.query(&text, &params, &mut |row| {
                     let id = row.get(0)?.to_owned();
                     let crate::value::ValueRef::Text(json) = row.get(1)? else {
@@ -223,7 +223,7 @@ impl<'c, T: Document> Query<'c, T> {
             sql.push(&format!(" FROM {}", meta.table));
             self.tail(&mut sql, true, 0)?;
             let (text, params) = sql.finish()?;
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(crate::sql::rows_capacity(self.limit));
             conn.query(&text, &params, &mut |row| {
                 let id = row.get(0)?.to_owned();
                 let keys = (1..=self.order.len()).map(|i| row.get(i).map(|v| v.to_owned())).collect::<Result<_>>()?;
@@ -249,7 +249,7 @@ impl<'c, T: Document> Query<'c, T> {
             self.tail(&mut sql, true, 0)?;
             let (text, params) = sql.finish()?;
             let k = self.order.len();
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(crate::sql::rows_capacity(self.limit));
             conn.query(&text, &params, &mut |row| {
                 let id = row.get(0)?.to_owned();
                 let keys = (1..=k).map(|i| row.get(i).map(|v| v.to_owned())).collect::<Result<_>>()?;

@@ -825,7 +825,7 @@ impl<'i> IndexRange<'i> {
         sql.fit(and_height(&conditions), crate::sql::MAX_EXPR_DEPTH)?;
         scan.push_order_and_limit(&mut sql, limit)?;
         let (text, params) = sql.finish()?;
-        let mut rows: Vec<(IndexEntry, Vec<Value>)> = Vec::new();
+        let mut rows: Vec<(IndexEntry, Vec<Value>)> = Vec::with_capacity(crate::sql::rows_capacity(Some(limit)));
         let mut has_more = false;
         Runner::Db(&self.index.db).read(|conn| {
             conn.query(&text, &params, &mut |row| {

@@ -488,28 +488,36 @@ impl<'c, T: Document, B> Range<'c, T, B> {
             scan.push_order_and_limit(&mut sql, limit)?;
             let (text, params) = sql.finish()?;
             let first_key = 1 + meta.doc_columns.matches(',').count() + 1;
-            let mut rows: Vec<(T, Vec<Value>)> = Vec::new();
+            let mut rows: Vec<(T, Vec<Value>)> = Vec::with_capacity(crate::sql::rows_capacity(Some(limit)));
             let mut more = false;
+            let cold = if self.include_cold { db_of(self.runner).cold() } else { None };
+            // The page's cursors need the scan keys of its first and last rows only; merging
+            // with the cold tier needs every row's. The latest row's keys live in `latest`,
+            // whose buffers each row reuses.
+            let mut latest = vec![Value::Null; keys.len() - p];
             conn.query(&text, &params, &mut |row| {
                 if rows.len() == limit {
                     // The probe row: more follow.
                     more = true;
                     return Ok(());
                 }
-                let id = row.get(0)?.to_owned();
-                let doc = decode::<T>(meta, row, 1).map_err(|e| with_id(e, &id))?;
-                let mut key = Vec::with_capacity(keys.len() - p);
-                for i in 0..keys.len() - p - 1 {
-                    key.push(row.get(first_key + i)?.to_owned());
+                let Some((id, fields)) = latest.split_last_mut() else {
+                    return Err(Error::invalid_query(meta.collection, "a range scan without its id key"));
+                };
+                row.get(0)?.write_to(id);
+                let doc = decode::<T>(meta, row, 1).map_err(|e| with_id(e, id))?;
+                for (i, value) in fields.iter_mut().enumerate() {
+                    row.get(first_key + i)?.write_to(value);
                 }
-                key.push(id);
+                let key = if cold.is_some() || rows.is_empty() { latest.clone() } else { Vec::new() };
                 rows.push((doc, key));
                 Ok(())
             })?;
-            if self.include_cold
-                && let Some(cold) = db_of(self.runner).cold()
-            {
+            if let Some(cold) = cold {
                 return self.merge_cold(cold, conn, meta, &keys, position, (rows, more), limit);
+            }
+            if let Some(last) = rows.last_mut().filter(|r| r.1.is_empty()) {
+                last.1 = latest;
             }
             Ok((rows, more))
         })?;
