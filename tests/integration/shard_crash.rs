@@ -21,6 +21,10 @@ const FROM_ENV: &str = "DB4_TESTS_SHARD_CRASH_FROM";
 const TEST: &str = "interrupted_splits_resume_without_loss_or_duplicates";
 /// Splits stop at this many shards (the child then only writes).
 const MAX_SHARDS: usize = 40;
+/// What the child prints once the router has `MAX_SHARDS` shards. (Without it, a run whose
+/// kills came late in many splits left the parent waiting for a split that never began, while
+/// the child wrote all its tickets and aborted on its own: seen in CI.)
+const NO_MORE_SPLITS: &str = "no more splits";
 
 fn tenant(id: i64) -> String {
     format!("k{}", id % 97)
@@ -47,6 +51,8 @@ fn child(dir: &Path, from: i64) -> ! {
     loop {
         let shards = router.stats().expect("child: stats");
         if shards.len() >= MAX_SHARDS {
+            // No split left to interrupt: the parent stops waiting for one.
+            println!("{NO_MORE_SPLITS}");
             break;
         }
         let biggest = shards.iter().max_by_key(|s| s.documents).map(|s| s.id).expect("child: a shard");
@@ -55,7 +61,9 @@ fn child(dir: &Path, from: i64) -> ! {
         println!("split {}", report.epoch);
     }
     writer.join().expect("child: writer");
-    std::process::abort()
+    // Only a parent that stopped killing gets here; it asserts on this exit and shows why.
+    eprintln!("child: wrote every ticket without being killed");
+    std::process::exit(3)
 }
 
 fn field(line: &str, prefix: &str) -> Option<i64> {
@@ -125,7 +133,7 @@ fn interrupted_splits_resume_without_loss_or_duplicates() {
             } else if field(&line, "split ").is_some() {
                 *splits += 1;
             }
-            line.contains("splitting ")
+            line.contains("splitting ") || line.contains(NO_MORE_SPLITS)
         };
         if rng.below(6) == 0 {
             // While it opens (and resumes the split the last one left).
@@ -135,9 +143,11 @@ fn interrupted_splits_resume_without_loss_or_duplicates() {
             let splits_wanted = 1 + rng.below(2);
             let mut seen = 0;
             for line in lines.by_ref() {
-                if take(line, &mut acked, &mut splits_done) {
+                let line = line.unwrap();
+                let last = line.contains(NO_MORE_SPLITS);
+                if take(Ok(line), &mut acked, &mut splits_done) {
                     seen += 1;
-                    if seen == splits_wanted {
+                    if seen == splits_wanted || last {
                         break;
                     }
                 }
@@ -163,7 +173,11 @@ fn interrupted_splits_resume_without_loss_or_duplicates() {
         next = check(&shards, acked);
         let _ = cycle;
     }
-    eprintln!("shard_crash: {cycles} kills, {mid_split} in a migration, {splits_done} splits done, {next} tickets");
+    let shard_count = ShardRouter::<Ticket>::open(&shards, config()).unwrap().shards().len();
+    eprintln!(
+        "shard_crash: {cycles} kills, {mid_split} in a migration, {splits_done} splits seen to finish, \
+         {shard_count} shards, {next} tickets"
+    );
     assert!(mid_split * 4 >= cycles, "only {mid_split} of {cycles} kills came during a migration");
     assert!(next > cycles as i64, "the children wrote");
 }
