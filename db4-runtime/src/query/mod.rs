@@ -23,6 +23,19 @@ use filter::Expr;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+/// What a query's `SELECT` reads besides the stored id (see `Query::select`).
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    keys: bool,
+    document: bool,
+}
+
+impl Columns {
+    const DOCUMENT: Self = Self { keys: false, document: true };
+    const KEYS: Self = Self { keys: true, document: false };
+    const KEYS_AND_DOCUMENT: Self = Self { keys: true, document: true };
+}
+
 /// A row of [`Query::keys_and_stored`]: the stored id, the sort keys, the stored document.
 pub(crate) type KeyedStored = (Value, Vec<Value>, Stored);
 
@@ -144,10 +157,7 @@ impl<'c, T: Document> Query<'c, T> {
             });
         }
         self.runner.read_meta(self.slot, |conn, meta| {
-            let mut sql = meta.statement();
-            sql.push(&format!("SELECT \"_id\", {} FROM {}", meta.doc_columns, meta.table));
-            self.tail(&mut sql, true, 0)?;
-            let (text, params) = sql.finish()?;
+            let (text, params) = self.select(meta, Columns::DOCUMENT)?;
             let mut out = Vec::with_capacity(crate::sql::rows_capacity(self.limit));
             conn.query(&text, &params, &mut |row| {
                 let doc = decode::<T>(meta, row, 1).map_err(|e| match row.get(0) {
@@ -182,10 +192,7 @@ impl<'c, T: Document> Query<'c, T> {
         };
         self.runner.read_meta(self.slot, |conn, meta| {
             let mut hot = || {
-                let mut sql = meta.statement();
-                sql.push(&format!("SELECT \"_id\", {} FROM {}", meta.doc_columns, meta.table));
-                hot_query.tail(&mut sql, true, 0)?;
-                let (text, params) = sql.finish()?;
+                let (text, params) = hot_query.select(meta, Columns::DOCUMENT)?;
                 let mut rows = Vec::with_capacity(crate::sql::rows_capacity(hot_query.limit));
                 conn.query(&text, &params, &mut |row| {
                     let id = row.get(0)?.to_owned();
@@ -214,15 +221,7 @@ impl<'c, T: Document> Query<'c, T> {
     #[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
     pub(crate) fn keys(self) -> Result<Vec<(Value, Vec<Value>)>> {
         self.runner.read_meta(self.slot, |conn, meta| {
-            let mut sql = meta.statement();
-            sql.push("SELECT \"_id\"");
-            for &(field, _) in &self.order {
-                sql.push(", ");
-                sql.field(field)?;
-            }
-            sql.push(&format!(" FROM {}", meta.table));
-            self.tail(&mut sql, true, 0)?;
-            let (text, params) = sql.finish()?;
+            let (text, params) = self.select(meta, Columns::KEYS)?;
             let mut out = Vec::with_capacity(crate::sql::rows_capacity(self.limit));
             conn.query(&text, &params, &mut |row| {
                 let id = row.get(0)?.to_owned();
@@ -239,15 +238,7 @@ impl<'c, T: Document> Query<'c, T> {
     /// gather, which decodes only what its merge keeps.
     pub(crate) fn keys_and_stored(self) -> Result<(Arc<CollectionMeta>, Vec<KeyedStored>)> {
         self.runner.read_meta(self.slot, |conn, meta| {
-            let mut sql = meta.statement();
-            sql.push("SELECT \"_id\"");
-            for &(field, _) in &self.order {
-                sql.push(", ");
-                sql.field(field)?;
-            }
-            sql.push(&format!(", {} FROM {}", meta.doc_columns, meta.table));
-            self.tail(&mut sql, true, 0)?;
-            let (text, params) = sql.finish()?;
+            let (text, params) = self.select(meta, Columns::KEYS_AND_DOCUMENT)?;
             let k = self.order.len();
             let mut out = Vec::with_capacity(crate::sql::rows_capacity(self.limit));
             conn.query(&text, &params, &mut |row| {
@@ -354,6 +345,27 @@ impl<'c, T: Document> Query<'c, T> {
 
     /// Appends `WHERE`, and with `paging` also `ORDER BY` and `LIMIT`/`OFFSET`. `enclosing`
     /// is the height of the expression the statement's `WHERE` sits in, if any.
+    /// The query's `SELECT`, ready to run: the stored id, then the values of the sort keys
+    /// (with `columns.keys`), then the document's columns (with `columns.document`).
+    fn select(&self, meta: &CollectionMeta, columns: Columns) -> Result<(String, Vec<Value>)> {
+        let mut sql = meta.statement();
+        sql.push("SELECT \"_id\"");
+        if columns.keys {
+            for &(field, _) in &self.order {
+                sql.push(", ");
+                sql.field(field)?;
+            }
+        }
+        if columns.document {
+            sql.push(", ");
+            sql.push(meta.doc_columns);
+        }
+        sql.push(" FROM ");
+        sql.push(&meta.table);
+        self.tail(&mut sql, true, 0)?;
+        sql.finish()
+    }
+
     fn tail(&self, sql: &mut Statement<'_>, paging: bool, enclosing: usize) -> Result<()> {
         if !self.filters.is_empty() {
             sql.push(" WHERE ");
