@@ -244,6 +244,9 @@ fn query_strategy() -> impl Strategy<Value = String> {
         (w(), w()).prop_map(|(a, b)| format!("{a} NOT {b}")),
         w().prop_map(|a| format!("{}*", &a[..2])),
         (w(), w(), w()).prop_map(|(a, b, c)| format!("title:({a} OR {b}) {c}")),
+        (w(), w(), w()).prop_map(|(a, b, c)| format!("{a} NOT ({b} AND {c})")),
+        (w(), w(), w()).prop_map(|(a, b, c)| format!("{a} OR ({b} NOT body:{c})")),
+        (w(), w(), w()).prop_map(|(a, b, c)| format!("\"{a} {b} {c}\" OR title:{}*", &c[..3])),
     ]
 }
 
