@@ -532,7 +532,7 @@ mod tests {
             fields: vec![("title", 2.0), ("body", 1.0)],
             tokenizer: crate::schema::Tokenizer::default(),
         };
-        let p = prepare(&target, "(a AND c) OR title:b NOT d")?;
+        let p = prepare(&target, "((a AND c) OR title:b) NOT d")?;
         let alone: Vec<&str> = p.phrases.iter().map(|p| p.alone.as_str()).collect();
         assert_eq!(alone, ["\"a\"", "\"c\"", "title : \"b\"", "\"d\""], "{p:?}");
         assert_eq!(p.phrases[0].context.as_deref(), Some("(\"a\" AND \"c\")"));

@@ -26,8 +26,8 @@ impl<T: Partitioned> ShardRouter<T> {
     /// them, then merged best first. Hits of equal score come by id.
     ///
     /// ```
-    /// use db4_runtime::prelude::*;
     /// use db4_runtime::shard::{ShardRouter, ShardRouterConfig};
+    /// # use db4_derive::Document;
     /// # use serde::{Deserialize, Serialize};
     /// # #[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
     /// # #[db4(crate = "db4_runtime")]
@@ -37,8 +37,9 @@ impl<T: Partitioned> ShardRouter<T> {
     /// let router = ShardRouter::<Note>::in_memory(ShardRouterConfig::default())?;
     /// router.insert(&Note { id: 1, tenant: "acme".into(), body: "edge database".into() })?;
     /// router.insert(&Note { id: 2, tenant: "zeta".into(), body: "edge cache".into() })?;
-    /// let res = router.search("edge").with_total().run()?;
-    /// assert_eq!(res.total, Some(2));
+    /// let res = router.search("edge database").highlight("<b>", "</b>").with_total().run()?;
+    /// assert_eq!(res.total, Some(1));
+    /// assert_eq!(res.hits[0].highlights, [("body", "<b>edge</b> <b>database</b>".to_string())]);
     /// # Ok(()) }
     /// ```
     pub fn search(&self, query: &str) -> ShardSearch<'_, T> {
