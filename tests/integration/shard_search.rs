@@ -274,7 +274,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Over 2 to 5 shards, the router's hits (ids in order, scores within 1e-9 relative) and
-    /// totals equal those of one database holding the same documents.
+    /// totals equal those of one database holding the same documents, with or without a filter
+    /// (pinned to a partition key or not), a score bar, an offset and a limit.
     #[test]
     fn search_across_shards_equals_one_database(
         docs in docs_strategy(),
@@ -283,11 +284,20 @@ proptest! {
         cond in prop_oneof![Just(Cond::None), prop::sample::select(vec!["even", "odd"]).prop_map(Cond::Kind), (0usize..9).prop_map(Cond::Tenant)],
         offset in 0usize..6,
         limit in prop::option::of(0usize..12),
+        bar in prop::option::of(0usize..8),
     ) {
         let (router, db) = both(shards, &docs).unwrap();
         let one = db.collection::<Note>().unwrap();
         let mut r = router.search(&query).with_total().offset(offset);
         let mut o = one.search(&query).with_total().offset(offset);
+        // A score bar: one of the one database's scores (ties and all).
+        if let Some(k) = bar {
+            let all = one.search(&query).run().unwrap();
+            if let Some(h) = all.hits.get(k) {
+                r = r.min_score(h.score);
+                o = o.min_score(h.score);
+            }
+        }
         if let Some(n) = limit {
             r = r.limit(n);
             o = o.limit(n);
