@@ -339,8 +339,11 @@ pub(crate) fn matches(
         let weights: Vec<&str> = (0..columns).map(|i| if i == c { "1.0" } else { "0.0" }).collect();
         calls.push(format!("bm25(f.{fts}, {})", weights.join(", ")));
     }
+    // `+f.rowid`: the list of the query's rows is built once and each of the phrase's rows
+    // looked up in it. Offered to FTS5 as a rowid constraint instead, SQLite runs the phrase's
+    // MATCH once per row of the list (25 times slower on 1 667 matches).
     let phrase_sql = format!(
-        "SELECT f.rowid, {} FROM {fts} AS f WHERE f.{fts} MATCH ?1 AND f.rowid IN \
+        "SELECT f.rowid, {} FROM {fts} AS f WHERE f.{fts} MATCH ?1 AND +f.rowid IN \
          (SELECT g.rowid FROM {fts} AS g WHERE g.{fts} MATCH ?2) ORDER BY f.rowid",
         calls.join(", ")
     );
