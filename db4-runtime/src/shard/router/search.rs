@@ -48,7 +48,7 @@ impl<T: Partitioned> ShardRouter<T> {
 }
 
 /// A full-text search over a [`ShardRouter`], from [`ShardRouter::search`]: the builder of
-/// [`Search`](crate::fts::Search) (but typo tolerance), run with [`run`](Self::run).
+/// [`Search`](crate::fts::Search) except typo tolerance, run with [`run`](Self::run).
 #[must_use = "a search does nothing until `run` is called"]
 pub struct ShardSearch<'r, T: Partitioned> {
     router: &'r ShardRouter<T>,
