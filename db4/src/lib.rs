@@ -230,7 +230,7 @@ pub mod shard {
     #[cfg(all(feature = "sqlite", feature = "fs"))]
     pub use db4_runtime::shard::{
         AUTO_SPLIT_EVERY, DirTransport, MemoryTransport, ShardInfo, ShardQuery, ShardRouter, ShardRouterConfig,
-        ShardTransaction, ShardTransport, SplitReport,
+        ShardSearch, ShardTransaction, ShardTransport, SplitReport,
     };
     pub use db4_runtime::shard::{
         CacheStats, HashRing, HotConfig, HotTracker, KeyLoad, MAX_RING_POINTS, MAX_SHARDS, MigrationPlan,

@@ -24,6 +24,7 @@ mod search_props;
 mod serde_features;
 mod shard_crash;
 mod shard_router;
+mod shard_search;
 mod spans;
 mod stats;
 mod tier_both;

@@ -10,6 +10,8 @@
 //! The tables, triggers and their migrations are described in `docs/search.md`.
 
 mod engine;
+#[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
+pub(crate) mod global;
 mod index;
 mod query;
 mod search;

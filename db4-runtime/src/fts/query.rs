@@ -163,6 +163,14 @@ pub fn to_fts5(query: &SearchQuery) -> String {
     out
 }
 
+/// The FTS5 expression of one node of a tree, rendered as [`to_fts5`] renders a whole query
+/// (for the statistics of a search across shards, which match its phrases one by one).
+pub(crate) fn node_to_fts5(node: &QueryNode) -> String {
+    let mut out = String::new();
+    render(node, Syntax::Fts5, &mut out);
+    out
+}
+
 impl SearchQuery {
     /// The root of the tree.
     pub fn root(&self) -> &QueryNode {

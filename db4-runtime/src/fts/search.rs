@@ -194,7 +194,7 @@ pub(crate) fn target(schema: &'static crate::Schema) -> Target<'static> {
 }
 
 /// Refuses to search full-text objects built for another type's fields.
-fn check_current(meta: &CollectionMeta) -> Result<()> {
+pub(crate) fn check_current(meta: &CollectionMeta) -> Result<()> {
     if meta.fts_current {
         return Ok(());
     }

@@ -52,7 +52,7 @@ pub use ring::{
 #[cfg(all(feature = "sqlite", feature = "fs"))]
 pub use router::{
     AUTO_SPLIT_EVERY, DirTransport, MemoryTransport, ShardInfo, ShardQuery, ShardRouter, ShardRouterConfig,
-    ShardTransaction, ShardTransport, SplitReport,
+    ShardSearch, ShardTransaction, ShardTransport, SplitReport,
 };
 
 #[cfg(test)]
