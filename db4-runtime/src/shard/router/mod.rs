@@ -4,10 +4,12 @@
 //! [`MigrationPlan`] (`split.rs`). See `docs/sharding.md`.
 
 mod query;
+mod range;
 mod split;
 mod transport;
 
 pub use query::ShardQuery;
+pub use range::ShardRange;
 pub use split::SplitReport;
 pub use transport::{DirTransport, MemoryTransport, ShardTransport};
 
