@@ -373,3 +373,48 @@ impl<T: Partitioned> Prepared<'_, T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::router::ShardRouterConfig;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, db4_derive::Document)]
+    #[db4(crate = "crate", collection = "visits", index(name = "by_tenant_at", fields(tenant, at)))]
+    struct Visit {
+        #[id]
+        id: i64,
+        #[partition_key]
+        tenant: String,
+        #[range_index]
+        at: i64,
+    }
+
+    fn shards_of(range: ShardRange<'_, Visit, impl Sized>) -> Result<Vec<ShardId>> {
+        let router = range.router;
+        let (prepared, _) = range.prepare()?;
+        prepared.shards(&read(&router.inner.state).ring)
+    }
+
+    #[test]
+    fn a_prefix_or_filter_on_the_partition_key_reads_one_shard() -> Result<()> {
+        let router = ShardRouter::<Visit>::in_memory(ShardRouterConfig { shard_count: 5, ..Default::default() })?;
+        let every = router.shards();
+        let acme = router.shard_for(&"acme".to_owned())?;
+        let f = Visit::fields();
+        assert_eq!(shards_of(router.range(f.at))?, every);
+        assert_eq!(shards_of(router.range_index("by_tenant_at"))?, every);
+        assert_eq!(shards_of(router.range_index("by_tenant_at").prefix("acme"))?, [acme]);
+        assert_eq!(shards_of(router.range_index("by_tenant_at").prefix(("acme", 3)))?, [acme]);
+        assert_eq!(shards_of(router.range(f.at).filter(f.tenant.eq("acme".to_owned())))?, [acme]);
+        // A prefix and a filter pinning different keys: nothing can match.
+        let other = (0..100).map(|i| format!("k{i}")).find(|k| router.shard_for(k).ok() != Some(acme));
+        let other = other.unwrap_or_default();
+        let both = router.range_index("by_tenant_at").prefix("acme").filter(f.tenant.eq(other));
+        assert_eq!(shards_of(both)?, []);
+        let page = router.range_index("by_tenant_at").prefix("acme").filter(f.tenant.eq("zed".to_owned())).fetch()?;
+        assert!(page.items.is_empty() && !page.has_more && page.next.is_none());
+        Ok(())
+    }
+}
