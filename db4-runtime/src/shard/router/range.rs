@@ -4,13 +4,16 @@
 //!
 //! # A page
 //!
-//! Each shard of the plan reads its first `limit` rows after the page's position (and one
-//! more, to learn whether more follow), each with its scan key: the index keys after the
-//! prefix, then the id. The rows are merged by that key with the comparator the single
-//! database's range uses (`value_cmp` per key, reversed for a descending key) and the first
-//! `limit` kept. That is exact: a row among the first `limit` overall is among the first
-//! `limit` of its own shard. More follow if a shard had more, or if the shards returned more
-//! than `limit` rows together.
+//! A page is the first `limit` rows after its position, and one more tells whether more
+//! follow: `limit + 1` rows merged. Each shard of the plan reads rows after the position,
+//! each with its scan key (the index keys after the prefix, then the id), and the rows are
+//! merged by that key with the comparator the single database's range uses (`value_cmp` per
+//! key, reversed for a descending key). Reading `limit + 1` from every shard is exact (a row
+//! among the first `limit + 1` overall is among the first `limit + 1` of its own shard) but
+//! reads `shards × (limit + 1)` rows where `limit + 1` are kept, so it goes in rounds, as the
+//! router's queries do: each shard's share first ([`first_round_fetch`]), then again, up to
+//! `limit + 1`, only from the shards whose last row sorts before the `limit + 1`-th row read
+//! ([`shards_needing_more`]). More follow exactly when more than `limit` rows were read.
 //!
 //! # The cursor: one global position
 //!
@@ -50,7 +53,9 @@ use crate::range::{
     field_index_keys, finish_page, named_index_keys, scan_directions,
 };
 use crate::schema::{Ordered, Partitioned, QueryValue};
-use crate::shard::merge::{kmerge_by, partition_key_of, pinned_keys, plan_exprs};
+use crate::shard::merge::{
+    first_round_fetch, kmerge_by, partition_key_of, pinned_keys, plan_exprs, shards_needing_more,
+};
 use crate::shard::plan::MigrationStep;
 use crate::shard::ring::{HashRing, ShardId};
 use crate::store::secret::CursorKey;
@@ -275,15 +280,6 @@ impl<T: Partitioned> PageSource for Prepared<'_, T> {
             Some(p) if p.step() == MigrationStep::Switched => p.sources().iter().map(|s| s.shard).collect(),
             _ => Vec::new(),
         };
-        let mut parts = Vec::with_capacity(shards.len());
-        let mut more = false;
-        for shard in shards {
-            let (rows, shard_more) = self.shard_rows(shard, stale.contains(&shard), &state.ring, position, limit)?;
-            more |= shard_more;
-            parts.push(rows);
-        }
-        drop(state);
-        let total: usize = parts.iter().map(Vec::len).sum();
         let directions = scan_directions(&self.index, self.spec.prefix.len(), self.spec.descending, position);
         let cmp = |a: &(T, Vec<Value>), b: &(T, Vec<Value>)| {
             for (&descending, (x, y)) in directions.iter().zip(a.1.iter().zip(&b.1)) {
@@ -295,8 +291,33 @@ impl<T: Partitioned> PageSource for Prepared<'_, T> {
             }
             Ordering::Equal
         };
+        // The page and the row that tells whether more follow: `want` rows merged. In rounds:
+        // each shard's share first, then more only from the shards that may hold more of
+        // them (`shards_needing_more`), up to `want` each.
+        let want = limit.saturating_add(1);
+        let mut fetch = first_round_fetch(want, shards.len());
+        let mut asked = vec![fetch; shards.len()];
+        let mut parts = Vec::with_capacity(shards.len());
+        for &shard in &shards {
+            parts.push(self.shard_rows(shard, stale.contains(&shard), &state.ring, position, fetch)?.0);
+        }
+        loop {
+            let again = shards_needing_more(&parts, &asked, want, cmp);
+            if again.is_empty() {
+                break;
+            }
+            fetch = fetch.saturating_mul(4).min(want);
+            for i in again {
+                parts[i] = self.shard_rows(shards[i], stale.contains(&shards[i]), &state.ring, position, fetch)?.0;
+                asked[i] = fetch;
+            }
+        }
+        drop(state);
+        // Every shard that may hold one of the first `want` rows was read that far: more
+        // follow exactly when more than `limit` were read.
+        let total: usize = parts.iter().map(Vec::len).sum();
         let rows = kmerge_by(parts, cmp, 0, Some(limit));
-        Ok(finish_page(&self.key, &self.context, position, rows, more || total > limit))
+        Ok(finish_page(&self.key, &self.context, position, rows, total > limit))
     }
 
     fn invalid(&self, reason: &str) -> Error {
