@@ -94,8 +94,9 @@ impl<T: Partitioned, B> std::fmt::Debug for ShardRange<'_, T, B> {
 }
 
 impl<T: Partitioned> ShardRouter<T> {
-    /// A range over a field's index on every shard (as [`Collection::range`]
-    /// (crate::Collection::range)), merged: smallest value first, ties broken by id.
+    /// A range over a field's index on every shard, merged (as
+    /// [`Collection::range`](crate::Collection::range)): smallest value first, ties broken
+    /// by id.
     ///
     /// # Example
     ///
@@ -197,8 +198,8 @@ impl<'r, T: Partitioned, B> ShardRange<'r, T, B> {
         self
     }
 
-    /// At most `n` documents per page (default [`DEFAULT_PAGE_SIZE`]
-    /// (crate::range::DEFAULT_PAGE_SIZE)); at least 1.
+    /// At most `n` documents per page (default
+    /// [`DEFAULT_PAGE_SIZE`](crate::range::DEFAULT_PAGE_SIZE)); at least 1.
     pub fn limit(mut self, n: usize) -> Self {
         self.spec.limit = n;
         self
