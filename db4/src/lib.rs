@@ -229,8 +229,8 @@ pub mod fts {
 pub mod shard {
     #[cfg(all(feature = "sqlite", feature = "fs"))]
     pub use db4_runtime::shard::{
-        AUTO_SPLIT_EVERY, DirTransport, MemoryTransport, ShardInfo, ShardQuery, ShardRouter, ShardRouterConfig,
-        ShardSearch, ShardTransaction, ShardTransport, SplitReport,
+        AUTO_SPLIT_EVERY, DirTransport, MemoryTransport, ShardInfo, ShardQuery, ShardRange, ShardRouter,
+        ShardRouterConfig, ShardSearch, ShardTransaction, ShardTransport, SplitReport,
     };
     pub use db4_runtime::shard::{
         CacheStats, HashRing, HotConfig, HotTracker, KeyLoad, MAX_RING_POINTS, MAX_SHARDS, MigrationPlan,

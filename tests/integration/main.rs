@@ -23,6 +23,7 @@ mod search;
 mod search_props;
 mod serde_features;
 mod shard_crash;
+mod shard_range;
 mod shard_router;
 mod shard_search;
 mod spans;

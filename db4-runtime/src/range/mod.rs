@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::query::Field;
 use crate::query::Filter;
 use crate::query::filter::{Atom, CmpOp, Expr};
-use crate::schema::{Document, Ordered, QueryValue};
+use crate::schema::{Document, Ordered, QueryValue, Schema};
 use crate::sql::Slot;
 use crate::store::codec::{decode, with_id};
 use crate::store::slot::MetaSlot;
@@ -109,11 +109,22 @@ pub struct Page<T> {
 
 /// The index a range reads, resolved against the document type's schema.
 #[derive(Debug, Clone)]
-struct IndexKeys {
+pub(crate) struct IndexKeys {
     /// How cursors name it: `field:<name>` or `index:<name>`.
-    name: String,
+    pub(crate) name: String,
     /// The keys (field index, descending in the index), the id last.
-    keys: Vec<(usize, bool)>,
+    pub(crate) keys: Vec<(usize, bool)>,
+}
+
+/// Who signs a range's cursors, written first in the context they are signed over: a
+/// cursor of one kind is refused by the other even under the same secret (the shard
+/// router signs with its lowest shard's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CursorScope {
+    /// A range over one collection ([`Collection::range`]).
+    Database,
+    /// A range over a shard router's shards (`ShardRouter::range`).
+    Router,
 }
 
 /// A range query over an ordered index, from [`Collection::range`] or
@@ -184,20 +195,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// # Ok(()) }
     /// ```
     pub fn range<V: Ordered>(&self, field: Field<T, V>) -> Range<'_, T, V> {
-        let schema = T::schema();
-        let index = match schema.fields().get(field.index()) {
-            Some(def) if def.is_id() => Ok(IndexKeys { name: format!("field:{}", def.name()), keys: Vec::new() }),
-            Some(def) if def.has_column() => {
-                Ok(IndexKeys { name: format!("field:{}", def.name()), keys: vec![(field.index(), false)] })
-            }
-            Some(def) => Err(format!(
-                "field `{}` has no index to range over: mark it `#[range_index]`, or declare a composite index \
-                 that starts with it and use `range_index`",
-                def.name()
-            )),
-            None => Err(format!("field #{} does not belong to this collection", field.index())),
-        };
-        self.new_range(index)
+        self.new_range(field_index_keys(T::schema(), field.index()))
     }
 
     /// A range over the composite index `name` (declared with
@@ -206,33 +204,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     ///
     /// An unknown name fails with [`Error::InvalidQuery`] when the range runs.
     pub fn range_index(&self, name: &str) -> Range<'_, T, AnyValue> {
-        let schema = T::schema();
-        let position = |field: &str| schema.fields().iter().position(|f| f.name() == field);
-        let index = if let Some(def) = schema.composite_indexes().iter().find(|i| i.name() == name) {
-            def.fields()
-                .iter()
-                .map(|k| position(k.field()).map(|i| (i, k.is_descending())))
-                .collect::<Option<Vec<_>>>()
-                .map(|keys| IndexKeys { name: format!("index:{name}"), keys })
-                .ok_or_else(|| format!("index `{name}` names a field the schema does not have"))
-        } else {
-            match schema.fields().iter().position(|f| f.name() == name) {
-                Some(i) if schema.fields()[i].is_id() => Ok(IndexKeys { name: format!("field:{name}"), keys: vec![] }),
-                Some(i) if schema.fields()[i].has_column() => {
-                    Ok(IndexKeys { name: format!("field:{name}"), keys: vec![(i, false)] })
-                }
-                _ => {
-                    let known: Vec<&str> = schema
-                        .composite_indexes()
-                        .iter()
-                        .map(|i| i.name())
-                        .chain(schema.fields().iter().filter(|f| f.has_column()).map(|f| f.name()))
-                        .collect();
-                    Err(format!("no index named `{name}`; the indexes are: {}", known.join(", ")))
-                }
-            }
-        };
-        self.new_range(index)
+        self.new_range(named_index_keys(T::schema(), name))
     }
 
     fn new_range<B>(&self, index: std::result::Result<IndexKeys, String>) -> Range<'_, T, B> {
@@ -246,6 +218,72 @@ impl<T: Document, S: Scope> Collection<T, S> {
             filters: Vec::new(),
             include_cold: false,
             _marker: PhantomData,
+        }
+    }
+
+    /// A range over `index` with the builder state of another (a shard router's): its
+    /// spec (whose cursors are ignored: the caller passes the position to
+    /// [`Range::rows`]) and filters.
+    pub(crate) fn range_of<B>(
+        &self,
+        index: std::result::Result<IndexKeys, String>,
+        spec: Spec,
+        filters: Vec<Expr>,
+    ) -> Range<'_, T, B> {
+        Range { spec, filters, ..self.new_range(index) }
+    }
+}
+
+/// Per value of a row's scan key (the keys after the first `prefix`, the id last): whether
+/// a page read at `position` scans it descending. Rows compare in scan order by
+/// [`value_cmp`](crate::query::eval::value_cmp) of each value, reversed where this says.
+pub(crate) fn scan_directions(index: &IndexKeys, prefix: usize, descending: bool, position: &Position) -> Vec<bool> {
+    let flip = descending ^ position.backward();
+    let last_desc = index.keys.last().is_some_and(|k| k.1);
+    index.keys.get(prefix..).unwrap_or(&[]).iter().map(|k| k.1 ^ flip).chain([last_desc ^ flip]).collect()
+}
+
+/// The index [`Collection::range`] reads for the field at `field`, or why there is none.
+pub(crate) fn field_index_keys(schema: &Schema, field: usize) -> std::result::Result<IndexKeys, String> {
+    match schema.fields().get(field) {
+        Some(def) if def.is_id() => Ok(IndexKeys { name: format!("field:{}", def.name()), keys: Vec::new() }),
+        Some(def) if def.has_column() => {
+            Ok(IndexKeys { name: format!("field:{}", def.name()), keys: vec![(field, false)] })
+        }
+        Some(def) => Err(format!(
+            "field `{}` has no index to range over: mark it `#[range_index]`, or declare a composite index \
+             that starts with it and use `range_index`",
+            def.name()
+        )),
+        None => Err(format!("field #{field} does not belong to this collection")),
+    }
+}
+
+/// The index [`Collection::range_index`] reads for `name`, or why there is none.
+pub(crate) fn named_index_keys(schema: &Schema, name: &str) -> std::result::Result<IndexKeys, String> {
+    let position = |field: &str| schema.fields().iter().position(|f| f.name() == field);
+    if let Some(def) = schema.composite_indexes().iter().find(|i| i.name() == name) {
+        def.fields()
+            .iter()
+            .map(|k| position(k.field()).map(|i| (i, k.is_descending())))
+            .collect::<Option<Vec<_>>>()
+            .map(|keys| IndexKeys { name: format!("index:{name}"), keys })
+            .ok_or_else(|| format!("index `{name}` names a field the schema does not have"))
+    } else {
+        match schema.fields().iter().position(|f| f.name() == name) {
+            Some(i) if schema.fields()[i].is_id() => Ok(IndexKeys { name: format!("field:{name}"), keys: vec![] }),
+            Some(i) if schema.fields()[i].has_column() => {
+                Ok(IndexKeys { name: format!("field:{name}"), keys: vec![(i, false)] })
+            }
+            _ => {
+                let known: Vec<&str> = schema
+                    .composite_indexes()
+                    .iter()
+                    .map(|i| i.name())
+                    .chain(schema.fields().iter().filter(|f| f.has_column()).map(|f| f.name()))
+                    .collect();
+                Err(format!("no index named `{name}`; the indexes are: {}", known.join(", ")))
+            }
         }
     }
 }
@@ -405,6 +443,11 @@ impl<'c, T: Document, B> Range<'c, T, B> {
     /// Checks the range and the cursor: the keys of the scan, the context cursors are signed
     /// over, and where to start.
     fn prepare(&self) -> Result<(IndexKeys, Vec<u8>, Position)> {
+        self.prepare_in(self.key, CursorScope::Database)
+    }
+
+    /// [`prepare`](Self::prepare) for cursors signed by `key` in `scope`.
+    pub(crate) fn prepare_in(&self, key: &CursorKey, scope: CursorScope) -> Result<(IndexKeys, Vec<u8>, Position)> {
         let index = self.index.clone().map_err(|e| self.invalid_query(e))?;
         self.spec.check(self.collection())?;
         if self.spec.prefix.len() > index.keys.len() {
@@ -415,10 +458,10 @@ impl<'c, T: Document, B> Range<'c, T, B> {
                 index.keys.len()
             )));
         }
-        let context = self.context(&index);
+        let context = self.context(&index, scope);
         // The cursor holds the keys after the prefix, and the id.
         let expected = index.keys.len() - self.spec.prefix.len() + 1;
-        let position = self.spec.position(self.key, &context, expected)?;
+        let position = self.spec.position(key, &context, expected)?;
         use crate::schema::IdKind;
         let id_ok = matches!(
             (position.key().and_then(<[Value]>::last), self.slot.get().id_kind),
@@ -432,9 +475,12 @@ impl<'c, T: Document, B> Range<'c, T, B> {
 
     /// What a cursor of this range is signed over: the collection, the index and its keys,
     /// the direction, the prefix, the bounds and the filters.
-    fn context(&self, index: &IndexKeys) -> Vec<u8> {
+    fn context(&self, index: &IndexKeys, scope: CursorScope) -> Vec<u8> {
         let schema = self.slot.schema();
-        let mut out = b"db4 range v1\0".to_vec();
+        let mut out = match scope {
+            CursorScope::Database => b"db4 range v1\0".to_vec(),
+            CursorScope::Router => b"db4 shard router range v1\0".to_vec(),
+        };
         let text = |out: &mut Vec<u8>, s: &str| encode_value(out, ValueRef::Text(s));
         text(&mut out, schema.collection());
         text(&mut out, &index.name);
@@ -454,12 +500,27 @@ impl<'c, T: Document, B> Range<'c, T, B> {
 
     /// Reads the page at `position`: `limit` + 1 rows, to learn whether more follow.
     fn page(&self, index: &IndexKeys, context: &[u8], position: &Position, limit: usize) -> Result<Page<T>> {
+        let (rows, has_more) = self.rows(index, position, limit, false)?;
+        Ok(finish_page(self.key, context, position, rows, has_more))
+    }
+
+    /// The rows of the page at `position` in scan order (reversed when reading backwards),
+    /// at most `limit`, each with its scan key (the keys after the prefix, the id last) if
+    /// `every_key` or it is the first or last row, and whether more follow (`limit` + 1
+    /// rows are read).
+    pub(crate) fn rows(
+        &self,
+        index: &IndexKeys,
+        position: &Position,
+        limit: usize,
+        every_key: bool,
+    ) -> Result<KeyedRows<T>> {
         let schema = self.slot.schema();
         let id_field = schema.fields().iter().position(|f| f.is_id()).unwrap_or(0);
         let flip = self.spec.descending ^ position.backward();
         let last_desc = index.keys.last().is_some_and(|k| k.1);
         let p = self.spec.prefix.len();
-        let (rows, has_more) = self.runner.read_meta(self.slot, |conn, meta| {
+        self.runner.read_meta(self.slot, |conn, meta| {
             let nullable =
                 |field: usize| field != id_field && meta.kinds.get(field).copied().flatten().is_none_or(|k| k.nullable);
             let keys: Vec<Key> = index
@@ -509,7 +570,7 @@ impl<'c, T: Document, B> Range<'c, T, B> {
                 for (i, value) in fields.iter_mut().enumerate() {
                     row.get(first_key + i)?.write_to(value);
                 }
-                let key = if cold.is_some() || rows.is_empty() { latest.clone() } else { Vec::new() };
+                let key = if every_key || cold.is_some() || rows.is_empty() { latest.clone() } else { Vec::new() };
                 rows.push((doc, key));
                 Ok(())
             })?;
@@ -520,13 +581,12 @@ impl<'c, T: Document, B> Range<'c, T, B> {
                 last.1 = latest;
             }
             Ok((rows, more))
-        })?;
-        Ok(finish_page(self.key, context, position, rows, has_more))
+        })
     }
 }
 
 /// A page's documents with their scan keys, and whether more follow.
-type KeyedRows<T> = (Vec<(T, Vec<Value>)>, bool);
+pub(crate) type KeyedRows<T> = (Vec<(T, Vec<Value>)>, bool);
 
 impl<T: Document, B> Range<'_, T, B> {
     /// Merges the hot rows of a page (`limit` at most, in scan order) with the live cold
@@ -634,12 +694,12 @@ impl<T: Document, B> Range<'_, T, B> {
 /// What both range builders gather before they run ([`Range`] and
 /// [`IndexRange`](index::IndexRange)): their builder methods are these.
 #[derive(Debug, Clone)]
-struct Spec {
-    prefix: Vec<Value>,
-    lower: Bound<Value>,
-    upper: Bound<Value>,
-    descending: bool,
-    limit: usize,
+pub(crate) struct Spec {
+    pub(crate) prefix: Vec<Value>,
+    pub(crate) lower: Bound<Value>,
+    pub(crate) upper: Bound<Value>,
+    pub(crate) descending: bool,
+    pub(crate) limit: usize,
     after: Option<Cursor>,
     before: Option<Cursor>,
     /// The first value that could not be bound, reported when the range runs.
@@ -662,13 +722,13 @@ impl Default for Spec {
 }
 
 impl Spec {
-    fn between<Q: QueryValue<B> + Clone, B>(&mut self, bounds: impl RangeBounds<Q>) {
+    pub(crate) fn between<Q: QueryValue<B> + Clone, B>(&mut self, bounds: impl RangeBounds<Q>) {
         self.lower = owned_bound(bounds.start_bound(), &mut self.invalid);
         self.upper = owned_bound(bounds.end_bound(), &mut self.invalid);
     }
 
     /// Sets the upper bound (`upper`) or the lower one to `value`, `inclusive` or not.
-    fn bound(&mut self, upper: bool, inclusive: bool, value: std::result::Result<Value, ValueError>) {
+    pub(crate) fn bound(&mut self, upper: bool, inclusive: bool, value: std::result::Result<Value, ValueError>) {
         let value = value.unwrap_or_else(|e| {
             self.invalid.get_or_insert(e.0);
             Value::Null
@@ -681,7 +741,7 @@ impl Spec {
         }
     }
 
-    fn prefix(&mut self, values: &impl KeyPrefix) {
+    pub(crate) fn prefix(&mut self, values: &impl KeyPrefix) {
         match values.key_values() {
             Ok(values) => self.prefix = values,
             Err(e) => {
@@ -691,7 +751,7 @@ impl Spec {
     }
 
     /// Starts after `cursor` (`after`) or ends before it, replacing the other.
-    fn cursor(&mut self, cursor: &Cursor, after: bool) {
+    pub(crate) fn cursor(&mut self, cursor: &Cursor, after: bool) {
         (self.after, self.before) = if after { (Some(cursor.clone()), None) } else { (None, Some(cursor.clone())) };
     }
 
@@ -741,7 +801,7 @@ impl Spec {
 
 /// Where a page starts.
 #[derive(Debug, Clone)]
-enum Position {
+pub(crate) enum Position {
     Start,
     /// After the key; `true`: at or after it.
     After(Vec<Value>, bool),
@@ -772,7 +832,7 @@ impl Position {
         })
     }
 
-    fn backward(&self) -> bool {
+    pub(crate) fn backward(&self) -> bool {
         matches!(self, Position::Before(..))
     }
 
@@ -785,7 +845,7 @@ impl Position {
     }
 
     /// The position a page's cursor continues from, in the direction this one reads.
-    fn continued(&self, cursor: &Cursor) -> Position {
+    pub(crate) fn continued(&self, cursor: &Cursor) -> Position {
         let (inclusive, values) = cursor.decoded().unwrap_or_default();
         if self.backward() { Position::Before(values, inclusive) } else { Position::After(values, inclusive) }
     }
@@ -873,7 +933,7 @@ fn and_height(conditions: &[usize]) -> usize {
 
 /// The page of `rows` (each with its cursor key) read at `position`, in the range's order,
 /// with its cursors signed over `context`.
-fn finish_page<I>(
+pub(crate) fn finish_page<I>(
     key: &CursorKey,
     context: &[u8],
     position: &Position,
@@ -991,7 +1051,7 @@ impl<T: Document, B> PageSource for Prepared<'_, T, B> {
 }
 
 /// What [`Pager`] reads pages from.
-trait PageSource {
+pub(crate) trait PageSource {
     type Item;
 
     /// The page of at most `limit` items at `position`.
@@ -1003,7 +1063,7 @@ trait PageSource {
 
 /// The iterator of the ranges' `iter`: one page read at a time, from the position of the
 /// last page's cursor.
-struct Pager<S: PageSource> {
+pub(crate) struct Pager<S: PageSource> {
     /// The checked start, taken on the first call.
     start: Option<Result<(S, Position)>>,
     state: Option<(S, Position)>,
@@ -1013,7 +1073,7 @@ struct Pager<S: PageSource> {
 }
 
 impl<S: PageSource> Pager<S> {
-    fn new(start: Result<(S, Position)>, page_size: usize) -> Self {
+    pub(crate) fn new(start: Result<(S, Position)>, page_size: usize) -> Self {
         Pager { start: Some(start), state: None, page_size, buffer: VecDeque::new(), done: false }
     }
 }

@@ -51,7 +51,7 @@ pub use ring::{
 
 #[cfg(all(feature = "sqlite", feature = "fs"))]
 pub use router::{
-    AUTO_SPLIT_EVERY, DirTransport, MemoryTransport, ShardInfo, ShardQuery, ShardRouter, ShardRouterConfig,
+    AUTO_SPLIT_EVERY, DirTransport, MemoryTransport, ShardInfo, ShardQuery, ShardRange, ShardRouter, ShardRouterConfig,
     ShardSearch, ShardTransaction, ShardTransport, SplitReport,
 };
 

@@ -4,11 +4,13 @@
 //! [`MigrationPlan`] (`split.rs`). See `docs/sharding.md`.
 
 mod query;
+mod range;
 mod search;
 mod split;
 mod transport;
 
 pub use query::ShardQuery;
+pub use range::ShardRange;
 pub use search::ShardSearch;
 pub use split::SplitReport;
 pub use transport::{DirTransport, MemoryTransport, ShardTransport};
