@@ -128,8 +128,7 @@ impl DbOptions {
         self
     }
 
-    /// Sets how long the change log keeps events (see [`ChangeRetention`]
-    /// (crate::ChangeRetention)).
+    /// Sets how long the change log keeps events (see [`ChangeRetention`](crate::ChangeRetention)).
     pub fn change_retention(mut self, retention: crate::store::outbox::ChangeRetention) -> Self {
         self.change_retention = retention;
         self

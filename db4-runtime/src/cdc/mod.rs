@@ -139,8 +139,8 @@ pub struct ChangeEvent {
     pub before: Option<String>,
     /// The document after the change (JSON text); `None` for a delete.
     pub after: Option<String>,
-    /// The name of the database the event was read from ([`DbOptions::name`]
-    /// (crate::DbOptions::name)), for [`to_json`](Self::to_json).
+    /// The name of the database the event was read from
+    /// ([`DbOptions::name`](crate::DbOptions::name)), for [`to_json`](Self::to_json).
     source: Arc<str>,
 }
 

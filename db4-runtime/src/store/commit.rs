@@ -24,8 +24,8 @@ pub(crate) struct Commits {
     has_observers: AtomicBool,
     /// Changes carry before-images ([`DbOptions::before_images`](crate::DbOptions)).
     before_images: bool,
-    /// Committed changes are appended to the change log ([`DbOptions::change_log`]
-    /// (crate::DbOptions::change_log)).
+    /// Committed changes are appended to the change log
+    /// ([`DbOptions::change_log`](crate::DbOptions::change_log)).
     change_log: bool,
     retention: ChangeRetention,
     tickets: Mutex<Tickets>,

@@ -41,12 +41,12 @@ const ROWS_PER_INSERT: usize = crate::limits::MAX_PARAMS / WIDTH;
 /// Automatic retention runs when a commit's LSNs cross a multiple of this.
 const RETENTION_EVERY: u64 = 1024;
 
-/// How long the change log keeps events, for [`DbOptions::change_retention`]
-/// (crate::DbOptions::change_retention). Whatever the bounds, an event a registered
+/// How long the change log keeps events, for
+/// [`DbOptions::change_retention`](crate::DbOptions::change_retention). Whatever the bounds, an event a registered
 /// [`Consumer`](crate::Consumer) has not acknowledged is kept, and so is the newest event.
 ///
-/// The default keeps everything: the log grows until [`Db::truncate_changes`]
-/// (crate::Db::truncate_changes) or a retention bound drops the old part.
+/// The default keeps everything: the log grows until
+/// [`Db::truncate_changes`](crate::Db::truncate_changes) or a retention bound drops the old part.
 ///
 /// # Example
 ///

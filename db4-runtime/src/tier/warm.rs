@@ -1,8 +1,8 @@
 //! The warm tier: a bounded in-process cache of decoded documents, in front of the hot tier.
 //!
 //! One [`WarmTier`] per database handle (shared by the `Db`'s clones), holding the documents
-//! of every collection within one budget of bytes ([`TierConfig::warm_bytes`]
-//! (crate::tier::TierConfig::warm_bytes)), evicted least-recently-used first (a CLOCK: a hit
+//! of every collection within one budget of bytes
+//! ([`TierConfig::warm_bytes`](crate::tier::TierConfig::warm_bytes)), evicted least-recently-used first (a CLOCK: a hit
 //! sets a bit, the eviction hand clears it or evicts). A `Clone` document type is kept decoded
 //! and cloned out on a hit; another type is kept as its stored JSON and decoded on a hit.
 //! Either way a hit reads no SQLite.
