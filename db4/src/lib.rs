@@ -189,7 +189,7 @@ pub mod fts {
 /// # Ok(()) }
 /// ```
 ///
-/// The native router, [`ShardRouter`](shard::ShardRouter): one SQLite database per shard,
+/// The native router, [`ShardRouter`]: one SQLite database per shard,
 /// documents routed by their `#[partition_key]`, queries scattered and merged, splits that
 /// lose nothing.
 ///
@@ -283,7 +283,7 @@ pub mod wal {
 /// Range queries over ordered indexes, also at the crate root: [`Collection::range`] over a
 /// `#[range_index]` field and [`Collection::range_index`] over a composite index declared with
 /// `#[db4(index(name = "...", fields(a, b desc)))]`, keyset pagination with signed
-/// [`Cursor`](range::Cursor)s and lazy iteration. The order of every type, the cursor format
+/// [`Cursor`]s and lazy iteration. The order of every type, the cursor format
 /// and the limits are in `docs/range.md`.
 ///
 /// # Example

@@ -127,8 +127,8 @@ struct Inner<T> {
 /// Documents of type `T` spread over shards by their `#[partition_key]`: natively one SQLite
 /// database per shard, opened lazily. Cheap to clone and safe to share between threads.
 ///
-/// Writes and reads of one document go to the shard of its partition key; [`query`]
-/// (Self::query) asks every shard the filters may match (one when they pin the partition
+/// Writes and reads of one document go to the shard of its partition key;
+/// [`query`](Self::query) asks every shard the filters may match (one when they pin the partition
 /// key) and merges their answers; [`split`](Self::split) moves half of a shard's keys to a new
 /// shard without losing or duplicating a document, while writes go on. See
 /// `docs/sharding.md`.
