@@ -91,6 +91,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// [`update_with`](Self::update_with) whose `f` may decline the write by returning
     /// `false` after looking at the changed document; returns `None` then, with nothing
     /// written.
+    #[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
     pub(crate) fn update_with_declinable(
         &self,
         id: impl IdArg<T::Id>,

@@ -33,10 +33,12 @@ struct Columns {
 impl Columns {
     const DOCUMENT: Self = Self { keys: false, document: true };
     const KEYS: Self = Self { keys: true, document: false };
+    #[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
     const KEYS_AND_DOCUMENT: Self = Self { keys: true, document: true };
 }
 
 /// A row of [`Query::keys_and_stored`]: the stored id, the sort keys, the stored document.
+#[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
 pub(crate) type KeyedStored = (Value, Vec<Value>, Stored);
 
 /// A query over a collection, from [`Collection::query`](crate::Collection::query).
@@ -236,6 +238,7 @@ impl<'c, T: Document> Query<'c, T> {
     /// The matching rows' stored ids, sort keys and documents, not decoded (see
     /// [`Stored`]), with the layout they were read with: the shard router's one-statement
     /// gather, which decodes only what its merge keeps.
+    #[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
     pub(crate) fn keys_and_stored(self) -> Result<(Arc<CollectionMeta>, Vec<KeyedStored>)> {
         self.runner.read_meta(self.slot, |conn, meta| {
             let (text, params) = self.select(meta, Columns::KEYS_AND_DOCUMENT)?;

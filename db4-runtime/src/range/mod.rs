@@ -124,6 +124,7 @@ pub(crate) enum CursorScope {
     /// A range over one collection ([`Collection::range`]).
     Database,
     /// A range over a shard router's shards (`ShardRouter::range`).
+    #[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
     Router,
 }
 
@@ -224,6 +225,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
     /// A range over `index` with the builder state of another (a shard router's): its
     /// spec (whose cursors are ignored: the caller passes the position to
     /// [`Range::rows`]) and filters.
+    #[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
     pub(crate) fn range_of<B>(
         &self,
         index: std::result::Result<IndexKeys, String>,
@@ -237,6 +239,7 @@ impl<T: Document, S: Scope> Collection<T, S> {
 /// Per value of a row's scan key (the keys after the first `prefix`, the id last): whether
 /// a page read at `position` scans it descending. Rows compare in scan order by
 /// [`value_cmp`](crate::query::eval::value_cmp) of each value, reversed where this says.
+#[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
 pub(crate) fn scan_directions(index: &IndexKeys, prefix: usize, descending: bool, position: &Position) -> Vec<bool> {
     let flip = descending ^ position.backward();
     let last_desc = index.keys.last().is_some_and(|k| k.1);

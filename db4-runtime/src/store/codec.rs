@@ -183,11 +183,13 @@ fn version_column(meta: &CollectionMeta, row: &dyn Row, at: usize) -> Result<Opt
 /// router reads a page's candidates from every shard this way and decodes only the ones the
 /// merge keeps.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
 pub(crate) struct Stored {
     json: String,
     version: Option<i64>,
 }
 
+#[cfg_attr(not(all(feature = "sqlite", feature = "fs")), allow(dead_code, reason = "for the shard router"))]
 impl Stored {
     /// The document at column `at` of `row` (and its version after it), as [`decode`] reads it.
     pub(crate) fn read(meta: &CollectionMeta, row: &dyn Row, at: usize) -> Result<Self> {
