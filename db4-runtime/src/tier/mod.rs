@@ -72,7 +72,8 @@ pub struct CompactionPolicy {
     /// in the same order as for `hot_max_documents`.
     pub hot_max_bytes: Option<u64>,
     /// A fraction in `0.0..=1.0` of the warm tier's budget: when the warm tier holds more,
-    /// it evicts down to it, and compaction treats the hot tier as over its limits.
+    /// it evicts down to it. [`Db::compact`](crate::Db::compact) does not read it (yet):
+    /// compaction follows `older_than`, `hot_max_documents` and `hot_max_bytes` only.
     pub memory_pressure: Option<f64>,
 }
 
