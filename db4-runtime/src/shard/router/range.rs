@@ -309,7 +309,12 @@ impl<T: Partitioned> PageSource for Prepared<'_, T> {
             }
             fetch = fetch.saturating_mul(4).min(want);
             for i in again {
-                parts[i] = self.shard_rows(shards[i], stale.contains(&shards[i]), &state.ring, position, fetch)?.0;
+                // On from the shard's last row read: the rows before it are not read again.
+                let Some(last) = parts[i].last().map(|r| r.1.clone()) else { continue };
+                let on = if position.backward() { Position::Before(last, false) } else { Position::After(last, false) };
+                let more = fetch - parts[i].len();
+                let rows = self.shard_rows(shards[i], stale.contains(&shards[i]), &state.ring, &on, more)?.0;
+                parts[i].extend(rows);
                 asked[i] = fetch;
             }
         }
