@@ -47,6 +47,8 @@ pub mod shard;
 
 pub mod tier;
 
+pub mod remote;
+
 #[cfg(feature = "cloudflare")]
 pub use backend::DurableBackend;
 pub use backend::{Access, Backend, Connection, HeldTransaction, Row};

@@ -19,6 +19,7 @@ mod range;
 mod range_indexes;
 mod range_props;
 mod range_standalone;
+mod remote_router;
 mod search;
 mod search_props;
 mod serde_features;

@@ -28,6 +28,7 @@
 //! See `docs/sharding.md` for the balance figures and the design.
 
 mod cache;
+mod config;
 mod hasher;
 mod hot;
 mod merge;
@@ -37,6 +38,7 @@ mod ring;
 mod router;
 
 pub use cache::{CacheStats, RoutingCache};
+pub use config::ShardRouterConfig;
 pub use hot::{HotConfig, HotTracker, KeyLoad, ShardLoad, SpaceSaving};
 pub use merge::{
     PlanReason, QueryPlan, first_round_fetch, kmerge_by, merge_by_score, merge_sorted, partition_key_of,
@@ -51,8 +53,8 @@ pub use ring::{
 
 #[cfg(all(feature = "sqlite", feature = "fs"))]
 pub use router::{
-    AUTO_SPLIT_EVERY, DirTransport, MemoryTransport, ShardInfo, ShardQuery, ShardRange, ShardRouter, ShardRouterConfig,
-    ShardSearch, ShardTransaction, ShardTransport, SplitReport,
+    AUTO_SPLIT_EVERY, DirTransport, MemoryTransport, ShardInfo, ShardQuery, ShardRange, ShardRouter, ShardSearch,
+    ShardTransaction, ShardTransport, SplitReport,
 };
 
 #[cfg(test)]

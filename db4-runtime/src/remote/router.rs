@@ -1,0 +1,676 @@
+//! [`DurableRouter`]: the router of a Worker, in front of one shard object per shard, with
+//! the shard map kept by a coordinator object and cached in the isolate.
+
+use super::protocol::{
+    CoordinatorOp, PROTOCOL_VERSION, ShardMap, ShardOp, ShardReply, ShardRequest, WireChange, WireOrder, WireStats,
+    WireValue, encode_expr, to_bytes, to_raw,
+};
+use crate::collection::{CasResult, Numeric};
+use crate::error::{Error, Result};
+use crate::query::{Field, Filter, Order};
+use crate::schema::{Document, IdArg, Partitioned};
+use crate::shard::{
+    HashRing, QueryPlan, RoutingCache, ShardId, ShardRouterConfig, merge_sorted_by, partition_key_bytes, plan_query,
+    shard_fetch_limit,
+};
+use crate::value::{Value, to_value};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::rc::Rc;
+
+/// A boxed future, as [`ShardClient`] returns (not `Send`: a Worker is single-threaded).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// How a [`DurableRouter`] reaches its shard objects and its coordinator: over a Durable
+/// Object namespace in a Worker (`WorkerShards` in `db4::cloudflare`), or in
+/// process natively ([`LocalShards`](super::LocalShards)).
+///
+/// # Contract
+///
+/// - [`shard`](Self::shard) delivers `body` to the shard object of `(collection, shard)` and
+///   returns its reply's bytes; every call for the same pair reaches the same object.
+/// - [`coordinator`](Self::coordinator) delivers `body` to the one coordinator object.
+/// - [`cluster`](Self::cluster) names the deployment (the namespace), so routers of
+///   different deployments in one isolate do not share cached maps.
+pub trait ShardClient: 'static {
+    /// Sends a request to a shard object.
+    fn shard<'a>(&'a self, collection: &'a str, shard: ShardId, body: Vec<u8>) -> BoxFuture<'a, Result<Vec<u8>>>;
+
+    /// Sends a request to the coordinator.
+    fn coordinator(&self, body: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>>;
+
+    /// The deployment's name.
+    fn cluster(&self) -> &str;
+}
+
+/// Requests in flight at once in a scatter-gather: a Worker opens at most six connections at
+/// a time (more wait), and each shard request is one subrequest of the incoming request's
+/// budget.
+pub const MAX_IN_FLIGHT: usize = 6;
+
+/// Attempts of one operation across stale-epoch redirects before giving up.
+const MAX_ATTEMPTS: usize = 8;
+
+/// Partition keys whose shard a router remembers.
+const ROUTING_CACHE: usize = 4096;
+
+thread_local! {
+    /// The shard maps this isolate has seen, by (cluster, collection): a new router starts
+    /// from them without asking the coordinator; a shard's stale-epoch reply corrects them.
+    static MAPS: RefCell<HashMap<(String, String), ShardMap>> = RefCell::new(HashMap::new());
+}
+
+struct Inner {
+    client: Box<dyn ShardClient>,
+    collection: &'static str,
+    map: RefCell<ShardMap>,
+    cache: RefCell<RoutingCache>,
+}
+
+/// Documents of type `T` spread over shard objects by their `#[partition_key]`, seen from a
+/// Worker: the async counterpart of [`ShardRouter`](crate::shard::ShardRouter).
+///
+/// Each shard is its own Durable Object (a [`ShardServer`](super::ShardServer) over its
+/// storage); the ring, its epoch and any split in progress live in a coordinator object
+/// ([`CoordinatorServer`](super::CoordinatorServer)) and are cached in the isolate. Writes and
+/// reads of one document go to the shard of its partition key; [`query`](Self::query) asks
+/// the shards the filters may match, at most [`MAX_IN_FLIGHT`] at a time, and merges their
+/// answers as one database would. Every request carries the ring's epoch: a shard holding a
+/// newer ring redirects the router, which reloads the map and routes again, so an old map
+/// never yields a wrong answer.
+///
+/// Cheap to clone; not `Send` (a Worker isolate is single-threaded).
+pub struct DurableRouter<T: Partitioned> {
+    inner: Rc<Inner>,
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<T: Partitioned> Clone for DurableRouter<T> {
+    fn clone(&self) -> Self {
+        Self { inner: Rc::clone(&self.inner), _marker: PhantomData }
+    }
+}
+
+impl<T: Partitioned> std::fmt::Debug for DurableRouter<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let map = self.inner.map.borrow();
+        f.debug_struct("DurableRouter")
+            .field("collection", &self.inner.collection)
+            .field("shards", &map.ring.shards().len())
+            .field("epoch", &map.ring.epoch())
+            .finish()
+    }
+}
+
+/// What one shard answered.
+enum Reply {
+    Ok(Box<RawValue>),
+    /// The shard holds a newer ring.
+    Stale,
+}
+
+impl<T: Partitioned> DurableRouter<T> {
+    /// The router of `T`'s collection over `client`. The shard map comes from the isolate's
+    /// cache, else from the coordinator; a collection without one gets a new ring from
+    /// `config` (`shard_count`, `virtual_nodes`, `consistent_hashing`), stored in the
+    /// coordinator by the first router to ask (racing routers agree on that one).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidShardConfig`] for a bad `config` or a stored map of another format;
+    /// the client's error if the coordinator cannot be reached.
+    pub async fn open(client: impl ShardClient, config: ShardRouterConfig) -> Result<Self> {
+        let collection = T::schema().collection();
+        let key = (client.cluster().to_owned(), collection.to_owned());
+        let cached = MAPS.with(|m| m.borrow().get(&key).cloned());
+        let map = match cached {
+            Some(map) => map,
+            None => {
+                let map = match load(&client, collection).await? {
+                    Some(map) => map,
+                    None => {
+                        let ring = if config.consistent_hashing {
+                            HashRing::new(config.shard_count, config.virtual_nodes)?
+                        } else {
+                            HashRing::modulo(config.shard_count)?
+                        };
+                        let fresh = ShardMap { format: 1, collection: collection.to_owned(), ring, plan: None };
+                        let op = CoordinatorOp::Init { map: Box::new(fresh) };
+                        let stored: Option<ShardMap> = coordinator(&client, collection, &op).await?;
+                        stored.ok_or_else(|| Error::migration_state("the coordinator stored no shard map"))?
+                    }
+                };
+                check_map(&map, collection)?;
+                MAPS.with(|m| m.borrow_mut().insert(key, map.clone()));
+                map
+            }
+        };
+        Ok(Self {
+            inner: Rc::new(Inner {
+                client: Box::new(client),
+                collection,
+                map: RefCell::new(map),
+                cache: RefCell::new(RoutingCache::new(ROUTING_CACHE)),
+            }),
+            _marker: PhantomData,
+        })
+    }
+
+    /// The epoch of the ring this router routes by.
+    pub fn epoch(&self) -> u64 {
+        self.inner.map.borrow().ring.epoch()
+    }
+
+    /// The shards, in id order.
+    pub fn shards(&self) -> Vec<ShardId> {
+        self.inner.map.borrow().ring.shards().to_vec()
+    }
+
+    /// A copy of the ring documents are routed by.
+    pub fn ring(&self) -> HashRing {
+        self.inner.map.borrow().ring.clone()
+    }
+
+    /// The shard `key` is routed to now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidValue`] if the key does not serialize to a value.
+    pub fn shard_for(&self, key: &T::PartitionKey) -> Result<ShardId> {
+        let value = key_value::<T>(key)?;
+        Ok(self.route(&value))
+    }
+
+    /// The shards a query with these filters asks, and why.
+    ///
+    /// # Errors
+    ///
+    /// As [`plan_query`].
+    pub fn plan(&self, filters: &[Filter<T>]) -> Result<QueryPlan> {
+        plan_query(&self.inner.map.borrow().ring, filters)
+    }
+
+    /// Reloads the shard map from the coordinator.
+    ///
+    /// # Errors
+    ///
+    /// The client's error; [`Error::MigrationState`] if the coordinator holds no map.
+    pub async fn refresh(&self) -> Result<()> {
+        let map = load(&*self.inner.client, self.inner.collection)
+            .await?
+            .ok_or_else(|| Error::migration_state("the coordinator holds no shard map for this collection"))?;
+        check_map(&map, self.inner.collection)?;
+        let key = (self.inner.client.cluster().to_owned(), self.inner.collection.to_owned());
+        MAPS.with(|m| m.borrow_mut().insert(key, map.clone()));
+        if map.ring.epoch() != self.epoch() {
+            self.inner.cache.borrow_mut().clear();
+        }
+        *self.inner.map.borrow_mut() = map;
+        Ok(())
+    }
+
+    fn route(&self, key: &Value) -> ShardId {
+        let map = self.inner.map.borrow();
+        self.inner.cache.borrow_mut().shard_for(&map.ring, &partition_key_bytes(key))
+    }
+
+    /// Sends `op` to `shard` under the current ring; assigns the ring first if the shard asks.
+    async fn send(&self, shard: ShardId, op: &ShardOp) -> Result<Reply> {
+        for _ in 0..2 {
+            let epoch = self.epoch();
+            let body = self.request(shard, epoch, op)?;
+            let reply = self.inner.client.shard(self.inner.collection, shard, body).await?;
+            match parse_reply(&reply, shard)? {
+                ShardReply::Ok { result } => return Ok(Reply::Ok(result)),
+                ShardReply::Stale { .. } => return Ok(Reply::Stale),
+                ShardReply::NeedsRing { .. } => self.assign(shard).await?,
+                ShardReply::Err { error } => return Err(error.into_error(shard.get())),
+            }
+        }
+        Err(Error::migration_state(format!("shard {} did not accept the ring of epoch {}", shard.get(), self.epoch())))
+    }
+
+    fn request(&self, shard: ShardId, epoch: u64, op: &ShardOp) -> Result<Vec<u8>> {
+        #[derive(Serialize)]
+        struct Req<'a> {
+            version: u32,
+            epoch: u64,
+            shard: u32,
+            collection: &'a str,
+            op: &'a ShardOp,
+        }
+        let req = Req { version: PROTOCOL_VERSION, epoch, shard: shard.get(), collection: self.inner.collection, op };
+        to_bytes(self.inner.collection, &req)
+    }
+
+    async fn assign(&self, shard: ShardId) -> Result<()> {
+        let ring = self.ring();
+        let epoch = ring.epoch();
+        let op = ShardOp::Assign { ring: Box::new(ring) };
+        let body = to_bytes(
+            self.inner.collection,
+            &ShardRequest {
+                version: PROTOCOL_VERSION,
+                epoch,
+                shard: shard.get(),
+                collection: self.inner.collection.to_owned(),
+                op,
+            },
+        )?;
+        let reply = self.inner.client.shard(self.inner.collection, shard, body).await?;
+        match parse_reply(&reply, shard)? {
+            ShardReply::Ok { .. } => Ok(()),
+            ShardReply::Err { error } => Err(error.into_error(shard.get())),
+            ShardReply::Stale { .. } | ShardReply::NeedsRing { .. } => {
+                Err(Error::migration_state(format!("shard {} refused the ring of epoch {epoch}", shard.get())))
+            }
+        }
+    }
+
+    /// Runs `op` on the shard of `key`, following stale-epoch redirects.
+    async fn keyed<R: DeserializeOwned>(&self, key: &Value, op: ShardOp) -> Result<R> {
+        for _ in 0..MAX_ATTEMPTS {
+            let shard = self.route(key);
+            match self.send(shard, &op).await? {
+                Reply::Ok(raw) => return self.decode(&raw),
+                Reply::Stale => self.refresh().await?,
+            }
+        }
+        Err(self.gave_up())
+    }
+
+    fn gave_up(&self) -> Error {
+        Error::migration_state(format!(
+            "the shards of {:?} kept reporting a newer ring than the coordinator's (epoch {}); a split is \
+             switching: try again",
+            self.inner.collection,
+            self.epoch()
+        ))
+    }
+
+    fn decode<R: DeserializeOwned>(&self, raw: &RawValue) -> Result<R> {
+        serde_json::from_str(raw.get()).map_err(|e| Error::serialization(self.inner.collection, None, e))
+    }
+
+    fn doc_op(doc: &T, make: fn(Box<RawValue>) -> ShardOp) -> Result<(Value, ShardOp)> {
+        let key = key_value::<T>(doc.partition_key())?;
+        let raw = to_raw(T::schema().collection(), doc)?;
+        Ok((key, make(raw)))
+    }
+
+    /// Stores a new document on its shard.
+    ///
+    /// # Errors
+    ///
+    /// As [`Collection::insert`](crate::Collection::insert); the client's error if the shard
+    /// cannot be reached.
+    pub async fn insert(&self, doc: &T) -> Result<()> {
+        let (key, op) = Self::doc_op(doc, |doc| ShardOp::Insert { doc })?;
+        self.keyed::<()>(&key, op).await
+    }
+
+    /// Reads the document with this partition key and id.
+    ///
+    /// # Errors
+    ///
+    /// As [`Collection::get`](crate::Collection::get).
+    pub async fn get(&self, key: &T::PartitionKey, id: impl IdArg<T::Id>) -> Result<Option<T>> {
+        let key = key_value::<T>(key)?;
+        let id = id_wire::<T>(&id)?;
+        self.keyed(&key, ShardOp::Get { key: (&key).into(), id }).await
+    }
+
+    /// Replaces a stored document; returns its new version (in a collection with one).
+    ///
+    /// # Errors
+    ///
+    /// As [`Collection::update`](crate::Collection::update).
+    pub async fn update(&self, doc: &T) -> Result<Option<u64>> {
+        let (key, op) = Self::doc_op(doc, |doc| ShardOp::Update { doc })?;
+        self.keyed(&key, op).await
+    }
+
+    /// Inserts or replaces a document on its shard.
+    ///
+    /// # Errors
+    ///
+    /// As [`Collection::upsert`](crate::Collection::upsert).
+    pub async fn upsert(&self, doc: &T) -> Result<()> {
+        let (key, op) = Self::doc_op(doc, |doc| ShardOp::Upsert { doc })?;
+        self.keyed::<()>(&key, op).await
+    }
+
+    /// Deletes the document with this partition key and id; returns whether there was one.
+    ///
+    /// # Errors
+    ///
+    /// As [`Collection::delete`](crate::Collection::delete).
+    pub async fn delete(&self, key: &T::PartitionKey, id: impl IdArg<T::Id>) -> Result<bool> {
+        let key = key_value::<T>(key)?;
+        let id = id_wire::<T>(&id)?;
+        self.keyed(&key, ShardOp::Delete { key: (&key).into(), id }).await
+    }
+
+    /// Atomically adds `delta` to a numeric field; returns the new value.
+    ///
+    /// # Errors
+    ///
+    /// As [`Collection::increment`](crate::Collection::increment).
+    pub async fn increment<N: Numeric>(
+        &self,
+        key: &T::PartitionKey,
+        id: impl IdArg<T::Id>,
+        field: Field<T, N>,
+        delta: N,
+    ) -> Result<N> {
+        let key = key_value::<T>(key)?;
+        let id = id_wire::<T>(&id)?;
+        let delta = serde_json::to_value(delta).map_err(|e| Error::serialization(T::schema().collection(), None, e))?;
+        let field = field_name::<T>(field.index())?;
+        self.keyed(&key, ShardOp::Increment { key: (&key).into(), id, field, delta }).await
+    }
+
+    /// Atomically sets `field` to `new` if it equals `expected`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Collection::compare_and_swap`](crate::Collection::compare_and_swap).
+    pub async fn compare_and_swap<V>(
+        &self,
+        key: &T::PartitionKey,
+        id: impl IdArg<T::Id>,
+        field: Field<T, V>,
+        expected: impl Into<V>,
+        new: impl Into<V>,
+    ) -> Result<CasResult<V>>
+    where
+        V: Serialize + DeserializeOwned,
+    {
+        let name = T::schema().collection();
+        let json = |v: V| serde_json::to_value(v).map_err(|e| Error::serialization(name, None, e));
+        let key = key_value::<T>(key)?;
+        let id = id_wire::<T>(&id)?;
+        let op = ShardOp::CompareAndSwap {
+            key: (&key).into(),
+            id,
+            field: field_name::<T>(field.index())?,
+            expected: json(expected.into())?,
+            new: json(new.into())?,
+        };
+        #[derive(serde::Deserialize)]
+        struct Cas<V> {
+            swapped: bool,
+            current: V,
+        }
+        let r: Cas<V> = self.keyed(&key, op).await?;
+        Ok(CasResult { swapped: r.swapped, current: r.current })
+    }
+
+    /// A query over every shard the filters may match, merged.
+    pub fn query(&self) -> DurableQuery<'_, T> {
+        DurableQuery { router: self, filters: Vec::new(), order: Vec::new(), limit: None, offset: 0 }
+    }
+
+    /// Each shard's documents, bytes and last change-log LSN, in shard order.
+    ///
+    /// # Errors
+    ///
+    /// The client's or a shard's error.
+    pub async fn stats(&self) -> Result<Vec<(ShardId, WireStats)>> {
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(parts) = self.scatter(&self.shards(), |_| ShardOp::Stats).await? {
+                return parts.into_iter().map(|(shard, raw)| Ok((shard, self.decode(&raw)?))).collect();
+            }
+        }
+        Err(self.gave_up())
+    }
+
+    /// Up to `limit` events of `shard`'s change log for this collection, after LSN `after`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownShard`] for a shard the ring does not hold; the shard's error (such as
+    /// [`Error::LogTruncated`]).
+    pub async fn changes(&self, shard: ShardId, after: u64, limit: usize) -> Result<Vec<WireChange>> {
+        for _ in 0..MAX_ATTEMPTS {
+            if !self.inner.map.borrow().ring.contains(shard) {
+                return Err(Error::UnknownShard { shard: shard.get(), epoch: self.epoch() });
+            }
+            match self.send(shard, &ShardOp::Changes { after, limit }).await? {
+                Reply::Ok(raw) => return self.decode(&raw),
+                Reply::Stale => self.refresh().await?,
+            }
+        }
+        Err(self.gave_up())
+    }
+
+    /// `op(shard)` on each of `shards`, at most [`MAX_IN_FLIGHT`] at once, in `shards` order;
+    /// `None` (after reloading the map) when a shard reports a newer ring, so callers re-plan.
+    async fn scatter(
+        &self,
+        shards: &[ShardId],
+        op: impl Fn(ShardId) -> ShardOp,
+    ) -> Result<Option<Vec<(ShardId, Box<RawValue>)>>> {
+        let ops: Vec<(ShardId, ShardOp)> = shards.iter().map(|&s| (s, op(s))).collect();
+        let replies: Vec<Result<Reply>> = futures_util::stream::iter(ops.iter().map(|(s, op)| self.send(*s, op)))
+            .buffered(MAX_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(replies.len());
+        let mut stale = false;
+        for ((shard, _), reply) in ops.iter().zip(replies) {
+            match reply? {
+                Reply::Ok(raw) => out.push((*shard, raw)),
+                Reply::Stale => stale = true,
+            }
+        }
+        if stale {
+            self.refresh().await?;
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+}
+
+/// A query over a [`DurableRouter`], from [`DurableRouter::query`]: the same builder as
+/// [`Query`](crate::Query), with the same answer as one database holding every document
+/// (documents equal on every sort key come by id; without `order_by`, by id).
+#[must_use = "a query does nothing until run with all(), first() or count()"]
+pub struct DurableQuery<'r, T: Partitioned> {
+    router: &'r DurableRouter<T>,
+    filters: Vec<Filter<T>>,
+    order: Vec<Order<T>>,
+    limit: Option<usize>,
+    offset: usize,
+}
+
+impl<T: Partitioned> std::fmt::Debug for DurableQuery<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableQuery")
+            .field("filters", &self.filters)
+            .field("order", &self.order)
+            .field("limit", &self.limit)
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+impl<T: Partitioned> DurableQuery<'_, T> {
+    /// Keeps only documents matching `filter` (in addition to earlier filters).
+    pub fn filter(mut self, filter: Filter<T>) -> Self {
+        self.filters.push(filter);
+        self
+    }
+
+    /// Sorts by a field; later calls break ties of earlier ones, the id the last ties.
+    pub fn order_by(mut self, order: Order<T>) -> Self {
+        self.order.push(order);
+        self
+    }
+
+    /// Returns at most `n` documents.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Skips the first `n` matching documents.
+    pub fn offset(mut self, n: usize) -> Self {
+        self.offset = n;
+        self
+    }
+
+    fn wire_filters(&self) -> Vec<Vec<super::protocol::WireNode>> {
+        self.filters.iter().map(|f| encode_expr(T::schema(), &f.expr)).collect()
+    }
+
+    fn wire_order(&self) -> Result<Vec<WireOrder>> {
+        self.order
+            .iter()
+            .map(|o| Ok(WireOrder { field: field_name::<T>(o.field)?, descending: o.descending }))
+            .collect()
+    }
+
+    /// Runs the query on the shards (at most [`MAX_IN_FLIGHT`] requests at once) and returns
+    /// the merged page.
+    ///
+    /// # Errors
+    ///
+    /// As [`Query::all`](crate::Query::all) on each shard; the client's error.
+    pub async fn all(self) -> Result<Vec<T>> {
+        let router = self.router;
+        let filters = self.wire_filters();
+        let order = self.wire_order()?;
+        for _ in 0..MAX_ATTEMPTS {
+            let plan = router.plan(&self.filters)?;
+            if plan.shards.is_empty() {
+                return Ok(Vec::new());
+            }
+            let single = plan.shards.len() == 1;
+            let (offset, limit) =
+                if single { (self.offset, self.limit) } else { (0, shard_fetch_limit(self.offset, self.limit)) };
+            let parts = router
+                .scatter(&plan.shards, |_| ShardOp::Query {
+                    filters: filters.clone(),
+                    order: order.clone(),
+                    offset,
+                    limit,
+                })
+                .await;
+            let Some(parts) = parts? else { continue };
+            let mut docs: Vec<Vec<T>> = Vec::with_capacity(parts.len());
+            for (_, raw) in parts {
+                docs.push(router.decode(&raw)?);
+            }
+            if single {
+                return Ok(docs.pop().unwrap_or_default());
+            }
+            let mut keys: Vec<(usize, bool)> = self.order.iter().map(|o| (o.field, o.descending)).collect();
+            let last_desc = keys.last().is_some_and(|k| k.1);
+            keys.push((id_index::<T>(), last_desc && !self.order.is_empty()));
+            return merge_sorted_by(docs, T::schema(), &keys, self.offset, self.limit);
+        }
+        Err(router.gave_up())
+    }
+
+    /// Runs the query and returns the first matching document.
+    ///
+    /// # Errors
+    ///
+    /// As [`all`](Self::all).
+    pub async fn first(self) -> Result<Option<T>> {
+        let limit = self.limit.map_or(1, |n| n.min(1));
+        Ok(self.limit(limit).all().await?.into_iter().next())
+    }
+
+    /// Counts the matching documents (within `limit` and `offset`, if set).
+    ///
+    /// # Errors
+    ///
+    /// As [`all`](Self::all).
+    pub async fn count(self) -> Result<u64> {
+        let router = self.router;
+        let filters = self.wire_filters();
+        for _ in 0..MAX_ATTEMPTS {
+            let plan = router.plan(&self.filters)?;
+            let parts = router.scatter(&plan.shards, |_| ShardOp::Count { filters: filters.clone() }).await;
+            let Some(parts) = parts? else { continue };
+            let mut total = 0u64;
+            for (_, raw) in parts {
+                total += router.decode::<u64>(&raw)?;
+            }
+            let after = total.saturating_sub(self.offset as u64);
+            return Ok(self.limit.map_or(after, |n| after.min(n as u64)));
+        }
+        Err(router.gave_up())
+    }
+}
+
+async fn load(client: &dyn ShardClient, collection: &str) -> Result<Option<ShardMap>> {
+    coordinator(client, collection, &CoordinatorOp::Load { collection: collection.to_owned() }).await
+}
+
+async fn coordinator<R: DeserializeOwned>(client: &dyn ShardClient, collection: &str, op: &CoordinatorOp) -> Result<R> {
+    let reply = client.coordinator(to_bytes(collection, op)?).await?;
+    match serde_json::from_slice::<ShardReply>(&reply) {
+        Ok(ShardReply::Ok { result }) => {
+            serde_json::from_str(result.get()).map_err(|e| Error::serialization(collection, None, e))
+        }
+        Ok(ShardReply::Err { error }) => Err(error.into_error(0)),
+        Ok(other) => Err(Error::migration_state(format!("the coordinator answered {other:?}"))),
+        Err(e) => Err(Error::corrupted(collection, None, format!("the coordinator's reply is not a reply: {e}"))),
+    }
+}
+
+fn parse_reply(bytes: &[u8], shard: ShardId) -> Result<ShardReply> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::corrupted(
+            "shard",
+            None,
+            format!(
+                "shard {}'s reply is not a reply ({e}): {}",
+                shard.get(),
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ),
+        )
+    })
+}
+
+fn check_map(map: &ShardMap, collection: &str) -> Result<()> {
+    if map.format != 1 || map.collection != collection {
+        return Err(Error::invalid_shard_config(format!(
+            "the coordinator's shard map is for collection {:?} (format {}), not {collection:?}",
+            map.collection, map.format
+        )));
+    }
+    Ok(())
+}
+
+fn key_value<T: Partitioned>(key: &T::PartitionKey) -> Result<Value> {
+    let name = T::schema().partition_key_field().map_or("partition key", |f| f.name());
+    to_value(key).map_err(|e| Error::invalid_value(T::schema().collection(), name, e.0))
+}
+
+fn id_wire<T: Document>(id: &impl IdArg<T::Id>) -> Result<WireValue> {
+    let v = id.id_value().map_err(|e| Error::invalid_value(T::schema().collection(), "id", e.0))?;
+    Ok((&v).into())
+}
+
+fn field_name<T: Document>(index: usize) -> Result<String> {
+    T::schema()
+        .fields()
+        .get(index)
+        .map(|f| f.name().to_owned())
+        .ok_or_else(|| Error::invalid_query(T::schema().collection(), format!("field #{index} does not belong here")))
+}
+
+fn id_index<T: Document>() -> usize {
+    T::schema().fields().iter().position(|f| f.is_id()).unwrap_or(0)
+}

@@ -1,0 +1,520 @@
+//! The shard object's side of the protocol: [`ShardServer`] answers [`ShardRequest`]s over a
+//! [`Db`] (a Durable Object's storage, or a native file in tests), and [`CoordinatorServer`]
+//! keeps each collection's [`ShardMap`].
+//!
+//! Both are plain code over a `Db`: natively they run in `cargo test` behind an in-process
+//! client ([`LocalShards`](super::LocalShards)), and inside a Durable Object the same code
+//! answers `fetch`.
+
+use super::protocol::{
+    CoordinatorOp, PROTOCOL_VERSION, ShardMap, ShardOp, ShardReply, ShardRequest, WireChange, WireError, WireStats,
+    decode_expr, to_raw,
+};
+use crate::backend::{Access, Connection, run};
+use crate::collection::Collection;
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::query::filter::Filter;
+use crate::query::{Field, Order};
+use crate::schema::{DocumentId, IdArg, Partitioned};
+use crate::shard::{HashRing, ShardId, partition_key_of};
+use crate::value::{Value, ValueError, ValueRef};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Mutex;
+
+/// The table a shard object keeps its identity in: per collection, its shard id and the ring
+/// it last accepted.
+const SHARD_STATE: &str = "\"_db4_shard_state\"";
+
+/// The table the coordinator keeps shard maps in.
+const SHARD_MAPS: &str = "\"_db4_shard_maps\"";
+
+/// What a shard object knows about one collection: which shard it is, by which ring.
+#[derive(Debug, Clone)]
+pub(crate) struct ShardState {
+    shard: ShardId,
+    ring: HashRing,
+}
+
+impl ShardState {
+    /// Whether `key` routes here.
+    fn owns(&self, key: &Value) -> bool {
+        self.ring.shard_for_value(key) == self.shard
+    }
+}
+
+/// Serves one shard of one or more collections over the protocol.
+///
+/// Register each document type the shard holds with [`serve`](Self::serve); a request for
+/// another collection is refused. Requests carry the router's ring epoch: an older one gets
+/// [`ShardReply::Stale`] and a newer one [`ShardReply::NeedsRing`], so a router with an old
+/// map is redirected and never answered from the wrong shard.
+pub struct ShardServer {
+    db: Db,
+    handlers: HashMap<&'static str, Box<dyn Handler>>,
+    /// The accepted state of each collection, read from the table on first use.
+    states: Mutex<HashMap<String, Option<ShardState>>>,
+}
+
+impl std::fmt::Debug for ShardServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.handlers.keys().copied().collect();
+        names.sort_unstable();
+        f.debug_struct("ShardServer").field("collections", &names).finish()
+    }
+}
+
+impl ShardServer {
+    /// A server over `db`, serving no collection yet.
+    ///
+    /// # Errors
+    ///
+    /// A backend error if its state table cannot be created.
+    pub fn new(db: Db) -> Result<Self> {
+        run(db.backend(), Access::Write, |conn| {
+            conn.execute_ddl(&format!(
+                "CREATE TABLE IF NOT EXISTS {SHARD_STATE} (\"collection\" TEXT PRIMARY KEY NOT NULL, \
+                 \"shard\" INTEGER NOT NULL, \"epoch\" INTEGER NOT NULL, \"ring\" TEXT NOT NULL)"
+            ))
+        })?;
+        Ok(Self { db, handlers: HashMap::new(), states: Mutex::new(HashMap::new()) })
+    }
+
+    /// Serves the collection of `T` too.
+    #[must_use]
+    pub fn serve<T: Partitioned>(mut self) -> Self {
+        self.handlers.insert(T::schema().collection(), Box::new(Typed::<T>(PhantomData)));
+        self
+    }
+
+    /// The database the shard's documents are in.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Answers one request (JSON bytes) with a reply (JSON bytes). Never fails: an error is a
+    /// [`ShardReply::Err`].
+    pub fn handle(&self, body: &[u8]) -> Vec<u8> {
+        let reply = match serde_json::from_slice::<ShardRequest>(body) {
+            Ok(req) => self.answer(req),
+            Err(e) => err_reply(WireError::Protocol { reason: format!("not a shard request: {e}") }),
+        };
+        serde_json::to_vec(&reply).unwrap_or_else(|e| {
+            // Only a result that does not serialize gets here; say so in a reply that does.
+            let reply = err_reply(WireError::Other { backend: None, message: format!("reply: {e}") });
+            serde_json::to_vec(&reply).unwrap_or_default()
+        })
+    }
+
+    fn answer(&self, req: ShardRequest) -> ShardReply {
+        if req.version != PROTOCOL_VERSION {
+            return err_reply(WireError::Protocol {
+                reason: format!("protocol version {} (this shard speaks {PROTOCOL_VERSION})", req.version),
+            });
+        }
+        let Some(handler) = self.handlers.get(req.collection.as_str()) else {
+            return err_reply(WireError::Protocol {
+                reason: format!("this shard object does not serve collection {:?}", req.collection),
+            });
+        };
+        let state = match self.state(&req.collection) {
+            Ok(s) => s,
+            Err(e) => return err_reply((&e).into()),
+        };
+        if let ShardOp::Assign { ring } = req.op {
+            return match self.assign(&req.collection, ShardId::new(req.shard), *ring, state.as_ref()) {
+                Ok(()) => ok_null(),
+                Err(e) => err_reply((&e).into()),
+            };
+        }
+        let Some(state) = state else { return ShardReply::NeedsRing { epoch: 0 } };
+        let epoch = state.ring.epoch();
+        if req.epoch < epoch {
+            return ShardReply::Stale { epoch };
+        }
+        if req.epoch > epoch {
+            return ShardReply::NeedsRing { epoch };
+        }
+        if state.shard.get() != req.shard {
+            return err_reply(WireError::Protocol {
+                reason: format!("this object is shard {}, not shard {}", state.shard.get(), req.shard),
+            });
+        }
+        match handler.handle(&self.db, &state, req.op) {
+            Ok(result) => ShardReply::Ok { result },
+            Err(e) => err_reply((&e).into()),
+        }
+    }
+
+    fn state(&self, collection: &str) -> Result<Option<ShardState>> {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = states.get(collection) {
+            return Ok(s.clone());
+        }
+        let loaded = run(self.db.backend(), Access::Read, |conn| load_state(conn, collection))?;
+        states.insert(collection.to_owned(), loaded.clone());
+        Ok(loaded)
+    }
+
+    fn assign(&self, collection: &str, shard: ShardId, ring: HashRing, held: Option<&ShardState>) -> Result<()> {
+        if let Some(held) = held {
+            if ring.epoch() < held.ring.epoch() {
+                return Err(Error::migration_state(format!(
+                    "shard {} holds the ring of epoch {}; refusing the older epoch {}",
+                    held.shard.get(),
+                    held.ring.epoch(),
+                    ring.epoch()
+                )));
+            }
+            if held.shard != shard {
+                return Err(Error::migration_state(format!(
+                    "this object is shard {} of {collection:?}, not shard {}",
+                    held.shard.get(),
+                    shard.get()
+                )));
+            }
+            if ring.epoch() == held.ring.epoch() {
+                return Ok(());
+            }
+        }
+        let text = serde_json::to_string(&ring).map_err(|e| Error::serialization(collection, None, e))?;
+        let epoch = i64::try_from(ring.epoch()).unwrap_or(i64::MAX);
+        run(self.db.backend(), Access::Write, |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT INTO {SHARD_STATE} (\"collection\", \"shard\", \"epoch\", \"ring\") VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (\"collection\") DO UPDATE SET \"shard\" = excluded.\"shard\", \
+                     \"epoch\" = excluded.\"epoch\", \"ring\" = excluded.\"ring\""
+                ),
+                &[
+                    Value::Text(collection.to_owned()),
+                    Value::Integer(i64::from(shard.get())),
+                    Value::Integer(epoch),
+                    Value::Text(text.clone()),
+                ],
+            )
+            .map(drop)
+        })?;
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.insert(collection.to_owned(), Some(ShardState { shard, ring }));
+        Ok(())
+    }
+}
+
+fn load_state(conn: &dyn Connection, collection: &str) -> Result<Option<ShardState>> {
+    let mut out = None;
+    conn.query(
+        &format!("SELECT \"shard\", \"ring\" FROM {SHARD_STATE} WHERE \"collection\" = ?1"),
+        &[Value::Text(collection.to_owned())],
+        &mut |row| {
+            let (ValueRef::Integer(shard), ValueRef::Text(ring)) = (row.get(0)?, row.get(1)?) else {
+                return Err(Error::corrupted(collection, None, "the shard state row has unexpected types"));
+            };
+            let ring: HashRing = serde_json::from_str(ring)
+                .map_err(|e| Error::corrupted(collection, None, format!("the shard state's ring: {e}")))?;
+            let shard = u32::try_from(shard)
+                .map_err(|_| Error::corrupted(collection, None, format!("shard id {shard} out of range")))?;
+            out = Some(ShardState { shard: ShardId::new(shard), ring });
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+fn err_reply(error: WireError) -> ShardReply {
+    ShardReply::Err { error }
+}
+
+fn ok_null() -> ShardReply {
+    ShardReply::Ok { result: null_raw() }
+}
+
+fn null_raw() -> Box<RawValue> {
+    RawValue::NULL.to_owned()
+}
+
+/// One collection's operations.
+trait Handler: Send + Sync {
+    fn handle(&self, db: &Db, state: &ShardState, op: ShardOp) -> Result<Box<RawValue>>;
+}
+
+struct Typed<T>(PhantomData<fn() -> T>);
+
+/// An id as it came over the wire; its type is checked where it is bound.
+struct WireId(Value);
+
+impl<I: DocumentId> IdArg<I> for WireId {
+    fn id_value(&self) -> std::result::Result<Value, ValueError> {
+        Ok(self.0.clone())
+    }
+}
+
+impl<T: Partitioned> Typed<T> {
+    fn name() -> &'static str {
+        T::schema().collection()
+    }
+
+    fn doc(raw: &RawValue) -> Result<T> {
+        serde_json::from_str(raw.get()).map_err(|e| Error::serialization(Self::name(), None, e))
+    }
+
+    /// Refuses a key that does not route to this shard under its ring.
+    fn check_key(state: &ShardState, key: &Value) -> Result<()> {
+        if state.owns(key) {
+            return Ok(());
+        }
+        let other = state.ring.shard_for_value(key);
+        Err(Error::CrossShard {
+            collection: Self::name().to_owned(),
+            shard: state.shard.get(),
+            other: other.get(),
+            key: crate::store::codec::id_text(key),
+        })
+    }
+
+    fn check_doc(state: &ShardState, doc: &T) -> Result<()> {
+        match partition_key_of(doc)? {
+            Some(key) => Self::check_key(state, &key),
+            None => Err(Error::invalid_value(Self::name(), "partition key", "the document has no partition key")),
+        }
+    }
+
+    fn field(name: &str) -> Result<usize> {
+        T::schema()
+            .fields()
+            .iter()
+            .position(|f| f.name() == name)
+            .ok_or_else(|| Error::invalid_query(Self::name(), format!("no field {name:?} in this collection")))
+    }
+
+    fn filters(filters: Vec<Vec<super::protocol::WireNode>>) -> Result<Vec<Filter<T>>> {
+        filters.into_iter().map(|nodes| Ok(Filter::new(decode_expr(T::schema(), nodes)?))).collect()
+    }
+
+    fn query<'c>(
+        c: &'c Collection<T>,
+        filters: Vec<Filter<T>>,
+        order: &[super::protocol::WireOrder],
+    ) -> Result<crate::query::Query<'c, T>> {
+        let mut q = c.query();
+        for f in filters {
+            q = q.filter(f);
+        }
+        for o in order {
+            let field = Field::<T, ()>::__new(Self::field(&o.field)?);
+            let order: Order<T> = if o.descending { field.desc() } else { field.asc() };
+            q = q.order_by(order);
+        }
+        if order.is_empty() {
+            // As one database answers a query without an order: by id.
+            let id = T::schema().fields().iter().position(|f| f.is_id()).unwrap_or(0);
+            q = q.order_by(Field::<T, ()>::__new(id).asc());
+        }
+        Ok(q)
+    }
+}
+
+impl<T: Partitioned> Handler for Typed<T> {
+    fn handle(&self, db: &Db, state: &ShardState, op: ShardOp) -> Result<Box<RawValue>> {
+        let name = Self::name();
+        let c = db.collection::<T>()?;
+        match op {
+            ShardOp::Insert { doc } => {
+                let doc = Self::doc(&doc)?;
+                Self::check_doc(state, &doc)?;
+                c.insert(&doc)?;
+                Ok(null_raw())
+            }
+            ShardOp::Update { doc } => {
+                let doc = Self::doc(&doc)?;
+                Self::check_doc(state, &doc)?;
+                to_raw(name, &c.update(&doc)?)
+            }
+            ShardOp::Upsert { doc } => {
+                let doc = Self::doc(&doc)?;
+                Self::check_doc(state, &doc)?;
+                c.upsert(&doc)?;
+                Ok(null_raw())
+            }
+            ShardOp::Get { key, id } => {
+                Self::check_key(state, &key.into())?;
+                to_raw(name, &c.get(WireId(id.into()))?)
+            }
+            ShardOp::Delete { key, id } => {
+                Self::check_key(state, &key.into())?;
+                to_raw(name, &c.delete(WireId(id.into()))?)
+            }
+            ShardOp::Increment { key, id, field, delta } => {
+                Self::check_key(state, &key.into())?;
+                let index = Self::field(&field)?;
+                let id = WireId(id.into());
+                if let Some(d) = delta.as_i64() {
+                    to_raw(name, &c.increment(id, Field::<T, i64>::__new(index), d)?)
+                } else if let Some(d) = delta.as_u64() {
+                    to_raw(name, &c.increment(id, Field::<T, u64>::__new(index), d)?)
+                } else if let Some(d) = delta.as_f64() {
+                    to_raw(name, &c.increment(id, Field::<T, f64>::__new(index), d)?)
+                } else {
+                    Err(Error::invalid_value(name, &field, format!("the delta {delta} is not a number")))
+                }
+            }
+            ShardOp::CompareAndSwap { key, id, field, expected, new } => {
+                Self::check_key(state, &key.into())?;
+                let f = Field::<T, serde_json::Value>::__new(Self::field(&field)?);
+                let r = c.compare_and_swap(WireId(id.into()), f, expected, new)?;
+                to_raw(name, &serde_json::json!({ "swapped": r.swapped, "current": r.current }))
+            }
+            ShardOp::Query { filters, order, offset, limit } => {
+                let mut q = Self::query(&c, Self::filters(filters)?, &order)?.offset(offset);
+                if let Some(n) = limit {
+                    q = q.limit(n);
+                }
+                to_raw(name, &q.all()?)
+            }
+            ShardOp::Count { filters } => to_raw(name, &Self::query(&c, Self::filters(filters)?, &[])?.count()?),
+            ShardOp::Changes { after, limit } => {
+                let mut out = Vec::new();
+                for event in db.changes_since(crate::lsn::Lsn::new(after))? {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let event = event?;
+                    if event.collection == name {
+                        out.push(WireChange::from(&event));
+                    }
+                }
+                to_raw(name, &out)
+            }
+            ShardOp::Stats => {
+                let stats =
+                    WireStats { documents: c.count()?, bytes: c.stored_bytes()?, last_lsn: db.last_lsn()?.get() };
+                to_raw(name, &stats)
+            }
+            ShardOp::Assign { .. } => Err(Error::migration_state("assign is answered before the collection")),
+        }
+    }
+}
+
+/// Keeps each collection's [`ShardMap`] (the ring, its epoch and a split in progress): the
+/// coordinator object's side of the protocol.
+pub struct CoordinatorServer {
+    db: Db,
+}
+
+impl std::fmt::Debug for CoordinatorServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorServer").finish_non_exhaustive()
+    }
+}
+
+impl CoordinatorServer {
+    /// A coordinator over `db`.
+    ///
+    /// # Errors
+    ///
+    /// A backend error if its table cannot be created.
+    pub fn new(db: Db) -> Result<Self> {
+        run(db.backend(), Access::Write, |conn| {
+            conn.execute_ddl(&format!(
+                "CREATE TABLE IF NOT EXISTS {SHARD_MAPS} (\"collection\" TEXT PRIMARY KEY NOT NULL, \
+                 \"epoch\" INTEGER NOT NULL, \"map\" TEXT NOT NULL)"
+            ))
+        })?;
+        Ok(Self { db })
+    }
+
+    /// Answers one [`CoordinatorOp`] (JSON bytes) with a [`ShardReply`] (JSON bytes).
+    pub fn handle(&self, body: &[u8]) -> Vec<u8> {
+        let reply = match serde_json::from_slice::<CoordinatorOp>(body) {
+            Ok(op) => match self.answer(op) {
+                Ok(result) => ShardReply::Ok { result },
+                Err(e) => err_reply((&e).into()),
+            },
+            Err(e) => err_reply(WireError::Protocol { reason: format!("not a coordinator request: {e}") }),
+        };
+        serde_json::to_vec(&reply).unwrap_or_default()
+    }
+
+    fn answer(&self, op: CoordinatorOp) -> Result<Box<RawValue>> {
+        match op {
+            CoordinatorOp::Load { collection } => {
+                let text = run(self.db.backend(), Access::Read, |conn| load_map(conn, &collection))?;
+                raw_text(&collection, text)
+            }
+            CoordinatorOp::Init { map } => {
+                let collection = map.collection.clone();
+                let text = to_text(&map)?;
+                let stored = run(self.db.backend(), Access::Write, |conn| {
+                    conn.execute(
+                        &format!(
+                            "INSERT INTO {SHARD_MAPS} (\"collection\", \"epoch\", \"map\") VALUES (?1, ?2, ?3) \
+                             ON CONFLICT (\"collection\") DO NOTHING"
+                        ),
+                        &[Value::Text(collection.clone()), epoch_value(&map), Value::Text(text.clone())],
+                    )?;
+                    load_map(conn, &collection)
+                })?;
+                raw_text(&collection, stored)
+            }
+            CoordinatorOp::Store { expected, map } => {
+                let collection = map.collection.clone();
+                let text = to_text(&map)?;
+                let expected = i64::try_from(expected).unwrap_or(i64::MAX);
+                let changed = run(self.db.backend(), Access::Write, |conn| {
+                    conn.execute(
+                        &format!(
+                            "UPDATE {SHARD_MAPS} SET \"epoch\" = ?2, \"map\" = ?3 WHERE \"collection\" = ?1 \
+                             AND \"epoch\" = ?4"
+                        ),
+                        &[
+                            Value::Text(collection.clone()),
+                            epoch_value(&map),
+                            Value::Text(text.clone()),
+                            Value::Integer(expected),
+                        ],
+                    )
+                })?;
+                if changed != 1 {
+                    return Err(Error::migration_state(format!(
+                        "the shard map of {collection:?} is no longer at epoch {expected}: reload it"
+                    )));
+                }
+                Ok(null_raw())
+            }
+        }
+    }
+}
+
+fn epoch_value(map: &ShardMap) -> Value {
+    Value::Integer(i64::try_from(map.ring.epoch()).unwrap_or(i64::MAX))
+}
+
+fn to_text(map: &ShardMap) -> Result<String> {
+    serde_json::to_string(map).map_err(|e| Error::serialization(&map.collection, None, e))
+}
+
+fn load_map(conn: &dyn Connection, collection: &str) -> Result<Option<String>> {
+    let mut out = None;
+    conn.query(
+        &format!("SELECT \"map\" FROM {SHARD_MAPS} WHERE \"collection\" = ?1"),
+        &[Value::Text(collection.to_owned())],
+        &mut |row| {
+            let ValueRef::Text(t) = row.get(0)? else {
+                return Err(Error::corrupted(collection, None, "a stored shard map is not text"));
+            };
+            out = Some(t.to_owned());
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+fn raw_text(collection: &str, text: Option<String>) -> Result<Box<RawValue>> {
+    match text {
+        Some(t) => RawValue::from_string(t)
+            .map_err(|e| Error::corrupted(collection, None, format!("a stored shard map is not JSON: {e}"))),
+        None => Ok(null_raw()),
+    }
+}

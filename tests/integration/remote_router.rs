@@ -1,0 +1,333 @@
+//! The Worker-side router natively: `DurableRouter` over `LocalShards` (the shard objects' and
+//! coordinator's servers in process, speaking the same protocol bytes as in a Worker), checked
+//! against one database holding the same documents, plus stale-epoch redirects and bad input.
+
+use crate::shard_router::{Ticket, ticket};
+use db4::Order;
+use db4::prelude::*;
+use db4::remote::{DurableRouter, LocalShards, ShardClient, ShardServer};
+use db4::shard::ShardRouterConfig;
+use proptest::prelude::*;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+/// Runs a future to completion on this thread. `LocalShards` answers at once, so nothing ever
+/// waits; a future that stays pending is a bug, reported instead of spinning forever.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    struct Noop;
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = Waker::from(Arc::new(Noop));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    for _ in 0..1_000_000 {
+        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+    panic!("the future stayed pending: LocalShards never waits");
+}
+
+fn config(shards: u32) -> ShardRouterConfig {
+    ShardRouterConfig { shard_count: shards, virtual_nodes: 64, ..Default::default() }
+}
+
+fn local() -> db4::Result<Rc<LocalShards>> {
+    Ok(Rc::new(LocalShards::in_memory()?.serve::<Ticket>()))
+}
+
+fn tenant(i: i64) -> String {
+    format!("tenant-{:02}", i % 50)
+}
+
+/// A router over 8 shard objects and one database, both holding `n` tickets of 50 tenants.
+fn loaded(n: i64) -> db4::Result<(Rc<LocalShards>, DurableRouter<Ticket>, Collection<Ticket>)> {
+    let shards = local()?;
+    let router = block_on(DurableRouter::<Ticket>::open(Rc::clone(&shards), config(8)))?;
+    let one = Db::open_in_memory()?.collection::<Ticket>()?;
+    for i in 0..n {
+        let t = ticket(i, &tenant(i));
+        block_on(router.insert(&t))?;
+        one.insert(&t)?;
+    }
+    Ok((shards, router, one))
+}
+
+#[test]
+fn crud_goes_to_the_shard_of_the_partition_key() -> db4::Result<()> {
+    let shards = local()?;
+    let router = block_on(DurableRouter::<Ticket>::open(Rc::clone(&shards), config(4)))?;
+    assert_eq!(router.shards().len(), 4);
+    for i in 0..40 {
+        block_on(router.insert(&ticket(i, &tenant(i))))?;
+    }
+    assert!(matches!(block_on(router.insert(&ticket(3, &tenant(3)))), Err(Error::AlreadyExists { .. })));
+    for i in 0..40 {
+        let key = tenant(i);
+        let home = router.shard_for(&key)?;
+        for shard in router.shards() {
+            let held = shards.server("tickets", shard)?.db().collection::<Ticket>()?.get(i)?;
+            assert_eq!(held.is_some(), shard == home, "ticket {i} on shard {shard}");
+        }
+        assert_eq!(block_on(router.get(&key, i))?, Some(ticket(i, &key)));
+    }
+    let key = tenant(7);
+    let mut t = block_on(router.get(&key, 7))?.expect("stored");
+    t.title = "changed".into();
+    t.version = block_on(router.update(&t))?.expect("versioned");
+    assert_eq!(t.version, 1);
+    assert_eq!(block_on(router.get(&key, 7))?.map(|t| t.title), Some("changed".into()));
+    // Optimistic locking travels: the stale copy (version 0) is refused with the same error.
+    let stale = Ticket { version: 0, ..t.clone() };
+    assert!(matches!(block_on(router.update(&stale)), Err(Error::Conflict { expected: 0, actual: 1, .. })));
+    let f = Ticket::fields();
+    assert_eq!(block_on(router.increment(&key, 7, f.score, 5))?, ticket(7, &key).score + 5);
+    let cas = block_on(router.compare_and_swap(&key, 7, f.status, "nope", "x"))?;
+    assert!(!cas.swapped);
+    assert_eq!(cas.current, ticket(7, &key).status);
+    let cas = block_on(router.compare_and_swap(&key, 7, f.status, cas.current.clone(), "done".to_string()))?;
+    assert!(cas.swapped);
+    assert_eq!(block_on(router.get(&key, 7))?.map(|t| t.status), Some("done".into()));
+    block_on(router.upsert(&ticket(100, &key)))?;
+    assert!(block_on(router.delete(&key, 100))?);
+    assert!(!block_on(router.delete(&key, 100))?);
+    assert!(matches!(block_on(router.update(&ticket(100, &key))), Err(Error::NotFound { .. })));
+    // Stats: every shard, the documents adding up.
+    let stats = block_on(router.stats())?;
+    assert_eq!(stats.len(), 4);
+    assert_eq!(stats.iter().map(|(_, s)| s.documents).sum::<u64>(), 40);
+    // The change log of the shard of `key` holds its writes, in order.
+    let changes = block_on(router.changes(router.shard_for(&key)?, 0, 1000))?;
+    let ops: Vec<&str> =
+        changes.iter().filter(|c| c.id == db4::remote::protocol::WireValue::Int(100)).map(|c| c.op.as_str()).collect();
+    assert_eq!(ops, ["insert", "delete"], "an upsert of a new document is logged as its insert");
+    Ok(())
+}
+
+#[test]
+fn queries_equal_one_database() -> db4::Result<()> {
+    let (shards, router, one) = loaded(2_000)?;
+    let f = Ticket::fields();
+    /// A name, the filters, the order, the limit and the offset.
+    type Case = (&'static str, Vec<Filter<Ticket>>, Vec<Order<Ticket>>, Option<usize>, usize);
+    let cases: Vec<Case> = vec![
+        ("everything by id", vec![], vec![], None, 0),
+        ("open ones by score", vec![f.status.eq("open")], vec![f.score.desc()], Some(25), 0),
+        ("top 100 by score, then rank", vec![], vec![f.score.desc(), f.rank.asc()], Some(100), 0),
+        ("deep page", vec![], vec![f.score.asc()], Some(20), 333),
+        ("one tenant", vec![f.tenant.eq(tenant(7))], vec![f.id.desc()], Some(10), 2),
+        ("three tenants", vec![f.tenant.in_list([tenant(1), tenant(2), tenant(3)])], vec![f.title.asc()], None, 0),
+        ("negation", vec![!(f.status.eq("open") | f.score.gt(50))], vec![], Some(50), 10),
+        ("rank is none", vec![f.rank.is_none()], vec![f.score.asc()], Some(30), 0),
+        ("prefix", vec![f.title.starts_with("t19")], vec![], None, 0),
+        ("between", vec![f.score.between(10, 20)], vec![f.rank.desc()], Some(40), 5),
+    ];
+    for (name, filters, order, limit, offset) in cases {
+        let mut q = one.query().offset(offset);
+        let mut r = router.query().offset(offset);
+        for flt in &filters {
+            q = q.filter(flt.clone());
+            r = r.filter(flt.clone());
+        }
+        for o in &order {
+            q = q.order_by(*o);
+            r = r.order_by(*o);
+        }
+        if let Some(n) = limit {
+            q = q.limit(n);
+            r = r.limit(n);
+        }
+        let (mut qc, mut rc) = (one.query().offset(offset), router.query().offset(offset));
+        for flt in &filters {
+            qc = qc.filter(flt.clone());
+            rc = rc.filter(flt.clone());
+        }
+        if let Some(n) = limit {
+            qc = qc.limit(n);
+            rc = rc.limit(n);
+        }
+        let want = q.all()?;
+        assert_eq!(block_on(r.all())?, want, "{name}");
+        assert_eq!(block_on(rc.count())?, qc.count()?, "{name}: count");
+    }
+    // A query pinning the partition key asks one shard object.
+    let before = shards.requests();
+    let got = block_on(router.query().filter(f.tenant.eq(tenant(9))).all())?;
+    assert_eq!(shards.requests() - before, 1);
+    assert_eq!(got, one.query().filter(f.tenant.eq(tenant(9))).all()?);
+    assert_eq!(block_on(router.query().filter(f.tenant.eq(tenant(9))).first())?, got.first().cloned());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_queries_equal_one_database(
+        status in prop::option::of(prop_oneof![Just("open"), Just("closed")]),
+        min_score in prop::option::of(0i64..100),
+        tenants in prop::collection::vec(0i64..50, 0..4),
+        desc in any::<bool>(),
+        by_rank in any::<bool>(),
+        limit in prop::option::of(1usize..60),
+        offset in 0usize..40,
+    ) {
+        thread_local! {
+            static DATA: (Rc<LocalShards>, DurableRouter<Ticket>, Collection<Ticket>) =
+                loaded(600).expect("loads");
+        }
+        DATA.with(|(_, router, one)| -> Result<(), TestCaseError> {
+            let f = Ticket::fields();
+            let mut filters = Vec::new();
+            if let Some(s) = status { filters.push(f.status.eq(s)); }
+            if let Some(m) = min_score { filters.push(f.score.gte(m)); }
+            if !tenants.is_empty() { filters.push(f.tenant.in_list(tenants.iter().map(|&t| tenant(t)))); }
+            let order = if by_rank { if desc { f.rank.desc() } else { f.rank.asc() } } else if desc { f.score.desc() } else { f.score.asc() };
+            let mut q = one.query().order_by(order).offset(offset);
+            let mut r = router.query().order_by(order).offset(offset);
+            for flt in filters { q = q.filter(flt.clone()); r = r.filter(flt); }
+            if let Some(n) = limit { q = q.limit(n); r = r.limit(n); }
+            let want = q.all().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let got = block_on(r.all()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(got, want);
+            Ok(())
+        })?;
+    }
+}
+
+#[test]
+fn a_router_with_an_old_map_is_redirected() -> db4::Result<()> {
+    let shards = local()?;
+    let old = block_on(DurableRouter::<Ticket>::open(Rc::clone(&shards), config(3)))?;
+    block_on(old.insert(&ticket(1, &tenant(1))))?;
+    assert_eq!(old.epoch(), 0);
+    // Another router moves the collection to a ring with a fourth shard (an empty collection
+    // part: no document has to move for this test), through the coordinator.
+    let mut ring = old.ring();
+    let added = ring.add_shard()?;
+    let map = db4::remote::ShardMap { format: 1, collection: "tickets".into(), ring: ring.clone(), plan: None };
+    let op = db4::remote::protocol::CoordinatorOp::Store { expected: 0, map: Box::new(map) };
+    let reply = shards.coordinator_server().handle(&serde_json::to_vec(&op).expect("serializes"));
+    assert!(String::from_utf8_lossy(&reply).starts_with("{\"ok\""), "{}", String::from_utf8_lossy(&reply));
+    // The new router's first request to each shard assigns the new ring.
+    let fresh_client: Rc<LocalShards> = Rc::clone(&shards);
+    let fresh = {
+        // A fresh isolate would not have the old map cached: refresh explicitly.
+        let r = block_on(DurableRouter::<Ticket>::open(fresh_client, config(3)))?;
+        block_on(r.refresh())?;
+        r
+    };
+    assert_eq!(fresh.epoch(), ring.epoch());
+    // Find a tenant whose shard the new ring changed.
+    let moved = (0..1000).map(tenant_n).find(|t| ring.shard_for(t.as_bytes()) == added).expect("some key moves");
+    for shard in fresh.shards() {
+        block_on(fresh.query().filter(Ticket::fields().tenant.eq(format!("warm-{}", shard.get()))).count())?;
+    }
+    block_on(fresh.stats())?; // every shard now holds the new ring
+    // The old router (epoch 0 in its own copy) is redirected: its insert lands on the shard of
+    // the new ring, and it learns the new epoch.
+    let old_ring = old.ring();
+    assert_eq!(old_ring.epoch(), 0);
+    block_on(old.insert(&ticket(2, &moved)))?;
+    assert_eq!(old.epoch(), ring.epoch(), "the redirect reloaded the map");
+    let held = shards.server("tickets", added)?.db().collection::<Ticket>()?.get(2)?;
+    assert!(held.is_some(), "stored on the shard the new ring names");
+    let wrong = old_ring.shard_for(moved.as_bytes());
+    assert_ne!(wrong, added);
+    assert!(shards.server("tickets", wrong)?.db().collection::<Ticket>()?.get(2)?.is_none());
+    assert_eq!(old.ring().shard_for(moved.as_bytes()), added);
+    Ok(())
+}
+
+fn tenant_n(i: i64) -> String {
+    format!("moving-{i}")
+}
+
+#[test]
+fn a_shard_refuses_what_is_not_its_own() -> db4::Result<()> {
+    let shards = local()?;
+    let router = block_on(DurableRouter::<Ticket>::open(Rc::clone(&shards), config(2)))?;
+    block_on(router.insert(&ticket(1, "a")))?;
+    block_on(router.stats())?; // every shard object now holds the ring
+    let home = router.shard_for(&"a".to_string())?;
+    let other = router.shards().into_iter().find(|&s| s != home).expect("two shards");
+    let server: Rc<ShardServer> = shards.server("tickets", other)?;
+    let send = |body: serde_json::Value| -> serde_json::Value {
+        serde_json::from_slice(&server.handle(&serde_json::to_vec(&body).expect("json"))).expect("a reply")
+    };
+    let doc = serde_json::to_value(ticket(5, "a")).expect("json");
+    // A document of another shard's key: refused, not stored.
+    let r = send(
+        serde_json::json!({"version": 1, "epoch": 0, "shard": other.get(), "collection": "tickets", "op": {"insert": {"doc": doc}}}),
+    );
+    assert_eq!(r["err"]["error"]["kind"], "cross_shard", "{r}");
+    assert_eq!(server.db().collection::<Ticket>()?.count()?, 0);
+    // An older epoch than the shard's is redirected; a newer one asks for the ring.
+    let stale = send(
+        serde_json::json!({"version": 1, "epoch": 0, "shard": other.get(), "collection": "tickets", "op": "stats"}),
+    );
+    assert!(stale.get("ok").is_some(), "{stale}");
+    let newer = send(
+        serde_json::json!({"version": 1, "epoch": 9, "shard": other.get(), "collection": "tickets", "op": "stats"}),
+    );
+    assert_eq!(newer["needs_ring"]["epoch"], 0, "{newer}");
+    // Another protocol version, another collection, garbage, a wrong shard id, a bad field.
+    let v2 = send(
+        serde_json::json!({"version": 2, "epoch": 0, "shard": other.get(), "collection": "tickets", "op": "stats"}),
+    );
+    assert_eq!(v2["err"]["error"]["kind"], "protocol", "{v2}");
+    let coll =
+        send(serde_json::json!({"version": 1, "epoch": 0, "shard": other.get(), "collection": "nope", "op": "stats"}));
+    assert_eq!(coll["err"]["error"]["kind"], "protocol", "{coll}");
+    let junk: serde_json::Value = serde_json::from_slice(&server.handle(b"\xff{not json")).expect("a reply");
+    assert_eq!(junk["err"]["error"]["kind"], "protocol", "{junk}");
+    let wrong_id = send(
+        serde_json::json!({"version": 1, "epoch": 0, "shard": home.get(), "collection": "tickets", "op": "stats"}),
+    );
+    assert_eq!(wrong_id["err"]["error"]["kind"], "protocol", "{wrong_id}");
+    let field = send(serde_json::json!({"version": 1, "epoch": 0, "shard": other.get(), "collection": "tickets",
+        "op": {"query": {"filters": [[{"cmp": {"field": "nope", "op": "eq", "value": {"int": 1}}}]], "order": [], "offset": 0, "limit": null}}}));
+    assert_eq!(field["err"]["error"]["kind"], "invalid_query", "{field}");
+    let malformed = send(serde_json::json!({"version": 1, "epoch": 0, "shard": other.get(), "collection": "tickets",
+        "op": {"query": {"filters": [["not", {"and": 3}]], "order": [], "offset": 0, "limit": null}}}));
+    assert_eq!(malformed["err"]["error"]["kind"], "invalid_query", "{malformed}");
+    // Through the router, bad input is the same error as on one database.
+    let f = Ticket::fields();
+    assert!(matches!(block_on(router.query().filter(f.rank.gt(None)).all()), Err(Error::InvalidQuery { .. })));
+    Ok(())
+}
+
+#[test]
+fn deep_filters_travel_without_recursion() -> db4::Result<()> {
+    let (_, router, one) = loaded(200)?;
+    let f = Ticket::fields();
+    let mut flt = f.score.gt(10);
+    for i in 0..2_000 {
+        flt = if i % 2 == 0 { !flt } else { flt & f.id.gte(0) };
+    }
+    // Too deep for one SQL statement on either side: the same error, not a stack overflow.
+    let want = one.query().filter(flt.clone()).count();
+    let got = block_on(router.query().filter(flt).count());
+    assert_eq!(got.is_err(), want.is_err(), "{got:?} vs {want:?}");
+    assert!(matches!(got, Err(Error::InvalidQuery { .. })), "{got:?}");
+    Ok(())
+}
+
+#[test]
+fn many_routers_in_one_isolate_share_the_map() -> db4::Result<()> {
+    let shards = local()?;
+    let a = block_on(DurableRouter::<Ticket>::open(Rc::clone(&shards), config(5)))?;
+    // The second open takes the cached map: same ring, whatever its config says.
+    let b = block_on(DurableRouter::<Ticket>::open(Rc::clone(&shards), config(2)))?;
+    assert_eq!(a.ring(), b.ring());
+    assert_eq!(b.shards().len(), 5);
+    // A different deployment does not see it.
+    let other = local()?;
+    let c = block_on(DurableRouter::<Ticket>::open(Rc::clone(&other), config(2)))?;
+    assert_eq!(c.shards().len(), 2);
+    assert_ne!(other.cluster(), shards.cluster());
+    Ok(())
+}
