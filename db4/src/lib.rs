@@ -328,10 +328,12 @@ pub mod range {
 /// them in one process. In a Worker, the `cloudflare` module (feature `cloudflare`) adds
 /// the Durable Object client and glue. See `docs/cloudflare.md`.
 pub mod remote {
+    #[cfg(feature = "sqlite")]
+    pub use db4_runtime::remote::LocalShards;
     pub use db4_runtime::remote::protocol;
     pub use db4_runtime::remote::{
-        BoxFuture, CoordinatorServer, DurableQuery, DurableRouter, LocalShards, MAX_IN_FLIGHT, PROTOCOL_VERSION,
-        ShardClient, ShardMap, ShardServer,
+        BoxFuture, CoordinatorServer, DurableQuery, DurableRouter, MAX_IN_FLIGHT, PROTOCOL_VERSION, ShardClient,
+        ShardMap, ShardServer,
     };
 }
 
@@ -343,6 +345,18 @@ pub mod tier {
     pub use db4_runtime::tier::{
         ColdStore, ColdTierStats, CompactionPolicy, CompactionReport, HotTierStats, MemoryStore, ObjectInfo,
         TierConfig, TierStats, WarmTierStats,
+    };
+}
+
+/// Sharding on Cloudflare: a Durable Object per shard, routed from the Worker by
+/// [`DurableRouter`](cloudflare::DurableRouter) over [`WorkerShards`](cloudflare::WorkerShards);
+/// a shard object answers with [`serve_shard`](cloudflare::serve_shard), the coordinator with
+/// [`serve_coordinator`](cloudflare::serve_coordinator). See `docs/cloudflare.md`.
+#[cfg(feature = "cloudflare")]
+pub mod cloudflare {
+    pub use db4_runtime::remote::{
+        COORDINATOR_NAME, CoordinatorServer, DurableQuery, DurableRouter, MAX_IN_FLIGHT, ShardClient, ShardServer,
+        WorkerShards, serve_coordinator, serve_shard, shard_object_name,
     };
 }
 

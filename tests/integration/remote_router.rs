@@ -331,3 +331,133 @@ fn many_routers_in_one_isolate_share_the_map() -> db4::Result<()> {
     assert_ne!(other.cluster(), shards.cluster());
     Ok(())
 }
+
+/// Every ticket each shard object holds, with the shard, sorted: a ticket on two shards
+/// appears twice.
+fn placement(shards: &LocalShards, router: &DurableRouter<Ticket>) -> db4::Result<Vec<(i64, db4::shard::ShardId)>> {
+    let mut out = Vec::new();
+    for shard in router.shards() {
+        for t in shards.server("tickets", shard)?.db().collection::<Ticket>()?.query().all()? {
+            out.push((t.id, shard));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[test]
+fn a_split_moves_half_a_shard_and_answers_stay_equal() -> db4::Result<()> {
+    let (shards, router, one) = loaded(3_000)?;
+    let source = router.shard_for(&tenant(11))?;
+    let before: Vec<_> = placement(&shards, &router)?;
+    let on_source = before.iter().filter(|(_, s)| *s == source).count();
+    let report = block_on(router.split(source))?;
+    assert_eq!(report.source, source);
+    assert_eq!(router.epoch(), 1);
+    assert_eq!(report.epoch, 1);
+    assert!(router.map().plan.is_none(), "the plan is cleaned up");
+    assert!(report.copied > 0 && report.copied < on_source as u64, "{report:?} of {on_source}");
+    assert_eq!(report.deleted, report.copied, "{report:?}");
+    // Every ticket on exactly one shard: the one the new ring names.
+    let after = placement(&shards, &router)?;
+    assert_eq!(after.len(), 3_000);
+    let ring = router.ring();
+    for (id, shard) in &after {
+        let t = one.get(*id)?.expect("in the model");
+        assert_eq!(ring.shard_for(t.tenant.as_bytes()), *shard, "ticket {id}");
+    }
+    assert!(after.iter().any(|(_, s)| *s == report.new_shard));
+    let f = Ticket::fields();
+    assert_eq!(
+        block_on(router.query().order_by(f.score.desc()).limit(200).all())?,
+        one.query().order_by(f.score.desc()).limit(200).all()?
+    );
+    assert_eq!(block_on(router.query().count())?, 3_000);
+    for i in (0..3_000).step_by(37) {
+        assert_eq!(block_on(router.get(&tenant(i), i))?, one.get(i)?, "ticket {i}");
+    }
+    // Another router whose isolate still has the old map: redirected, right answers.
+    let stale_client = Rc::clone(&shards);
+    let stale = block_on(DurableRouter::<Ticket>::open(stale_client, config(8)))?;
+    assert_eq!(block_on(stale.get(&tenant(11), 11))?, one.get(11)?);
+    Ok(())
+}
+
+#[test]
+fn a_split_interrupted_anywhere_resumes_without_loss_or_duplicates() -> db4::Result<()> {
+    let f = Ticket::fields();
+    let mut completed_at = None;
+    for cut in 1..400u64 {
+        let shards = local()?;
+        let router = block_on(DurableRouter::<Ticket>::open(Rc::clone(&shards), config(3)))?;
+        let mut model = std::collections::BTreeMap::new();
+        for i in 0..700 {
+            let t = ticket(i, &tenant(i));
+            model.insert(i, t.clone());
+            router_insert(&router, &t)?;
+        }
+        let source = router.shard_for(&tenant(4))?;
+        shards.fail_after(cut);
+        let outcome = block_on(router.split(source));
+        shards.heal();
+        if outcome.is_ok() {
+            completed_at = Some(cut);
+        }
+        // Writes while the split is stopped wherever it died, through a router that reloads
+        // the map; only acknowledged ones go into the model.
+        let writer = block_on(DurableRouter::<Ticket>::open(Rc::clone(&shards), config(3)))?;
+        block_on(writer.refresh())?;
+        for i in 0..60 {
+            let id = 10_000 + i;
+            let t = ticket(id, &tenant(i));
+            if block_on(writer.insert(&t)).is_ok() {
+                model.insert(id, t);
+            }
+            let victim = (i * 11) % 700;
+            if i % 3 == 0 {
+                if let Ok(true) = block_on(writer.delete(&tenant(victim), victim)) {
+                    model.remove(&victim);
+                }
+            } else if let Some(mut t) = model.get(&victim).cloned() {
+                t.title = format!("edited {cut}");
+                if let Ok(v) = block_on(writer.update(&t)) {
+                    t.version = v.unwrap_or(0);
+                    model.insert(victim, t);
+                }
+            }
+        }
+        // Anyone can finish the split.
+        let finisher = block_on(DurableRouter::<Ticket>::open(Rc::clone(&shards), config(3)))?;
+        block_on(finisher.resume_split())?;
+        assert!(finisher.map().plan.is_none(), "cut {cut}: the split finished");
+        // The first requests of a split read the map and store the plan: cut before the plan
+        // is stored, there is no split to finish.
+        let split = finisher.shards().len() == 4;
+        assert!(split || cut < 3, "cut {cut}: {} shards", finisher.shards().len());
+        let got = block_on(finisher.query().all())?;
+        let want: Vec<Ticket> = model.values().cloned().collect();
+        assert_eq!(got.len(), want.len(), "cut {cut}: nothing lost, nothing twice");
+        assert_eq!(got, want, "cut {cut}");
+        let placed = placement(&shards, &finisher)?;
+        assert_eq!(placed.len(), model.len(), "cut {cut}: each ticket on one shard");
+        for (id, shard) in placed {
+            let key = &model[&id].tenant;
+            assert_eq!(finisher.ring().shard_for(key.as_bytes()), shard, "cut {cut}: ticket {id}");
+        }
+        assert_eq!(
+            block_on(finisher.query().filter(f.title.starts_with("edited")).count())? as usize,
+            model.values().filter(|t| t.title.starts_with("edited")).count(),
+            "cut {cut}"
+        );
+        if completed_at.is_some() {
+            break;
+        }
+    }
+    let cuts = completed_at.expect("a split completes within 400 requests");
+    assert!(cuts > 10, "the split was cut at {cuts} points");
+    Ok(())
+}
+
+fn router_insert(router: &DurableRouter<Ticket>, t: &Ticket) -> db4::Result<()> {
+    block_on(router.insert(t))
+}

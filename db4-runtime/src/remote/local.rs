@@ -24,6 +24,8 @@ pub struct LocalShards {
     servers: RefCell<HashMap<(String, u32), Rc<ShardServer>>>,
     coordinator: CoordinatorServer,
     requests: std::cell::Cell<u64>,
+    /// Requests left before every request fails (a simulated crash of the caller's side).
+    fail_after: std::cell::Cell<Option<u64>>,
 }
 
 impl std::fmt::Debug for LocalShards {
@@ -53,6 +55,7 @@ impl LocalShards {
             servers: RefCell::new(HashMap::new()),
             coordinator: CoordinatorServer::new(Db::open_in_memory()?)?,
             requests: std::cell::Cell::new(0),
+            fail_after: std::cell::Cell::new(None),
         })
     }
 
@@ -75,6 +78,7 @@ impl LocalShards {
             servers: RefCell::new(HashMap::new()),
             coordinator,
             requests: std::cell::Cell::new(0),
+            fail_after: std::cell::Cell::new(None),
         })
     }
 
@@ -121,18 +125,72 @@ impl LocalShards {
     pub fn requests(&self) -> u64 {
         self.requests.get()
     }
+
+    /// The `n`-th request from now (to a shard or the coordinator) is delivered but its reply
+    /// lost, and every later one fails undelivered, with a backend error, as if the caller
+    /// had died there, until [`heal`](Self::heal): for testing
+    /// that a split or a write interrupted anywhere leaves a state that can be resumed.
+    pub fn fail_after(&self, n: u64) {
+        self.fail_after.set(Some(n));
+    }
+
+    /// Requests succeed again.
+    pub fn heal(&self) {
+        self.fail_after.set(None);
+    }
+
+    /// Whether this request is delivered, and whether its reply is lost: the request that
+    /// uses up `fail_after` is delivered and its reply lost (the caller died after sending);
+    /// every later one is not delivered.
+    fn deliver(&self) -> (bool, bool) {
+        match self.fail_after.get() {
+            None => (true, false),
+            Some(0) => (false, true),
+            Some(1) => {
+                self.fail_after.set(Some(0));
+                (true, true)
+            }
+            Some(n) => {
+                self.fail_after.set(Some(n - 1));
+                (true, false)
+            }
+        }
+    }
+}
+
+fn injected() -> crate::Error {
+    crate::Error::Backend(crate::BackendError::new(
+        crate::BackendErrorKind::Io,
+        "LocalShards: injected failure (fail_after)",
+    ))
 }
 
 impl ShardClient for Rc<LocalShards> {
     fn shard<'a>(&'a self, collection: &'a str, shard: ShardId, body: Vec<u8>) -> BoxFuture<'a, Result<Vec<u8>>> {
         Box::pin(async move {
-            self.requests.set(self.requests.get() + 1);
-            Ok(self.server(collection, shard)?.handle(&body))
+            let (delivered, lost) = self.deliver();
+            let reply = if delivered {
+                self.requests.set(self.requests.get() + 1);
+                Some(self.server(collection, shard)?.handle(&body))
+            } else {
+                None
+            };
+            match reply {
+                Some(reply) if !lost => Ok(reply),
+                _ => Err(injected()),
+            }
         })
     }
 
     fn coordinator(&self, body: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
-        Box::pin(async move { Ok(self.coordinator.handle(&body)) })
+        Box::pin(async move {
+            let (delivered, lost) = self.deliver();
+            let reply = delivered.then(|| self.coordinator.handle(&body));
+            match reply {
+                Some(reply) if !lost => Ok(reply),
+                _ => Err(injected()),
+            }
+        })
     }
 
     fn cluster(&self) -> &str {

@@ -8,17 +8,24 @@
 //! each carrying the router's ring epoch, so a shard holding a newer ring redirects a router
 //! with an old map instead of answering it.
 //!
-//! In a Worker the client is `db4::cloudflare::WorkerShards` (one Durable
+//! In a Worker the client is `WorkerShards` (feature `cloudflare`, also `db4::cloudflare`) (one Durable
 //! Object per shard, `idFromName`); natively [`LocalShards`] runs the same servers in process,
 //! so everything but the network is tested by `cargo test`. See `docs/cloudflare.md`.
 
 pub mod protocol;
 
+#[cfg(feature = "sqlite")]
 mod local;
 mod router;
 mod server;
+mod split;
+#[cfg(feature = "cloudflare")]
+mod worker;
 
+#[cfg(feature = "sqlite")]
 pub use local::LocalShards;
 pub use protocol::{PROTOCOL_VERSION, ShardMap};
 pub use router::{BoxFuture, DurableQuery, DurableRouter, MAX_IN_FLIGHT, ShardClient};
 pub use server::{CoordinatorServer, ShardServer};
+#[cfg(feature = "cloudflare")]
+pub use worker::{COORDINATOR_NAME, WorkerShards, serve_coordinator, serve_shard, shard_object_name};

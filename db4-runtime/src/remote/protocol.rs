@@ -10,7 +10,7 @@ use crate::cdc::{ChangeEvent, ChangeOp};
 use crate::error::{BackendError, BackendErrorKind, Error, Result};
 use crate::query::filter::{Atom, CmpOp, Expr};
 use crate::schema::Schema;
-use crate::shard::{HashRing, MigrationPlan};
+use crate::shard::{HashRing, MigrationPlan, MovedRange};
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -293,6 +293,11 @@ pub enum ShardOp {
         /// The document's JSON.
         doc: Box<RawValue>,
     },
+    /// Stores new documents, all or none (one transaction on this shard).
+    InsertMany {
+        /// The documents' JSON.
+        docs: Vec<Box<RawValue>>,
+    },
     /// Reads a document of partition key `key`.
     Get {
         /// The partition key (checked against the shard's ring).
@@ -368,11 +373,59 @@ pub enum ShardOp {
     /// The shard's document count and bytes.
     Stats,
     /// Gives the shard object its shard id and the ring; accepted when the ring is at least as
-    /// new as the one it holds.
+    /// new as the one it holds. A ring that takes hashes away from this shard marks it as
+    /// holding moved copies (queries leave them out) until [`ShardOp::FinishClean`].
     Assign {
         /// The ring.
         ring: Box<HashRing>,
     },
+    /// A split's copy, on the source: up to `limit` documents after id `after` (in id order),
+    /// of those whose partition key hashes into `ranges`. Answers [`ScanPage`].
+    ScanMoving {
+        /// The moving hash ranges.
+        ranges: Vec<MovedRange>,
+        /// The last id scanned, `None` from the start.
+        after: Option<WireValue>,
+        /// Documents scanned (not returned) per call.
+        limit: usize,
+    },
+    /// A split's copy, on the target: the documents stored as given, versions kept, replacing
+    /// any copy (idempotent). Answers how many.
+    PutMany {
+        /// The documents' JSON.
+        docs: Vec<Box<RawValue>>,
+    },
+    /// A split's catch-up, on the target: in order, a document whose key routes here is
+    /// written as the event left it, any other id is removed (idempotent). Answers how many.
+    ApplyChanges {
+        /// The source's events.
+        events: Vec<WireChange>,
+    },
+    /// A split's cleanup, on the source: deletes the documents whose partition key hashes into
+    /// `ranges`, scanning `limit` after id `after`. Answers [`ScanPage`] (no documents).
+    CleanMoving {
+        /// The moved hash ranges.
+        ranges: Vec<MovedRange>,
+        /// The last id scanned, `None` from the start.
+        after: Option<WireValue>,
+        /// Documents scanned per call.
+        limit: usize,
+    },
+    /// The cleanup is done: the shard holds only its own documents again.
+    FinishClean,
+}
+
+/// A page of a split's scan ([`ShardOp::ScanMoving`], [`ShardOp::CleanMoving`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScanPage {
+    /// The moving documents of the page (copies), or none (cleanup).
+    pub docs: Vec<Box<RawValue>>,
+    /// Documents deleted (cleanup).
+    pub deleted: u64,
+    /// The last id scanned: where the next call starts.
+    pub next: Option<WireValue>,
+    /// The scan reached the end.
+    pub done: bool,
 }
 
 /// A shard object's answer.

@@ -2,8 +2,8 @@
 //! the shard map kept by a coordinator object and cached in the isolate.
 
 use super::protocol::{
-    CoordinatorOp, PROTOCOL_VERSION, ShardMap, ShardOp, ShardReply, ShardRequest, WireChange, WireOrder, WireStats,
-    WireValue, encode_expr, to_bytes, to_raw,
+    CoordinatorOp, PROTOCOL_VERSION, ShardMap, ShardOp, ShardReply, WireChange, WireOrder, WireStats, WireValue,
+    encode_expr, to_bytes, to_raw,
 };
 use crate::collection::{CasResult, Numeric};
 use crate::error::{Error, Result};
@@ -48,6 +48,12 @@ pub trait ShardClient: 'static {
 
     /// The deployment's name.
     fn cluster(&self) -> &str;
+
+    /// Waits `ms` milliseconds (backing off while a split switches); by default not at all.
+    fn sleep(&self, ms: u64) -> BoxFuture<'_, ()> {
+        let _ = ms;
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Requests in flight at once in a scatter-gather: a Worker opens at most six connections at
@@ -110,7 +116,7 @@ impl<T: Partitioned> std::fmt::Debug for DurableRouter<T> {
 }
 
 /// What one shard answered.
-enum Reply {
+pub(super) enum Reply {
     Ok(Box<RawValue>),
     /// The shard holds a newer ring.
     Stale,
@@ -207,13 +213,31 @@ impl<T: Partitioned> DurableRouter<T> {
             .await?
             .ok_or_else(|| Error::migration_state("the coordinator holds no shard map for this collection"))?;
         check_map(&map, self.inner.collection)?;
+        self.set_map(map);
+        Ok(())
+    }
+
+    /// A copy of the shard map this router routes by (the ring and a split in progress).
+    pub fn map(&self) -> ShardMap {
+        self.inner.map.borrow().clone()
+    }
+
+    /// Makes `map` the router's and the isolate's cached one.
+    pub(super) fn set_map(&self, map: ShardMap) {
         let key = (self.inner.client.cluster().to_owned(), self.inner.collection.to_owned());
         MAPS.with(|m| m.borrow_mut().insert(key, map.clone()));
         if map.ring.epoch() != self.epoch() {
             self.inner.cache.borrow_mut().clear();
         }
         *self.inner.map.borrow_mut() = map;
-        Ok(())
+    }
+
+    pub(super) fn client(&self) -> &dyn ShardClient {
+        &*self.inner.client
+    }
+
+    pub(super) fn collection(&self) -> &'static str {
+        self.inner.collection
     }
 
     fn route(&self, key: &Value) -> ShardId {
@@ -223,18 +247,42 @@ impl<T: Partitioned> DurableRouter<T> {
 
     /// Sends `op` to `shard` under the current ring; assigns the ring first if the shard asks.
     async fn send(&self, shard: ShardId, op: &ShardOp) -> Result<Reply> {
+        let ring = self.ring();
+        self.send_with(shard, &ring, op).await
+    }
+
+    /// Sends `op` to `shard` under `ring` (its epoch on the request; assigned if the shard
+    /// asks for it).
+    pub(super) async fn send_with(&self, shard: ShardId, ring: &HashRing, op: &ShardOp) -> Result<Reply> {
         for _ in 0..2 {
-            let epoch = self.epoch();
-            let body = self.request(shard, epoch, op)?;
+            let body = self.request(shard, ring.epoch(), op)?;
             let reply = self.inner.client.shard(self.inner.collection, shard, body).await?;
             match parse_reply(&reply, shard)? {
                 ShardReply::Ok { result } => return Ok(Reply::Ok(result)),
                 ShardReply::Stale { .. } => return Ok(Reply::Stale),
-                ShardReply::NeedsRing { .. } => self.assign(shard).await?,
+                ShardReply::NeedsRing { .. } => self.assign(shard, ring).await?,
                 ShardReply::Err { error } => return Err(error.into_error(shard.get())),
             }
         }
-        Err(Error::migration_state(format!("shard {} did not accept the ring of epoch {}", shard.get(), self.epoch())))
+        Err(Error::migration_state(format!("shard {} did not accept the ring of epoch {}", shard.get(), ring.epoch())))
+    }
+
+    /// [`send_with`](Self::send_with), a stale reply an error: for a split's steps, whose
+    /// epochs are the plan's.
+    pub(super) async fn send_exact<R: DeserializeOwned>(
+        &self,
+        shard: ShardId,
+        ring: &HashRing,
+        op: &ShardOp,
+    ) -> Result<R> {
+        match self.send_with(shard, ring, op).await? {
+            Reply::Ok(raw) => self.decode(&raw),
+            Reply::Stale => Err(Error::migration_state(format!(
+                "shard {} holds a ring newer than epoch {}: another split is under way",
+                shard.get(),
+                ring.epoch()
+            ))),
+        }
     }
 
     fn request(&self, shard: ShardId, epoch: u64, op: &ShardOp) -> Result<Vec<u8>> {
@@ -250,20 +298,10 @@ impl<T: Partitioned> DurableRouter<T> {
         to_bytes(self.inner.collection, &req)
     }
 
-    async fn assign(&self, shard: ShardId) -> Result<()> {
-        let ring = self.ring();
+    async fn assign(&self, shard: ShardId, ring: &HashRing) -> Result<()> {
         let epoch = ring.epoch();
-        let op = ShardOp::Assign { ring: Box::new(ring) };
-        let body = to_bytes(
-            self.inner.collection,
-            &ShardRequest {
-                version: PROTOCOL_VERSION,
-                epoch,
-                shard: shard.get(),
-                collection: self.inner.collection.to_owned(),
-                op,
-            },
-        )?;
+        let op = ShardOp::Assign { ring: Box::new(ring.clone()) };
+        let body = self.request(shard, epoch, &op)?;
         let reply = self.inner.client.shard(self.inner.collection, shard, body).await?;
         match parse_reply(&reply, shard)? {
             ShardReply::Ok { .. } => Ok(()),
@@ -280,10 +318,24 @@ impl<T: Partitioned> DurableRouter<T> {
             let shard = self.route(key);
             match self.send(shard, &op).await? {
                 Reply::Ok(raw) => return self.decode(&raw),
-                Reply::Stale => self.refresh().await?,
+                Reply::Stale => self.wait_for_map().await?,
             }
         }
         Err(self.gave_up())
+    }
+
+    /// After a stale reply: reloads the map, waiting a little first when the coordinator has
+    /// not published the newer ring yet (a split between its freeze and its switch).
+    async fn wait_for_map(&self) -> Result<()> {
+        let before = self.epoch();
+        for attempt in 0..MAX_ATTEMPTS as u32 {
+            self.refresh().await?;
+            if self.epoch() != before {
+                return Ok(());
+            }
+            self.inner.client.sleep(5 << attempt).await;
+        }
+        Ok(())
     }
 
     fn gave_up(&self) -> Error {
@@ -295,7 +347,7 @@ impl<T: Partitioned> DurableRouter<T> {
         ))
     }
 
-    fn decode<R: DeserializeOwned>(&self, raw: &RawValue) -> Result<R> {
+    pub(super) fn decode<R: DeserializeOwned>(&self, raw: &RawValue) -> Result<R> {
         serde_json::from_str(raw.get()).map_err(|e| Error::serialization(self.inner.collection, None, e))
     }
 
@@ -314,6 +366,64 @@ impl<T: Partitioned> DurableRouter<T> {
     pub async fn insert(&self, doc: &T) -> Result<()> {
         let (key, op) = Self::doc_op(doc, |doc| ShardOp::Insert { doc })?;
         self.keyed::<()>(&key, op).await
+    }
+
+    /// Stores new documents, each on its shard: one request (and one transaction) per shard,
+    /// at most [`MAX_IN_FLIGHT`] at once.
+    ///
+    /// All or nothing **per shard**: a shard whose batch fails (a duplicate id, a document too
+    /// large) stores none of its batch, while other shards may have stored theirs; the first
+    /// error is returned. Nothing spans shards atomically.
+    ///
+    /// # Errors
+    ///
+    /// As [`Collection::insert_many`](crate::Collection::insert_many) on each shard.
+    pub async fn insert_many(&self, docs: &[T]) -> Result<()> {
+        let mut raw: Vec<(Value, Box<RawValue>)> = Vec::with_capacity(docs.len());
+        for doc in docs {
+            raw.push((key_value::<T>(doc.partition_key())?, to_raw(T::schema().collection(), doc)?));
+        }
+        let mut pending: Vec<usize> = (0..raw.len()).collect();
+        for _ in 0..MAX_ATTEMPTS {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let mut groups: Vec<(ShardId, Vec<usize>)> = Vec::new();
+            for &i in &pending {
+                let shard = self.route(&raw[i].0);
+                match groups.iter_mut().find(|(s, _)| *s == shard) {
+                    Some((_, v)) => v.push(i),
+                    None => groups.push((shard, vec![i])),
+                }
+            }
+            let ops: Vec<(ShardId, ShardOp)> = groups
+                .iter()
+                .map(|(s, idx)| (*s, ShardOp::InsertMany { docs: idx.iter().map(|&i| raw[i].1.clone()).collect() }))
+                .collect();
+            let replies: Vec<Result<Reply>> = futures_util::stream::iter(ops.iter().map(|(s, op)| self.send(*s, op)))
+                .buffered(MAX_IN_FLIGHT)
+                .collect()
+                .await;
+            let mut stale = Vec::new();
+            let mut first_error = None;
+            for ((_, idx), reply) in groups.into_iter().zip(replies) {
+                match reply {
+                    Ok(Reply::Ok(_)) => {}
+                    Ok(Reply::Stale) => stale.extend(idx),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            pending = stale;
+            if !pending.is_empty() {
+                self.wait_for_map().await?;
+            }
+        }
+        Err(self.gave_up())
     }
 
     /// Reads the document with this partition key and id.
@@ -445,7 +555,7 @@ impl<T: Partitioned> DurableRouter<T> {
             }
             match self.send(shard, &ShardOp::Changes { after, limit }).await? {
                 Reply::Ok(raw) => return self.decode(&raw),
-                Reply::Stale => self.refresh().await?,
+                Reply::Stale => self.wait_for_map().await?,
             }
         }
         Err(self.gave_up())
@@ -472,7 +582,7 @@ impl<T: Partitioned> DurableRouter<T> {
             }
         }
         if stale {
-            self.refresh().await?;
+            self.wait_for_map().await?;
             return Ok(None);
         }
         Ok(Some(out))
@@ -617,7 +727,11 @@ async fn load(client: &dyn ShardClient, collection: &str) -> Result<Option<Shard
     coordinator(client, collection, &CoordinatorOp::Load { collection: collection.to_owned() }).await
 }
 
-async fn coordinator<R: DeserializeOwned>(client: &dyn ShardClient, collection: &str, op: &CoordinatorOp) -> Result<R> {
+pub(super) async fn coordinator<R: DeserializeOwned>(
+    client: &dyn ShardClient,
+    collection: &str,
+    op: &CoordinatorOp,
+) -> Result<R> {
     let reply = client.coordinator(to_bytes(collection, op)?).await?;
     match serde_json::from_slice::<ShardReply>(&reply) {
         Ok(ShardReply::Ok { result }) => {

@@ -7,8 +7,8 @@
 //! answers `fetch`.
 
 use super::protocol::{
-    CoordinatorOp, PROTOCOL_VERSION, ShardMap, ShardOp, ShardReply, ShardRequest, WireChange, WireError, WireStats,
-    decode_expr, to_raw,
+    CoordinatorOp, PROTOCOL_VERSION, ScanPage, ShardMap, ShardOp, ShardReply, ShardRequest, WireChange, WireError,
+    WireStats, decode_expr, to_raw,
 };
 use crate::backend::{Access, Connection, run};
 use crate::collection::Collection;
@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::query::filter::Filter;
 use crate::query::{Field, Order};
 use crate::schema::{DocumentId, IdArg, Partitioned};
-use crate::shard::{HashRing, ShardId, partition_key_of};
+use crate::shard::{HashRing, MovedRange, ShardId, key_hash, partition_key_bytes, partition_key_of};
 use crate::value::{Value, ValueError, ValueRef};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -28,6 +28,9 @@ use std::sync::Mutex;
 /// it last accepted.
 const SHARD_STATE: &str = "\"_db4_shard_state\"";
 
+/// Documents a split's scan reads per request at most.
+const MAX_SCAN: usize = 1000;
+
 /// The table the coordinator keeps shard maps in.
 const SHARD_MAPS: &str = "\"_db4_shard_maps\"";
 
@@ -36,6 +39,9 @@ const SHARD_MAPS: &str = "\"_db4_shard_maps\"";
 pub(crate) struct ShardState {
     shard: ShardId,
     ring: HashRing,
+    /// The shard still holds copies of documents a split moved away (between the switch and
+    /// the end of the cleanup): queries leave them out.
+    foreign: bool,
 }
 
 impl ShardState {
@@ -76,7 +82,8 @@ impl ShardServer {
         run(db.backend(), Access::Write, |conn| {
             conn.execute_ddl(&format!(
                 "CREATE TABLE IF NOT EXISTS {SHARD_STATE} (\"collection\" TEXT PRIMARY KEY NOT NULL, \
-                 \"shard\" INTEGER NOT NULL, \"epoch\" INTEGER NOT NULL, \"ring\" TEXT NOT NULL)"
+                 \"shard\" INTEGER NOT NULL, \"epoch\" INTEGER NOT NULL, \"ring\" TEXT NOT NULL, \
+                 \"foreign\" INTEGER NOT NULL DEFAULT 0)"
             ))
         })?;
         Ok(Self { db, handlers: HashMap::new(), states: Mutex::new(HashMap::new()) })
@@ -125,6 +132,16 @@ impl ShardServer {
         };
         if let ShardOp::Assign { ring } = req.op {
             return match self.assign(&req.collection, ShardId::new(req.shard), *ring, state.as_ref()) {
+                Ok(()) => ok_null(),
+                Err(e) => err_reply((&e).into()),
+            };
+        }
+        if let (ShardOp::FinishClean, Some(held)) = (&req.op, &state) {
+            if req.epoch != held.ring.epoch() {
+                return ShardReply::Stale { epoch: held.ring.epoch() };
+            }
+            let cleaned = ShardState { foreign: false, ..held.clone() };
+            return match self.store_state(&req.collection, cleaned) {
                 Ok(()) => ok_null(),
                 Err(e) => err_reply((&e).into()),
             };
@@ -179,26 +196,42 @@ impl ShardServer {
                 return Ok(());
             }
         }
-        let text = serde_json::to_string(&ring).map_err(|e| Error::serialization(collection, None, e))?;
-        let epoch = i64::try_from(ring.epoch()).unwrap_or(i64::MAX);
+        // A ring taking hashes away from this shard leaves it holding their documents until
+        // the split's cleanup.
+        let foreign = match held {
+            Some(held) => {
+                held.foreign
+                    || crate::shard::MigrationPlan::between(&held.ring, &ring)
+                        .map_or(true, |p| p.ranges_from(shard).next().is_some())
+            }
+            None => false,
+        };
+        self.store_state(collection, ShardState { shard, ring, foreign })
+    }
+
+    fn store_state(&self, collection: &str, state: ShardState) -> Result<()> {
+        let text = serde_json::to_string(&state.ring).map_err(|e| Error::serialization(collection, None, e))?;
+        let epoch = i64::try_from(state.ring.epoch()).unwrap_or(i64::MAX);
         run(self.db.backend(), Access::Write, |conn| {
             conn.execute(
                 &format!(
-                    "INSERT INTO {SHARD_STATE} (\"collection\", \"shard\", \"epoch\", \"ring\") VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (\"collection\") DO UPDATE SET \"shard\" = excluded.\"shard\", \
-                     \"epoch\" = excluded.\"epoch\", \"ring\" = excluded.\"ring\""
+                    "INSERT INTO {SHARD_STATE} (\"collection\", \"shard\", \"epoch\", \"ring\", \"foreign\") \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (\"collection\") DO UPDATE SET \
+                     \"shard\" = excluded.\"shard\", \"epoch\" = excluded.\"epoch\", \"ring\" = excluded.\"ring\", \
+                     \"foreign\" = excluded.\"foreign\""
                 ),
                 &[
                     Value::Text(collection.to_owned()),
-                    Value::Integer(i64::from(shard.get())),
+                    Value::Integer(i64::from(state.shard.get())),
                     Value::Integer(epoch),
                     Value::Text(text.clone()),
+                    Value::Integer(i64::from(state.foreign)),
                 ],
             )
             .map(drop)
         })?;
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        states.insert(collection.to_owned(), Some(ShardState { shard, ring }));
+        states.insert(collection.to_owned(), Some(state));
         Ok(())
     }
 }
@@ -206,7 +239,7 @@ impl ShardServer {
 fn load_state(conn: &dyn Connection, collection: &str) -> Result<Option<ShardState>> {
     let mut out = None;
     conn.query(
-        &format!("SELECT \"shard\", \"ring\" FROM {SHARD_STATE} WHERE \"collection\" = ?1"),
+        &format!("SELECT \"shard\", \"ring\", \"foreign\" FROM {SHARD_STATE} WHERE \"collection\" = ?1"),
         &[Value::Text(collection.to_owned())],
         &mut |row| {
             let (ValueRef::Integer(shard), ValueRef::Text(ring)) = (row.get(0)?, row.get(1)?) else {
@@ -216,7 +249,8 @@ fn load_state(conn: &dyn Connection, collection: &str) -> Result<Option<ShardSta
                 .map_err(|e| Error::corrupted(collection, None, format!("the shard state's ring: {e}")))?;
             let shard = u32::try_from(shard)
                 .map_err(|_| Error::corrupted(collection, None, format!("shard id {shard} out of range")))?;
-            out = Some(ShardState { shard: ShardId::new(shard), ring });
+            let foreign = matches!(row.get(2)?, ValueRef::Integer(n) if n != 0);
+            out = Some(ShardState { shard: ShardId::new(shard), ring, foreign });
             Ok(())
         },
     )?;
@@ -281,6 +315,42 @@ impl<T: Partitioned> Typed<T> {
         }
     }
 
+    /// The documents of `docs` whose partition key routes to this shard.
+    fn own(state: &ShardState, docs: Vec<T>) -> Result<Vec<T>> {
+        let mut kept = Vec::with_capacity(docs.len());
+        for doc in docs {
+            if partition_key_of(&doc)?.is_some_and(|k| state.owns(&k)) {
+                kept.push(doc);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Up to `limit` documents after id `after`, of those whose key hashes into `ranges`, with
+    /// the last id scanned and whether the scan is at the end.
+    #[allow(clippy::type_complexity)]
+    fn scan(
+        c: &Collection<T>,
+        ranges: &[MovedRange],
+        after: Option<super::protocol::WireValue>,
+        limit: usize,
+    ) -> Result<(Vec<(Value, T)>, Option<super::protocol::WireValue>, bool)> {
+        let limit = limit.clamp(1, MAX_SCAN);
+        let after = after.map(Value::from);
+        let page = c.page_by_id(after.as_ref(), limit)?;
+        let done = page.len() < limit;
+        let next = page.last().map(|(id, _)| id.into()).or(after.as_ref().map(Into::into));
+        let mut moving = Vec::new();
+        for (id, doc) in page {
+            let Some(key) = partition_key_of(&doc)? else { continue };
+            let hash = key_hash(&partition_key_bytes(&key));
+            if ranges.iter().any(|r| r.contains(hash)) {
+                moving.push((id, doc));
+            }
+        }
+        Ok((moving, next, done))
+    }
+
     fn field(name: &str) -> Result<usize> {
         T::schema()
             .fields()
@@ -327,6 +397,14 @@ impl<T: Partitioned> Handler for Typed<T> {
                 c.insert(&doc)?;
                 Ok(null_raw())
             }
+            ShardOp::InsertMany { docs } => {
+                let docs = docs.iter().map(|d| Self::doc(d)).collect::<Result<Vec<T>>>()?;
+                for doc in &docs {
+                    Self::check_doc(state, doc)?;
+                }
+                c.insert_many(&docs)?;
+                to_raw(name, &docs.len())
+            }
             ShardOp::Update { doc } => {
                 let doc = Self::doc(&doc)?;
                 Self::check_doc(state, &doc)?;
@@ -367,13 +445,80 @@ impl<T: Partitioned> Handler for Typed<T> {
                 to_raw(name, &serde_json::json!({ "swapped": r.swapped, "current": r.current }))
             }
             ShardOp::Query { filters, order, offset, limit } => {
-                let mut q = Self::query(&c, Self::filters(filters)?, &order)?.offset(offset);
+                let q = Self::query(&c, Self::filters(filters)?, &order)?;
+                if state.foreign {
+                    // Moved copies are still here: read everything, keep this shard's own.
+                    let docs = Self::own(state, q.all()?)?;
+                    let page: Vec<T> = docs.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).collect();
+                    return to_raw(name, &page);
+                }
+                let mut q = q.offset(offset);
                 if let Some(n) = limit {
                     q = q.limit(n);
                 }
                 to_raw(name, &q.all()?)
             }
-            ShardOp::Count { filters } => to_raw(name, &Self::query(&c, Self::filters(filters)?, &[])?.count()?),
+            ShardOp::Count { filters } => {
+                let q = Self::query(&c, Self::filters(filters)?, &[])?;
+                if state.foreign {
+                    return to_raw(name, &Self::own(state, q.all()?)?.len());
+                }
+                to_raw(name, &q.count()?)
+            }
+            ShardOp::ScanMoving { ranges, after, limit } => {
+                let (docs, next, done) = Self::scan(&c, &ranges, after, limit)?;
+                let docs = docs.into_iter().map(|(_, d)| to_raw(name, &d)).collect::<Result<Vec<_>>>()?;
+                to_raw(name, &ScanPage { docs, deleted: 0, next, done })
+            }
+            ShardOp::PutMany { docs } => {
+                let docs = docs.iter().map(|d| Self::doc(d)).collect::<Result<Vec<T>>>()?;
+                for doc in &docs {
+                    Self::check_doc(state, doc)?;
+                }
+                to_raw(name, &c.put_many(&docs)?)
+            }
+            ShardOp::ApplyChanges { events } => {
+                let n = events.len();
+                db.transaction(|tx| {
+                    let c = tx.collection::<T>()?;
+                    for event in &events {
+                        let doc = match event.op.as_str() {
+                            "archive" | "restore" => continue,
+                            "delete" => None,
+                            _ => match &event.after {
+                                Some(json) => Some(
+                                    serde_json::from_str::<T>(json).map_err(|e| Error::serialization(name, None, e))?,
+                                ),
+                                None => None,
+                            },
+                        };
+                        let owned = match &doc {
+                            Some(d) => partition_key_of(d)?.is_some_and(|k| state.owns(&k)),
+                            None => false,
+                        };
+                        match doc {
+                            Some(mut d) if owned => {
+                                if let Some(v) = event.version {
+                                    d.set_version(v);
+                                }
+                                c.put_many([&d])?;
+                            }
+                            _ => {
+                                c.delete_keys(&[Value::from(event.id.clone())])?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
+                to_raw(name, &n)
+            }
+            ShardOp::CleanMoving { ranges, after, limit } => {
+                let (docs, next, done) = Self::scan(&c, &ranges, after, limit)?;
+                let ids: Vec<Value> = docs.into_iter().map(|(id, _)| id).collect();
+                let deleted = c.delete_keys(&ids)?;
+                to_raw(name, &ScanPage { docs: Vec::new(), deleted, next, done })
+            }
+            ShardOp::FinishClean => Err(Error::migration_state("finish_clean is answered before the collection")),
             ShardOp::Changes { after, limit } => {
                 let mut out = Vec::new();
                 for event in db.changes_since(crate::lsn::Lsn::new(after))? {

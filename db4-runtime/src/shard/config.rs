@@ -1,5 +1,7 @@
-//! The configuration of a shard router, shared by the native router and the Worker's.
+//! The configuration of a shard router and the report of a split, shared by the native router
+//! and the Worker's.
 
+use super::ring::ShardId;
 use std::time::Duration;
 
 /// How a `ShardRouter` (natively) or a `DurableRouter` (in a Worker) is
@@ -37,4 +39,23 @@ impl Default for ShardRouterConfig {
             consistent_hashing: true,
         }
     }
+}
+
+/// What a split did, from `ShardRouter::split` natively or `DurableRouter::split` in a
+/// Worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SplitReport {
+    /// The shard that was split (for a resumed migration: its first source).
+    pub source: ShardId,
+    /// The shard it gave half its keys to.
+    pub new_shard: ShardId,
+    /// Documents copied to the new shard (again, after a resume).
+    pub copied: u64,
+    /// Change-log events of the source applied to the new shard after the copy began.
+    pub caught_up: u64,
+    /// Moved documents deleted from the source.
+    pub deleted: u64,
+    /// The ring's epoch after the switch.
+    pub epoch: u64,
 }

@@ -38,7 +38,7 @@ mod ring;
 mod router;
 
 pub use cache::{CacheStats, RoutingCache};
-pub use config::ShardRouterConfig;
+pub use config::{ShardRouterConfig, SplitReport};
 pub use hot::{HotConfig, HotTracker, KeyLoad, ShardLoad, SpaceSaving};
 pub use merge::{
     PlanReason, QueryPlan, first_round_fetch, kmerge_by, merge_by_score, merge_sorted, partition_key_of,
@@ -54,7 +54,7 @@ pub use ring::{
 #[cfg(all(feature = "sqlite", feature = "fs"))]
 pub use router::{
     AUTO_SPLIT_EVERY, DirTransport, MemoryTransport, ShardInfo, ShardQuery, ShardRange, ShardRouter, ShardSearch,
-    ShardTransaction, ShardTransport, SplitReport,
+    ShardTransaction, ShardTransport,
 };
 
 #[cfg(test)]

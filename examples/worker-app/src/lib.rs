@@ -4,7 +4,10 @@
 //! - [`model`]: the documents (`#[derive(Document)]`).
 //! - [`api`]: the routes as plain functions over a [`db4::Db`]; they run in the Durable Object
 //!   and, natively, in the conformance tests.
-//! - `worker` (private): the Worker and the `TenantStore` Durable Object.
+//! - [`sharded`]: tickets of many tenants over 8 shard objects, routed from the Worker by
+//!   `db4::cloudflare::DurableRouter` (the same routes natively over `LocalShards`).
+//! - `worker` (private): the Worker and the `TenantStore`, `ShardObject` and `Coordinator`
+//!   Durable Objects.
 //! - `raw` (private): the same work on hand-written `SqlStorage::exec` calls, for comparison.
 //!
 //! Build with `worker-build --profile wasm-release`; run on workerd with `e2e.sh`.
@@ -12,4 +15,5 @@
 pub mod api;
 pub mod model;
 mod raw;
+pub mod sharded;
 mod worker;

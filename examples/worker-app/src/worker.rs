@@ -6,13 +6,21 @@
 
 use crate::api::{self, ApiError, ApiRequest, ApiResponse, Method};
 use crate::raw;
+use crate::sharded::{self, Ticket};
 use db4::Db;
+use db4::cloudflare::{CoordinatorServer, ShardServer, WorkerShards, serve_coordinator, serve_shard};
 use serde_json::json;
 use std::cell::{Cell, OnceCell};
 use worker::{Context, Delay, DurableObject, Env, Request, Response, Result, State, durable_object, event};
 
 /// The Durable Object namespace binding (see `wrangler.toml`).
 pub const BINDING: &str = "TENANTS";
+
+/// The shard objects' namespace binding.
+pub const SHARDS_BINDING: &str = "SHARDS";
+
+/// The coordinator's namespace binding.
+pub const COORDINATOR_BINDING: &str = "COORDINATOR";
 
 fn respond(r: &ApiResponse) -> Result<Response> {
     Ok(Response::from_json(&r.body)?.with_status(r.status))
@@ -32,11 +40,90 @@ async fn forward(req: Request, env: &Env) -> Result<Response> {
     if url.path() == "/health" {
         return respond(&ApiResponse { status: 200, body: json!({ "ok": true }) });
     }
+    if sharded::is_sharded(url.path()) {
+        return route_sharded(req, env).await;
+    }
     let Some((tenant, _)) = api::tenant_of(url.path()) else {
         return respond(&ApiError::NoRoute.to_response());
     };
     let stub = env.durable_object(BINDING)?.id_from_name(tenant)?.get_stub()?;
     stub.fetch_with_request(req).await
+}
+
+/// The sharded routes: a [`db4::cloudflare::DurableRouter`] over the shard objects (its shard
+/// map cached in the isolate after the first request).
+async fn route_sharded(mut req: Request, env: &Env) -> Result<Response> {
+    let url = req.url()?;
+    let mut target = url.path().to_owned();
+    if let Some(q) = url.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    let method = Method::parse(req.method().as_ref());
+    let declared = req.headers().get("content-length")?.and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = declared.filter(|&n| n > api::MAX_BODY_BYTES) {
+        return respond(&ApiError::BodyTooLarge(n).to_response());
+    }
+    let body = if method.has_body() { req.bytes().await? } else { Vec::new() };
+    let client = match WorkerShards::new(env, SHARDS_BINDING, COORDINATOR_BINDING) {
+        Ok(c) => c,
+        Err(e) => return respond(&ApiResponse::internal(&e.to_string())),
+    };
+    let router = match sharded::router(client).await {
+        Ok(r) => r,
+        Err(e) => return respond(&ApiError::Db(e).to_response()),
+    };
+    respond(&sharded::handle(&router, &ApiRequest { method, target: &target, body: &body }).await)
+}
+
+/// One shard of the sharded tickets: a Durable Object serving the shard protocol over its own
+/// SQLite storage.
+#[durable_object(fetch)]
+pub struct ShardObject {
+    state: State,
+    server: OnceCell<std::result::Result<ShardServer, String>>,
+}
+
+impl DurableObject for ShardObject {
+    fn new(state: State, _env: Env) -> Self {
+        Self { state, server: OnceCell::new() }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        let server = self.server.get_or_init(|| {
+            Db::durable(&self.state.storage())
+                .and_then(ShardServer::new)
+                .map(|s| s.serve::<Ticket>())
+                .map_err(|e| e.to_string())
+        });
+        match server {
+            Ok(server) => serve_shard(server, req).await,
+            Err(message) => respond(&ApiResponse::internal(message)),
+        }
+    }
+}
+
+/// The coordinator: keeps the shard map (ring, epoch) of each sharded collection.
+#[durable_object(fetch)]
+pub struct Coordinator {
+    state: State,
+    server: OnceCell<std::result::Result<CoordinatorServer, String>>,
+}
+
+impl DurableObject for Coordinator {
+    fn new(state: State, _env: Env) -> Self {
+        Self { state, server: OnceCell::new() }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        let server = self.server.get_or_init(|| {
+            Db::durable(&self.state.storage()).and_then(CoordinatorServer::new).map_err(|e| e.to_string())
+        });
+        match server {
+            Ok(server) => serve_coordinator(server, req).await,
+            Err(message) => respond(&ApiResponse::internal(message)),
+        }
+    }
 }
 
 /// One tenant's store: a Durable Object whose SQLite storage holds the tenant's documents.

@@ -12,7 +12,7 @@ mod transport;
 pub use query::ShardQuery;
 pub use range::ShardRange;
 pub use search::ShardSearch;
-pub use split::SplitReport;
+
 pub use transport::{DirTransport, MemoryTransport, ShardTransport};
 
 use super::QueryPlan;

@@ -7,6 +7,7 @@ use crate::cdc::{ChangeEvent, ChangeOp};
 use crate::collection::Collection;
 use crate::error::{Error, Result};
 use crate::schema::Partitioned;
+use crate::shard::config::SplitReport;
 use crate::shard::merge::partition_key_of;
 use crate::shard::plan::{MigrationPlan, MigrationStep};
 use crate::shard::ring::{ShardId, partition_key_bytes};
@@ -17,24 +18,6 @@ const BATCH: usize = 512;
 
 /// Change-log events applied per target transaction in the catch-up.
 const EVENTS_PER_BATCH: usize = 1024;
-
-/// What a split did, from [`ShardRouter::split`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SplitReport {
-    /// The shard that was split (for a resumed migration: its first source).
-    pub source: ShardId,
-    /// The shard it gave half its keys to.
-    pub new_shard: ShardId,
-    /// Documents copied to the new shard (again, after a resume).
-    pub copied: u64,
-    /// Change-log events of the source applied to the new shard after the copy began.
-    pub caught_up: u64,
-    /// Moved documents deleted from the source.
-    pub deleted: u64,
-    /// The ring's epoch after the switch.
-    pub epoch: u64,
-}
 
 impl<T: Partitioned> ShardRouter<T> {
     /// Splits `shard`: a new shard takes half of its hash space. The documents of the keys

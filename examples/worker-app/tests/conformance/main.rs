@@ -9,6 +9,7 @@
 
 mod client;
 mod scenarios;
+mod sharded;
 mod target;
 mod workerd_only;
 
@@ -69,4 +70,6 @@ suite!(
     range_under_writes,
     range_standalone_index,
     warm_tier,
+    sharded_crud,
+    sharded_queries,
 );

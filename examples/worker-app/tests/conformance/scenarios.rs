@@ -3,6 +3,8 @@
 use crate::target::{Reply, Target};
 use serde_json::{Value, json};
 
+pub use crate::sharded::{sharded_crud, sharded_queries};
+
 /// A tenant's view of a target: paths are relative to `/t/{tenant}`.
 pub struct Tenant<'t> {
     t: &'t dyn Target,

@@ -29,11 +29,44 @@ pub trait Target: Sync {
 /// The handlers of `worker_app::api`, called directly.
 pub struct Native {
     dbs: Mutex<HashMap<String, Db>>,
+    /// This target's shard objects (`LocalShards` is single-threaded, so they live in a
+    /// thread-local map under this id).
+    id: u64,
+}
+
+thread_local! {
+    /// The sharded routes' shard objects of each `Native` target, on this thread.
+    static SHARDS: std::cell::RefCell<HashMap<u64, std::rc::Rc<db4::remote::LocalShards>>> =
+        std::cell::RefCell::new(HashMap::new());
 }
 
 impl Native {
     pub fn new() -> Self {
-        Self { dbs: Mutex::new(HashMap::new()) }
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self { dbs: Mutex::new(HashMap::new()), id: NEXT.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    /// The sharded routes, as the Worker runs them, over shard objects in this process.
+    fn sharded(&self, method: &str, path: &str, body: Option<&[u8]>) -> Reply {
+        let shards = SHARDS.with(|m| {
+            m.borrow_mut()
+                .entry(self.id)
+                .or_insert_with(|| {
+                    let local = db4::remote::LocalShards::in_memory().expect("in-memory shards");
+                    std::rc::Rc::new(local.serve::<worker_app::sharded::Ticket>())
+                })
+                .clone()
+        });
+        let req = ApiRequest { method: Method::parse(method), target: path, body: body.unwrap_or_default() };
+        let r = block_on(async {
+            match worker_app::sharded::router(shards).await {
+                Ok(router) => worker_app::sharded::handle(&router, &req).await,
+                Err(e) => api::ApiError::Db(e).to_response(),
+            }
+        });
+        let text = serde_json::to_string(&r.body).expect("serializable body");
+        Reply { status: r.status, body: serde_json::from_str(&text).expect("JSON body") }
     }
 }
 
@@ -46,6 +79,9 @@ impl Target for Native {
         };
         if path_only == "/health" {
             return Reply { status: 200, body: serde_json::json!({ "ok": true }) };
+        }
+        if worker_app::sharded::is_sharded(path_only) {
+            return self.sharded(method, path, body);
         }
         let Some((tenant, rest)) = api::tenant_of(path_only) else {
             let r = api::ApiError::NoRoute.to_response();

@@ -1,0 +1,133 @@
+//! The sharded routes (`/s/...`): tickets over 8 shard objects, routed by `DurableRouter`.
+//! Natively the shard objects are `LocalShards` in process; on workerd each is a Durable
+//! Object, the router runs in the Worker and its map lives in the coordinator object.
+
+use crate::scenarios::{expect, expect_error};
+use crate::target::Target;
+use serde_json::{Value, json};
+
+fn post(t: &dyn Target, path: &str, body: &Value) -> crate::target::Reply {
+    t.call("POST", path, Some(body.to_string().as_bytes()))
+}
+
+fn ticket(tenant: &str, i: usize) -> Value {
+    json!({
+        "id": format!("k{i:05}"),
+        "tenant": tenant,
+        "status": if i.is_multiple_of(3) { "open" } else { "closed" },
+        "score": (i * 7919) % 101,
+        "title": format!("ticket {}", (i * 31) % 997),
+    })
+}
+
+/// Reads, writes and errors through the router.
+pub fn sharded_crud(t: &dyn Target) {
+    let tenant = t.tenant("sharded_crud");
+    let created = expect(post(t, "/s/tickets", &ticket(&tenant, 1)), 201);
+    assert_eq!(created["id"], "k00001");
+    expect_error(post(t, "/s/tickets", &ticket(&tenant, 1)), 409, "already_exists");
+    let got = expect(t.call("GET", &format!("/s/tickets/{tenant}/k00001"), None), 200);
+    assert_eq!(got["title"], ticket(&tenant, 1)["title"]);
+    assert_eq!(got["version"], 0);
+    // Optimistic locking through the router: the current copy updates, the stale one is refused.
+    let mut doc = got.clone();
+    doc["title"] = json!("renamed");
+    let updated = expect(t.call("PUT", &format!("/s/tickets/{tenant}/k00001"), Some(doc.to_string().as_bytes())), 200);
+    assert_eq!(updated["version"], 1);
+    expect_error(
+        t.call("PUT", &format!("/s/tickets/{tenant}/k00001"), Some(doc.to_string().as_bytes())),
+        409,
+        "conflict",
+    );
+    let inc = expect(post(t, &format!("/s/tickets/{tenant}/k00001/increment"), &json!({ "by": 10 })), 200);
+    assert_eq!(inc["score"], ticket(&tenant, 1)["score"].as_i64().unwrap() + 10);
+    expect_error(t.call("GET", &format!("/s/tickets/{tenant}/nope"), None), 404, "not_found");
+    expect_error(t.call("GET", &format!("/s/tickets/{tenant}-other/k00001"), None), 404, "not_found");
+    let deleted = expect(t.call("DELETE", &format!("/s/tickets/{tenant}/k00001"), None), 200);
+    assert_eq!(deleted["deleted"], true);
+    let again = expect(t.call("DELETE", &format!("/s/tickets/{tenant}/k00001"), None), 200);
+    assert_eq!(again["deleted"], false);
+    // Bad input: clear errors, nothing stored.
+    expect_error(t.call("POST", "/s/tickets", Some(b"{not json")), 400, "bad_json");
+    expect_error(post(t, "/s/query", &json!({ "order": "nope" })), 400, "invalid_query");
+    expect_error(t.call("PATCH", "/s/stats", None), 405, "method_not_allowed");
+    expect_error(t.call("GET", "/s/elsewhere", None), 404, "no_route");
+    let stats = expect(t.call("GET", "/s/stats", None), 200);
+    assert_eq!(stats["shards"].as_array().map(Vec::len), Some(8), "{stats}");
+}
+
+/// One tenant set's tickets as one database would sort them: `key` ascending (or descending),
+/// ties by id in the same direction.
+fn sorted(docs: &[Value], key: &str, descending: bool) -> Vec<String> {
+    let mut v: Vec<&Value> = docs.iter().collect();
+    v.sort_by(|a, b| {
+        let c = match key {
+            "score" => a["score"].as_i64().cmp(&b["score"].as_i64()),
+            "title" => a["title"].as_str().cmp(&b["title"].as_str()),
+            _ => std::cmp::Ordering::Equal,
+        };
+        let c = c.then_with(|| a["id"].as_str().cmp(&b["id"].as_str()));
+        if descending { c.reverse() } else { c }
+    });
+    v.iter().map(|d| d["id"].as_str().unwrap_or_default().to_owned()).collect()
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["items"].as_array().expect("items").iter().map(|d| d["id"].as_str().unwrap_or_default().to_owned()).collect()
+}
+
+/// 10 000 tickets of 50 tenants over 8 shards: scatter-gather queries equal what one database
+/// holding every ticket answers.
+pub fn sharded_queries(t: &dyn Target) {
+    let base = t.tenant("sharded_queries");
+    let tenants: Vec<String> = (0..50).map(|i| format!("{base}-{i:02}")).collect();
+    let mut all = Vec::new();
+    for chunk in 0..10 {
+        let batch: Vec<Value> = (chunk * 1000..(chunk + 1) * 1000).map(|i| ticket(&tenants[i % 50], i)).collect();
+        let r = expect(post(t, "/s/tickets/bulk", &Value::Array(batch.clone())), 201);
+        assert_eq!(r["inserted"], 1000);
+        all.extend(batch);
+    }
+    let scope = json!(tenants);
+    // Every query is scoped to this scenario's tenants (other runs share the shard objects).
+    let run = |extra: Value| -> Value {
+        let mut body = json!({ "tenants": scope });
+        for (k, v) in extra.as_object().expect("an object") {
+            body[k] = v.clone();
+        }
+        expect(post(t, "/s/query", &body), 200)
+    };
+    let open: Vec<Value> = all.iter().filter(|d| d["status"] == "open").cloned().collect();
+    let high: Vec<Value> = all.iter().filter(|d| d["score"].as_i64() >= Some(90)).cloned().collect();
+    let cases: Vec<(Value, Vec<String>)> = vec![
+        (json!({ "order": "-score", "limit": 100 }), sorted(&all, "score", true)[..100].to_vec()),
+        (json!({ "order": "score", "limit": 50, "offset": 125 }), sorted(&all, "score", false)[125..175].to_vec()),
+        (json!({ "order": "title", "limit": 30 }), sorted(&all, "title", false)[..30].to_vec()),
+        (
+            json!({ "status": "open", "order": "-title", "limit": 40, "offset": 3 }),
+            sorted(&open, "title", true)[3..43].to_vec(),
+        ),
+        (json!({ "min_score": 90 }), sorted(&high, "id", false)),
+        (json!({ "limit": 25 }), sorted(&all, "id", false)[..25].to_vec()),
+    ];
+    for (q, want) in cases {
+        assert_eq!(ids(&run(q.clone())), want, "{q}");
+    }
+    assert_eq!(run(json!({ "count": true }))["count"], 10_000);
+    assert_eq!(run(json!({ "count": true, "status": "open" }))["count"], open.len());
+    // One tenant: its shard only.
+    let one: Vec<Value> = all.iter().filter(|d| d["tenant"] == tenants[7].as_str()).cloned().collect();
+    let r = expect(post(t, "/s/query", &json!({ "tenants": [tenants[7]], "order": "-score" })), 200);
+    assert_eq!(ids(&r), sorted(&one, "score", true));
+    // Every shard holds some of them.
+    let stats = expect(t.call("GET", "/s/stats", None), 200);
+    let shards = stats["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 8);
+    let total: u64 = shards.iter().map(|s| s["documents"].as_u64().unwrap_or(0)).sum();
+    assert!(total >= 10_000, "{stats}");
+    assert!(shards.iter().all(|s| s["documents"].as_u64() > Some(0)), "{stats}");
+    // A bulk batch with a duplicate: its shard stores none of its batch, the error is clear.
+    let dup = vec![ticket(&tenants[3], 3), ticket(&tenants[3], 20_003)];
+    expect_error(post(t, "/s/tickets/bulk", &Value::Array(dup)), 409, "already_exists");
+    expect_error(t.call("GET", &format!("/s/tickets/{}/k20003", tenants[3]), None), 404, "not_found");
+}
