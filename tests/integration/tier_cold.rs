@@ -249,6 +249,49 @@ fn size_limits_move_the_excess_oldest_first() {
     }
 }
 
+#[test]
+fn memory_pressure_is_the_low_water_mark_of_the_size_limits() {
+    let dir = TempDir::new("cold-pressure");
+    let docs: Vec<Event> = (0..100).map(|i| event(i, 1_000_000 - i)).collect();
+    let run = |name: &str, policy: CompactionPolicy| {
+        let db = open(&dir.join(name), Box::new(MemoryStore::new()), policy);
+        let events = db.collection::<Event>().unwrap();
+        events.insert_many(&docs[..50]).unwrap();
+        let first = db.compact().unwrap().moved;
+        // Within the limits again after one more insert: nothing more moves.
+        events.insert(&docs[50]).unwrap();
+        let second = db.compact().unwrap().moved;
+        let hot = events.count().unwrap();
+        for d in &docs[..51] {
+            assert_eq!(events.get(d.id.as_str()).unwrap().as_ref(), Some(d), "{name}: {}", d.id);
+        }
+        (first, second, hot)
+    };
+    // Documents: over 40, keep 0.5 × 40 = 20 (oldest by id first: the lowest ids move).
+    let documents = CompactionPolicy { hot_max_documents: Some(40), ..Default::default() };
+    assert_eq!(run("docs.db", documents.clone()), (10, 1, 40), "without pressure: just down to the limit");
+    let pressed = CompactionPolicy { memory_pressure: Some(0.5), ..documents.clone() };
+    assert_eq!(run("docs-pressed.db", pressed), (30, 0, 21), "with pressure: down to half the limit");
+    // Out-of-range fractions are clamped, a NaN is ignored.
+    let all = CompactionPolicy { memory_pressure: Some(-3.0), ..documents.clone() };
+    assert_eq!(run("docs-zero.db", all).0, 50);
+    let nan = CompactionPolicy { memory_pressure: Some(f64::NAN), ..documents };
+    assert_eq!(run("docs-nan.db", nan).0, 10);
+
+    // Bytes: over 40 documents' worth, keep at most 0.25 × that.
+    let one = serde_json::to_string(&docs[10]).unwrap().len() as u64;
+    let bytes = CompactionPolicy { hot_max_bytes: Some(40 * one), ..Default::default() };
+    let (moved, _, hot) = run("bytes.db", bytes.clone());
+    assert!((9..=11).contains(&moved) && hot >= 39, "without pressure: {moved} moved, {hot} hot");
+    let pressed = CompactionPolicy { memory_pressure: Some(0.25), ..bytes };
+    let (moved, _, hot) = run("bytes-pressed.db", pressed);
+    assert!((39..=41).contains(&moved) && hot <= 12, "with pressure: {moved} moved, {hot} hot");
+
+    // Within its limits a collection moves nothing, whatever the pressure.
+    let calm = CompactionPolicy { hot_max_documents: Some(60), memory_pressure: Some(0.1), ..Default::default() };
+    assert_eq!(run("calm.db", calm), (0, 0, 51));
+}
+
 /// Python, with only its standard `gzip` and `json`, reads a segment db4 wrote.
 #[test]
 fn python_reads_a_segment_with_gzip_and_json() {
