@@ -462,3 +462,91 @@ fn include_cold_merges_hot_and_cold_in_order() {
         assert_eq!(iterated, want, "iter, descending {descending}");
     }
 }
+
+#[test]
+fn include_cold_reads_only_the_segments_that_may_match() {
+    let dir = TempDir::new("cold-prune");
+    let policy = CompactionPolicy { hot_max_documents: Some(5), ..Default::default() };
+    let db = open(&dir.join("db.sqlite"), Box::new(MemoryStore::new()), policy);
+    let events = db.collection::<Event>().unwrap();
+    // Three segments, one block each: e00000..e00009 (`at` 0..=90), e00010..e00019
+    // (100..=190), e00020..e00029 (200..=290); e00030..e00034 stay hot.
+    let docs: Vec<Event> = (0..35).map(|i| event(i, i * 10)).collect();
+    for batch in [&docs[..15], &docs[15..25], &docs[25..]] {
+        events.insert_many(batch).unwrap();
+        assert_eq!(db.compact().unwrap().moved, 10);
+    }
+    assert_eq!(db.tier_stats().unwrap().cold.segments, 3);
+    let reads = || db.tier_stats().unwrap().cold.reads;
+    let ids = |v: Vec<Event>| v.into_iter().map(|e| e.n).collect::<Vec<_>>();
+    let f = Event::fields();
+    let query = |filter: db4::Filter<Event>| events.query().filter(filter).order_by(f.id.asc()).include_cold(true);
+
+    // By id: the segments whose id range cannot hold a match are not read.
+    let cases: Vec<(db4::Filter<Event>, Vec<i64>, u64, &str)> = vec![
+        (f.id.eq("e00015"), vec![15], 1, "id eq"),
+        (f.id.gte("e00020"), (20..35).collect(), 1, "id gte"),
+        (f.id.lt("e00010") & f.kind.eq("even"), vec![0, 2, 4, 6, 8], 1, "id lt and"),
+        (f.id.in_list(["e00001", "e00007"]), vec![1, 7], 1, "id in"),
+        (f.id.starts_with("e0003"), (30..35).collect(), 0, "id prefix: hot only"),
+        (f.id.between("e00005", "e00012"), (5..13).collect(), 2, "id between"),
+        // By the value ranges of `at` (a range index) the manifests record.
+        (f.at.between(100, 150), (10..16).collect(), 1, "at between"),
+        (f.at.gt(290), (30..35).collect(), 0, "at gt"),
+        // Nothing to prune by: every segment is read.
+        (f.kind.eq("even"), (0..35).filter(|i| i % 2 == 0).collect(), 3, "kind"),
+        (f.id.eq("e00001") | f.id.eq("e00025"), vec![1, 25], 3, "or"),
+        (!f.id.lt("e00020"), (20..35).collect(), 3, "not"),
+    ];
+    for (filter, want, segments, what) in cases {
+        let before = reads();
+        assert_eq!(ids(query(filter).all().unwrap()), want, "{what}");
+        assert_eq!(reads() - before, segments, "{what}: segments read");
+    }
+    let before = reads();
+    assert_eq!(query(f.at.lte(95)).count().unwrap(), 10);
+    assert_eq!(reads() - before, 1, "count");
+
+    // Ranges: bounds on the range's field, and the cursor when reading on.
+    let before = reads();
+    let page = events.range(f.at).between(205..=260).include_cold(true).fetch().unwrap();
+    assert_eq!(ids(page.items), (21..27).collect::<Vec<_>>());
+    assert_eq!(reads() - before, 1, "range between");
+    let before = reads();
+    let page = events.range(f.at).descending().between(..=150).filter(f.n.ne(3)).include_cold(true).fetch().unwrap();
+    assert_eq!(ids(page.items), (0..16).rev().filter(|&i| i != 3).collect::<Vec<_>>());
+    assert_eq!(reads() - before, 2, "range descending, upper bound");
+    let first = events.range(f.at).limit(25).include_cold(true).fetch().unwrap();
+    assert_eq!(ids(first.items), (0..25).collect::<Vec<_>>());
+    let before = reads();
+    let next = events.range(f.at).limit(25).include_cold(true).after(first.next.as_ref().unwrap()).fetch().unwrap();
+    assert_eq!(ids(next.items), (25..35).collect::<Vec<_>>());
+    assert_eq!(reads() - before, 1, "range after a cursor: the last segment only");
+    let before = reads();
+    let back = events.range(f.at).limit(25).include_cold(true).before(next.prev.as_ref().unwrap()).fetch().unwrap();
+    assert_eq!(ids(back.items), (0..25).collect::<Vec<_>>());
+    assert_eq!(reads() - before, 3, "range back before a cursor: every segment below it");
+
+    // Pruning never drops a match: bounds on `at` and on the id, against the documents.
+    for lo in (-5..300).step_by(35) {
+        for hi in (lo..320).step_by(45) {
+            let want: Vec<i64> = (0..35).filter(|i| (lo..=hi).contains(&(i * 10))).collect();
+            assert_eq!(ids(query(f.at.between(lo, hi)).all().unwrap()), want, "at {lo}..={hi}");
+            assert_eq!(
+                ids(query(f.at.gt(lo) & f.at.lt(hi)).all().unwrap()),
+                want.iter().copied().filter(|&i| i * 10 != lo && i * 10 != hi).collect::<Vec<_>>(),
+                "at ({lo}, {hi})"
+            );
+            let page = events.range(f.at).between(lo..=hi).limit(100).include_cold(true).fetch().unwrap();
+            assert_eq!(ids(page.items), want, "range {lo}..={hi}");
+            let (a, b) = (format!("e{:05}", lo / 10), format!("e{:05}", hi / 10));
+            let want: Vec<i64> = (0..35).filter(|i| (lo / 10..=hi / 10).contains(i)).collect();
+            assert_eq!(ids(query(f.id.gte(a.as_str()) & f.id.lte(b.as_str())).all().unwrap()), want, "id {a}..={b}");
+        }
+    }
+
+    // Deleted and rehydrated cold documents stay out, pruned or not.
+    assert!(events.delete("e00012").unwrap());
+    events.increment("e00013", f.n, 100).unwrap();
+    assert_eq!(ids(query(f.at.between(100, 150)).all().unwrap()), [10, 11, 113, 14, 15]);
+}

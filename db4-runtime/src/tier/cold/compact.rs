@@ -250,10 +250,19 @@ fn compact_collection(
     docs.extend(carried);
     docs.sort_by(|a, b| cmp_ids(&a.id, &b.id));
 
+    // The value ranges `include_cold` reads prune segments by: every indexed field's (the
+    // version field's copy in the document may be stale, so not that one).
+    let stats: Vec<&str> = meta
+        .schema
+        .fields()
+        .iter()
+        .filter(|f| !f.is_id() && !f.is_version() && f.has_column())
+        .map(|f| f.key())
+        .collect();
     for chunk in docs.chunks(MAX_SEGMENT_DOCS) {
         let seq = next_seq(conn)?;
         let key = format!("{}/{seq:012}.jsonl.gz", meta.collection);
-        let (file, manifest) = segment::build(&key, meta.collection, chunk)?;
+        let (file, manifest) = segment::build(&key, meta.collection, chunk, &stats)?;
         let json = manifest.to_json();
         cold.store().put(&key, &file)?;
         cold.store().put(&format!("{key}.manifest.json"), json.as_bytes())?;
