@@ -550,3 +550,51 @@ fn include_cold_reads_only_the_segments_that_may_match() {
     events.increment("e00013", f.n, 100).unwrap();
     assert_eq!(ids(query(f.at.between(100, 150)).all().unwrap()), [10, 11, 113, 14, 15]);
 }
+
+#[test]
+fn a_cold_delete_records_the_before_image_a_hot_delete_does() {
+    let dir = TempDir::new("cold-before");
+    let policy = CompactionPolicy { hot_max_documents: Some(5), ..Default::default() };
+    let tiers = TierConfig { warm_bytes: 0, cold: Some(Box::new(MemoryStore::new())), policy };
+    let db = Db::open_with(dir.join("db.sqlite"), DbOptions::default().before_images(true).tiers(tiers)).unwrap();
+    let observed: Arc<std::sync::Mutex<Vec<db4::Change>>> = Arc::default();
+    let sink = Arc::clone(&observed);
+    db.on_commit(move |changes| sink.lock().unwrap().extend(changes.iter().cloned()));
+    let events = db.collection::<Event>().unwrap();
+    events.insert_many(&(0..10).map(|i| event(i, i)).collect::<Vec<_>>()).unwrap();
+    // e00001 (cold after the compaction) and e00007 (hot) at version 1.
+    let mut docs = Vec::new();
+    for id in ["e00001", "e00007"] {
+        let mut e = events.get(id).unwrap().unwrap();
+        e.n *= 100;
+        events.update(&e).unwrap();
+        docs.push(events.get(id).unwrap().unwrap());
+    }
+    assert_eq!(db.compact().unwrap().moved, 5);
+    assert_eq!(events.count().unwrap(), 5, "e00001 is cold");
+    let start = db.last_lsn().unwrap();
+    observed.lock().unwrap().clear();
+    assert!(events.delete("e00001").unwrap());
+    assert!(events.delete("e00007").unwrap());
+    db.transaction(|tx| tx.collection::<Event>()?.delete("e00002").map(drop)).unwrap();
+
+    // The change log: each delete with the document it removed, cold or hot.
+    let deletes: Vec<_> =
+        db.changes_since(start).unwrap().map(|e| e.unwrap()).filter(|e| e.op == ChangeOp::Delete).collect();
+    let before = |e: &db4::cdc::ChangeEvent| (e.id.clone(), e.version, e.before::<Event>().unwrap());
+    let want = [
+        (Value::Text("e00001".into()), Some(1), Some(docs[0].clone())),
+        (Value::Text("e00007".into()), Some(1), Some(docs[1].clone())),
+        (Value::Text("e00002".into()), Some(0), Some(event(2, 2))),
+    ];
+    assert_eq!(deletes.iter().map(before).collect::<Vec<_>>(), want);
+    // Commit observers see the same.
+    let seen: Vec<_> = observed
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.kind == db4::ChangeKind::Delete)
+        .map(|c| (c.id.clone(), c.version, c.before.as_deref().map(|j| serde_json::from_str::<Event>(j).unwrap())))
+        .collect();
+    assert_eq!(seen, want);
+}
