@@ -120,27 +120,38 @@ pub(crate) struct FieldStats {
 }
 
 impl FieldStats {
-    /// The field's values over `docs`; `None` if one is not a number or a string (a blob,
-    /// which JSON documents do not hold), or a document does not parse.
-    fn of(key: &str, docs: &[ColdDoc]) -> Option<FieldStats> {
+    /// The values of the fields `keys` over `docs` (each document parsed once); a field
+    /// with a value that is not a number or a string (a blob, which JSON documents do not
+    /// hold) gets none, and none do if a document does not parse.
+    fn of(keys: &[&str], docs: &[ColdDoc]) -> Vec<FieldStats> {
         use crate::query::eval::{DocFields, value_cmp};
-        let (mut min, mut max, mut nulls) = (None::<Value>, None::<Value>, 0u64);
+        // Per field: its smallest and largest values, its nulls, and whether it is usable.
+        let mut acc: Vec<(Option<Value>, Option<Value>, u64, bool)> = vec![(None, None, 0, true); keys.len()];
         for d in docs {
-            let v = DocFields::parse(&d.doc).ok()?.value(key);
-            match v {
-                Value::Null => nulls += 1,
-                Value::Integer(_) | Value::Text(_) => {}
-                Value::Real(r) if r.is_finite() => {}
-                _ => return None,
-            }
-            if matches!(v, Value::Null) {
-                continue;
-            }
-            if min.as_ref().is_none_or(|m| value_cmp(&v, m) == Ordering::Less) {
-                min = Some(v.clone());
-            }
-            if max.as_ref().is_none_or(|m| value_cmp(&v, m) == Ordering::Greater) {
-                max = Some(v);
+            let Ok(fields) = DocFields::parse(&d.doc) else { return Vec::new() };
+            for (key, (min, max, nulls, ok)) in keys.iter().zip(acc.iter_mut()) {
+                if !*ok {
+                    continue;
+                }
+                let v = fields.value(key);
+                match v {
+                    Value::Null => {
+                        *nulls += 1;
+                        continue;
+                    }
+                    Value::Integer(_) | Value::Text(_) => {}
+                    Value::Real(r) if r.is_finite() => {}
+                    _ => {
+                        *ok = false;
+                        continue;
+                    }
+                }
+                if min.as_ref().is_none_or(|m| value_cmp(&v, m) == Ordering::Less) {
+                    *min = Some(v.clone());
+                }
+                if max.as_ref().is_none_or(|m| value_cmp(&v, m) == Ordering::Greater) {
+                    *max = Some(v);
+                }
             }
         }
         let json = |v: Option<Value>| match v {
@@ -148,7 +159,16 @@ impl FieldStats {
             Some(v) => id_json(&v),
             None => serde_json::Value::Null,
         };
-        Some(FieldStats { key: key.to_owned(), min: json(min), max: json(max), nulls })
+        keys.iter()
+            .zip(acc)
+            .filter(|(_, (.., ok))| *ok)
+            .map(|(key, (min, max, nulls, _))| FieldStats {
+                key: (*key).to_owned(),
+                min: json(min),
+                max: json(max),
+                nulls,
+            })
+            .collect()
     }
 
     /// The smallest and largest non-null values as values (`None` if there are none, or the
@@ -310,7 +330,7 @@ pub(crate) fn build(key: &str, collection: &str, docs: &[ColdDoc], stats: &[&str
         crc32: crc32(&[&file]),
         blocks,
         bloom: Bloom::with_ids(docs.iter().map(|d| &d.id)),
-        fields: stats.iter().filter_map(|key| FieldStats::of(key, docs)).collect(),
+        fields: FieldStats::of(stats, docs),
         ids: Ranges::default(),
     };
     Ok((file, manifest))
