@@ -148,3 +148,40 @@ fn cold_documents_are_kept_warm_and_never_served_stale() -> db4::Result<()> {
     assert_eq!(events.get("e00006")?.map(|e| e.n), Some(666));
     Ok(())
 }
+
+/// Not `Clone`: the warm tier keeps a cold document's stored JSON and version, as a hot one's.
+#[derive(db4::Document, serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+#[db4(collection = "both_memos")]
+struct Memo {
+    #[id]
+    id: i64,
+    text: String,
+    #[version]
+    version: u64,
+}
+
+#[test]
+fn a_type_that_is_not_clone_is_kept_warm_from_cold_as_json() -> db4::Result<()> {
+    let dir = TempDir::new("tiers-cold-warm-json");
+    let store = Arc::new(DirStore::open(dir.join("cold"))?);
+    let db = open(&dir.join("db.sqlite"), store);
+    let memos = db.collection::<Memo>()?;
+    for id in 0..15 {
+        memos.insert(&Memo { id, text: format!("memo {id}"), version: 0 })?;
+    }
+    // Version 1 before the move: the cold copy's version column is what a warm hit returns.
+    memos.update(&Memo { id: 2, text: "memo two".into(), version: 0 })?;
+    assert_eq!(db.compact()?.moved, 5);
+    let want = || Some(Memo { id: 2, text: "memo two".into(), version: 1 });
+    assert_eq!(memos.get(2)?, want());
+    let (reads, hits) = reads_and_hits(&db)?;
+    assert_eq!(memos.get(2)?, want());
+    assert_eq!(memos.get_many([2, 2])?, [want(), want()]);
+    assert_eq!(reads_and_hits(&db)?, (reads, hits + 3), "warm hits, no segment read");
+    memos.update(&Memo { id: 2, text: "memo 2 again".into(), version: 1 })?;
+    assert_eq!(memos.get(2)?.map(|m| (m.text, m.version)), Some(("memo 2 again".into(), 2)));
+    assert!(memos.get(3)?.is_some());
+    assert!(memos.delete(3)?);
+    assert_eq!(memos.get(3)?, None);
+    Ok(())
+}
