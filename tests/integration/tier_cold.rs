@@ -145,12 +145,18 @@ fn writes_to_cold_documents_rehydrate_tombstone_or_conflict() {
     sorted.dedup();
     assert_eq!(sorted.len(), all_ids.len());
 
-    // The change log: restores before the writes, deletes for the tombstones.
+    // The change log: restores before the writes, the deletes included (a cold document is
+    // brought back hot, then deleted as a hot one is).
     let log: Vec<(ChangeOp, Value)> = events_since(&db).into_iter().skip(start as usize).collect();
     let ops: Vec<ChangeOp> = log.iter().map(|(op, _)| *op).collect();
     assert_eq!(&ops[..2], [ChangeOp::Restore, ChangeOp::Update]);
-    assert_eq!(log.iter().filter(|(op, _)| *op == ChangeOp::Restore).count(), 5);
-    assert!(log.contains(&(ChangeOp::Delete, Value::Text("e00007".into()))));
+    assert_eq!(log.iter().filter(|(op, _)| *op == ChangeOp::Restore).count(), 7);
+    for cold in ["e00007", "e00008"] {
+        let id = Value::Text(cold.into());
+        let at = log.iter().position(|e| *e == (ChangeOp::Delete, id.clone())).expect("a delete");
+        assert_eq!(log[at - 1], (ChangeOp::Restore, id), "the restore right before the delete of {cold}");
+    }
+    assert!(!log.iter().any(|e| *e == (ChangeOp::Restore, Value::Text("e00050".into()))), "e00050 was hot");
 
     // The next compaction (policy: older than 10 minutes) moves the re-inserted old one
     // back, and readers still find everything once.
@@ -241,6 +247,49 @@ fn size_limits_move_the_excess_oldest_first() {
     for i in 0..100 {
         assert!(e2.get(format!("e{i:05}")).unwrap().is_some());
     }
+}
+
+#[test]
+fn memory_pressure_is_the_low_water_mark_of_the_size_limits() {
+    let dir = TempDir::new("cold-pressure");
+    let docs: Vec<Event> = (0..100).map(|i| event(i, 1_000_000 - i)).collect();
+    let run = |name: &str, policy: CompactionPolicy| {
+        let db = open(&dir.join(name), Box::new(MemoryStore::new()), policy);
+        let events = db.collection::<Event>().unwrap();
+        events.insert_many(&docs[..50]).unwrap();
+        let first = db.compact().unwrap().moved;
+        // Within the limits again after one more insert: nothing more moves.
+        events.insert(&docs[50]).unwrap();
+        let second = db.compact().unwrap().moved;
+        let hot = events.count().unwrap();
+        for d in &docs[..51] {
+            assert_eq!(events.get(d.id.as_str()).unwrap().as_ref(), Some(d), "{name}: {}", d.id);
+        }
+        (first, second, hot)
+    };
+    // Documents: over 40, keep 0.5 × 40 = 20 (oldest by id first: the lowest ids move).
+    let documents = CompactionPolicy { hot_max_documents: Some(40), ..Default::default() };
+    assert_eq!(run("docs.db", documents.clone()), (10, 1, 40), "without pressure: just down to the limit");
+    let pressed = CompactionPolicy { memory_pressure: Some(0.5), ..documents.clone() };
+    assert_eq!(run("docs-pressed.db", pressed), (30, 0, 21), "with pressure: down to half the limit");
+    // Out-of-range fractions are clamped, a NaN is ignored.
+    let all = CompactionPolicy { memory_pressure: Some(-3.0), ..documents.clone() };
+    assert_eq!(run("docs-zero.db", all).0, 50);
+    let nan = CompactionPolicy { memory_pressure: Some(f64::NAN), ..documents };
+    assert_eq!(run("docs-nan.db", nan).0, 10);
+
+    // Bytes: over 40 documents' worth, keep at most 0.25 × that.
+    let one = serde_json::to_string(&docs[10]).unwrap().len() as u64;
+    let bytes = CompactionPolicy { hot_max_bytes: Some(40 * one), ..Default::default() };
+    let (moved, _, hot) = run("bytes.db", bytes.clone());
+    assert!((9..=11).contains(&moved) && hot >= 39, "without pressure: {moved} moved, {hot} hot");
+    let pressed = CompactionPolicy { memory_pressure: Some(0.25), ..bytes };
+    let (moved, _, hot) = run("bytes-pressed.db", pressed);
+    assert!((39..=41).contains(&moved) && hot <= 12, "with pressure: {moved} moved, {hot} hot");
+
+    // Within its limits a collection moves nothing, whatever the pressure.
+    let calm = CompactionPolicy { hot_max_documents: Some(60), memory_pressure: Some(0.1), ..Default::default() };
+    assert_eq!(run("calm.db", calm), (0, 0, 51));
 }
 
 /// Python, with only its standard `gzip` and `json`, reads a segment db4 wrote.
@@ -412,4 +461,140 @@ fn include_cold_merges_hot_and_cold_in_order() {
             base(&events, descending).include_cold(true).iter(3).map(|e| e.unwrap().id).collect();
         assert_eq!(iterated, want, "iter, descending {descending}");
     }
+}
+
+#[test]
+fn include_cold_reads_only_the_segments_that_may_match() {
+    let dir = TempDir::new("cold-prune");
+    let policy = CompactionPolicy { hot_max_documents: Some(5), ..Default::default() };
+    let db = open(&dir.join("db.sqlite"), Box::new(MemoryStore::new()), policy);
+    let events = db.collection::<Event>().unwrap();
+    // Three segments, one block each: e00000..e00009 (`at` 0..=90), e00010..e00019
+    // (100..=190), e00020..e00029 (200..=290); e00030..e00034 stay hot.
+    let docs: Vec<Event> = (0..35).map(|i| event(i, i * 10)).collect();
+    for batch in [&docs[..15], &docs[15..25], &docs[25..]] {
+        events.insert_many(batch).unwrap();
+        assert_eq!(db.compact().unwrap().moved, 10);
+    }
+    assert_eq!(db.tier_stats().unwrap().cold.segments, 3);
+    let reads = || db.tier_stats().unwrap().cold.reads;
+    let ids = |v: Vec<Event>| v.into_iter().map(|e| e.n).collect::<Vec<_>>();
+    let f = Event::fields();
+    let query = |filter: db4::Filter<Event>| events.query().filter(filter).order_by(f.id.asc()).include_cold(true);
+
+    // By id: the segments whose id range cannot hold a match are not read.
+    let cases: Vec<(db4::Filter<Event>, Vec<i64>, u64, &str)> = vec![
+        (f.id.eq("e00015"), vec![15], 1, "id eq"),
+        (f.id.gte("e00020"), (20..35).collect(), 1, "id gte"),
+        (f.id.lt("e00010") & f.kind.eq("even"), vec![0, 2, 4, 6, 8], 1, "id lt and"),
+        (f.id.in_list(["e00001", "e00007"]), vec![1, 7], 1, "id in"),
+        (f.id.starts_with("e0003"), (30..35).collect(), 0, "id prefix: hot only"),
+        (f.id.between("e00005", "e00012"), (5..13).collect(), 2, "id between"),
+        // By the value ranges of `at` (a range index) the manifests record.
+        (f.at.between(100, 150), (10..16).collect(), 1, "at between"),
+        (f.at.gt(290), (30..35).collect(), 0, "at gt"),
+        // Nothing to prune by: every segment is read.
+        (f.kind.eq("even"), (0..35).filter(|i| i % 2 == 0).collect(), 3, "kind"),
+        (f.id.eq("e00001") | f.id.eq("e00025"), vec![1, 25], 3, "or"),
+        (!f.id.lt("e00020"), (20..35).collect(), 3, "not"),
+    ];
+    for (filter, want, segments, what) in cases {
+        let before = reads();
+        assert_eq!(ids(query(filter).all().unwrap()), want, "{what}");
+        assert_eq!(reads() - before, segments, "{what}: segments read");
+    }
+    let before = reads();
+    assert_eq!(query(f.at.lte(95)).count().unwrap(), 10);
+    assert_eq!(reads() - before, 1, "count");
+
+    // Ranges: bounds on the range's field, and the cursor when reading on.
+    let before = reads();
+    let page = events.range(f.at).between(205..=260).include_cold(true).fetch().unwrap();
+    assert_eq!(ids(page.items), (21..27).collect::<Vec<_>>());
+    assert_eq!(reads() - before, 1, "range between");
+    let before = reads();
+    let page = events.range(f.at).descending().between(..=150).filter(f.n.ne(3)).include_cold(true).fetch().unwrap();
+    assert_eq!(ids(page.items), (0..16).rev().filter(|&i| i != 3).collect::<Vec<_>>());
+    assert_eq!(reads() - before, 2, "range descending, upper bound");
+    let first = events.range(f.at).limit(25).include_cold(true).fetch().unwrap();
+    assert_eq!(ids(first.items), (0..25).collect::<Vec<_>>());
+    let before = reads();
+    let next = events.range(f.at).limit(25).include_cold(true).after(first.next.as_ref().unwrap()).fetch().unwrap();
+    assert_eq!(ids(next.items), (25..35).collect::<Vec<_>>());
+    assert_eq!(reads() - before, 1, "range after a cursor: the last segment only");
+    let before = reads();
+    let back = events.range(f.at).limit(25).include_cold(true).before(next.prev.as_ref().unwrap()).fetch().unwrap();
+    assert_eq!(ids(back.items), (0..25).collect::<Vec<_>>());
+    assert_eq!(reads() - before, 3, "range back before a cursor: every segment below it");
+
+    // Pruning never drops a match: bounds on `at` and on the id, against the documents.
+    for lo in (-5..300).step_by(35) {
+        for hi in (lo..320).step_by(45) {
+            let want: Vec<i64> = (0..35).filter(|i| (lo..=hi).contains(&(i * 10))).collect();
+            assert_eq!(ids(query(f.at.between(lo, hi)).all().unwrap()), want, "at {lo}..={hi}");
+            assert_eq!(
+                ids(query(f.at.gt(lo) & f.at.lt(hi)).all().unwrap()),
+                want.iter().copied().filter(|&i| i * 10 != lo && i * 10 != hi).collect::<Vec<_>>(),
+                "at ({lo}, {hi})"
+            );
+            let page = events.range(f.at).between(lo..=hi).limit(100).include_cold(true).fetch().unwrap();
+            assert_eq!(ids(page.items), want, "range {lo}..={hi}");
+            let (a, b) = (format!("e{:05}", lo / 10), format!("e{:05}", hi / 10));
+            let want: Vec<i64> = (0..35).filter(|i| (lo / 10..=hi / 10).contains(i)).collect();
+            assert_eq!(ids(query(f.id.gte(a.as_str()) & f.id.lte(b.as_str())).all().unwrap()), want, "id {a}..={b}");
+        }
+    }
+
+    // Deleted and rehydrated cold documents stay out, pruned or not.
+    assert!(events.delete("e00012").unwrap());
+    events.increment("e00013", f.n, 100).unwrap();
+    assert_eq!(ids(query(f.at.between(100, 150)).all().unwrap()), [10, 11, 113, 14, 15]);
+}
+
+#[test]
+fn a_cold_delete_records_the_before_image_a_hot_delete_does() {
+    let dir = TempDir::new("cold-before");
+    let policy = CompactionPolicy { hot_max_documents: Some(5), ..Default::default() };
+    let tiers = TierConfig { warm_bytes: 0, cold: Some(Box::new(MemoryStore::new())), policy };
+    let db = Db::open_with(dir.join("db.sqlite"), DbOptions::default().before_images(true).tiers(tiers)).unwrap();
+    let observed: Arc<std::sync::Mutex<Vec<db4::Change>>> = Arc::default();
+    let sink = Arc::clone(&observed);
+    db.on_commit(move |changes| sink.lock().unwrap().extend(changes.iter().cloned()));
+    let events = db.collection::<Event>().unwrap();
+    events.insert_many(&(0..10).map(|i| event(i, i)).collect::<Vec<_>>()).unwrap();
+    // e00001 (cold after the compaction) and e00007 (hot) at version 1.
+    let mut docs = Vec::new();
+    for id in ["e00001", "e00007"] {
+        let mut e = events.get(id).unwrap().unwrap();
+        e.n *= 100;
+        events.update(&e).unwrap();
+        docs.push(events.get(id).unwrap().unwrap());
+    }
+    assert_eq!(db.compact().unwrap().moved, 5);
+    assert_eq!(events.count().unwrap(), 5, "e00001 is cold");
+    let start = db.last_lsn().unwrap();
+    observed.lock().unwrap().clear();
+    assert!(events.delete("e00001").unwrap());
+    assert!(events.delete("e00007").unwrap());
+    db.transaction(|tx| tx.collection::<Event>()?.delete("e00002").map(drop)).unwrap();
+
+    // The change log: each delete with the document it removed, cold or hot.
+    let deletes: Vec<_> =
+        db.changes_since(start).unwrap().map(|e| e.unwrap()).filter(|e| e.op == ChangeOp::Delete).collect();
+    let before = |e: &db4::cdc::ChangeEvent| (e.id.clone(), e.version, e.before::<Event>().unwrap());
+    let want = [
+        (Value::Text("e00001".into()), Some(1), Some(docs[0].clone())),
+        (Value::Text("e00007".into()), Some(1), Some(docs[1].clone())),
+        (Value::Text("e00002".into()), Some(0), Some(event(2, 2))),
+    ];
+    assert_eq!(deletes.iter().map(before).collect::<Vec<_>>(), want);
+    // Commit observers see the same.
+    let seen: Vec<_> = observed
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.kind == db4::ChangeKind::Delete)
+        .map(|c| (c.id.clone(), c.version, c.before.as_deref().map(|j| serde_json::from_str::<Event>(j).unwrap())))
+        .collect();
+    assert_eq!(seen, want);
 }

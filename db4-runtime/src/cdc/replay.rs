@@ -160,7 +160,11 @@ fn apply_once(target: &Db, events: &[ChangeEvent], report: &mut ReplayReport) ->
                 }
             };
             let outcome = match event.op {
-                ChangeOp::Delete => w.apply(&meta, Op::Delete(&event.id)).map(drop),
+                // A cold copy is brought back hot first and deleted as a hot document is
+                // (the same change, before-image included, as `Collection::delete`).
+                ChangeOp::Delete => {
+                    w.ensure_hot(&meta, &event.id).and_then(|_| w.apply(&meta, Op::Delete(&event.id))).map(drop)
+                }
                 // A move between tiers changes no document: the target keeps its copy.
                 ChangeOp::Archive | ChangeOp::Restore => Ok(()),
                 ChangeOp::Insert | ChangeOp::Update | ChangeOp::Upsert => match &event.after {

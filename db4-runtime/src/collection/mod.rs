@@ -310,8 +310,12 @@ impl<T: Document, S: Scope> Collection<T, S> {
     pub fn delete(&self, id: impl IdArg<T::Id>) -> Result<bool> {
         let span = trace::op("delete", Some(self.name()));
         let key = id_value::<T>(&self.slot.get(), &id)?;
-        let deleted =
-            self.runner().write_meta(&self.slot, Access::Write, |w, meta| Ok(w.apply(meta, Op::Delete(&key))? > 0));
+        let deleted = self.runner().write_meta(&self.slot, Access::Atomic, |w, meta| {
+            // A cold document is brought back hot first, then deleted as a hot one is: the
+            // warm tier's pending mark, the before-image and the change are a hot delete's.
+            w.ensure_hot(meta, &key)?;
+            Ok(w.apply(meta, Op::Delete(&key))? > 0)
+        });
         span.rows_of(deleted, |&deleted| u64::from(deleted))
     }
 
@@ -488,7 +492,13 @@ impl<T: Document, S: Scope> Collection<T, S> {
         if keys.is_empty() {
             return Ok(0);
         }
-        let n = self.runner().write_meta(&self.slot, Access::Atomic, |w, meta| w.apply(meta, Op::DeleteIds(keys)))?;
+        let n = self.runner().write_meta(&self.slot, Access::Atomic, |w, meta| {
+            // Cold documents back hot first, as in `delete`.
+            for key in keys {
+                w.ensure_hot(meta, key)?;
+            }
+            w.apply(meta, Op::DeleteIds(keys))
+        })?;
         Ok(n as u64)
     }
 

@@ -7,6 +7,7 @@ use crate::schema::Document;
 use crate::store::codec::{IdKey, corrupt, decode, decode_json, with_id};
 use crate::store::meta::CollectionMeta;
 use crate::store::slot::MetaSlot;
+use crate::tier::cold::segment::ColdDoc;
 use crate::tier::warm::{Cached, Key, Lookup, WarmTier};
 use crate::txn::Runner;
 use crate::value::{Value, ValueRef};
@@ -57,6 +58,21 @@ fn fetched<T: Document>(meta: &CollectionMeta, row: &dyn Row, at: usize, key: &V
     Ok(Fetched { doc, json_bytes, cached })
 }
 
+/// Decodes a document read from the cold tier, keeping a copy for the warm tier as
+/// [`fetched`] does for a hot row: a cold document is cached as a hot one is.
+fn fetched_cold<T: Document>(meta: &CollectionMeta, doc: ColdDoc) -> Result<Fetched<T>> {
+    let decoded = crate::tier::cold::decode::<T>(meta, &doc)?;
+    let json_bytes = doc.doc.len();
+    let cached = match T::__warm_clone() {
+        Some(clone) => Cached::Typed(Arc::new(clone(&decoded))),
+        None => {
+            let version = if meta.versioned { doc.version } else { None };
+            Cached::Json { json: Arc::from(doc.doc), version }
+        }
+    };
+    Ok(Fetched { doc: decoded, json_bytes, cached })
+}
+
 /// A cached document as a `T`; `None` if it was cached as another type (then it is read
 /// again).
 fn restore<T: Document>(slot: &MetaSlot, cached: &Cached, key: &Value) -> Result<Option<T>> {
@@ -95,12 +111,18 @@ pub(crate) fn get<T: Document>(
             out = Some(fetched::<T>(meta, row, 0, id)?);
             Ok(())
         })?;
-        match out {
-            Some(found) => Ok(Ok(found)),
-            // A hot miss falls through to the cold tier, whose documents the warm tier does
-            // not keep (a cold read is one ranged get; keeping them is left for later).
-            None => crate::tier::cold::get(cold, conn, meta, id, &|| crate::store::codec::select_one(conn, meta, id))
-                .map(Err),
+        if let Some(found) = out {
+            return Ok(Ok(found));
+        }
+        // A hot miss falls through to the cold tier; what it finds is kept warm like a hot
+        // row (the same epoch, pending marks and foreign count guard the fill, and every
+        // write that can end a cold copy's life, a rehydration or a delete, goes through
+        // the pipeline as a write of the document, which marks it).
+        let Some(cold) = cold else { return Ok(Err(None)) };
+        match crate::tier::cold::find_doc(cold, conn, meta, id)? {
+            Some(doc) => fetched_cold::<T>(meta, doc).map(Ok),
+            // Brought back hot (or written) since the hot miss?
+            None => crate::store::codec::select_one(conn, meta, id).map(Err),
         }
     })?;
     let found = match found {
@@ -165,28 +187,34 @@ pub(crate) fn get_many<T: Document>(
                 Ok(())
             })?;
         }
-        // The ids the hot tier lacks fall through to the cold tier (not kept warm).
-        let mut from_cold = Vec::new();
-        if cold.is_some() {
+        // The ids the hot tier lacks fall through to the cold tier, and what it finds is
+        // kept warm like a hot row (see `get`); an id brought back hot meanwhile is read
+        // from the hot table again, and not kept.
+        let mut again = Vec::new();
+        if let Some(cold) = cold {
             let hot: std::collections::HashSet<IdKey> =
                 found.iter().map(|(id, _)| IdKey::from_ref(id.as_ref())).collect();
-            let lacking: Vec<Value> =
-                keys.iter().filter(|k| !hot.contains(&IdKey::from_ref(k.as_ref()))).cloned().collect();
-            let mut docs: Vec<Option<T>> = std::iter::repeat_with(|| None).take(lacking.len()).collect();
-            crate::tier::cold::fill(cold, conn, meta, &lacking, &mut docs)?;
-            from_cold = lacking.into_iter().zip(docs).filter_map(|(id, doc)| doc.map(|d| (id, d))).collect();
+            let lacking: Vec<&Value> = keys.iter().filter(|k| !hot.contains(&IdKey::from_ref(k.as_ref()))).collect();
+            for id in lacking {
+                match crate::tier::cold::find_doc(cold, conn, meta, id)? {
+                    Some(doc) => found.push((id.clone(), fetched_cold::<T>(meta, doc)?)),
+                    None => {
+                        if let Some(doc) = crate::store::codec::select_one::<T>(conn, meta, id)? {
+                            again.push((id.clone(), doc));
+                        }
+                    }
+                }
+            }
         }
-        Ok((found, from_cold))
+        Ok((found, again))
     })?;
-    let (found, from_cold) = found;
-    for (id, doc) in from_cold {
+    let (found, again) = found;
+    for (id, doc) in again {
         let Some(key) = Key::new(collection, &id) else { continue };
         let positions = misses.get(&key.id).map_or(&[][..], Vec::as_slice);
         if let Some((&last, rest)) = positions.split_last() {
             for &pos in rest {
-                out[pos] = runner.read_meta(slot, |conn, meta| {
-                    crate::tier::cold::get(cold, conn, meta, &id, &|| crate::store::codec::select_one(conn, meta, &id))
-                })?;
+                out[pos] = runner.read_meta(slot, |conn, meta| crate::store::codec::select_one(conn, meta, &id))?;
             }
             out[last] = Some(doc);
         }

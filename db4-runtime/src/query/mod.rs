@@ -124,8 +124,12 @@ impl<'c, T: Document> Query<'c, T> {
 
     /// Also answers from the cold tier ([`Db::compact`](crate::Db::compact)): the matching
     /// documents of every live segment are merged with the hot ones, in the query's order
-    /// (the id breaking ties), before `offset` and `limit` apply. It reads every segment of
-    /// the collection whole, so it costs what the cold tier holds. Without a cold store it
+    /// (the id breaking ties), before `offset` and `limit` apply. It reads whole every
+    /// segment that may hold a match: a segment is skipped when the filters' ranges on the
+    /// id (or on an indexed field, whose value range the segment's manifest records) miss
+    /// it; the conditions counted are those at the top level or under `and` (see
+    /// `docs/tiers-cold.md`, "Pruning"). Without such conditions it reads every segment of
+    /// the collection, and costs what the cold tier holds. Without a cold store it
     /// changes nothing. [`delete`](Self::delete) refuses it (deleting cold documents by
     /// condition is not supported; delete them by id).
     pub fn include_cold(mut self, include: bool) -> Self {

@@ -405,8 +405,11 @@ impl<'c, T: Document, B> Range<'c, T, B> {
     /// hot rows with the live documents of every segment that fall in the range (prefix,
     /// bounds, filters, after or before the cursor), in the range's order, so
     /// [`fetch`](Self::fetch), cursors in both directions and [`iter`](Self::iter) work as
-    /// over one table. Each page reads every segment of the collection whole: it costs what
-    /// the cold tier holds. Cursors of such a range are signed for it (a range without
+    /// over one table. Each page reads whole the segments that may hold one of its rows: a
+    /// segment is skipped when the prefix, the bounds, the cursor's position or the filters
+    /// (their ranges on the id or on an indexed field, see
+    /// [`Query::include_cold`](crate::Query::include_cold)) miss the id range or the field's
+    /// value range its manifest records. Cursors of such a range are signed for it (a range without
     /// `include_cold` refuses them). Without a cold store it changes nothing.
     pub fn include_cold(mut self, include: bool) -> Self {
         self.include_cold = include;
@@ -635,7 +638,26 @@ impl<T: Document, B> Range<'_, T, B> {
             .map(|id| crate::store::codec::IdKey::from_ref(id.as_ref()))
             .collect();
         let mut cold_rows: Vec<(crate::tier::cold::merge::Row, Vec<Value>)> = Vec::new();
-        for row in crate::tier::cold::merge::live(cold, conn, meta)? {
+        // The segments that may hold a row of this page: the filters' ranges, the prefix's
+        // values, the bounds of the first key after it, and (reading on from a cursor) that
+        // key at or past the cursor's.
+        let mut prune = crate::tier::cold::merge::Prune::of_filters(&self.filters);
+        for (key, value) in keys.iter().zip(&self.spec.prefix) {
+            prune.range(key.field, Bound::Included(value.clone()), Bound::Included(value.clone()));
+        }
+        if p < keys.len() - 1 {
+            prune.range(keys[p].field, self.spec.lower.clone(), self.spec.upper.clone());
+        }
+        if let (Position::After(c, _) | Position::Before(c, _), Some(key)) = (position, keys.get(p))
+            && let Some(at) = c.first().filter(|v| !matches!(v, Value::Null))
+        {
+            // Rows at or past the cursor in scan order have this key at or past its value.
+            match key.descending {
+                false => prune.range(key.field, Bound::Included(at.clone()), Bound::Unbounded),
+                true => prune.range(key.field, Bound::Unbounded, Bound::Included(at.clone())),
+            }
+        }
+        for row in crate::tier::cold::merge::live(cold, conn, meta, &prune)? {
             if hot_ids.contains(&crate::store::codec::IdKey::from_ref(row.id.as_ref())) {
                 continue;
             }

@@ -71,9 +71,22 @@ pub struct CompactionPolicy {
     /// Keep at most this many bytes of stored documents hot per collection: the excess moves,
     /// in the same order as for `hot_max_documents`.
     pub hot_max_bytes: Option<u64>,
-    /// A fraction in `0.0..=1.0` of the warm tier's budget: when the warm tier holds more,
-    /// it evicts down to it. [`Db::compact`](crate::Db::compact) does not read it (yet):
-    /// compaction follows `older_than`, `hot_max_documents` and `hot_max_bytes` only.
+    /// The low-water mark of every budget, as a fraction in `0.0..=1.0` (clamped; a NaN or
+    /// infinite value is ignored, as `None`): a tier that goes over its budget is brought down
+    /// to this fraction of it at once, rather than just below the budget, so that the next
+    /// write does not push it over again.
+    ///
+    /// - The warm tier: an insertion that would take it over
+    ///   [`TierConfig::warm_bytes`] evicts, least recently used first, down to
+    ///   `memory_pressure × warm_bytes`.
+    /// - Compaction ([`Db::compact`](crate::Db::compact)): a collection holding more than
+    ///   `hot_max_documents` documents keeps `⌊memory_pressure × hot_max_documents⌋` of them
+    ///   hot, and one holding more than `hot_max_bytes` bytes keeps at most
+    ///   `⌊memory_pressure × hot_max_bytes⌋`; the others move, oldest first. A collection
+    ///   within its limits moves nothing on their account. `older_than` is not affected.
+    ///
+    /// For example `hot_max_documents: Some(10_000), memory_pressure: Some(0.8)`: a compaction
+    /// finding 10_001 hot documents moves 2_001 of them, leaving 8_000.
     pub memory_pressure: Option<f64>,
 }
 

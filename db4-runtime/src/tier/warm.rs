@@ -298,7 +298,10 @@ impl WarmTier {
     }
 
     /// Whether the tier holds more than its memory-pressure fraction of the budget.
-    #[allow(dead_code, reason = "for compaction (the cold tier)")]
+    #[allow(
+        dead_code,
+        reason = "not read: compaction applies memory_pressure to its own limits (hot_max_documents, hot_max_bytes)"
+    )]
     pub(crate) fn under_pressure(&self) -> bool {
         self.low_water < self.capacity && self.lock().bytes > self.low_water
     }

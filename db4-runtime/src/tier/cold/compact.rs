@@ -75,6 +75,16 @@ impl Db {
     }
 }
 
+/// What a collection keeps hot once it went over `limit` (`hot_max_documents` or
+/// `hot_max_bytes`): `memory_pressure × limit` (the fraction clamped to `0.0..=1.0`; a NaN or
+/// infinite one ignored), else the limit itself.
+fn low_water(limit: u64, pressure: Option<f64>) -> u64 {
+    match pressure {
+        Some(f) if f.is_finite() => ((limit as f64) * f.clamp(0.0, 1.0)).floor() as u64,
+        _ => limit,
+    }
+}
+
 /// Deletes the objects no segment row names (inside the write transaction, so no other
 /// compaction is writing segments meanwhile).
 fn delete_orphans(conn: &dyn Connection, cold: &ColdTier) -> Result<u64> {
@@ -154,8 +164,9 @@ fn compact_collection(
     if let Some(max) = policy.hot_max_documents {
         let n = crate::store::codec::count(conn, meta.collection, &meta.sql.count, &[])?;
         if n > max {
+            let keep = low_water(max, policy.memory_pressure);
             let sql = format!("SELECT \"_id\" FROM {table} WHERE {pad} {order} LIMIT ?2");
-            ids(&sql, &[path.clone(), Value::Integer((n - max).min(i64::MAX as u64) as i64)], &mut take)?;
+            ids(&sql, &[path.clone(), Value::Integer((n - keep).min(i64::MAX as u64) as i64)], &mut take)?;
         }
     }
     if let Some(max) = policy.hot_max_bytes {
@@ -170,8 +181,9 @@ fn compact_collection(
             Ok(())
         })?;
         let mut total: u64 = rows.iter().map(|r| r.1).sum();
+        let keep = if total > max { low_water(max, policy.memory_pressure) } else { max };
         for (id, len) in rows {
-            if total <= max {
+            if total <= keep {
                 break;
             }
             total -= len;
@@ -238,10 +250,19 @@ fn compact_collection(
     docs.extend(carried);
     docs.sort_by(|a, b| cmp_ids(&a.id, &b.id));
 
+    // The value ranges `include_cold` reads prune segments by: every indexed field's (the
+    // version field's copy in the document may be stale, so not that one).
+    let stats: Vec<&str> = meta
+        .schema
+        .fields()
+        .iter()
+        .filter(|f| !f.is_id() && !f.is_version() && f.has_column())
+        .map(|f| f.key())
+        .collect();
     for chunk in docs.chunks(MAX_SEGMENT_DOCS) {
         let seq = next_seq(conn)?;
         let key = format!("{}/{seq:012}.jsonl.gz", meta.collection);
-        let (file, manifest) = segment::build(&key, meta.collection, chunk)?;
+        let (file, manifest) = segment::build(&key, meta.collection, chunk, &stats)?;
         let json = manifest.to_json();
         cold.store().put(&key, &file)?;
         cold.store().put(&format!("{key}.manifest.json"), json.as_bytes())?;

@@ -1,18 +1,20 @@
-//! `include_cold(true)`: the live documents of every segment of a collection, filtered and
+//! `include_cold(true)`: the live documents of the segments of a collection that may hold a
+//! match ([`Prune`]: by id range and by the value ranges of indexed fields), filtered and
 //! ordered in memory by the query evaluator (`query::eval`) exactly as the SQL path filters
 //! and orders hot rows, to be merged with them.
 
-use super::segment::{ColdDoc, cmp_ids};
+use super::segment::{ColdDoc, Manifest, cmp_ids};
 use super::{ColdTier, TOMBSTONES, generation};
 use crate::backend::Connection;
 use crate::error::Result;
-use crate::query::eval::{DocFields, Matcher, compare_fields};
-use crate::query::filter::Expr;
+use crate::query::eval::{DocFields, Matcher, compare_fields, value_cmp};
+use crate::query::filter::{Atom, CmpOp, Expr};
 use crate::store::codec::IdKey;
 use crate::store::meta::CollectionMeta;
 use crate::value::Value;
 use std::cmp::Ordering;
 use std::collections::HashSet;
+use std::ops::Bound;
 
 /// A document of a merge: its stored id, its JSON as a query sees it (the version column
 /// written into the version field) and its version column.
@@ -35,10 +37,111 @@ impl Row {
     }
 }
 
-/// Every live cold document of `meta`'s collection (segments read whole, checksums checked).
-pub(crate) fn live(cold: &ColdTier, conn: &dyn Connection, meta: &CollectionMeta) -> Result<Vec<Row>> {
+/// What an `include_cold` read knows its documents must satisfy, to skip the segments that
+/// cannot hold one: ranges of values of fields, each `(field, lower, upper)` (all of them
+/// must hold). A segment is skipped when one range misses its id range (for the id field) or
+/// the value range its manifest records for the field; a field the manifest has no range for
+/// (an old manifest, a field without an index) skips nothing.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Prune {
+    ranges: Vec<(usize, Bound<Value>, Bound<Value>)>,
+}
+
+impl Prune {
+    /// What `filters` (all must hold) imply: the comparisons, `between`s, `in_list`s and
+    /// `starts_with`s at their top level and under `and`s (not under `or` or `not`).
+    pub(crate) fn of_filters(filters: &[Expr]) -> Self {
+        let mut prune = Prune::default();
+        let mut stack: Vec<&Expr> = filters.iter().collect();
+        while let Some(expr) = stack.pop() {
+            match expr {
+                Expr::And(items) => stack.extend(items.iter()),
+                Expr::Atom(atom) => prune.atom(atom),
+                Expr::Not(_) | Expr::Or(_) => {}
+            }
+        }
+        prune
+    }
+
+    fn atom(&mut self, atom: &Atom) {
+        use Bound::{Excluded, Included, Unbounded};
+        // `None` operands (tests for `None`) and NaNs imply no range.
+        let some = |v: &Value| !matches!(v, Value::Null) && !matches!(v, Value::Real(r) if !r.is_finite());
+        match atom {
+            Atom::Compare { field, op, value } if some(value) => {
+                let v = value.clone();
+                let (lower, upper) = match op {
+                    CmpOp::Eq => (Included(v.clone()), Included(v)),
+                    CmpOp::Gt => (Excluded(v), Unbounded),
+                    CmpOp::Gte => (Included(v), Unbounded),
+                    CmpOp::Lt => (Unbounded, Excluded(v)),
+                    CmpOp::Lte => (Unbounded, Included(v)),
+                    CmpOp::Ne => return,
+                };
+                self.range(*field, lower, upper);
+            }
+            Atom::Between { field, low, high } if some(low) && some(high) => {
+                self.range(*field, Included(low.clone()), Included(high.clone()));
+            }
+            Atom::In { field, values } if !values.is_empty() && values.iter().all(some) => {
+                let min = values.iter().min_by(|a, b| value_cmp(a, b));
+                let max = values.iter().max_by(|a, b| value_cmp(a, b));
+                if let (Some(min), Some(max)) = (min, max) {
+                    self.range(*field, Included(min.clone()), Included(max.clone()));
+                }
+            }
+            // Text starting with the prefix sorts at or after it (and after every number).
+            Atom::StartsWith { field, prefix } => self.range(*field, Included(Value::Text(prefix.clone())), Unbounded),
+            _ => {}
+        }
+    }
+
+    /// Adds a range `field` must be in (values ordered by `value_cmp`; `None` is below
+    /// every value, so a lower bound excludes it).
+    pub(crate) fn range(&mut self, field: usize, lower: Bound<Value>, upper: Bound<Value>) {
+        if !matches!((&lower, &upper), (Bound::Unbounded, Bound::Unbounded)) {
+            self.ranges.push((field, lower, upper));
+        }
+    }
+
+    /// Whether segment `m` may hold a document of these ranges.
+    pub(crate) fn admits(&self, meta: &CollectionMeta, m: &Manifest) -> bool {
+        let fields = meta.schema.fields();
+        self.ranges.iter().all(|(field, lower, upper)| {
+            let Some(def) = fields.get(*field) else { return true };
+            let (range, nulls) = if def.is_id() {
+                (Some((m.min(), m.max())), 0)
+            } else {
+                match m.fields.iter().find(|f| f.key == def.key()) {
+                    Some(stats) => (stats.range(), stats.nulls),
+                    None => return true,
+                }
+            };
+            // A `None` is in a range without a lower bound.
+            let null_in = nulls > 0 && matches!(lower, Bound::Unbounded);
+            let overlap = range.is_some_and(|(min, max)| {
+                let above = match lower {
+                    Bound::Unbounded => true,
+                    Bound::Included(b) => value_cmp(&max, b) != Ordering::Less,
+                    Bound::Excluded(b) => value_cmp(&max, b) == Ordering::Greater,
+                };
+                let below = match upper {
+                    Bound::Unbounded => true,
+                    Bound::Included(b) => value_cmp(&min, b) != Ordering::Greater,
+                    Bound::Excluded(b) => value_cmp(&min, b) == Ordering::Less,
+                };
+                above && below
+            });
+            null_in || overlap
+        })
+    }
+}
+
+/// Every live cold document of `meta`'s collection in the segments `prune` admits (those
+/// segments read whole, checksums checked; the others not read at all).
+pub(crate) fn live(cold: &ColdTier, conn: &dyn Connection, meta: &CollectionMeta, prune: &Prune) -> Result<Vec<Row>> {
     let mut out = Vec::new();
-    for m in cold.segments(conn, meta.collection)?.iter() {
+    for m in cold.segments(conn, meta.collection)?.iter().filter(|m| prune.admits(meta, m)) {
         cold.reads.fetch_add(m.blocks.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let file = cold
             .store()
@@ -77,13 +180,14 @@ pub(crate) fn merged(
     hot: &mut dyn FnMut() -> Result<Vec<Row>>,
 ) -> Result<Vec<Row>> {
     let matcher = Matcher::new(meta.schema, filters)?;
+    let prune = Prune::of_filters(filters);
     let mut attempts = 0;
     loop {
         attempts += 1;
         let before = generation(conn)?;
         // Cold first: a document brought back hot meanwhile is then seen in both, never in
         // neither.
-        let cold_rows = live(cold, conn, meta)?;
+        let cold_rows = live(cold, conn, meta, &prune)?;
         let hot_rows = hot()?;
         if generation(conn)? != before && attempts < 4 {
             continue;

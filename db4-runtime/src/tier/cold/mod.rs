@@ -312,6 +312,26 @@ pub(crate) fn get<T: Document>(
     hot: &dyn Fn() -> Result<Option<T>>,
 ) -> Result<Option<T>> {
     let Some(cold) = cold else { return Ok(None) };
+    match find_doc(cold, conn, meta, id)? {
+        Some(doc) => decode(meta, &doc).map(Some),
+        // Brought back hot (or written) since the hot miss?
+        None => hot(),
+    }
+}
+
+/// The live cold copy of `id`, as stored (id, JSON, version column), read as [`get`] reads
+/// it: starting over (up to three times) if the segment generation moved meanwhile. `None`
+/// if no live segment holds it; the caller then looks at the hot table again.
+///
+/// # Errors
+///
+/// [`Error::Corrupted`](crate::Error::Corrupted) naming a missing or damaged segment.
+pub(crate) fn find_doc(
+    cold: &ColdTier,
+    conn: &dyn Connection,
+    meta: &CollectionMeta,
+    id: &Value,
+) -> Result<Option<ColdDoc>> {
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -321,15 +341,18 @@ pub(crate) fn get<T: Document>(
         if moved && attempts < 4 {
             continue;
         }
-        return match found? {
-            Some((_, doc)) => {
-                let version = if meta.versioned { doc.version } else { None };
-                decode_json::<T>(meta, &doc.doc, version).map(Some).map_err(|e| with_id(e, id))
-            }
-            // Brought back hot (or written) since the hot miss?
-            None => hot(),
-        };
+        return found.map(|found| found.map(|(_, doc)| doc));
     }
+}
+
+/// A cold copy decoded as a `T` (its version column authoritative in a versioned collection).
+///
+/// # Errors
+///
+/// [`Error::Serialization`](crate::Error::Serialization) naming the document.
+pub(crate) fn decode<T: Document>(meta: &CollectionMeta, doc: &ColdDoc) -> Result<T> {
+    let version = if meta.versioned { doc.version } else { None };
+    decode_json::<T>(meta, &doc.doc, version).map_err(|e| with_id(e, &doc.id))
 }
 
 /// Fills the `None`s of a `get_many` result from the cold tier.

@@ -81,6 +81,11 @@ pub(crate) struct Manifest {
     pub crc32: u32,
     pub blocks: Vec<BlockInfo>,
     pub bloom: Bloom,
+    /// The smallest and largest value of each indexed field in the segment, for
+    /// `include_cold` reads to skip segments that cannot match. Absent from manifests
+    /// written before it (then nothing is known, and nothing is skipped by field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldStats>,
     /// The id range, and each block's, as stored ids (filled by [`Manifest::parse`]).
     #[serde(skip)]
     ids: Ranges,
@@ -96,6 +101,89 @@ struct Ranges {
 impl Default for Ranges {
     fn default() -> Self {
         Ranges { min: Value::Null, max: Value::Null, blocks: Vec::new() }
+    }
+}
+
+/// The values one field takes in a segment, as the query evaluator reads them from the
+/// documents (`query::eval::DocFields`) and orders them (`query::eval::value_cmp`: SQLite's
+/// order, numbers before text).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct FieldStats {
+    /// The field's key in the documents.
+    pub key: String,
+    /// The smallest and largest non-null values (a JSON number or string); both `null` when
+    /// every document lacks the field or holds `null` there.
+    pub min: serde_json::Value,
+    pub max: serde_json::Value,
+    /// Documents whose value is `null` (or missing).
+    pub nulls: u64,
+}
+
+impl FieldStats {
+    /// The values of the fields `keys` over `docs` (each document parsed once); a field
+    /// with a value that is not a number or a string (a blob, which JSON documents do not
+    /// hold) gets none, and none do if a document does not parse.
+    fn of(keys: &[&str], docs: &[ColdDoc]) -> Vec<FieldStats> {
+        use crate::query::eval::{DocFields, value_cmp};
+        // Per field: its smallest and largest values, its nulls, and whether it is usable.
+        let mut acc: Vec<(Option<Value>, Option<Value>, u64, bool)> = vec![(None, None, 0, true); keys.len()];
+        for d in docs {
+            let Ok(fields) = DocFields::parse(&d.doc) else { return Vec::new() };
+            for (key, (min, max, nulls, ok)) in keys.iter().zip(acc.iter_mut()) {
+                if !*ok {
+                    continue;
+                }
+                let v = fields.value(key);
+                match v {
+                    Value::Null => {
+                        *nulls += 1;
+                        continue;
+                    }
+                    Value::Integer(_) | Value::Text(_) => {}
+                    Value::Real(r) if r.is_finite() => {}
+                    _ => {
+                        *ok = false;
+                        continue;
+                    }
+                }
+                if min.as_ref().is_none_or(|m| value_cmp(&v, m) == Ordering::Less) {
+                    *min = Some(v.clone());
+                }
+                if max.as_ref().is_none_or(|m| value_cmp(&v, m) == Ordering::Greater) {
+                    *max = Some(v);
+                }
+            }
+        }
+        let json = |v: Option<Value>| match v {
+            Some(Value::Real(r)) => serde_json::Number::from_f64(r).map_or(serde_json::Value::Null, Into::into),
+            Some(v) => id_json(&v),
+            None => serde_json::Value::Null,
+        };
+        keys.iter()
+            .zip(acc)
+            .filter(|(_, (.., ok))| *ok)
+            .map(|(key, (min, max, nulls, _))| FieldStats {
+                key: (*key).to_owned(),
+                min: json(min),
+                max: json(max),
+                nulls,
+            })
+            .collect()
+    }
+
+    /// The smallest and largest non-null values as values (`None` if there are none, or the
+    /// manifest holds something else there).
+    pub(crate) fn range(&self) -> Option<(Value, Value)> {
+        Some((stat_value(&self.min)?, stat_value(&self.max)?))
+    }
+}
+
+/// A value of [`FieldStats`] read back: an integer, a real or a text.
+fn stat_value(v: &serde_json::Value) -> Option<Value> {
+    match v {
+        serde_json::Value::String(s) => Some(Value::Text(s.clone())),
+        serde_json::Value::Number(n) => n.as_i64().map(Value::Integer).or_else(|| n.as_f64().map(Value::Real)),
+        _ => None,
     }
 }
 
@@ -195,8 +283,8 @@ fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Builds a segment of `docs` (sorted by id, non-empty) under `key`: the file's bytes and its
-/// manifest.
-pub(crate) fn build(key: &str, collection: &str, docs: &[ColdDoc]) -> Result<(Vec<u8>, Manifest)> {
+/// manifest, with the value range of each field of `stats` (keys in the documents).
+pub(crate) fn build(key: &str, collection: &str, docs: &[ColdDoc], stats: &[&str]) -> Result<(Vec<u8>, Manifest)> {
     let (Some(first), Some(last)) = (docs.first(), docs.last()) else {
         return Err(Error::invalid_query(collection, "internal: an empty cold segment"));
     };
@@ -242,6 +330,7 @@ pub(crate) fn build(key: &str, collection: &str, docs: &[ColdDoc]) -> Result<(Ve
         crc32: crc32(&[&file]),
         blocks,
         bloom: Bloom::with_ids(docs.iter().map(|d| &d.id)),
+        fields: FieldStats::of(stats, docs),
         ids: Ranges::default(),
     };
     Ok((file, manifest))
@@ -396,10 +485,20 @@ mod tests {
     #[test]
     fn round_trip_blocks_bloom_and_damage() -> Result<()> {
         let all = docs(3000);
-        let (file, manifest) = build("c/1-0.jsonl.gz", "c", &all)?;
+        let (file, manifest) = build("c/1-0.jsonl.gz", "c", &all, &["n", "body", "none"])?;
         assert!(manifest.blocks.len() > 2, "several blocks");
         let m = Manifest::parse("c", "c/1-0.jsonl.gz", &manifest.to_json())?;
         assert_eq!(decode_all(&m, &file)?, all);
+        let n = m.fields.iter().find(|f| f.key == "n").and_then(FieldStats::range);
+        assert_eq!(n, Some((Value::Integer(0), Value::Integer(2999))));
+        let none = m.fields.iter().find(|f| f.key == "none").expect("a field no document has");
+        assert_eq!((none.range(), none.nulls), (None, 3000));
+        // A manifest without field statistics (written before them) still reads.
+        let mut old: serde_json::Value = serde_json::from_str(&manifest.to_json()).expect("json");
+        old.as_object_mut().expect("an object").remove("fields");
+        let old = Manifest::parse("c", "c/1-0.jsonl.gz", &old.to_string())?;
+        assert!(old.fields.is_empty());
+        assert_eq!(decode_all(&old, &file)?, all);
         for d in &all {
             assert!(m.may_contain(&d.id));
             let b = m.block_for(&d.id).expect("a block");
