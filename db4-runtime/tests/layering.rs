@@ -29,6 +29,7 @@ const LAYERS: &[&str] = &[
     "range",
     "shard",
     "tier",
+    "remote",
 ];
 
 /// The seams where a lower layer calls up into the storage tiers, each named: the tiers hook
