@@ -548,6 +548,17 @@ impl Db {
         Ok(DbStats { collections, change_log })
     }
 
+    /// The bytes the database takes in its storage: SQLite's pages natively, the object's
+    /// `databaseSize` on a Durable Object (which caps it at 10 GB). A sharded deployment
+    /// splits a shard long before that (see `DurableRouter::hot_shards`).
+    ///
+    /// # Errors
+    ///
+    /// A backend error reading the size.
+    pub fn database_bytes(&self) -> Result<u64> {
+        self.backend().database_bytes()
+    }
+
     /// The options this database was opened with.
     pub fn options(&self) -> &DbOptions {
         &self.inner.options

@@ -9,7 +9,9 @@
 #      SIGKILL it while a writer streams inserts, restart, check again (every acknowledged
 #      write there with its change-log event, the one in flight stored and logged or neither,
 #      a consumer resuming after its acknowledgement);
-#   5. with --bench, measure db4 routes against hand-written SqlStorage routes.
+#   5. split a shard object under four writers; split another and SIGKILL workerd mid-split,
+#      restart, check the split resumes and ends with every acknowledged write there once;
+#   6. with --bench, measure db4 routes against hand-written SqlStorage routes.
 #
 # workerd is always stopped by its own PID (SIGTERM, then SIGKILL), whatever happens.
 #
@@ -177,6 +179,34 @@ wait "$WRITER_PID" || { say "the writer failed"; exit 1; }
 [ "$(wc -l <"$ACKED")" -gt 0 ] || { say "no insert was acknowledged before the SIGKILL"; exit 1; }
 start_workerd
 persist verify_more
+
+# Splits on 8 shard objects: under four writers to the end, then across a SIGKILL of workerd
+# while the coordinator's alarm is copying; after the restart the split resumes and ends, and
+# every acknowledged write is there exactly once.
+split_phase() {
+  say "split phase: $1"
+  DB4_E2E_SPLIT="$1" suite --exact split::split --nocapture
+}
+split_phase load
+SPLIT_ACKED="$RUN_DIR/split-acked.txt"
+SPLIT_MARK="$RUN_DIR/split-mark.json"
+: >"$SPLIT_ACKED"
+rm -f "$SPLIT_MARK"
+export DB4_E2E_ACKED="$SPLIT_ACKED" DB4_E2E_SPLIT_MARK="$SPLIT_MARK"
+say "split phase: write (in the background, until the SIGKILL)"
+DB4_E2E_SPLIT=write suite --exact split::split --nocapture &
+WRITER_PID=$!
+for _ in $(seq 1 900); do
+  [ -s "$SPLIT_MARK" ] && break
+  kill -0 "$WRITER_PID" 2>/dev/null || break
+  sleep 0.1
+done
+[ -s "$SPLIT_MARK" ] || { say "the split never reached its copy"; wait "$WRITER_PID" || true; exit 1; }
+say "restart (SIGKILL mid-split: $(cat "$SPLIT_MARK"))"
+stop_workerd KILL
+wait "$WRITER_PID" || { say "the split writers failed"; exit 1; }
+start_workerd
+split_phase resume
 
 files="$(find "$STORAGE" -name '*.sqlite' | wc -l)"
 say "$files Durable Object databases on disk under $STORAGE"

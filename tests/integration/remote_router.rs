@@ -477,3 +477,144 @@ fn a_split_interrupted_anywhere_resumes_without_loss_or_duplicates() -> db4::Res
 fn router_insert(router: &DurableRouter<Ticket>, t: &Ticket) -> db4::Result<()> {
     block_on(router.insert(t))
 }
+
+mod search {
+    //! `DurableRouter::search`: the two rounds over the protocol rank as one database does.
+    use super::{block_on, config};
+    use crate::shard_search::Note;
+    use db4::prelude::*;
+    use db4::remote::{DurableRouter, LocalShards};
+    use proptest::prelude::*;
+    use std::rc::Rc;
+
+    const WORDS: &[&str] = &["edge", "database", "sqlite", "cache", "cloud", "worker", "shard", "index"];
+
+    fn note(id: i64, tenant: &str, title: &str, body: &str) -> Note {
+        Note {
+            id,
+            tenant: tenant.to_owned(),
+            kind: if id % 2 == 0 { "even".into() } else { "odd".into() },
+            title: title.to_owned(),
+            body: body.to_owned(),
+        }
+    }
+
+    /// A router over `shards` shard objects and one database, both holding `docs` (inserted
+    /// in id order: the database's rowids, which break its ties, are the ids).
+    fn both(shards: u32, docs: &[Note]) -> db4::Result<(DurableRouter<Note>, Db)> {
+        let local = Rc::new(LocalShards::in_memory()?.serve::<Note>());
+        let router = block_on(DurableRouter::<Note>::open(local, config(shards)))?;
+        let db = Db::open_in_memory()?;
+        let one = db.collection::<Note>()?;
+        let mut sorted = docs.to_vec();
+        sorted.sort_by_key(|d| d.id);
+        block_on(router.insert_many(&sorted))?;
+        one.insert_many(&sorted)?;
+        Ok((router, db))
+    }
+
+    fn ranked(res: &db4::fts::SearchResults<Note>) -> Vec<(i64, f64)> {
+        res.hits.iter().map(|h| (h.doc.id, h.score)).collect()
+    }
+
+    fn same_ranking(router: &[(i64, f64)], one: &[(i64, f64)]) -> Result<(), String> {
+        let ids = |r: &[(i64, f64)]| r.iter().map(|h| h.0).collect::<Vec<_>>();
+        if ids(router) != ids(one) {
+            return Err(format!("router {router:?}\n   one {one:?}"));
+        }
+        for ((_, a), (_, b)) in router.iter().zip(one) {
+            if (a - b).abs() > 1e-9 * a.abs().max(b.abs()).max(1e-300) {
+                return Err(format!("scores differ: router {router:?}\n   one {one:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn highlights_snippets_totals_and_pages_equal_one_database() -> db4::Result<()> {
+        let docs: Vec<Note> = (0..60)
+            .map(|i| {
+                let body =
+                    if i % 3 == 0 { "an edge database at the edge of the network" } else { "a cache in the cloud" };
+                note(i, &format!("t{}", i % 7), if i % 5 == 0 { "edge notes" } else { "notes" }, body)
+            })
+            .collect();
+        let (router, db) = both(8, &docs)?;
+        let one = db.collection::<Note>()?;
+        let r = block_on(router.search("edge").highlight("[", "]").snippet(6).with_total().limit(4).offset(1).run())?;
+        let o = one.search("edge").highlight("[", "]").snippet(6).with_total().limit(4).offset(1).run()?;
+        assert_eq!(r.total, o.total);
+        assert_eq!(r.total, Some(28));
+        same_ranking(&ranked(&r), &ranked(&o)).unwrap();
+        for (a, b) in r.hits.iter().zip(&o.hits) {
+            assert_eq!(a.doc, b.doc);
+            assert_eq!(a.highlights, b.highlights);
+            assert_eq!(a.snippet, b.snippet);
+            assert!(a.snippet.as_deref().is_some_and(|s| s.contains("[edge]")), "{:?}", a.snippet);
+        }
+        // A filter pinning the partition key searches one shard, scored with every shard's
+        // statistics; a filter on another field searches them all.
+        let f = Note::fields();
+        for filter in [f.tenant.eq("t2".to_string()), f.kind.eq("odd".to_string())] {
+            let r = block_on(router.search("edge OR cloud").filter(filter.clone()).with_total().run())?;
+            let o = one.search("edge OR cloud").filter(filter).with_total().run()?;
+            assert_eq!(r.total, o.total);
+            same_ranking(&ranked(&r), &ranked(&o)).unwrap();
+        }
+        // min_score as one database cuts it.
+        let bar = o.hits.get(1).map_or(0.0, |h| h.score);
+        let r = block_on(router.search("edge OR cloud").min_score(bar).with_total().run())?;
+        let o = one.search("edge OR cloud").min_score(bar).with_total().run()?;
+        assert_eq!(r.total, o.total);
+        same_ranking(&ranked(&r), &ranked(&o)).unwrap();
+        Ok(())
+    }
+
+    #[test]
+    fn bad_searches_fail_before_any_request() -> db4::Result<()> {
+        let local = Rc::new(LocalShards::in_memory()?.serve::<Note>());
+        let router = block_on(DurableRouter::<Note>::open(Rc::clone(&local), config(4)))?;
+        let before = local.requests();
+        for bad in ["\"unclosed", "nope:edge", "(edge", ""] {
+            let r = block_on(router.search(bad).run());
+            assert!(matches!(r, Err(Error::InvalidQuery { .. })), "{bad:?}: {r:?}");
+        }
+        assert!(matches!(block_on(router.search("edge").snippet(0).run()), Err(Error::InvalidQuery { .. })));
+        assert!(matches!(block_on(router.search("edge").min_score(f64::NAN).run()), Err(Error::InvalidQuery { .. })));
+        assert_eq!(local.requests(), before, "refused searches send nothing");
+        Ok(())
+    }
+
+    fn text_strategy(max: usize) -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(WORDS), 0..max).prop_map(|w| w.join(" "))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Random corpora over random shard counts: every query's hits, order and scores equal
+        /// one database's.
+        #[test]
+        fn random_searches_rank_as_one_database(
+            shards in 1u32..6,
+            docs in prop::collection::vec((0usize..9, text_strategy(4), text_strategy(12)), 1..60),
+            query in prop::sample::select(vec!["edge", "edge database", "cache OR cloud", "\"edge database\"", "sqlite NOT cache", "title:shard"]),
+            limit in 1usize..12,
+            offset in 0usize..4,
+        ) {
+            let notes: Vec<Note> = docs
+                .iter()
+                .enumerate()
+                .map(|(i, (t, title, body))| note(i as i64, &format!("t{t}"), title, body))
+                .collect();
+            let (router, db) = both(shards, &notes).unwrap();
+            let one = db.collection::<Note>().unwrap();
+            let r = block_on(router.search(query).limit(limit).offset(offset).with_total().run()).unwrap();
+            let o = one.search(query).limit(limit).offset(offset).with_total().run().unwrap();
+            prop_assert_eq!(r.total, o.total);
+            if let Err(e) = same_ranking(&ranked(&r), &ranked(&o)) {
+                return Err(TestCaseError::fail(e));
+            }
+        }
+    }
+}

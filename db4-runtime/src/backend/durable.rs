@@ -64,6 +64,11 @@ impl Backend for DurableBackend {
         Some(0)
     }
 
+    /// The object's `databaseSize`: what its storage holds, as Cloudflare counts it.
+    fn database_bytes(&self) -> Result<u64> {
+        Ok(self.sql.database_size() as u64)
+    }
+
     fn run(&self, access: Access, f: &mut dyn FnMut(&dyn Connection) -> Result<()>) -> Result<()> {
         let conn = DurableConnection { sql: &self.sql };
         if access != Access::Atomic {

@@ -88,6 +88,28 @@ pub trait Backend: Send + Sync + 'static {
     fn foreign_commits(&self) -> Option<u64> {
         None
     }
+
+    /// The bytes the database takes in its storage (what a Durable Object bills and caps at
+    /// 10 GB). By default, SQLite's page count times its page size.
+    ///
+    /// # Errors
+    ///
+    /// A backend error reading the pragmas.
+    fn database_bytes(&self) -> Result<u64> {
+        let mut n = [0i64; 2];
+        self.run(Access::Read, &mut |conn| {
+            for (slot, pragma) in n.iter_mut().zip(["PRAGMA page_count", "PRAGMA page_size"]) {
+                conn.query(pragma, &[], &mut |row| {
+                    if let ValueRef::Integer(v) = row.get(0)? {
+                        *slot = v;
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })?;
+        Ok(u64::try_from(n[0].saturating_mul(n[1])).unwrap_or(0))
+    }
 }
 
 /// A transaction opened by [`Backend::begin`]: a connection whose writes become durable on

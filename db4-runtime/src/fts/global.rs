@@ -36,8 +36,8 @@
 
 use crate::backend::Connection;
 use crate::error::{Error, Result};
-pub(crate) use crate::fts::engine::Options;
-use crate::fts::engine::{self, Hit, Target};
+use crate::fts::engine::{self, Hit};
+pub(crate) use crate::fts::engine::{Options, Target};
 use crate::fts::query::{QueryNode, SearchQuery, node_to_fts5, parse_in, to_fts5};
 use crate::query::filter::Expr;
 use crate::schema::quote_ident;

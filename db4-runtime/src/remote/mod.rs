@@ -17,6 +17,7 @@ pub mod protocol;
 #[cfg(feature = "sqlite")]
 mod local;
 mod router;
+mod search;
 mod server;
 mod split;
 #[cfg(feature = "cloudflare")]
@@ -25,7 +26,8 @@ mod worker;
 #[cfg(feature = "sqlite")]
 pub use local::LocalShards;
 pub use protocol::{PROTOCOL_VERSION, ShardMap};
-pub use router::{BoxFuture, DurableQuery, DurableRouter, MAX_IN_FLIGHT, ShardClient};
+pub use router::{BoxFuture, DurableQuery, DurableRouter, MAX_IN_FLIGHT, ShardClient, SplitTrigger};
+pub use search::DurableSearch;
 pub use server::{CoordinatorServer, ShardServer};
 #[cfg(feature = "cloudflare")]
 pub use worker::{COORDINATOR_NAME, WorkerShards, serve_coordinator, serve_shard, shard_object_name};

@@ -413,6 +413,68 @@ pub enum ShardOp {
     },
     /// The cleanup is done: the shard holds only its own documents again.
     FinishClean,
+    /// A full-text search's first half: the shard's statistics for `query` and, with
+    /// `filters` (`None`: the statistics only), its matching rows with what scoring them
+    /// needs. Answers [`SearchPart`]. Refused while the shard holds moved copies.
+    SearchPart {
+        /// The query, in the search language.
+        query: String,
+        /// Each filter as postfix nodes; all must hold. `None`: no matches wanted.
+        filters: Option<Vec<Vec<WireNode>>>,
+    },
+    /// A full-text search's second half: the documents of the chosen rows, with highlights
+    /// and snippets as asked. Answers [`WireHit`]s.
+    SearchPage {
+        /// The query, as in the [`ShardOp::SearchPart`] that found the rows.
+        query: String,
+        /// The highlight markers.
+        highlight: Option<(String, String)>,
+        /// The snippet length in tokens.
+        snippet: Option<usize>,
+        /// The text where a snippet cuts its field.
+        ellipsis: String,
+        /// The rows: `(rowid, id)`.
+        wanted: Vec<(i64, WireValue)>,
+    },
+}
+
+/// A shard's part of a full-text search ([`ShardOp::SearchPart`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchPart {
+    /// Rows of its full-text table.
+    pub rows: i64,
+    /// Tokens of all its columns.
+    pub tokens: i64,
+    /// Rows matching each phrase of the query alone.
+    pub phrase_rows: Vec<i64>,
+    /// The matching rows.
+    pub matches: Vec<WireMatch>,
+}
+
+/// A matching row of a search ([`SearchPart`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireMatch {
+    /// The row in the shard's full-text table.
+    pub rowid: i64,
+    /// The document's id.
+    pub id: WireValue,
+    /// Tokens in the row.
+    pub length: u64,
+    /// Per phrase then per column, the instances matched.
+    pub hits: Vec<u32>,
+}
+
+/// A hit of a search's page ([`ShardOp::SearchPage`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireHit {
+    /// The row it was asked for by.
+    pub rowid: i64,
+    /// The document's JSON.
+    pub doc: Box<RawValue>,
+    /// `(field, text)` of each field with a match, markers in place.
+    pub highlights: Vec<(String, String)>,
+    /// The snippet, if asked for.
+    pub snippet: Option<String>,
 }
 
 /// A page of a split's scan ([`ShardOp::ScanMoving`], [`ShardOp::CleanMoving`]).
@@ -467,6 +529,13 @@ pub struct WireStats {
     pub bytes: u64,
     /// The change log's last LSN.
     pub last_lsn: u64,
+    /// Requests this shard object answered per second, over the last minute (every
+    /// collection it serves: they share the object's throughput).
+    #[serde(default)]
+    pub ops_per_sec: f64,
+    /// The bytes its whole database takes ([`Db::database_bytes`](crate::Db::database_bytes)).
+    #[serde(default)]
+    pub database_bytes: u64,
 }
 
 /// A change-log event on the wire.

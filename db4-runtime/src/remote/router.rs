@@ -56,6 +56,23 @@ pub trait ShardClient: 'static {
     }
 }
 
+/// When a shard object should split ([`DurableRouter::hot_shards`]): either limit reached.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SplitTrigger {
+    /// Requests per second (over the last minute) a shard object answers.
+    pub ops_per_sec: f64,
+    /// Bytes its database takes.
+    pub database_bytes: u64,
+}
+
+impl Default for SplitTrigger {
+    /// 200 requests per second (a Durable Object serves a few hundred writes a second), or
+    /// 5 GiB (half of the 10 GB a Durable Object may store, so the split's copy fits).
+    fn default() -> Self {
+        SplitTrigger { ops_per_sec: 200.0, database_bytes: 5 << 30 }
+    }
+}
+
 /// Requests in flight at once in a scatter-gather: a Worker opens at most six connections at
 /// a time (more wait), and each shard request is one subrequest of the incoming request's
 /// budget.
@@ -338,7 +355,7 @@ impl<T: Partitioned> DurableRouter<T> {
         Ok(())
     }
 
-    fn gave_up(&self) -> Error {
+    pub(super) fn gave_up(&self) -> Error {
         Error::migration_state(format!(
             "the shards of {:?} kept reporting a newer ring than the coordinator's (epoch {}); a split is \
              switching: try again",
@@ -542,6 +559,28 @@ impl<T: Partitioned> DurableRouter<T> {
         Err(self.gave_up())
     }
 
+    /// The shards that should split under `trigger`: those at or above its request rate or
+    /// its database size, the most loaded first (by the larger of the two ratios).
+    ///
+    /// The rate is each shard object's own count of the requests it answered over the last
+    /// minute, from every router, not this router's share.
+    ///
+    /// # Errors
+    ///
+    /// As [`stats`](Self::stats).
+    pub async fn hot_shards(&self, trigger: &SplitTrigger) -> Result<Vec<(ShardId, WireStats)>> {
+        let load = |s: &WireStats| {
+            let rate = if trigger.ops_per_sec > 0.0 { s.ops_per_sec / trigger.ops_per_sec } else { 0.0 };
+            let size =
+                if trigger.database_bytes > 0 { s.database_bytes as f64 / trigger.database_bytes as f64 } else { 0.0 };
+            rate.max(size)
+        };
+        let mut hot: Vec<(ShardId, WireStats)> =
+            self.stats().await?.into_iter().filter(|(_, s)| load(s) >= 1.0).collect();
+        hot.sort_by(|a, b| load(&b.1).total_cmp(&load(&a.1)).then(a.0.cmp(&b.0)));
+        Ok(hot)
+    }
+
     /// Up to `limit` events of `shard`'s change log for this collection, after LSN `after`.
     ///
     /// # Errors
@@ -563,7 +602,7 @@ impl<T: Partitioned> DurableRouter<T> {
 
     /// `op(shard)` on each of `shards`, at most [`MAX_IN_FLIGHT`] at once, in `shards` order;
     /// `None` (after reloading the map) when a shard reports a newer ring, so callers re-plan.
-    async fn scatter(
+    pub(super) async fn scatter(
         &self,
         shards: &[ShardId],
         op: impl Fn(ShardId) -> ShardOp,

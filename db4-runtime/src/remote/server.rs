@@ -7,13 +7,14 @@
 //! answers `fetch`.
 
 use super::protocol::{
-    CoordinatorOp, PROTOCOL_VERSION, ScanPage, ShardMap, ShardOp, ShardReply, ShardRequest, WireChange, WireError,
-    WireStats, decode_expr, to_raw,
+    CoordinatorOp, PROTOCOL_VERSION, ScanPage, SearchPart, ShardMap, ShardOp, ShardReply, ShardRequest, WireChange,
+    WireError, WireHit, WireMatch, WireStats, decode_expr, to_raw,
 };
 use crate::backend::{Access, Connection, run};
 use crate::collection::Collection;
 use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::fts::global;
 use crate::query::filter::Filter;
 use crate::query::{Field, Order};
 use crate::schema::{DocumentId, IdArg, Partitioned};
@@ -62,6 +63,49 @@ pub struct ShardServer {
     handlers: HashMap<&'static str, Box<dyn Handler>>,
     /// The accepted state of each collection, read from the table on first use.
     states: Mutex<HashMap<String, Option<ShardState>>>,
+    /// The requests answered, for the load in [`WireStats::ops_per_sec`].
+    load: Mutex<RateWindow>,
+}
+
+/// Events per second over a sliding minute: twelve buckets of five seconds.
+#[derive(Debug, Default)]
+struct RateWindow {
+    buckets: [u64; RATE_BUCKETS],
+    /// The bucket last written (milliseconds / bucket width).
+    at: u64,
+    /// When the first event came: the rate of a young object is over its age.
+    since: Option<u64>,
+}
+
+const RATE_BUCKETS: usize = 12;
+const RATE_BUCKET_MS: u64 = 5_000;
+
+impl RateWindow {
+    /// Clears the buckets the clock has passed since the last write.
+    fn advance(&mut self, now_ms: u64) {
+        let now = now_ms / RATE_BUCKET_MS;
+        if now > self.at {
+            let passed = (now - self.at).min(RATE_BUCKETS as u64);
+            for i in 1..=passed {
+                self.buckets[((self.at + i) % RATE_BUCKETS as u64) as usize] = 0;
+            }
+            self.at = now;
+        }
+    }
+
+    fn record(&mut self, now_ms: u64) {
+        self.advance(now_ms);
+        self.since.get_or_insert(now_ms);
+        self.buckets[(self.at % RATE_BUCKETS as u64) as usize] += 1;
+    }
+
+    fn per_sec(&mut self, now_ms: u64) -> f64 {
+        self.advance(now_ms);
+        let Some(since) = self.since else { return 0.0 };
+        let window = RATE_BUCKET_MS * RATE_BUCKETS as u64;
+        let span = now_ms.saturating_sub(since).clamp(1_000, window);
+        self.buckets.iter().sum::<u64>() as f64 * 1000.0 / span as f64
+    }
 }
 
 impl std::fmt::Debug for ShardServer {
@@ -86,7 +130,12 @@ impl ShardServer {
                  \"foreign\" INTEGER NOT NULL DEFAULT 0)"
             ))
         })?;
-        Ok(Self { db, handlers: HashMap::new(), states: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            db,
+            handlers: HashMap::new(),
+            states: Mutex::new(HashMap::new()),
+            load: Mutex::new(RateWindow::default()),
+        })
     }
 
     /// Serves the collection of `T` too.
@@ -159,7 +208,13 @@ impl ShardServer {
                 reason: format!("this object is shard {}, not shard {}", state.shard.get(), req.shard),
             });
         }
-        match handler.handle(&self.db, &state, req.op) {
+        let ops_per_sec = {
+            let mut load = self.load.lock().unwrap_or_else(|e| e.into_inner());
+            let now = crate::store::outbox::now_ms();
+            load.record(now);
+            load.per_sec(now)
+        };
+        match handler.handle(&self.db, &state, req.op, ops_per_sec) {
             Ok(result) => ShardReply::Ok { result },
             Err(e) => err_reply((&e).into()),
         }
@@ -271,7 +326,7 @@ fn null_raw() -> Box<RawValue> {
 
 /// One collection's operations.
 trait Handler: Send + Sync {
-    fn handle(&self, db: &Db, state: &ShardState, op: ShardOp) -> Result<Box<RawValue>>;
+    fn handle(&self, db: &Db, state: &ShardState, op: ShardOp, ops_per_sec: f64) -> Result<Box<RawValue>>;
 }
 
 struct Typed<T>(PhantomData<fn() -> T>);
@@ -359,6 +414,19 @@ impl<T: Partitioned> Typed<T> {
             .ok_or_else(|| Error::invalid_query(Self::name(), format!("no field {name:?} in this collection")))
     }
 
+    /// What a search of `T` runs over, and `query` parsed for it.
+    fn search_target(query: &str) -> Result<(global::Target<'static>, global::Prepared)> {
+        let target = global::target_of::<T>();
+        if target.fields.is_empty() {
+            return Err(Error::invalid_query(
+                Self::name(),
+                format!("`{}` has no `#[fts]` field to search", T::schema().type_name()),
+            ));
+        }
+        let prepared = global::prepare(&target, query)?;
+        Ok((target, prepared))
+    }
+
     fn filters(filters: Vec<Vec<super::protocol::WireNode>>) -> Result<Vec<Filter<T>>> {
         filters.into_iter().map(|nodes| Ok(Filter::new(decode_expr(T::schema(), nodes)?))).collect()
     }
@@ -387,7 +455,7 @@ impl<T: Partitioned> Typed<T> {
 }
 
 impl<T: Partitioned> Handler for Typed<T> {
-    fn handle(&self, db: &Db, state: &ShardState, op: ShardOp) -> Result<Box<RawValue>> {
+    fn handle(&self, db: &Db, state: &ShardState, op: ShardOp, ops_per_sec: f64) -> Result<Box<RawValue>> {
         let name = Self::name();
         let c = db.collection::<T>()?;
         match op {
@@ -533,9 +601,51 @@ impl<T: Partitioned> Handler for Typed<T> {
                 to_raw(name, &out)
             }
             ShardOp::Stats => {
-                let stats =
-                    WireStats { documents: c.count()?, bytes: c.stored_bytes()?, last_lsn: db.last_lsn()?.get() };
+                let stats = WireStats {
+                    documents: c.count()?,
+                    bytes: c.stored_bytes()?,
+                    last_lsn: db.last_lsn()?.get(),
+                    ops_per_sec,
+                    database_bytes: db.database_bytes()?,
+                };
                 to_raw(name, &stats)
+            }
+            ShardOp::SearchPart { query, filters } => {
+                if state.foreign {
+                    return Err(Error::migration_state(
+                        "a search waits for the split's cleanup: this shard still holds copies of moved documents",
+                    ));
+                }
+                let (target, prepared) = Self::search_target(&query)?;
+                let exprs = filters
+                    .map(|f| Self::filters(f).map(|fs| fs.into_iter().map(|f| f.expr).collect::<Vec<_>>()))
+                    .transpose()?;
+                let (stats, found) = global::part(&c, &target, &prepared, exprs.as_deref())?;
+                let matches = found
+                    .into_iter()
+                    .map(|m| WireMatch { rowid: m.rowid, id: (&m.id).into(), length: m.length, hits: m.hits })
+                    .collect();
+                let part =
+                    SearchPart { rows: stats.rows, tokens: stats.tokens, phrase_rows: stats.phrase_rows, matches };
+                to_raw(name, &part)
+            }
+            ShardOp::SearchPage { query, highlight, snippet, ellipsis, wanted } => {
+                let (target, prepared) = Self::search_target(&query)?;
+                let options = global::Options { highlight, snippet, ellipsis, ..global::Options::default() };
+                options.check(name)?;
+                let wanted: Vec<(i64, Value)> = wanted.into_iter().map(|(r, id)| (r, id.into())).collect();
+                let hits = global::page_of(&c, &target, &prepared, &options, &wanted)?
+                    .into_iter()
+                    .map(|(rowid, hit)| {
+                        Ok(WireHit {
+                            rowid,
+                            doc: to_raw(name, &hit.doc)?,
+                            highlights: hit.highlights.into_iter().map(|(f, t)| (f.to_owned(), t)).collect(),
+                            snippet: hit.snippet,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                to_raw(name, &hits)
             }
             ShardOp::Assign { .. } => Err(Error::migration_state("assign is answered before the collection")),
         }

@@ -89,103 +89,119 @@ impl<T: Partitioned> DurableRouter<T> {
     pub async fn resume_split(&self) -> Result<Option<SplitReport>> {
         self.refresh().await?;
         let Some(first) = self.map().plan else { return Ok(None) };
-        let source = first.sources().first().map_or(ShardId::new(0), |s| s.shard);
-        let new_shard = targets(&first).first().copied().unwrap_or(source);
-        let mut report = SplitReport { source, new_shard, copied: 0, caught_up: 0, deleted: 0, epoch: 0 };
-        loop {
-            let map = self.map();
-            let Some(mut plan) = map.plan.clone() else { break };
-            let (before, after) = (plan.before().clone(), plan.after().clone());
-            match plan.step() {
-                MigrationStep::Planned => {
-                    for t in targets(&plan) {
-                        self.send_exact::<WireStats>(t, &after, &ShardOp::Stats).await?;
-                    }
-                    let mut starts = Vec::new();
-                    for s in plan.sources() {
-                        let stats: WireStats = self.send_exact(s.shard, &before, &ShardOp::Stats).await?;
-                        starts.push((s.shard, Lsn::new(stats.last_lsn)));
-                    }
-                    plan.begin_copy(&starts)?;
-                    self.save(ShardMap { plan: Some(plan), ..map }).await?;
-                }
-                MigrationStep::Copying => self.copy(map, plan, &mut report).await?,
-                MigrationStep::CatchingUp => {
-                    // While writes go on; a source already frozen (a resumed split) skips this.
-                    let frozen = !self.catch_up(&mut plan, &before, &mut report).await?;
-                    if !frozen {
-                        self.save(ShardMap { plan: Some(plan.clone()), ..map.clone() }).await?;
-                    }
-                    // The freeze: the sources take the new ring and redirect the old one.
-                    for s in plan.sources() {
-                        self.send_exact::<WireStats>(s.shard, &after, &ShardOp::Stats).await?;
-                    }
-                    self.catch_up(&mut plan, &after, &mut report).await?;
-                    plan.switch()?;
-                    self.save(ShardMap { ring: after.clone(), plan: Some(plan), ..map }).await?;
-                }
-                MigrationStep::Switched => {
-                    let ranges: Vec<MovedRange> = plan.ranges().to_vec();
-                    for s in plan.sources().to_vec() {
-                        let mut at: Option<WireValue> = None;
-                        loop {
-                            let op = ShardOp::CleanMoving { ranges: ranges.clone(), after: at, limit: SCAN_BATCH };
-                            let page: ScanPage = self.send_exact(s.shard, &after, &op).await?;
-                            report.deleted += page.deleted;
-                            at = page.next;
-                            if page.done {
-                                break;
-                            }
-                        }
-                        self.send_exact::<()>(s.shard, &after, &ShardOp::FinishClean).await?;
-                    }
-                    plan.finish_cleanup()?;
-                    self.save(ShardMap { plan: Some(plan), ..map }).await?;
-                }
-                MigrationStep::Cleaned => self.save(ShardMap { plan: None, ..map }).await?,
-            }
+        let mut report = empty_report(&first);
+        while self.map().plan.is_some() {
+            self.step(&mut report).await?;
         }
         report.epoch = self.epoch();
         Ok(Some(report))
     }
 
-    /// Copies each source's moving documents, recording the position after each batch; then
-    /// starts the catch-up.
-    async fn copy(&self, map: ShardMap, mut plan: MigrationPlan, report: &mut SplitReport) -> Result<()> {
+    /// Does one recorded step of the split under way, and returns the step the plan is at
+    /// after it (`None`: no split is under way, or this step finished it). A step is one
+    /// batch of the copy, the whole catch-up and switch, or the cleanup of the source; each
+    /// ends with the plan saved in the coordinator, so a driver that does a step per Durable
+    /// Object alarm (re-arming the alarm while this returns `Some`) resumes after an eviction
+    /// or a crash without repeating finished work.
+    ///
+    /// # Errors
+    ///
+    /// As [`resume_split`](Self::resume_split): nothing recorded is lost, the next call
+    /// retries the step.
+    pub async fn split_step(&self) -> Result<Option<MigrationStep>> {
+        self.refresh().await?;
+        let Some(plan) = self.map().plan else { return Ok(None) };
+        self.step(&mut empty_report(&plan)).await?;
+        Ok(self.map().plan.map(|p| p.step()))
+    }
+
+    /// One step of the plan in the router's map, saved in the coordinator when done.
+    async fn step(&self, report: &mut SplitReport) -> Result<()> {
+        let map = self.map();
+        let Some(mut plan) = map.plan.clone() else { return Ok(()) };
         let (before, after) = (plan.before().clone(), plan.after().clone());
-        let ranges: Vec<MovedRange> = plan.ranges().to_vec();
-        let pending: Vec<(ShardId, Option<String>)> =
-            plan.sources().iter().filter(|s| !s.copied).map(|s| (s.shard, s.cursor.clone())).collect();
-        for (shard, cursor) in pending {
-            let mut at: Option<WireValue> = cursor.as_deref().map(decode_cursor).transpose()?;
-            loop {
-                let op = ShardOp::ScanMoving {
-                    ranges: ranges.iter().filter(|r| r.from == shard).copied().collect(),
-                    after: at.clone(),
-                    limit: SCAN_BATCH,
-                };
-                let page: ScanPage = self.send_exact(shard, &before, &op).await?;
-                for to in targets(&plan) {
-                    // One target per split; documents go where the new ring routes them.
-                    let docs: Vec<_> = page.docs.clone();
-                    if !docs.is_empty() {
-                        let n: u64 = self.send_exact(to, &after, &ShardOp::PutMany { docs }).await?;
-                        report.copied += n;
-                    }
+        match plan.step() {
+            MigrationStep::Planned => {
+                for t in targets(&plan) {
+                    self.send_exact::<WireStats>(t, &after, &ShardOp::Stats).await?;
                 }
-                at = page.next;
-                if page.done {
-                    break;
+                let mut starts = Vec::new();
+                for s in plan.sources() {
+                    let stats: WireStats = self.send_exact(s.shard, &before, &ShardOp::Stats).await?;
+                    starts.push((s.shard, Lsn::new(stats.last_lsn)));
                 }
-                if let Some(id) = &at {
-                    plan.record_copied(shard, encode_cursor(id)?)?;
+                plan.begin_copy(&starts)?;
+                self.save(ShardMap { plan: Some(plan), ..map }).await
+            }
+            MigrationStep::Copying => self.copy_batch(map, plan, report).await,
+            MigrationStep::CatchingUp => {
+                // While writes go on; a source already frozen (a resumed split) skips this.
+                let frozen = !self.catch_up(&mut plan, &before, report).await?;
+                if !frozen {
                     self.save(ShardMap { plan: Some(plan.clone()), ..map.clone() }).await?;
                 }
+                // The freeze: the sources take the new ring and redirect the old one.
+                for s in plan.sources() {
+                    self.send_exact::<WireStats>(s.shard, &after, &ShardOp::Stats).await?;
+                }
+                self.catch_up(&mut plan, &after, report).await?;
+                plan.switch()?;
+                self.save(ShardMap { ring: after.clone(), plan: Some(plan), ..map }).await
             }
-            plan.finish_copy(shard)?;
-            self.save(ShardMap { plan: Some(plan.clone()), ..map.clone() }).await?;
+            MigrationStep::Switched => {
+                let ranges: Vec<MovedRange> = plan.ranges().to_vec();
+                for s in plan.sources().to_vec() {
+                    let mut at: Option<WireValue> = None;
+                    loop {
+                        let op = ShardOp::CleanMoving { ranges: ranges.clone(), after: at, limit: SCAN_BATCH };
+                        let page: ScanPage = self.send_exact(s.shard, &after, &op).await?;
+                        report.deleted += page.deleted;
+                        at = page.next;
+                        if page.done {
+                            break;
+                        }
+                    }
+                    self.send_exact::<()>(s.shard, &after, &ShardOp::FinishClean).await?;
+                }
+                plan.finish_cleanup()?;
+                self.save(ShardMap { plan: Some(plan), ..map }).await
+            }
+            MigrationStep::Cleaned => self.save(ShardMap { plan: None, ..map }).await,
         }
-        plan.begin_catch_up()?;
+    }
+
+    /// Copies one batch of the first source not yet copied to the targets and records the
+    /// position after it; with every source copied, starts the catch-up.
+    async fn copy_batch(&self, map: ShardMap, mut plan: MigrationPlan, report: &mut SplitReport) -> Result<()> {
+        let (before, after) = (plan.before().clone(), plan.after().clone());
+        let Some((shard, cursor)) = plan.sources().iter().find(|s| !s.copied).map(|s| (s.shard, s.cursor.clone()))
+        else {
+            plan.begin_catch_up()?;
+            return self.save(ShardMap { plan: Some(plan), ..map }).await;
+        };
+        let op = ShardOp::ScanMoving {
+            ranges: plan.ranges().iter().filter(|r| r.from == shard).copied().collect(),
+            after: cursor.as_deref().map(decode_cursor).transpose()?,
+            limit: SCAN_BATCH,
+        };
+        let page: ScanPage = self.send_exact(shard, &before, &op).await?;
+        if !page.docs.is_empty() {
+            // One target per split; documents go where the new ring routes them.
+            for to in targets(&plan) {
+                let n: u64 = self.send_exact(to, &after, &ShardOp::PutMany { docs: page.docs.clone() }).await?;
+                report.copied += n;
+            }
+        }
+        match (page.done, &page.next) {
+            (true, _) => plan.finish_copy(shard)?,
+            (false, Some(id)) => plan.record_copied(shard, encode_cursor(id)?)?,
+            (false, None) => {
+                return Err(Error::migration_state(format!(
+                    "shard {} answered a scan page with neither an end nor a position",
+                    shard.get()
+                )));
+            }
+        }
         self.save(ShardMap { plan: Some(plan), ..map }).await
     }
 
@@ -228,6 +244,13 @@ impl<T: Partitioned> DurableRouter<T> {
         self.set_map(map);
         Ok(())
     }
+}
+
+/// A report with nothing done yet, for the split `plan` records.
+fn empty_report(plan: &MigrationPlan) -> SplitReport {
+    let source = plan.sources().first().map_or(ShardId::new(0), |s| s.shard);
+    let new_shard = targets(plan).first().copied().unwrap_or(source);
+    SplitReport { source, new_shard, copied: 0, caught_up: 0, deleted: 0, epoch: plan.before().epoch() }
 }
 
 /// The shards documents move to, in id order.

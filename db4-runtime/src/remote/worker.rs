@@ -7,6 +7,7 @@ use super::router::{BoxFuture, ShardClient};
 use super::server::{CoordinatorServer, ShardServer};
 use crate::error::{BackendError, BackendErrorKind, Error, Result};
 use crate::shard::ShardId;
+use std::rc::Rc;
 use worker::{Env, Method, ObjectNamespace, Request, RequestInit, Response};
 
 /// The name of the coordinator object in its namespace.
@@ -21,6 +22,8 @@ pub fn shard_object_name(collection: &str, shard: ShardId) -> String {
 pub struct WorkerShards {
     shards: ObjectNamespace,
     coordinator: ObjectNamespace,
+    /// The coordinator answering in this isolate (the coordinator object's own alarm).
+    local: Option<Rc<CoordinatorServer>>,
     cluster: String,
 }
 
@@ -48,8 +51,19 @@ impl WorkerShards {
             coordinator: env
                 .durable_object(coordinator)
                 .map_err(|e| worker_error(&format!("binding {coordinator}"), e))?,
+            local: None,
             cluster: format!("{shards}+{coordinator}"),
         })
+    }
+
+    /// The same client, with coordinator requests answered by `server` in this isolate
+    /// instead of sent to the coordinator object: for a router the coordinator object runs
+    /// itself (its alarm driving a split with
+    /// [`DurableRouter::split_step`](super::DurableRouter::split_step)), which would otherwise
+    /// send requests to itself.
+    #[must_use]
+    pub fn with_coordinator(self, server: Rc<CoordinatorServer>) -> Self {
+        Self { local: Some(server), ..self }
     }
 }
 
@@ -81,11 +95,21 @@ impl ShardClient for WorkerShards {
     }
 
     fn coordinator(&self, body: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
-        Box::pin(async move { post(&self.coordinator, COORDINATOR_NAME, "/db4/coordinator", body).await })
+        Box::pin(async move {
+            match &self.local {
+                Some(server) => Ok(server.handle(&body)),
+                None => post(&self.coordinator, COORDINATOR_NAME, "/db4/coordinator", body).await,
+            }
+        })
     }
 
     fn cluster(&self) -> &str {
         &self.cluster
+    }
+
+    /// A timer: unlike a storage call it leaves the isolate free to serve other requests.
+    fn sleep(&self, ms: u64) -> BoxFuture<'_, ()> {
+        Box::pin(worker::Delay::from(std::time::Duration::from_millis(ms)))
     }
 }
 

@@ -12,12 +12,21 @@
 //! | `DELETE /s/tickets/{tenant}/{id}` | delete (`{"deleted": bool}`) |
 //! | `POST /s/tickets/{tenant}/{id}/increment` | `{"by": n}` added to `score` |
 //! | `POST /s/query` | `{"tenants"?, "status"?, "min_score"?, "order"?, "limit"?, "offset"?, "count"?}` |
-//! | `GET /s/stats` | each shard's documents and bytes |
+//! | `GET /s/stats` | each shard's documents, bytes, requests per second, database size |
+//! | `GET /s/split` | the shard map: epoch, shards, and the split under way (`null` if none) |
+//! | `POST /s/split/{shard}` | start splitting a shard (`{"pace_ms"?}`); the coordinator's alarm drives it |
+//! | `POST /s/rebalance` | split the hottest shard over `{"ops_per_sec"?, "database_bytes"?}` if any |
+//!
+//! | `POST /s/kb/bulk` | insert knowledge-base articles (a second sharded collection) |
+//! | `POST /s/kb/query` | `{"tenants"?}`: its articles, by id |
+//! | `POST /s/kb/search` | `{"q", "tenants"?, "limit"?, "offset"?, "highlight"?, "snippet"?, "total"?}` |
+//!
+//! The split routes are answered by the coordinator object (`worker.rs`), which owns the alarm.
 
 use crate::api::{ApiError, ApiRequest, ApiResponse, Method};
 use db4::Document;
-use db4::remote::DurableRouter;
-use db4::shard::ShardRouterConfig;
+use db4::remote::{DurableRouter, ShardClient, SplitTrigger};
+use db4::shard::{MigrationStep, ShardRouterConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -42,6 +51,27 @@ pub struct Ticket {
     #[version]
     #[serde(default)]
     pub version: u64,
+}
+
+/// A knowledge-base article of one tenant: full-text searched across the shard objects.
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(collection = "kb")]
+pub struct KbArticle {
+    /// Unique within its tenant.
+    #[id]
+    pub id: String,
+    /// The partition key.
+    #[partition_key]
+    pub tenant: String,
+    /// Searched, weighing twice the body.
+    #[fts(weight = 2.0)]
+    pub title: String,
+    /// Searched.
+    #[fts]
+    pub body: String,
+    /// When it last changed (milliseconds), for ranges.
+    #[range_index]
+    pub updated: i64,
 }
 
 /// Shards of the app's ring.
@@ -87,7 +117,104 @@ struct QueryBody {
     count: bool,
 }
 
-/// Answers one sharded request (`target` from the root: `/s/...`).
+/// Answers one sharded request over `client`: the knowledge-base routes with a router of
+/// [`KbArticle`]s, the others with one of [`Ticket`]s (each router's map cached in the
+/// isolate after its first request).
+pub async fn route(client: impl ShardClient, req: &ApiRequest<'_>) -> ApiResponse {
+    let path = req.target.split_once('?').map_or(req.target, |(p, _)| p);
+    if path == "/s/kb" || path.starts_with("/s/kb/") {
+        return match DurableRouter::<KbArticle>::open(client, config()).await {
+            Ok(router) => match kb(&router, req, path).await {
+                Ok(r) => r,
+                Err(e) => e.to_response(),
+            },
+            Err(e) => ApiError::Db(e).to_response(),
+        };
+    }
+    match router(client).await {
+        Ok(router) => handle(&router, req).await,
+        Err(e) => ApiError::Db(e).to_response(),
+    }
+}
+
+/// The body of `POST /s/kb/search`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    q: String,
+    tenants: Option<Vec<String>>,
+    limit: Option<usize>,
+    #[serde(default)]
+    offset: usize,
+    /// The markers around each match: `["<b>", "</b>"]`.
+    highlight: Option<(String, String)>,
+    /// The snippet's length in tokens.
+    snippet: Option<usize>,
+    #[serde(default)]
+    total: bool,
+}
+
+/// The body of `POST /s/kb/query`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KbQueryBody {
+    tenants: Option<Vec<String>>,
+}
+
+async fn kb(router: &DurableRouter<KbArticle>, req: &ApiRequest<'_>, path: &str) -> Result<ApiResponse> {
+    let f = KbArticle::fields();
+    match (req.method, path) {
+        (Method::Post, "/s/kb/bulk") => {
+            let docs: Vec<KbArticle> = json_body(req.body)?;
+            if docs.len() > MAX_BULK {
+                return Err(ApiError::InvalidValue {
+                    field: "articles",
+                    reason: format!("{} articles; at most {MAX_BULK} per request", docs.len()),
+                });
+            }
+            router.insert_many(&docs).await?;
+            Ok(ApiResponse { status: 201, body: json!({ "inserted": docs.len() }) })
+        }
+        (Method::Post, "/s/kb/query") => {
+            let body: KbQueryBody = body_or_default(req.body)?;
+            let mut q = router.query();
+            if let Some(tenants) = body.tenants {
+                q = q.filter(f.tenant.in_list(tenants));
+            }
+            Ok(ApiResponse { status: 200, body: json!({ "items": to_json(&q.all().await?) }) })
+        }
+        (Method::Post, "/s/kb/search") => {
+            let body: SearchBody = json_body(req.body)?;
+            let mut s = router.search(&body.q).offset(body.offset);
+            if let Some(tenants) = body.tenants {
+                s = s.filter(f.tenant.in_list(tenants));
+            }
+            if let Some(n) = body.limit {
+                s = s.limit(n);
+            }
+            if let Some((start, end)) = body.highlight {
+                s = s.highlight(start, end);
+            }
+            if let Some(n) = body.snippet {
+                s = s.snippet(n);
+            }
+            if body.total {
+                s = s.with_total();
+            }
+            let res = s.run().await?;
+            let hits: Vec<Value> = res
+                .hits
+                .iter()
+                .map(|h| json!({ "doc": to_json(&h.doc), "score": h.score, "highlights": h.highlights, "snippet": h.snippet }))
+                .collect();
+            Ok(ApiResponse { status: 200, body: json!({ "total": res.total, "hits": hits }) })
+        }
+        (_, "/s/kb/bulk" | "/s/kb/query" | "/s/kb/search") => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::NoRoute),
+    }
+}
+
+/// Answers one sharded request of tickets (`target` from the root: `/s/...`).
 pub async fn handle(router: &DurableRouter<Ticket>, req: &ApiRequest<'_>) -> ApiResponse {
     match dispatch(router, req).await {
         Ok(r) => r,
@@ -145,11 +272,24 @@ async fn dispatch(router: &DurableRouter<Ticket>, req: &ApiRequest<'_>) -> Resul
             let stats = router.stats().await?;
             let shards: Vec<Value> = stats
                 .iter()
-                .map(|(s, st)| json!({ "shard": s.get(), "documents": st.documents, "bytes": st.bytes, "last_lsn": st.last_lsn }))
+                .map(|(s, st)| {
+                    json!({
+                        "shard": s.get(),
+                        "documents": st.documents,
+                        "bytes": st.bytes,
+                        "last_lsn": st.last_lsn,
+                        "ops_per_sec": st.ops_per_sec,
+                        "database_bytes": st.database_bytes,
+                    })
+                })
                 .collect();
             Ok(ApiResponse { status: 200, body: json!({ "epoch": router.epoch(), "shards": shards }) })
         }
-        (_, ["s", "tickets", ..] | ["s", "query"] | ["s", "stats"]) => Err(ApiError::MethodNotAllowed),
+        (Method::Get, ["s", "split"]) => {
+            router.refresh().await?;
+            Ok(ApiResponse { status: 200, body: split_status(router) })
+        }
+        (_, ["s", "tickets", ..] | ["s", "query"] | ["s", "stats"] | ["s", "split"]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NoRoute),
     }
 }
@@ -184,6 +324,69 @@ async fn query(router: &DurableRouter<Ticket>, body: QueryBody) -> Result<ApiRes
     }
     let items = q.all().await?;
     Ok(ApiResponse { status: 200, body: json!({ "items": to_json(&items) }) })
+}
+
+/// The router's shard map as the split routes report it: `{"epoch", "shards", "split"}`, the
+/// split `null` or `{"step", "source", "new_shard"}` (the step in snake case).
+pub fn split_status(router: &DurableRouter<Ticket>) -> Value {
+    let map = router.map();
+    let split = map.plan.as_ref().map(|plan| {
+        let source = plan.sources().first().map(|s| s.shard.get());
+        let new_shard = plan.after().shards().iter().find(|s| !plan.before().contains(**s)).map(|s| s.get());
+        json!({ "step": step_name(plan.step()), "source": source, "new_shard": new_shard })
+    });
+    let shards: Vec<u32> = map.ring.shards().iter().map(|s| s.get()).collect();
+    json!({ "epoch": map.ring.epoch(), "shards": shards, "split": split })
+}
+
+/// A split step's name in the routes' JSON.
+pub fn step_name(step: MigrationStep) -> &'static str {
+    match step {
+        MigrationStep::Planned => "planned",
+        MigrationStep::Copying => "copying",
+        MigrationStep::CatchingUp => "catching_up",
+        MigrationStep::Switched => "switched",
+        MigrationStep::Cleaned => "cleaned",
+    }
+}
+
+/// The body of `POST /s/split/{shard}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SplitBody {
+    /// Milliseconds between the alarm's steps (0: at once); a slow pace lets tests and
+    /// operators watch a split, or keeps it from competing with traffic.
+    #[serde(default)]
+    pub pace_ms: u32,
+}
+
+/// The body of `POST /s/rebalance`: the [`SplitTrigger`]'s limits, its defaults if absent.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceBody {
+    /// Requests per second a shard object may answer.
+    pub ops_per_sec: Option<f64>,
+    /// Bytes a shard object's database may take.
+    pub database_bytes: Option<u64>,
+    /// As [`SplitBody::pace_ms`].
+    #[serde(default)]
+    pub pace_ms: u32,
+}
+
+impl RebalanceBody {
+    /// The trigger these limits make.
+    pub fn trigger(&self) -> SplitTrigger {
+        let d = SplitTrigger::default();
+        SplitTrigger {
+            ops_per_sec: self.ops_per_sec.unwrap_or(d.ops_per_sec),
+            database_bytes: self.database_bytes.unwrap_or(d.database_bytes),
+        }
+    }
+}
+
+/// Parses a JSON body, an empty one as the default.
+pub fn body_or_default<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T> {
+    if body.iter().all(u8::is_ascii_whitespace) { Ok(T::default()) } else { json_body(body) }
 }
 
 /// Opens the router of [`Ticket`]s over `client` (the map cached in the isolate after the

@@ -6,11 +6,12 @@
 
 use crate::api::{self, ApiError, ApiRequest, ApiResponse, Method};
 use crate::raw;
-use crate::sharded::{self, Ticket};
+use crate::sharded::{self, KbArticle, Ticket};
 use db4::Db;
-use db4::cloudflare::{CoordinatorServer, ShardServer, WorkerShards, serve_coordinator, serve_shard};
+use db4::cloudflare::{COORDINATOR_NAME, CoordinatorServer, ShardServer, WorkerShards, serve_coordinator, serve_shard};
 use serde_json::json;
 use std::cell::{Cell, OnceCell};
+use std::rc::Rc;
 use worker::{Context, Delay, DurableObject, Env, Request, Response, Result, State, durable_object, event};
 
 /// The Durable Object namespace binding (see `wrangler.toml`).
@@ -41,6 +42,13 @@ async fn forward(req: Request, env: &Env) -> Result<Response> {
         return respond(&ApiResponse { status: 200, body: json!({ "ok": true }) });
     }
     if sharded::is_sharded(url.path()) {
+        let path = url.path();
+        let to_coordinator = path == "/s/split" || path.starts_with("/s/split/") || path == "/s/rebalance";
+        if to_coordinator {
+            // The coordinator owns the alarm that drives splits.
+            let stub = env.durable_object(COORDINATOR_BINDING)?.id_from_name(COORDINATOR_NAME)?.get_stub()?;
+            return stub.fetch_with_request(req).await;
+        }
         return route_sharded(req, env).await;
     }
     let Some((tenant, _)) = api::tenant_of(url.path()) else {
@@ -69,14 +77,10 @@ async fn route_sharded(mut req: Request, env: &Env) -> Result<Response> {
         Ok(c) => c,
         Err(e) => return respond(&ApiResponse::internal(&e.to_string())),
     };
-    let router = match sharded::router(client).await {
-        Ok(r) => r,
-        Err(e) => return respond(&ApiError::Db(e).to_response()),
-    };
-    respond(&sharded::handle(&router, &ApiRequest { method, target: &target, body: &body }).await)
+    respond(&sharded::route(client, &ApiRequest { method, target: &target, body: &body }).await)
 }
 
-/// One shard of the sharded tickets: a Durable Object serving the shard protocol over its own
+/// One shard of the sharded collections (tickets, knowledge base): a Durable Object serving the shard protocol over its own
 /// SQLite storage.
 #[durable_object(fetch)]
 pub struct ShardObject {
@@ -93,7 +97,7 @@ impl DurableObject for ShardObject {
         let server = self.server.get_or_init(|| {
             Db::durable(&self.state.storage())
                 .and_then(ShardServer::new)
-                .map(|s| s.serve::<Ticket>())
+                .map(|s| s.serve::<Ticket>().serve::<KbArticle>())
                 .map_err(|e| e.to_string())
         });
         match server {
@@ -103,26 +107,170 @@ impl DurableObject for ShardObject {
     }
 }
 
-/// The coordinator: keeps the shard map (ring, epoch) of each sharded collection.
-#[durable_object(fetch)]
+/// The coordinator: keeps the shard map (ring, epoch, split in progress) of each sharded
+/// collection, and drives splits from its alarm, one recorded step per alarm, so a split
+/// resumes after an eviction or a crash (the alarm is stored with the object; its first
+/// request after a restart re-arms it too, should a split be under way without one).
+#[durable_object(alarm)]
 pub struct Coordinator {
     state: State,
-    server: OnceCell<std::result::Result<CoordinatorServer, String>>,
+    env: Env,
+    server: OnceCell<std::result::Result<Rc<CoordinatorServer>, String>>,
+    /// Whether this instance has checked for a split left without an alarm.
+    checked: Cell<bool>,
+}
+
+/// The coordinator's storage keys (its key-value API, beside the SQL the server uses).
+const PACE_KEY: &str = "app/split-pace-ms";
+const ERROR_KEY: &str = "app/split-last-error";
+
+/// Milliseconds before an alarm retries a step that failed.
+const RETRY_MS: i64 = 1000;
+
+impl Coordinator {
+    fn server(&self) -> std::result::Result<&Rc<CoordinatorServer>, String> {
+        self.server
+            .get_or_init(|| {
+                Db::durable(&self.state.storage())
+                    .and_then(CoordinatorServer::new)
+                    .map(Rc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// A router of tickets whose coordinator requests this object answers itself.
+    async fn driver(&self) -> db4::Result<db4::cloudflare::DurableRouter<Ticket>> {
+        let server = self.server().map_err(|m| backend_error(&m))?;
+        let client =
+            WorkerShards::new(&self.env, SHARDS_BINDING, COORDINATOR_BINDING)?.with_coordinator(Rc::clone(server));
+        sharded::router(client).await
+    }
+
+    /// Re-arms the alarm if a split is under way without one (first request after a restart).
+    async fn check_split(&self) -> Result<()> {
+        if self.checked.replace(true) {
+            return Ok(());
+        }
+        let Ok(router) = self.driver().await else { return Ok(()) };
+        if router.map().plan.is_some() && self.state.storage().get_alarm().await?.is_none() {
+            self.state.storage().set_alarm(0).await?;
+        }
+        Ok(())
+    }
+
+    /// The app's split routes (`/s/split...`, `/s/rebalance`), forwarded here by the Worker.
+    async fn split_route(&self, method: Method, path: &str, body: &[u8]) -> std::result::Result<ApiResponse, ApiError> {
+        let storage = self.state.storage();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let router = self.driver().await?;
+        let start = |pace_ms: u32| async move {
+            storage.put(PACE_KEY, pace_ms).await?;
+            storage.delete(ERROR_KEY).await?;
+            storage.set_alarm(0).await
+        };
+        match (method, parts.as_slice()) {
+            (Method::Get, ["s", "split"]) => {
+                router.refresh().await?;
+                let mut status = sharded::split_status(&router);
+                let alarm = self.state.storage().get_alarm().await.map_err(internal)?;
+                let error: Option<String> = self.state.storage().get(ERROR_KEY).await.map_err(internal)?;
+                status["alarm"] = json!(alarm);
+                status["last_error"] = json!(error);
+                Ok(ApiResponse { status: 200, body: status })
+            }
+            (Method::Post, ["s", "split", shard]) => {
+                let shard: u32 = shard.parse().map_err(|_| ApiError::InvalidParam(format!("shard {shard:?}")))?;
+                let body: sharded::SplitBody = sharded::body_or_default(body)?;
+                let new_shard = router.begin_split(db4::shard::ShardId::new(shard)).await?;
+                start(body.pace_ms).await.map_err(internal)?;
+                Ok(ApiResponse { status: 202, body: json!({ "source": shard, "new_shard": new_shard.get() }) })
+            }
+            (Method::Post, ["s", "rebalance"]) => {
+                let body: sharded::RebalanceBody = sharded::body_or_default(body)?;
+                router.refresh().await?;
+                if router.map().plan.is_some() {
+                    return Ok(ApiResponse {
+                        status: 200,
+                        body: json!({ "splitting": sharded::split_status(&router)["split"] }),
+                    });
+                }
+                let hot = router.hot_shards(&body.trigger()).await?;
+                let Some((shard, stats)) = hot.first() else {
+                    return Ok(ApiResponse { status: 200, body: json!({ "hot": [] }) });
+                };
+                let new_shard = router.begin_split(*shard).await?;
+                start(body.pace_ms).await.map_err(internal)?;
+                Ok(ApiResponse {
+                    status: 202,
+                    body: json!({
+                        "source": shard.get(),
+                        "new_shard": new_shard.get(),
+                        "ops_per_sec": stats.ops_per_sec,
+                        "database_bytes": stats.database_bytes,
+                        "hot": hot.iter().map(|(s, _)| s.get()).collect::<Vec<_>>(),
+                    }),
+                })
+            }
+            _ => Err(ApiError::NoRoute),
+        }
+    }
+}
+
+fn backend_error(message: &str) -> db4::Error {
+    db4::BackendError::new(db4::BackendErrorKind::Other, message).into()
+}
+
+fn internal(e: worker::Error) -> ApiError {
+    ApiError::Db(backend_error(&format!("the coordinator's storage: {e}")))
 }
 
 impl DurableObject for Coordinator {
-    fn new(state: State, _env: Env) -> Self {
-        Self { state, server: OnceCell::new() }
+    fn new(state: State, env: Env) -> Self {
+        Self { state, env, server: OnceCell::new(), checked: Cell::new(false) }
     }
 
-    async fn fetch(&self, req: Request) -> Result<Response> {
-        let server = self.server.get_or_init(|| {
-            Db::durable(&self.state.storage()).and_then(CoordinatorServer::new).map_err(|e| e.to_string())
-        });
-        match server {
-            Ok(server) => serve_coordinator(server, req).await,
-            Err(message) => respond(&ApiResponse::internal(message)),
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let server = match self.server() {
+            Ok(s) => Rc::clone(s),
+            Err(message) => return respond(&ApiResponse::internal(&message)),
+        };
+        let url = req.url()?;
+        if url.path() == "/db4/coordinator" {
+            let resp = serve_coordinator(&server, req).await;
+            self.check_split().await?;
+            return resp;
         }
+        self.check_split().await?;
+        let method = Method::parse(req.method().as_ref());
+        let body = if method.has_body() { req.bytes().await? } else { Vec::new() };
+        match self.split_route(method, url.path(), &body).await {
+            Ok(r) => respond(&r),
+            Err(e) => respond(&e.to_response()),
+        }
+    }
+
+    /// One step of the split under way; re-armed until the split is done.
+    async fn alarm(&self) -> Result<Response> {
+        let storage = self.state.storage();
+        let step = match self.driver().await {
+            Ok(router) => router.split_step().await,
+            Err(e) => Err(e),
+        };
+        match step {
+            Ok(Some(_)) => {
+                let pace: Option<u32> = storage.get(PACE_KEY).await?;
+                storage.set_alarm(i64::from(pace.unwrap_or(0))).await?;
+            }
+            Ok(None) => storage.delete(ERROR_KEY).await.map(drop)?,
+            Err(e) => {
+                worker::console_error!("db4 split step failed (retrying in {RETRY_MS} ms): {e}");
+                storage.put(ERROR_KEY, e.to_string()).await?;
+                storage.set_alarm(RETRY_MS).await?;
+            }
+        }
+        Response::ok("")
     }
 }
 

@@ -10,6 +10,7 @@
 mod client;
 mod scenarios;
 mod sharded;
+mod split;
 mod target;
 mod workerd_only;
 
@@ -72,4 +73,5 @@ suite!(
     warm_tier,
     sharded_crud,
     sharded_queries,
+    sharded_search,
 );

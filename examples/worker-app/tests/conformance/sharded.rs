@@ -131,3 +131,95 @@ pub fn sharded_queries(t: &dyn Target) {
     expect_error(post(t, "/s/tickets/bulk", &Value::Array(dup)), 409, "already_exists");
     expect_error(t.call("GET", &format!("/s/tickets/{}/k20003", tenants[3]), None), 404, "not_found");
 }
+
+const WORDS: &[&str] = &[
+    "edge", "billing", "crash", "sync", "error", "cache", "login", "invoice", "latency", "export", "mobile", "search",
+];
+
+/// `n` words of [`WORDS`], picked by `seed`.
+fn words(seed: usize, n: usize) -> String {
+    (0..n).map(|k| WORDS[(seed * 7 + k * 13 + seed / 5) % WORDS.len()]).collect::<Vec<_>>().join(" ")
+}
+
+/// Full-text search through the router ranks as one database holding every article: the same
+/// hits in the same order with the same scores, totals, highlights and snippets; a tenant
+/// filter searches their shards only, with every shard's statistics.
+pub fn sharded_search(t: &dyn Target) {
+    use worker_app::sharded::KbArticle;
+    let base = t.tenant("sharded_search");
+    let tenants: Vec<String> = (0..20).map(|i| format!("{base}-{i:02}")).collect();
+    let docs: Vec<Value> = (0..1500)
+        .map(|i| {
+            json!({
+                "id": format!("{base}-{i:05}"),
+                "tenant": tenants[i % tenants.len()],
+                "title": words(i, 2 + i % 3),
+                "body": words(i * 31 + 3, 5 + i % 7),
+                "updated": (i * 7919) % 10_007,
+            })
+        })
+        .collect();
+    for chunk in docs.chunks(500) {
+        expect(post(t, "/s/kb/bulk", &Value::Array(chunk.to_vec())), 201);
+    }
+    // The model: one database holding every article of the collection (other runs may share
+    // the shard objects), inserted in id order (its ties go by rowid, the router's by id).
+    let stored = expect(post(t, "/s/kb/query", &json!({})), 200);
+    let mut all: Vec<KbArticle> = serde_json::from_value(stored["items"].clone()).expect("articles");
+    assert!(all.len() >= docs.len(), "{} articles stored", all.len());
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    let db = db4::Db::open_in_memory().expect("a database");
+    let one = db.collection::<KbArticle>().expect("the collection");
+    one.insert_many(&all).expect("the model");
+    let f = KbArticle::fields();
+    let cases: Vec<(Value, Option<Vec<String>>)> = vec![
+        (json!({ "q": "edge", "limit": 10 }), None),
+        (json!({ "q": "billing crash", "limit": 10, "offset": 7 }), None),
+        (json!({ "q": "\"sync error\"", "limit": 25 }), None),
+        (json!({ "q": "cache OR login", "limit": 100, "total": true }), None),
+        (json!({ "q": "title:edge", "limit": 5 }), None),
+        (json!({ "q": "edge NOT cache", "limit": 10, "total": true }), None),
+        (
+            json!({ "q": "invoice", "limit": 8, "highlight": ["[", "]"], "snippet": 4, "total": true }),
+            Some(vec![tenants[3].clone(), tenants[11].clone()]),
+        ),
+    ];
+    for (mut body, scope) in cases {
+        let mut s = one.search(body["q"].as_str().expect("q"));
+        if let Some(tenants) = &scope {
+            body["tenants"] = json!(tenants);
+            s = s.filter(f.tenant.in_list(tenants.clone()));
+        }
+        if let Some(n) = body["limit"].as_u64() {
+            s = s.limit(n as usize);
+        }
+        if let Some(n) = body["offset"].as_u64() {
+            s = s.offset(n as usize);
+        }
+        if body["highlight"].is_array() {
+            s = s.highlight("[", "]").snippet(4);
+        }
+        if body["total"] == true {
+            s = s.with_total();
+        }
+        let want = s.run().expect("the model's search");
+        let got = expect(post(t, "/s/kb/search", &body), 200);
+        let hits = got["hits"].as_array().expect("hits");
+        assert!(!want.hits.is_empty(), "{body}: the case finds something");
+        assert_eq!(hits.len(), want.hits.len(), "{body}: {got}");
+        assert_eq!(got["total"].as_u64(), want.total, "{body}");
+        for (h, w) in hits.iter().zip(&want.hits) {
+            assert_eq!(h["doc"]["id"], w.doc.id.as_str(), "{body}: {got}");
+            let score = h["score"].as_f64().expect("score");
+            assert!((score - w.score).abs() <= 1e-9 * w.score.abs().max(1e-300), "{body}: {score} vs {}", w.score);
+            let highlights: Vec<(String, String)> =
+                serde_json::from_value(h["highlights"].clone()).expect("highlights");
+            let expected: Vec<(String, String)> =
+                w.highlights.iter().map(|(f, t)| ((*f).to_owned(), t.clone())).collect();
+            assert_eq!(highlights, expected, "{body}");
+            assert_eq!(h["snippet"].as_str(), w.snippet.as_deref(), "{body}");
+        }
+    }
+    expect_error(post(t, "/s/kb/search", &json!({ "q": "\"unclosed" })), 400, "invalid_query");
+    expect_error(post(t, "/s/kb/search", &json!({ "q": "edge", "snippet": 0 })), 400, "invalid_query");
+}

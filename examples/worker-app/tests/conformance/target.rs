@@ -54,17 +54,14 @@ impl Native {
                 .entry(self.id)
                 .or_insert_with(|| {
                     let local = db4::remote::LocalShards::in_memory().expect("in-memory shards");
-                    std::rc::Rc::new(local.serve::<worker_app::sharded::Ticket>())
+                    std::rc::Rc::new(
+                        local.serve::<worker_app::sharded::Ticket>().serve::<worker_app::sharded::KbArticle>(),
+                    )
                 })
                 .clone()
         });
         let req = ApiRequest { method: Method::parse(method), target: path, body: body.unwrap_or_default() };
-        let r = block_on(async {
-            match worker_app::sharded::router(shards).await {
-                Ok(router) => worker_app::sharded::handle(&router, &req).await,
-                Err(e) => api::ApiError::Db(e).to_response(),
-            }
-        });
+        let r = block_on(worker_app::sharded::route(shards, &req));
         let text = serde_json::to_string(&r.body).expect("serializable body");
         Reply { status: r.status, body: serde_json::from_str(&text).expect("JSON body") }
     }
