@@ -332,8 +332,8 @@ pub mod remote {
     pub use db4_runtime::remote::LocalShards;
     pub use db4_runtime::remote::protocol;
     pub use db4_runtime::remote::{
-        BoxFuture, CoordinatorServer, DurableQuery, DurableRouter, DurableSearch, MAX_IN_FLIGHT, PROTOCOL_VERSION,
-        ShardClient, ShardMap, ShardServer, SplitTrigger,
+        BoxFuture, CoordinatorServer, DurableQuery, DurableRange, DurableRouter, DurableSearch, MAX_IN_FLIGHT,
+        MAX_RANGE_PAGE, PROTOCOL_VERSION, ShardClient, ShardMap, ShardServer, SplitTrigger,
     };
 }
 
@@ -355,8 +355,9 @@ pub mod tier {
 #[cfg(feature = "cloudflare")]
 pub mod cloudflare {
     pub use db4_runtime::remote::{
-        COORDINATOR_NAME, CoordinatorServer, DurableQuery, DurableRouter, DurableSearch, MAX_IN_FLIGHT, ShardClient,
-        ShardServer, SplitTrigger, WorkerShards, serve_coordinator, serve_shard, shard_object_name,
+        COORDINATOR_NAME, CoordinatorServer, DurableQuery, DurableRange, DurableRouter, DurableSearch, MAX_IN_FLIGHT,
+        MAX_RANGE_PAGE, ShardClient, ShardServer, SplitTrigger, WorkerShards, serve_coordinator, serve_shard,
+        shard_object_name,
     };
 }
 

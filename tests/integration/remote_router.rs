@@ -618,3 +618,28 @@ mod search {
         }
     }
 }
+
+#[test]
+fn a_document_answers_only_to_its_own_partition_key() -> db4::Result<()> {
+    let shards = local()?;
+    let router = block_on(DurableRouter::<Ticket>::open(Rc::clone(&shards), config(4)))?;
+    let owner = "owner".to_owned();
+    let shard = router.shard_for(&owner)?;
+    // Another key routed to the same shard object: the shard alone cannot tell them apart by
+    // routing, only by the stored key.
+    let neighbour = (0..1000).map(|i| format!("n{i}")).find(|k| router.shard_for(k).ok() == Some(shard));
+    let neighbour = neighbour.expect("a key on the same shard");
+    block_on(router.insert(&ticket(1, &owner)))?;
+    let f = Ticket::fields();
+    assert_eq!(block_on(router.get(&neighbour, 1))?, None);
+    assert!(!block_on(router.delete(&neighbour, 1))?);
+    assert!(matches!(block_on(router.increment(&neighbour, 1, f.score, 5)), Err(Error::NotFound { .. })));
+    let status = ticket(1, &owner).status;
+    let cas = block_on(router.compare_and_swap(&neighbour, 1, f.status, status.clone(), "x".to_owned()));
+    assert!(matches!(cas, Err(Error::NotFound { .. })), "{cas:?}");
+    // The owner's document is as it was, and answers to its own key.
+    assert_eq!(block_on(router.get(&owner, 1))?, Some(ticket(1, &owner)));
+    assert_eq!(block_on(router.increment(&owner, 1, f.score, 5))?, ticket(1, &owner).score + 5);
+    assert!(block_on(router.delete(&owner, 1))?);
+    Ok(())
+}

@@ -475,3 +475,233 @@ fn shard_range_iter_yields_every_document_once_in_order() -> db4::Result<()> {
     assert!(router.range(f.at).iter(0).next().is_some_and(|r| r.is_err()));
     Ok(())
 }
+
+/// The same ranges through `DurableRouter` (the Worker's router) over shard objects served in
+/// process (`LocalShards`): every request goes through the wire protocol.
+mod durable {
+    use super::*;
+    use crate::remote_router::block_on;
+    use db4::remote::{DurableRange, DurableRouter, LocalShards, MAX_RANGE_PAGE};
+    use db4::shard::MigrationStep;
+    use std::rc::Rc;
+
+    fn open(shards: u32) -> db4::Result<(Rc<LocalShards>, DurableRouter<Event>)> {
+        let local = Rc::new(LocalShards::in_memory()?.serve::<Event>());
+        let router = block_on(DurableRouter::<Event>::open(Rc::clone(&local), config(shards)))?;
+        Ok((local, router))
+    }
+
+    fn page(r: &DurableRouter<Event>, shape: &Shape, pos: Pos<'_>, limit: usize) -> db4::Result<Page<Event>> {
+        if shape.composite {
+            block_on(shaped!(r.range_index("by_tenant_at"), shape, pos, limit).fetch())
+        } else {
+            block_on(shaped!(r.range(Event::fields().at), shape, pos, limit).fetch())
+        }
+    }
+
+    fn equals_one_database(docs: &[Event], shards: u32, shape: &Shape, sizes: &[usize]) -> db4::Result<()> {
+        let db = Db::open_in_memory()?;
+        let one = db.collection::<Event>()?;
+        one.insert_many(docs)?;
+        let (_local, router) = open(shards)?;
+        for d in docs {
+            block_on(router.insert(d))?;
+        }
+        let want = walk(&|pos, n| db_page(&one, shape, pos, n), sizes)?;
+        let got = walk(&|pos, n| page(&router, shape, pos, n), sizes)?;
+        assert_eq!(got, want, "{shape:?} over {shards} shard objects, pages of {sizes:?}");
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config())]
+
+        #[test]
+        fn durable_range_pages_equal_one_database(
+            docs in docs_strategy(),
+            shards in 2u32..6,
+            shape in shape_strategy(),
+            sizes in proptest::collection::vec(prop_oneof![3 => 1usize..8, 1 => 8usize..60], 1..5),
+        ) {
+            equals_one_database(&docs, shards, &shape, &sizes).unwrap();
+        }
+    }
+
+    #[test]
+    fn durable_range_prefixes_and_skewed_big_pages_equal_one_database() -> db4::Result<()> {
+        let docs: Vec<Event> =
+            (0..120).map(|i| event(i, (i % 5) as usize, (i % 7 != 0).then_some(i % 9), i % 2 == 0)).collect();
+        for t in 0..6 {
+            for descending in [false, true] {
+                let shape = Shape {
+                    composite: true,
+                    prefix: Some(t),
+                    lower: Bound::Unbounded,
+                    upper: Bound::Unbounded,
+                    descending,
+                    cond: Cond::None,
+                };
+                equals_one_database(&docs, 4, &shape, &[3, 5])?;
+            }
+        }
+        let skewed: Vec<Event> = (0..400)
+            .map(|i| {
+                event(i, if i % 5 == 0 { (i % 23) as usize } else { 3 }, (i % 11 != 0).then_some(i % 29), i % 2 == 0)
+            })
+            .collect();
+        for descending in [false, true] {
+            let shape = Shape {
+                composite: false,
+                prefix: None,
+                lower: Bound::Included(Some(2)),
+                upper: Bound::Unbounded,
+                descending,
+                cond: Cond::Kind,
+            };
+            equals_one_database(&skewed, 8, &shape, &[40, 97, 13])?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_prefix_on_the_partition_key_asks_one_shard_object() -> db4::Result<()> {
+        let (local, router) = open(6)?;
+        for i in 0..60 {
+            block_on(router.insert(&event(i, (i % 6) as usize, Some(i), true)))?;
+        }
+        block_on(router.range_index("by_tenant_at").limit(5).fetch())?; // the secret, once
+        let before = local.requests();
+        let page = block_on(router.range_index("by_tenant_at").prefix("t2").limit(50).fetch())?;
+        assert_eq!(local.requests() - before, 1, "one shard object asked");
+        let want: Vec<i64> = (0..60).filter(|i| i % 6 == 2).rev().collect();
+        assert_eq!(page.items.iter().map(|e| e.id).collect::<Vec<_>>(), want);
+        let before = local.requests();
+        block_on(router.range(Event::fields().at).limit(50).fetch())?;
+        assert!(local.requests() - before >= 6, "every shard object asked");
+        Ok(())
+    }
+
+    /// Pages forwards through `at` with `size` per page, calling `between` after each page.
+    fn page_through(
+        router: &DurableRouter<Event>,
+        size: usize,
+        mut between: impl FnMut(usize) -> db4::Result<()>,
+    ) -> db4::Result<Vec<Event>> {
+        let mut items = Vec::new();
+        let mut page = block_on(router.range(Event::fields().at).limit(size).fetch())?;
+        let mut n = 0;
+        loop {
+            items.extend(page.items.clone());
+            let Some(next) = page.next.clone() else { break };
+            between(n)?;
+            n += 1;
+            page = block_on(router.range(Event::fields().at).after(&next).limit(size).fetch())?;
+        }
+        Ok(items)
+    }
+
+    #[test]
+    fn durable_range_paging_across_writes_and_every_step_of_a_split() -> db4::Result<()> {
+        let (local, router) = open(2)?;
+        let docs: Vec<Event> = (0..600).map(|i| event(i, (i % 41) as usize, Some(i % 97), i % 3 == 0)).collect();
+        for d in &docs {
+            block_on(router.insert(d))?;
+        }
+        let mut want = docs.clone();
+        want.sort_by_key(|e| (e.at, e.id));
+        let want: Vec<i64> = want.iter().map(|e| e.id).collect();
+        // Another router (another Worker isolate's view) drives a split one recorded step per
+        // page, so pages are read with the split stopped at every step, through a router whose
+        // map goes stale at each epoch change; inserts land between pages too.
+        let driver = block_on(DurableRouter::<Event>::open(Rc::clone(&local), config(2)))?;
+        let mut seen = Vec::new();
+        let mut volatile = 0;
+        let items = page_through(&router, 9, |n| {
+            if n == 2 {
+                block_on(driver.begin_split(driver.shards()[0]))?;
+            }
+            if n > 2
+                && let Some(step) = block_on(driver.split_step())?
+            {
+                seen.push(step);
+            }
+            let e = event(10_000 + volatile, n % 41, Some((n as i64 * 7) % 97), false);
+            block_on(router.insert(&e))?;
+            volatile += 1;
+            Ok(())
+        })?;
+        assert!(seen.contains(&MigrationStep::Copying) && seen.contains(&MigrationStep::Switched), "{seen:?}");
+        assert!(driver.map().plan.is_none(), "the split finished while paging ({seen:?})");
+        assert_eq!(driver.shards().len(), 3);
+        let got: Vec<i64> = items.iter().map(|e| e.id).filter(|&id| id < 10_000).collect();
+        assert_eq!(got, want, "no document skipped or repeated");
+        assert!(in_order(&items), "pages out of order");
+        // Stopped right after the switch: the source still holds the moved copies.
+        let (local, router) = open(3)?;
+        for d in &docs {
+            block_on(router.insert(d))?;
+        }
+        block_on(router.begin_split(router.shards()[1]))?;
+        while block_on(router.split_step())? != Some(MigrationStep::Switched) {}
+        let ids: Vec<i64> = page_through(&router, 50, |_| Ok(()))?.iter().map(|e| e.id).collect();
+        assert_eq!(ids, want, "between the switch and the cleanup");
+        let back = block_on(router.range(Event::fields().at).descending().limit(MAX_RANGE_PAGE).fetch())?;
+        assert_eq!(back.items.iter().rev().map(|e| e.id).collect::<Vec<_>>(), want);
+        assert!(!back.has_more);
+        block_on(router.resume_split())?;
+        drop(local);
+        Ok(())
+    }
+
+    fn invalid_cursor<T: std::fmt::Debug>(r: db4::Result<T>) -> bool {
+        matches!(r, Err(Error::InvalidCursor { .. }))
+    }
+
+    #[test]
+    fn durable_range_cursor_misuse_is_invalid_cursor() -> db4::Result<()> {
+        let (local, router) = open(3)?;
+        for i in 0..40 {
+            block_on(router.insert(&event(i, (i % 4) as usize, Some(i % 10), i % 2 == 0)))?;
+        }
+        let f = Event::fields();
+        let fetch = |r: DurableRange<'_, Event, _>| block_on(r.fetch());
+        let cursor = fetch(router.range(f.at).limit(5))?.next.expect("a second page");
+        assert_eq!(fetch(router.range(f.at).after(&cursor).limit(5))?.items.len(), 5);
+        assert_eq!(fetch(router.range(f.at).before(&cursor).limit(5))?.items.len(), 4);
+        // Another router of the same shard objects (another isolate) accepts it.
+        let other = block_on(DurableRouter::<Event>::open(Rc::clone(&local), config(3)))?;
+        assert_eq!(fetch(other.range(f.at).after(&cursor).limit(5))?.items.len(), 5);
+        assert!(invalid_cursor(fetch(router.range(f.at).descending().after(&cursor))));
+        assert!(invalid_cursor(fetch(router.range(f.at).gt(Some(2)).after(&cursor))));
+        assert!(invalid_cursor(fetch(router.range(f.at).filter(f.kind.eq("a".to_owned())).after(&cursor))));
+        assert!(invalid_cursor(block_on(router.range_index("by_tenant_at").after(&cursor).fetch())));
+        // A shard object's own collection refuses the router's cursor, and the other way round.
+        let shard = router.shards()[0];
+        let server = local.server("events", shard)?;
+        let c = server.db().collection::<Event>()?;
+        assert!(invalid_cursor(c.range(f.at).after(&cursor).fetch()));
+        let own = c.range(f.at).limit(2).fetch()?.next.expect("a shard's second page");
+        assert!(invalid_cursor(fetch(router.range(f.at).after(&own))));
+        // Shard objects of another deployment sign with another secret.
+        let (_elsewhere, stranger) = open(3)?;
+        block_on(stranger.insert(&event(1, 0, Some(1), true)))?;
+        assert!(invalid_cursor(fetch(stranger.range(f.at).after(&cursor))));
+        // Every one-character edit is refused when parsed or used.
+        let text = cursor.to_string();
+        for i in 0..text.len() {
+            let mut edited: Vec<char> = text.chars().collect();
+            edited[i] = if edited[i] == 'A' { 'B' } else { 'A' };
+            let edited: String = edited.into_iter().collect();
+            if let Ok(bad) = Cursor::parse(&edited) {
+                assert!(invalid_cursor(fetch(router.range(f.at).after(&bad))), "{edited}");
+            }
+        }
+        // Bad input other than cursors, refused before any shard is asked.
+        let invalid_query = |r: db4::Result<Page<Event>>| matches!(r, Err(Error::InvalidQuery { .. }));
+        assert!(invalid_query(fetch(router.range(f.at).limit(0))));
+        assert!(invalid_query(fetch(router.range(f.at).limit(MAX_RANGE_PAGE + 1))));
+        assert!(invalid_query(block_on(router.range_index("nope").fetch())));
+        assert!(invalid_query(block_on(router.range_index("by_tenant_at").prefix(("t1", 3, 4)).fetch())));
+        Ok(())
+    }
+}

@@ -454,54 +454,11 @@ impl<'c, T: Document, B> Range<'c, T, B> {
 
     /// [`prepare`](Self::prepare) for cursors signed by `key` in `scope`.
     pub(crate) fn prepare_in(&self, key: &CursorKey, scope: CursorScope) -> Result<(IndexKeys, Vec<u8>, Position)> {
-        let index = self.index.clone().map_err(|e| self.invalid_query(e))?;
-        self.spec.check(self.collection())?;
-        if self.spec.prefix.len() > index.keys.len() {
-            return Err(self.invalid_query(format!(
-                "the prefix has {} values and index `{}` has {} fields",
-                self.spec.prefix.len(),
-                index.name.split(':').nth(1).unwrap_or(""),
-                index.keys.len()
-            )));
-        }
-        let context = self.context(&index, scope);
-        // The cursor holds the keys after the prefix, and the id.
-        let expected = index.keys.len() - self.spec.prefix.len() + 1;
-        let position = self.spec.position(key, &context, expected)?;
-        use crate::schema::IdKind;
-        let id_ok = matches!(
-            (position.key().and_then(<[Value]>::last), self.slot.get().id_kind),
-            (None, _) | (Some(Value::Integer(_)), IdKind::Integer) | (Some(Value::Text(_)), IdKind::Text)
-        );
-        if !id_ok {
-            return Err(Error::invalid_cursor("its id is not of this collection's id type"));
-        }
-        Ok((index, context, position))
-    }
-
-    /// What a cursor of this range is signed over: the collection, the index and its keys,
-    /// the direction, the prefix, the bounds and the filters.
-    fn context(&self, index: &IndexKeys, scope: CursorScope) -> Vec<u8> {
         let schema = self.slot.schema();
-        let mut out = match scope {
-            CursorScope::Database => b"db4 range v1\0".to_vec(),
-            CursorScope::Router => b"db4 shard router range v1\0".to_vec(),
-        };
-        let text = |out: &mut Vec<u8>, s: &str| encode_value(out, ValueRef::Text(s));
-        text(&mut out, schema.collection());
-        text(&mut out, &index.name);
-        for &(field, desc) in &index.keys {
-            let def = &schema.fields()[field];
-            text(&mut out, def.name());
-            text(&mut out, def.key());
-            out.push(u8::from(desc));
-        }
-        self.spec.encode(&mut out);
-        encode_filters(&mut out, &self.filters);
-        if self.include_cold {
-            out.extend_from_slice(b"\0include cold");
-        }
-        out
+        let prepared =
+            prepare_spec(schema, self.index.clone(), &self.spec, &self.filters, self.include_cold, key, scope)?;
+        check_cursor_id(&prepared.2, self.slot.get().id_kind)?;
+        Ok(prepared)
     }
 
     /// Reads the page at `position`: `limit` + 1 rows, to learn whether more follow.
@@ -589,6 +546,84 @@ impl<'c, T: Document, B> Range<'c, T, B> {
             Ok((rows, more))
         })
     }
+}
+
+/// Checks a range over `schema` and its cursor: the keys of the scan, the context cursors
+/// are signed over, and where to start (the cursor verified under `key` in `scope`).
+pub(crate) fn prepare_spec(
+    schema: &Schema,
+    index: std::result::Result<IndexKeys, String>,
+    spec: &Spec,
+    filters: &[Expr],
+    include_cold: bool,
+    key: &CursorKey,
+    scope: CursorScope,
+) -> Result<(IndexKeys, Vec<u8>, Position)> {
+    let collection = schema.collection();
+    let index = index.map_err(|e| Error::invalid_query(collection, e))?;
+    spec.check(collection)?;
+    check_prefix(collection, &index, spec.prefix.len())?;
+    let context = range_context(schema, &index, spec, filters, include_cold, scope);
+    // The cursor holds the keys after the prefix, and the id.
+    let expected = index.keys.len() - spec.prefix.len() + 1;
+    let position = spec.position(key, &context, expected)?;
+    Ok((index, context, position))
+}
+
+/// Refuses a prefix longer than the index.
+pub(crate) fn check_prefix(collection: &str, index: &IndexKeys, prefix: usize) -> Result<()> {
+    if prefix > index.keys.len() {
+        return Err(Error::invalid_query(
+            collection,
+            format!(
+                "the prefix has {prefix} values and index `{}` has {} fields",
+                index.name.split(':').nth(1).unwrap_or(""),
+                index.keys.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a cursor whose id is not of the collection's id type.
+pub(crate) fn check_cursor_id(position: &Position, id_kind: crate::schema::IdKind) -> Result<()> {
+    use crate::schema::IdKind;
+    let id_ok = matches!(
+        (position.key().and_then(<[Value]>::last), id_kind),
+        (None, _) | (Some(Value::Integer(_)), IdKind::Integer) | (Some(Value::Text(_)), IdKind::Text)
+    );
+    if id_ok { Ok(()) } else { Err(Error::invalid_cursor("its id is not of this collection's id type")) }
+}
+
+/// What a cursor of a range is signed over: the scope, the collection, the index and its
+/// keys, the direction, the prefix, the bounds and the filters.
+fn range_context(
+    schema: &Schema,
+    index: &IndexKeys,
+    spec: &Spec,
+    filters: &[Expr],
+    include_cold: bool,
+    scope: CursorScope,
+) -> Vec<u8> {
+    let mut out = match scope {
+        CursorScope::Database => b"db4 range v1\0".to_vec(),
+        CursorScope::Router => b"db4 shard router range v1\0".to_vec(),
+    };
+    let text = |out: &mut Vec<u8>, s: &str| encode_value(out, ValueRef::Text(s));
+    text(&mut out, schema.collection());
+    text(&mut out, &index.name);
+    for &(field, desc) in &index.keys {
+        let def = &schema.fields()[field];
+        text(&mut out, def.name());
+        text(&mut out, def.key());
+        out.push(u8::from(desc));
+    }
+    spec.encode(&mut out);
+    encode_filters(&mut out, filters);
+    if include_cold {
+        out.extend_from_slice(b"\0include cold");
+    }
+    out
 }
 
 /// A page's documents with their scan keys, and whether more follow.

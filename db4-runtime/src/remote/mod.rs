@@ -16,6 +16,7 @@ pub mod protocol;
 
 #[cfg(feature = "sqlite")]
 mod local;
+mod range;
 mod router;
 mod search;
 mod server;
@@ -26,6 +27,7 @@ mod worker;
 #[cfg(feature = "sqlite")]
 pub use local::LocalShards;
 pub use protocol::{PROTOCOL_VERSION, ShardMap};
+pub use range::{DurableRange, MAX_RANGE_PAGE};
 pub use router::{BoxFuture, DurableQuery, DurableRouter, MAX_IN_FLIGHT, ShardClient, SplitTrigger};
 pub use search::DurableSearch;
 pub use server::{CoordinatorServer, ShardServer};

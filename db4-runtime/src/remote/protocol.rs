@@ -59,6 +59,50 @@ impl From<WireValue> for Value {
     }
 }
 
+impl From<&std::ops::Bound<Value>> for WireBound {
+    fn from(b: &std::ops::Bound<Value>) -> Self {
+        match b {
+            std::ops::Bound::Unbounded => WireBound::Unbounded,
+            std::ops::Bound::Included(v) => WireBound::Included(v.into()),
+            std::ops::Bound::Excluded(v) => WireBound::Excluded(v.into()),
+        }
+    }
+}
+
+impl From<WireBound> for std::ops::Bound<Value> {
+    fn from(b: WireBound) -> Self {
+        match b {
+            WireBound::Unbounded => std::ops::Bound::Unbounded,
+            WireBound::Included(v) => std::ops::Bound::Included(v.into()),
+            WireBound::Excluded(v) => std::ops::Bound::Excluded(v.into()),
+        }
+    }
+}
+
+impl From<&crate::range::Position> for WirePosition {
+    fn from(p: &crate::range::Position) -> Self {
+        use crate::range::Position;
+        let wire = |key: &[Value]| key.iter().map(WireValue::from).collect();
+        match p {
+            Position::Start => WirePosition::Start,
+            Position::After(key, inclusive) => WirePosition::After { key: wire(key), inclusive: *inclusive },
+            Position::Before(key, inclusive) => WirePosition::Before { key: wire(key), inclusive: *inclusive },
+        }
+    }
+}
+
+impl From<WirePosition> for crate::range::Position {
+    fn from(p: WirePosition) -> Self {
+        use crate::range::Position;
+        let values = |key: Vec<WireValue>| key.into_iter().map(Value::from).collect();
+        match p {
+            WirePosition::Start => Position::Start,
+            WirePosition::After { key, inclusive } => Position::After(values(key), inclusive),
+            WirePosition::Before { key, inclusive } => Position::Before(values(key), inclusive),
+        }
+    }
+}
+
 /// A comparison operator on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -436,6 +480,79 @@ pub enum ShardOp {
         /// The rows: `(rowid, id)`.
         wanted: Vec<(i64, WireValue)>,
     },
+    /// A range's rows on this shard: at most `limit` documents of the index `index` after
+    /// (or before) `position`, in scan order, each with its scan key (the index's keys after
+    /// the prefix, the id last). Answers [`RangeRows`]. While the shard holds moved copies,
+    /// only its own documents count.
+    RangeRows {
+        /// The index as a cursor names it: `field:<name>` or `index:<name>`.
+        index: String,
+        /// The values fixing the index's leading keys.
+        prefix: Vec<WireValue>,
+        /// The lower bound of the key after the prefix.
+        lower: WireBound,
+        /// The upper bound.
+        upper: WireBound,
+        /// The reverse of the index's order.
+        descending: bool,
+        /// Each filter as postfix nodes; all must hold.
+        filters: Vec<Vec<WireNode>>,
+        /// Where the rows start.
+        position: WirePosition,
+        /// At most this many rows (1 to [`MAX_RANGE_ROWS`]).
+        limit: usize,
+    },
+    /// The secret this shard signs range cursors with, as hex: a router signs its own
+    /// cursors with its lowest shard's, as the in-process router does. Only for the Worker
+    /// that owns the shard objects: never forward protocol requests from clients.
+    CursorSecret,
+}
+
+/// Rows a [`ShardOp::RangeRows`] may ask for (a router's page is at most this many minus
+/// one, plus the row telling whether more follow).
+pub const MAX_RANGE_ROWS: usize = 1001;
+
+/// A bound of a range's key on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireBound {
+    /// No bound.
+    Unbounded,
+    /// The value itself included.
+    Included(WireValue),
+    /// The value itself left out.
+    Excluded(WireValue),
+}
+
+/// Where a range's rows start on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WirePosition {
+    /// At the first row.
+    Start,
+    /// After `key` (at or after it if `inclusive`), in scan order.
+    After {
+        /// The scan key.
+        key: Vec<WireValue>,
+        /// The row at `key` itself included.
+        inclusive: bool,
+    },
+    /// Before `key` (at or before it if `inclusive`): reading backwards.
+    Before {
+        /// The scan key.
+        key: Vec<WireValue>,
+        /// The row at `key` itself included.
+        inclusive: bool,
+    },
+}
+
+/// A shard's rows of a range ([`ShardOp::RangeRows`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RangeRows {
+    /// The documents, in scan order, each with its scan key.
+    pub rows: Vec<(Box<RawValue>, Vec<WireValue>)>,
+    /// More rows follow the last one.
+    pub more: bool,
 }
 
 /// A shard's part of a full-text search ([`ShardOp::SearchPart`]).

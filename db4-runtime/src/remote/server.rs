@@ -7,8 +7,8 @@
 //! answers `fetch`.
 
 use super::protocol::{
-    CoordinatorOp, PROTOCOL_VERSION, ScanPage, SearchPart, ShardMap, ShardOp, ShardReply, ShardRequest, WireChange,
-    WireError, WireHit, WireMatch, WireStats, decode_expr, to_raw,
+    CoordinatorOp, MAX_RANGE_ROWS, PROTOCOL_VERSION, RangeRows, ScanPage, SearchPart, ShardMap, ShardOp, ShardReply,
+    ShardRequest, WireChange, WireError, WireHit, WireMatch, WireStats, WireValue, decode_expr, to_raw,
 };
 use crate::backend::{Access, Connection, run};
 use crate::collection::Collection;
@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 use crate::fts::global;
 use crate::query::filter::Filter;
 use crate::query::{Field, Order};
+use crate::range::{
+    AnyValue, KeyedRows, Position, Spec, check_cursor_id, check_prefix, field_index_keys, named_index_keys,
+};
 use crate::schema::{DocumentId, IdArg, Partitioned};
 use crate::shard::{HashRing, MovedRange, ShardId, key_hash, partition_key_bytes, partition_key_of};
 use crate::value::{Value, ValueError, ValueRef};
@@ -370,6 +373,21 @@ impl<T: Partitioned> Typed<T> {
         }
     }
 
+    /// The document `id` if it is stored under the partition key `key`.
+    fn stored_under<S: crate::txn::Scope>(c: &Collection<T, S>, id: &Value, key: &Value) -> Result<Option<T>> {
+        let Some(doc) = c.get(WireId(id.clone()))? else { return Ok(None) };
+        let own = partition_key_of(&doc)?.is_some_and(|k| partition_key_bytes(&k) == partition_key_bytes(key));
+        Ok(own.then_some(doc))
+    }
+
+    /// [`stored_under`](Self::stored_under), its absence [`Error::NotFound`].
+    fn require_under<S: crate::txn::Scope>(c: &Collection<T, S>, id: &Value, key: &Value) -> Result<()> {
+        match Self::stored_under(c, id, key)? {
+            Some(_) => Ok(()),
+            None => Err(Error::NotFound { collection: Self::name().to_owned(), id: crate::store::codec::id_text(id) }),
+        }
+    }
+
     /// The documents of `docs` whose partition key routes to this shard.
     fn own(state: &ShardState, docs: Vec<T>) -> Result<Vec<T>> {
         let mut kept = Vec::with_capacity(docs.len());
@@ -484,33 +502,54 @@ impl<T: Partitioned> Handler for Typed<T> {
                 c.upsert(&doc)?;
                 Ok(null_raw())
             }
+            // A document answers only to its own partition key: another key routed to the
+            // same shard finds nothing, as it would on a shard of its own.
             ShardOp::Get { key, id } => {
-                Self::check_key(state, &key.into())?;
-                to_raw(name, &c.get(WireId(id.into()))?)
+                let key = Value::from(key);
+                Self::check_key(state, &key)?;
+                to_raw(name, &Self::stored_under(&c, &id.into(), &key)?)
             }
             ShardOp::Delete { key, id } => {
-                Self::check_key(state, &key.into())?;
-                to_raw(name, &c.delete(WireId(id.into()))?)
+                let (key, id) = (Value::from(key), Value::from(id));
+                Self::check_key(state, &key)?;
+                let deleted = db.transaction(|tx| {
+                    let c = tx.collection::<T>()?;
+                    match Self::stored_under(&c, &id, &key)? {
+                        Some(_) => c.delete(WireId(id.clone())),
+                        None => Ok(false),
+                    }
+                })?;
+                to_raw(name, &deleted)
             }
             ShardOp::Increment { key, id, field, delta } => {
-                Self::check_key(state, &key.into())?;
+                let (key, id) = (Value::from(key), Value::from(id));
+                Self::check_key(state, &key)?;
                 let index = Self::field(&field)?;
-                let id = WireId(id.into());
-                if let Some(d) = delta.as_i64() {
-                    to_raw(name, &c.increment(id, Field::<T, i64>::__new(index), d)?)
-                } else if let Some(d) = delta.as_u64() {
-                    to_raw(name, &c.increment(id, Field::<T, u64>::__new(index), d)?)
-                } else if let Some(d) = delta.as_f64() {
-                    to_raw(name, &c.increment(id, Field::<T, f64>::__new(index), d)?)
-                } else {
-                    Err(Error::invalid_value(name, &field, format!("the delta {delta} is not a number")))
-                }
+                db.transaction(|tx| {
+                    let c = tx.collection::<T>()?;
+                    Self::require_under(&c, &id, &key)?;
+                    let id = WireId(id.clone());
+                    if let Some(d) = delta.as_i64() {
+                        to_raw(name, &c.increment(id, Field::<T, i64>::__new(index), d)?)
+                    } else if let Some(d) = delta.as_u64() {
+                        to_raw(name, &c.increment(id, Field::<T, u64>::__new(index), d)?)
+                    } else if let Some(d) = delta.as_f64() {
+                        to_raw(name, &c.increment(id, Field::<T, f64>::__new(index), d)?)
+                    } else {
+                        Err(Error::invalid_value(name, &field, format!("the delta {delta} is not a number")))
+                    }
+                })
             }
             ShardOp::CompareAndSwap { key, id, field, expected, new } => {
-                Self::check_key(state, &key.into())?;
+                let (key, id) = (Value::from(key), Value::from(id));
+                Self::check_key(state, &key)?;
                 let f = Field::<T, serde_json::Value>::__new(Self::field(&field)?);
-                let r = c.compare_and_swap(WireId(id.into()), f, expected, new)?;
-                to_raw(name, &serde_json::json!({ "swapped": r.swapped, "current": r.current }))
+                db.transaction(|tx| {
+                    let c = tx.collection::<T>()?;
+                    Self::require_under(&c, &id, &key)?;
+                    let r = c.compare_and_swap(WireId(id.clone()), f, expected, new)?;
+                    to_raw(name, &serde_json::json!({ "swapped": r.swapped, "current": r.current }))
+                })
             }
             ShardOp::Query { filters, order, offset, limit } => {
                 let q = Self::query(&c, Self::filters(filters)?, &order)?;
@@ -647,7 +686,90 @@ impl<T: Partitioned> Handler for Typed<T> {
                     .collect::<Result<Vec<_>>>()?;
                 to_raw(name, &hits)
             }
+            ShardOp::RangeRows { index, prefix, lower, upper, descending, filters, position, limit } => {
+                let filters: Vec<_> = Self::filters(filters)?.into_iter().map(|f| f.expr).collect();
+                let mut spec = Spec::default();
+                spec.prefix = prefix.into_iter().map(Value::from).collect();
+                spec.lower = lower.into();
+                spec.upper = upper.into();
+                spec.descending = descending;
+                spec.limit = limit.max(1);
+                let (rows, more) = Self::range_rows(&c, state, &index, spec, filters, position.into(), limit)?;
+                let rows = rows
+                    .into_iter()
+                    .map(|(doc, key)| Ok((to_raw(name, &doc)?, key.iter().map(WireValue::from).collect())))
+                    .collect::<Result<Vec<_>>>()?;
+                to_raw(name, &RangeRows { rows, more })
+            }
+            ShardOp::CursorSecret => to_raw(name, &db.cursor_key().to_hex()),
             ShardOp::Assign { .. } => Err(Error::migration_state("assign is answered before the collection")),
+        }
+    }
+}
+
+impl<T: Partitioned> Typed<T> {
+    /// A range's first `limit` rows on this shard at `position`, with their scan keys, and
+    /// whether more follow; while the shard holds moved copies, only its own documents.
+    fn range_rows(
+        c: &Collection<T>,
+        state: &ShardState,
+        index: &str,
+        spec: Spec,
+        filters: Vec<crate::query::filter::Expr>,
+        position: Position,
+        limit: usize,
+    ) -> Result<KeyedRows<T>> {
+        let name = Self::name();
+        if !(1..=MAX_RANGE_ROWS).contains(&limit) {
+            return Err(Error::invalid_query(
+                name,
+                format!("a shard answers 1 to {MAX_RANGE_ROWS} range rows, not {limit}"),
+            ));
+        }
+        let schema = T::schema();
+        let keys = match index.split_once(':') {
+            Some(("field", field)) => match schema.fields().iter().position(|f| f.name() == field) {
+                Some(at) => field_index_keys(schema, at),
+                None => Err(format!("no field {field:?} in this collection")),
+            },
+            Some(("index", index)) => named_index_keys(schema, index),
+            _ => Err(format!("{index:?} does not name an index (`field:<name>` or `index:<name>`)")),
+        }
+        .map_err(|e| Error::invalid_query(name, e))?;
+        check_prefix(name, &keys, spec.prefix.len())?;
+        let expected = keys.keys.len() - spec.prefix.len() + 1;
+        if let Position::After(key, _) | Position::Before(key, _) = &position
+            && key.len() != expected
+        {
+            return Err(Error::invalid_cursor(format!("its key holds {} values, not {expected}", key.len())));
+        }
+        check_cursor_id(&position, <T::Id as crate::schema::DocumentId>::KIND)?;
+        let range = c.range_of::<AnyValue>(Ok(keys.clone()), spec, filters);
+        if !state.foreign {
+            return range.rows(&keys, &position, limit, true);
+        }
+        // Moved copies are still here: read on past them until `limit` + 1 rows are this
+        // shard's own (or none is left).
+        let mut kept: Vec<(T, Vec<Value>)> = Vec::new();
+        let mut at = position.clone();
+        loop {
+            let (rows, more) = range.rows(&keys, &at, limit, true)?;
+            let last = rows.last().map(|r| r.1.clone());
+            for (doc, key) in rows {
+                if partition_key_of(&doc)?.is_some_and(|k| state.owns(&k)) {
+                    kept.push((doc, key));
+                }
+            }
+            if kept.len() > limit {
+                kept.truncate(limit);
+                return Ok((kept, true));
+            }
+            match last {
+                Some(key) if more => {
+                    at = if position.backward() { Position::Before(key, false) } else { Position::After(key, false) }
+                }
+                _ => return Ok((kept, false)),
+            }
         }
     }
 }

@@ -353,6 +353,39 @@ pub(crate) fn plan_exprs(ring: &HashRing, schema: &Schema, filters: &[&Expr]) ->
     })
 }
 
+/// The shards a range over `index` reads: those of the filters' plan, narrowed to the shard
+/// of the partition key when `prefix` (the index's leading values) fixes it.
+pub(crate) fn range_shards(
+    ring: &HashRing,
+    schema: &Schema,
+    index: &[(usize, bool)],
+    prefix: &[Value],
+    filters: &[Expr],
+) -> Result<Vec<ShardId>> {
+    let filters: Vec<&Expr> = filters.iter().collect();
+    let plan = plan_exprs(ring, schema, &filters)?;
+    let Some(pk) = schema.fields().iter().position(|f| f.is_partition_key()) else { return Ok(plan.shards) };
+    let pins: Vec<Expr> = index
+        .iter()
+        .zip(prefix)
+        .filter(|((field, _), _)| *field == pk)
+        .map(|(_, value)| Expr::Atom(Atom::Compare { field: pk, op: CmpOp::Eq, value: value.clone() }))
+        .collect();
+    if pins.is_empty() {
+        return Ok(plan.shards);
+    }
+    let all: Vec<&Expr> = filters.into_iter().chain(&pins).collect();
+    Ok(match pinned_keys(schema, &all) {
+        None => plan.shards,
+        Some(values) => {
+            let mut shards: Vec<ShardId> = values.iter().map(|v| ring.shard_for_value(v)).collect();
+            shards.sort_unstable();
+            shards.dedup();
+            shards
+        }
+    })
+}
+
 /// `doc`'s partition-key value as the query evaluator reads it from the stored JSON (hash it
 /// with [`partition_key_bytes`], or route it with [`HashRing::shard_for_value`]); `None` if
 /// `T` has no partition key.

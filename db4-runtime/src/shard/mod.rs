@@ -45,7 +45,7 @@ pub use merge::{
     pinned_partition_keys, plan_query, shard_fetch_limit, shards_needing_more,
 };
 #[allow(unused_imports, reason = "for the router, which holds a query's untyped parts")]
-pub(crate) use merge::{merge_sorted_by, pinned_keys, plan_exprs};
+pub(crate) use merge::{merge_sorted_by, pinned_keys, plan_exprs, range_shards};
 pub use plan::{MigrationPlan, MigrationStep, MovedRange, SourceProgress};
 pub use ring::{
     HashRing, MAX_RING_POINTS, MAX_SHARDS, Placement, ShardId, VirtualNode, hash_to_i64, key_hash, partition_key_bytes,

@@ -51,6 +51,18 @@ impl CursorKey {
         Self { secret }
     }
 
+    /// The secret as hex, to hand to a router that signs cursors for this database's shard
+    /// (the protocol's `CursorSecret`, between a Worker and its own Durable Objects).
+    pub(crate) fn to_hex(&self) -> String {
+        hex_encode(&self.secret)
+    }
+
+    /// The key of a secret [`to_hex`](Self::to_hex) wrote; `None` if `text` is not 64 hex
+    /// digits.
+    pub(crate) fn from_hex(text: &str) -> Option<CursorKey> {
+        hex_decode(text).map(|secret| CursorKey { secret })
+    }
+
     /// The MAC of `signed` for `context`, the first [`MAC_BYTES`] of HMAC-SHA-256.
     pub(crate) fn tag(&self, context: &[u8], signed: &[u8]) -> [u8; MAC_BYTES] {
         let full = self.mac(context, signed).finalize().into_bytes();

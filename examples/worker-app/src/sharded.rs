@@ -20,6 +20,7 @@
 //! | `POST /s/kb/bulk` | insert knowledge-base articles (a second sharded collection) |
 //! | `POST /s/kb/query` | `{"tenants"?}`: its articles, by id |
 //! | `POST /s/kb/search` | `{"q", "tenants"?, "limit"?, "offset"?, "highlight"?, "snippet"?, "total"?}` |
+//! | `POST /s/kb/range` | `{"index"?, "prefix"?, "gte"?, "lt"?, "desc"?, "tenants"?, "limit"?, "after"?, "before"?}` → `{"items", "next", "prev", "has_more"}`: keyset pages over `updated` (default) or `by_tenant_updated` (`tenant`, `updated desc`; `prefix` a tenant) |
 //!
 //! The split routes are answered by the coordinator object (`worker.rs`), which owns the alarm.
 
@@ -34,7 +35,9 @@ use serde_json::{Value, json};
 #[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[db4(collection = "tickets")]
 pub struct Ticket {
-    /// Unique within its tenant.
+    /// Unique in the collection: each shard object's primary key. The router cannot check
+    /// uniqueness across shard objects, so the clients make ids unique (a document answers
+    /// only to its own tenant: another tenant's key never reads or changes it).
     #[id]
     pub id: String,
     /// The partition key: all of a tenant's tickets are on one shard.
@@ -55,9 +58,9 @@ pub struct Ticket {
 
 /// A knowledge-base article of one tenant: full-text searched across the shard objects.
 #[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[db4(collection = "kb")]
+#[db4(collection = "kb", index(name = "by_tenant_updated", fields(tenant, updated desc)))]
 pub struct KbArticle {
-    /// Unique within its tenant.
+    /// Unique in the collection, as a [`Ticket`]'s id.
     #[id]
     pub id: String,
     /// The partition key.
@@ -154,6 +157,24 @@ struct SearchBody {
     total: bool,
 }
 
+/// The body of `POST /s/kb/range`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RangeBody {
+    /// `updated` (the default) or `by_tenant_updated`.
+    index: Option<String>,
+    /// The tenant (`by_tenant_updated` only).
+    prefix: Option<String>,
+    gte: Option<i64>,
+    lt: Option<i64>,
+    #[serde(default)]
+    desc: bool,
+    tenants: Option<Vec<String>>,
+    limit: Option<usize>,
+    after: Option<String>,
+    before: Option<String>,
+}
+
 /// The body of `POST /s/kb/query`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -209,7 +230,50 @@ async fn kb(router: &DurableRouter<KbArticle>, req: &ApiRequest<'_>, path: &str)
                 .collect();
             Ok(ApiResponse { status: 200, body: json!({ "total": res.total, "hits": hits }) })
         }
-        (_, "/s/kb/bulk" | "/s/kb/query" | "/s/kb/search") => Err(ApiError::MethodNotAllowed),
+        (Method::Post, "/s/kb/range") => {
+            let body: RangeBody = body_or_default(req.body)?;
+            let mut r = match body.index.as_deref().unwrap_or("updated") {
+                "updated" if body.prefix.is_none() => router.range_index("updated"),
+                "updated" => {
+                    return Err(ApiError::InvalidParam("prefix: only with index by_tenant_updated".into()));
+                }
+                "by_tenant_updated" => match &body.prefix {
+                    Some(tenant) => router.range_index("by_tenant_updated").prefix(tenant.as_str()),
+                    None => router.range_index("by_tenant_updated"),
+                },
+                other => return Err(ApiError::InvalidParam(format!("index {other:?}"))),
+            };
+            if let Some(v) = body.gte {
+                r = r.gte(v);
+            }
+            if let Some(v) = body.lt {
+                r = r.lt(v);
+            }
+            if body.desc {
+                r = r.descending();
+            }
+            if let Some(tenants) = body.tenants {
+                r = r.filter(f.tenant.in_list(tenants));
+            }
+            r = r.limit(body.limit.unwrap_or(db4::range::DEFAULT_PAGE_SIZE));
+            if let Some(c) = &body.after {
+                r = r.after(&db4::Cursor::parse(c)?);
+            }
+            if let Some(c) = &body.before {
+                r = r.before(&db4::Cursor::parse(c)?);
+            }
+            let page = r.fetch().await?;
+            Ok(ApiResponse {
+                status: 200,
+                body: json!({
+                    "items": to_json(&page.items),
+                    "next": page.next.map(|c| c.to_string()),
+                    "prev": page.prev.map(|c| c.to_string()),
+                    "has_more": page.has_more,
+                }),
+            })
+        }
+        (_, "/s/kb/bulk" | "/s/kb/query" | "/s/kb/search" | "/s/kb/range") => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NoRoute),
     }
 }

@@ -46,18 +46,16 @@
 use super::{ShardRouter, read};
 use crate::error::{Error, Result};
 use crate::query::eval::value_cmp;
-use crate::query::filter::{Atom, CmpOp, Expr};
+use crate::query::filter::Expr;
 use crate::query::{Field, Filter};
 use crate::range::{
     AnyValue, Cursor, CursorScope, IndexKeys, KeyPrefix, KeyedRows, Page, PageSource, Pager, Position, Spec,
     field_index_keys, finish_page, named_index_keys, scan_directions,
 };
 use crate::schema::{Ordered, Partitioned, QueryValue};
-use crate::shard::merge::{
-    first_round_fetch, kmerge_by, partition_key_of, pinned_keys, plan_exprs, shards_needing_more,
-};
 use crate::shard::plan::MigrationStep;
 use crate::shard::ring::{HashRing, ShardId};
+use crate::shard::{first_round_fetch, kmerge_by, partition_key_of, range_shards, shards_needing_more};
 use crate::store::secret::CursorKey;
 use crate::trace;
 use crate::value::Value;
@@ -335,31 +333,7 @@ impl<T: Partitioned> Prepared<'_, T> {
     /// The shards the range reads: those of the filters' plan, narrowed to the shard of the
     /// partition key when the prefix fixes it.
     fn shards(&self, ring: &HashRing) -> Result<Vec<ShardId>> {
-        let schema = T::schema();
-        let filters: Vec<&Expr> = self.filters.iter().collect();
-        let plan = plan_exprs(ring, schema, &filters)?;
-        let Some(pk) = schema.fields().iter().position(|f| f.is_partition_key()) else { return Ok(plan.shards) };
-        let pins: Vec<Expr> = self
-            .index
-            .keys
-            .iter()
-            .zip(&self.spec.prefix)
-            .filter(|((field, _), _)| *field == pk)
-            .map(|(_, value)| Expr::Atom(Atom::Compare { field: pk, op: CmpOp::Eq, value: value.clone() }))
-            .collect();
-        if pins.is_empty() {
-            return Ok(plan.shards);
-        }
-        let all: Vec<&Expr> = filters.into_iter().chain(&pins).collect();
-        Ok(match pinned_keys(schema, &all) {
-            None => plan.shards,
-            Some(values) => {
-                let mut shards: Vec<ShardId> = values.iter().map(|v| ring.shard_for_value(v)).collect();
-                shards.sort_unstable();
-                shards.dedup();
-                shards
-            }
-        })
+        range_shards(ring, T::schema(), &self.index.keys, &self.spec.prefix, &self.filters)
     }
 
     /// One shard's first `limit` rows at `position` with their scan keys, and whether more

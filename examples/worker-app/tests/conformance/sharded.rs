@@ -22,30 +22,33 @@ fn ticket(tenant: &str, i: usize) -> Value {
 
 /// Reads, writes and errors through the router.
 pub fn sharded_crud(t: &dyn Target) {
+    // Ids are the shards' primary keys: unique in the collection, not per tenant (another
+    // scenario's tenant may share a shard), so this one uses ids no other scenario does.
+    const ID: usize = 99_001;
     let tenant = t.tenant("sharded_crud");
-    let created = expect(post(t, "/s/tickets", &ticket(&tenant, 1)), 201);
-    assert_eq!(created["id"], "k00001");
-    expect_error(post(t, "/s/tickets", &ticket(&tenant, 1)), 409, "already_exists");
-    let got = expect(t.call("GET", &format!("/s/tickets/{tenant}/k00001"), None), 200);
-    assert_eq!(got["title"], ticket(&tenant, 1)["title"]);
+    let created = expect(post(t, "/s/tickets", &ticket(&tenant, ID)), 201);
+    assert_eq!(created["id"], "k99001");
+    expect_error(post(t, "/s/tickets", &ticket(&tenant, ID)), 409, "already_exists");
+    let got = expect(t.call("GET", &format!("/s/tickets/{tenant}/k99001"), None), 200);
+    assert_eq!(got["title"], ticket(&tenant, ID)["title"]);
     assert_eq!(got["version"], 0);
     // Optimistic locking through the router: the current copy updates, the stale one is refused.
     let mut doc = got.clone();
     doc["title"] = json!("renamed");
-    let updated = expect(t.call("PUT", &format!("/s/tickets/{tenant}/k00001"), Some(doc.to_string().as_bytes())), 200);
+    let updated = expect(t.call("PUT", &format!("/s/tickets/{tenant}/k99001"), Some(doc.to_string().as_bytes())), 200);
     assert_eq!(updated["version"], 1);
     expect_error(
-        t.call("PUT", &format!("/s/tickets/{tenant}/k00001"), Some(doc.to_string().as_bytes())),
+        t.call("PUT", &format!("/s/tickets/{tenant}/k99001"), Some(doc.to_string().as_bytes())),
         409,
         "conflict",
     );
-    let inc = expect(post(t, &format!("/s/tickets/{tenant}/k00001/increment"), &json!({ "by": 10 })), 200);
-    assert_eq!(inc["score"], ticket(&tenant, 1)["score"].as_i64().unwrap() + 10);
+    let inc = expect(post(t, &format!("/s/tickets/{tenant}/k99001/increment"), &json!({ "by": 10 })), 200);
+    assert_eq!(inc["score"], ticket(&tenant, ID)["score"].as_i64().unwrap() + 10);
     expect_error(t.call("GET", &format!("/s/tickets/{tenant}/nope"), None), 404, "not_found");
-    expect_error(t.call("GET", &format!("/s/tickets/{tenant}-other/k00001"), None), 404, "not_found");
-    let deleted = expect(t.call("DELETE", &format!("/s/tickets/{tenant}/k00001"), None), 200);
+    expect_error(t.call("GET", &format!("/s/tickets/{tenant}-other/k99001"), None), 404, "not_found");
+    let deleted = expect(t.call("DELETE", &format!("/s/tickets/{tenant}/k99001"), None), 200);
     assert_eq!(deleted["deleted"], true);
-    let again = expect(t.call("DELETE", &format!("/s/tickets/{tenant}/k00001"), None), 200);
+    let again = expect(t.call("DELETE", &format!("/s/tickets/{tenant}/k99001"), None), 200);
     assert_eq!(again["deleted"], false);
     // Bad input: clear errors, nothing stored.
     expect_error(t.call("POST", "/s/tickets", Some(b"{not json")), 400, "bad_json");
@@ -222,4 +225,159 @@ pub fn sharded_search(t: &dyn Target) {
     }
     expect_error(post(t, "/s/kb/search", &json!({ "q": "\"unclosed" })), 400, "invalid_query");
     expect_error(post(t, "/s/kb/search", &json!({ "q": "edge", "snippet": 0 })), 400, "invalid_query");
+    // The same articles in keyset ranges (here, not in a scenario of their own: the model
+    // must hold every article of the collection, and other scenarios would insert more).
+    kb_ranges(t, &one, &tenants);
+}
+
+/// A range's shape, applied to the model's collection and sent to `POST /s/kb/range`.
+#[derive(Clone)]
+struct KbRange {
+    composite: bool,
+    prefix: Option<String>,
+    gte: Option<i64>,
+    lt: Option<i64>,
+    desc: bool,
+    tenants: Option<Vec<String>>,
+}
+
+/// One page of `shape` from the model, and the same page's request body.
+fn model_page(
+    one: &db4::Collection<worker_app::sharded::KbArticle>,
+    shape: &KbRange,
+    limit: usize,
+    after: Option<&db4::Cursor>,
+    before: Option<&db4::Cursor>,
+) -> db4::Page<worker_app::sharded::KbArticle> {
+    use worker_app::sharded::KbArticle;
+    let mut r = if shape.composite { one.range_index("by_tenant_updated") } else { one.range_index("updated") };
+    if let Some(p) = &shape.prefix {
+        r = r.prefix(p.as_str());
+    }
+    if let Some(v) = shape.gte {
+        r = r.gte(v);
+    }
+    if let Some(v) = shape.lt {
+        r = r.lt(v);
+    }
+    if shape.desc {
+        r = r.descending();
+    }
+    if let Some(t) = &shape.tenants {
+        r = r.filter(KbArticle::fields().tenant.in_list(t.clone()));
+    }
+    r = r.limit(limit);
+    if let Some(c) = after {
+        r = r.after(c);
+    }
+    if let Some(c) = before {
+        r = r.before(c);
+    }
+    r.fetch().expect("the model's range")
+}
+
+fn range_body(shape: &KbRange, limit: usize) -> Value {
+    let mut body = json!({ "limit": limit, "desc": shape.desc });
+    if shape.composite {
+        body["index"] = json!("by_tenant_updated");
+    }
+    if let Some(p) = &shape.prefix {
+        body["prefix"] = json!(p);
+    }
+    if let Some(v) = shape.gte {
+        body["gte"] = json!(v);
+    }
+    if let Some(v) = shape.lt {
+        body["lt"] = json!(v);
+    }
+    if let Some(t) = &shape.tenants {
+        body["tenants"] = json!(t);
+    }
+    body
+}
+
+/// Pages through `shape` forwards to its end then back to its start, in pages of `sizes`
+/// (in turn), on the model and through the router, comparing every page: ids in order,
+/// `has_more`, and which cursors it has. Returns a cursor of the router's for misuse tests.
+fn walk_both(
+    t: &dyn Target,
+    one: &db4::Collection<worker_app::sharded::KbArticle>,
+    shape: &KbRange,
+    sizes: &[usize],
+) -> Option<String> {
+    let mut step = 0;
+    let (mut m_cursor, mut r_cursor): (Option<db4::Cursor>, Option<String>) = (None, None);
+    let mut kept = None;
+    for backward in [false, true] {
+        loop {
+            let limit = sizes[step % sizes.len()];
+            step += 1;
+            assert!(step < 500, "paging does not end");
+            let (mc, rc) = (m_cursor.take(), r_cursor.take());
+            let want = if backward {
+                model_page(one, shape, limit, None, mc.as_ref())
+            } else {
+                model_page(one, shape, limit, mc.as_ref(), None)
+            };
+            let mut body = range_body(shape, limit);
+            if let Some(c) = &rc {
+                body[if backward { "before" } else { "after" }] = json!(c);
+            }
+            let got = expect(post(t, "/s/kb/range", &body), 200);
+            let want_ids: Vec<&str> = want.items.iter().map(|a| a.id.as_str()).collect();
+            assert_eq!(ids(&got), want_ids, "{body}");
+            assert_eq!(got["has_more"], want.has_more, "{body}");
+            assert_eq!(got["next"].is_string(), want.next.is_some(), "{body}: next");
+            assert_eq!(got["prev"].is_string(), want.prev.is_some(), "{body}: prev");
+            let (m_next, r_next) =
+                if backward { (want.prev.clone(), &got["prev"]) } else { (want.next.clone(), &got["next"]) };
+            let (m_next, r_next) = match (m_next, r_next.as_str()) {
+                (Some(m), Some(r)) => (m, r.to_owned()),
+                _ => {
+                    // At the end: turn round from this page's other cursor.
+                    m_cursor = if backward { None } else { want.prev };
+                    r_cursor = if backward { None } else { got["prev"].as_str().map(str::to_owned) };
+                    break;
+                }
+            };
+            kept.get_or_insert_with(|| r_next.clone());
+            m_cursor = Some(m_next);
+            r_cursor = Some(r_next);
+        }
+        if m_cursor.is_none() {
+            break;
+        }
+    }
+    kept
+}
+
+fn kb_ranges(t: &dyn Target, one: &db4::Collection<worker_app::sharded::KbArticle>, tenants: &[String]) {
+    let every = KbRange { composite: false, prefix: None, gte: None, lt: None, desc: false, tenants: None };
+    let cursor = walk_both(t, one, &every, &[97, 250]).expect("more than one page");
+    let some = vec![tenants[2].clone(), tenants[7].clone(), tenants[13].clone()];
+    let shapes = [
+        KbRange { desc: true, gte: Some(1000), lt: Some(9000), tenants: Some(some), ..every.clone() },
+        KbRange { composite: true, prefix: Some(tenants[5].clone()), ..every.clone() },
+        KbRange { composite: true, prefix: Some(tenants[9].clone()), desc: true, gte: Some(3000), ..every.clone() },
+        KbRange { composite: true, ..every.clone() },
+    ];
+    for shape in &shapes {
+        walk_both(t, one, shape, &[13, 1, 40]);
+    }
+    // A cursor used with another direction, bound or index, edited, or made up: 400.
+    let middle = cursor.len() / 2;
+    let swap = if &cursor[middle..=middle] == "A" { "B" } else { "A" };
+    let edited = format!("{}{swap}{}", &cursor[..middle], &cursor[middle + 1..]);
+    for body in [
+        json!({ "after": cursor, "desc": true }),
+        json!({ "after": cursor, "gte": 5 }),
+        json!({ "after": cursor, "index": "by_tenant_updated" }),
+        json!({ "after": edited }),
+        json!({ "before": "not a cursor" }),
+    ] {
+        expect_error(post(t, "/s/kb/range", &body), 400, "invalid_cursor");
+    }
+    expect_error(post(t, "/s/kb/range", &json!({ "limit": 0 })), 400, "invalid_query");
+    expect_error(post(t, "/s/kb/range", &json!({ "limit": 1001 })), 400, "invalid_query");
+    expect_error(post(t, "/s/kb/range", &json!({ "index": "nope" })), 400, "invalid_query");
 }
