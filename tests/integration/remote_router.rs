@@ -643,3 +643,37 @@ fn a_document_answers_only_to_its_own_partition_key() -> db4::Result<()> {
     assert!(block_on(router.delete(&owner, 1))?);
     Ok(())
 }
+
+#[test]
+fn hot_shards_are_those_over_the_trigger_hottest_first() -> db4::Result<()> {
+    use db4::remote::SplitTrigger;
+    let shards = local()?;
+    let router = block_on(DurableRouter::<Ticket>::open(Rc::clone(&shards), config(4)))?;
+    // One tenant takes most of the requests: its shard object answers them all.
+    let busy = "busy".to_owned();
+    let busy_shard = router.shard_for(&busy)?;
+    for i in 0..300 {
+        block_on(router.insert(&ticket(i, &busy)))?;
+    }
+    let quiet = (0..1000).map(|i| format!("q{i}")).find(|k| router.shard_for(k).ok() != Some(busy_shard));
+    let quiet = quiet.expect("a key on another shard");
+    let quiet_shard = router.shard_for(&quiet)?;
+    for i in 0..20 {
+        block_on(router.insert(&ticket(1000 + i, &quiet)))?;
+    }
+    let stats = block_on(router.stats())?;
+    let of = |s| stats.iter().find(|(id, _)| *id == s).map(|(_, st)| st.clone()).expect("stats of the shard");
+    let (b, q) = (of(busy_shard), of(quiet_shard));
+    assert!(b.ops_per_sec > q.ops_per_sec * 5.0, "{b:?} vs {q:?}");
+    assert!(b.database_bytes > 0 && q.database_bytes > 0, "{b:?} {q:?}");
+    // By request rate: only the busy shard is over a trigger between the two rates.
+    let between = SplitTrigger { ops_per_sec: (b.ops_per_sec + q.ops_per_sec) / 2.0, database_bytes: u64::MAX };
+    let hot = block_on(router.hot_shards(&between))?;
+    assert_eq!(hot.iter().map(|h| h.0).collect::<Vec<_>>(), [busy_shard]);
+    // By size: every shard with a database over the limit, the largest share first.
+    let tiny = SplitTrigger { ops_per_sec: f64::INFINITY, database_bytes: 1 };
+    let hot = block_on(router.hot_shards(&tiny))?;
+    assert_eq!(hot.len(), 4, "{hot:?}");
+    assert!(hot.windows(2).all(|w| w[0].1.database_bytes >= w[1].1.database_bytes), "{hot:?}");
+    Ok(())
+}

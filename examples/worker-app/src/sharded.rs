@@ -12,11 +12,12 @@
 //! | `DELETE /s/tickets/{tenant}/{id}` | delete (`{"deleted": bool}`) |
 //! | `POST /s/tickets/{tenant}/{id}/increment` | `{"by": n}` added to `score` |
 //! | `POST /s/query` | `{"tenants"?, "status"?, "min_score"?, "order"?, "limit"?, "offset"?, "count"?}` |
+//! | `GET /s/shard-of/{tenant}` | `{"shard": n}`: the shard the tenant's tickets are on |
+//! | `POST /s/direct/{shard}/tickets`, `GET /s/direct/{shard}/tickets/{id}` | the benchmark's baseline: the same insert and get sent straight to one shard object, which runs them on its `Db` without the router or the protocol ([`direct`]) |
 //! | `GET /s/stats` | each shard's documents, bytes, requests per second, database size |
 //! | `GET /s/split` | the shard map: epoch, shards, and the split under way (`null` if none) |
 //! | `POST /s/split/{shard}` | start splitting a shard (`{"pace_ms"?}`); the coordinator's alarm drives it |
 //! | `POST /s/rebalance` | split the hottest shard over `{"ops_per_sec"?, "database_bytes"?}` if any |
-//!
 //! | `POST /s/kb/bulk` | insert knowledge-base articles (a second sharded collection) |
 //! | `POST /s/kb/query` | `{"tenants"?}`: its articles, by id |
 //! | `POST /s/kb/search` | `{"q", "tenants"?, "limit"?, "offset"?, "highlight"?, "snippet"?, "total"?}` |
@@ -306,6 +307,9 @@ async fn dispatch(router: &DurableRouter<Ticket>, req: &ApiRequest<'_>) -> Resul
             router.insert_many(&ts).await?;
             Ok(ApiResponse { status: 201, body: json!({ "inserted": ts.len() }) })
         }
+        (Method::Get, ["s", "shard-of", tenant]) => {
+            Ok(ApiResponse { status: 200, body: json!({ "shard": router.shard_for(&(*tenant).to_owned())?.get() }) })
+        }
         (Method::Get, ["s", "tickets", tenant, id]) => match router.get(&(*tenant).to_owned(), *id).await? {
             Some(t) => Ok(ApiResponse { status: 200, body: to_json(&t) }),
             None => Err(ApiError::Db(db4::Error::NotFound { collection: "tickets".into(), id: (*id).to_owned() })),
@@ -461,4 +465,28 @@ pub fn body_or_default<T: serde::de::DeserializeOwned + Default>(body: &[u8]) ->
 /// As [`DurableRouter::open`].
 pub async fn router(client: impl db4::remote::ShardClient) -> db4::Result<DurableRouter<Ticket>> {
     DurableRouter::open(client, config()).await
+}
+
+/// The benchmark's baseline (`/direct/tickets...`, forwarded by the Worker from
+/// `/s/direct/{shard}/...`): an insert or a get of a ticket run by the shard object itself on
+/// its `Db`, as an app with one hand-placed Durable Object would, without the router, the
+/// shard map or the protocol. Only for tickets whose tenant routes to that shard.
+pub fn direct(db: &db4::Db, req: &ApiRequest<'_>) -> ApiResponse {
+    let answer = || -> Result<ApiResponse> {
+        let tickets = db.collection::<Ticket>()?;
+        let parts: Vec<&str> = req.target.trim_start_matches('/').split('/').collect();
+        match (req.method, parts.as_slice()) {
+            (Method::Post, ["direct", "tickets"]) => {
+                let t: Ticket = json_body(req.body)?;
+                tickets.insert(&t)?;
+                Ok(ApiResponse { status: 201, body: to_json(&t) })
+            }
+            (Method::Get, ["direct", "tickets", id]) => match tickets.get(*id)? {
+                Some(t) => Ok(ApiResponse { status: 200, body: to_json(&t) }),
+                None => Err(ApiError::Db(db4::Error::NotFound { collection: "tickets".into(), id: (*id).to_owned() })),
+            },
+            _ => Err(ApiError::NoRoute),
+        }
+    };
+    answer().unwrap_or_else(|e| e.to_response())
 }

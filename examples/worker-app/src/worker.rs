@@ -44,6 +44,9 @@ async fn forward(req: Request, env: &Env) -> Result<Response> {
     if sharded::is_sharded(url.path()) {
         let path = url.path();
         let to_coordinator = path == "/s/split" || path.starts_with("/s/split/") || path == "/s/rebalance";
+        if let Some(rest) = path.strip_prefix("/s/direct/") {
+            return direct(req, env, rest).await;
+        }
         if to_coordinator {
             // The coordinator owns the alarm that drives splits.
             let stub = env.durable_object(COORDINATOR_BINDING)?.id_from_name(COORDINATOR_NAME)?.get_stub()?;
@@ -56,6 +59,23 @@ async fn forward(req: Request, env: &Env) -> Result<Response> {
     };
     let stub = env.durable_object(BINDING)?.id_from_name(tenant)?.get_stub()?;
     stub.fetch_with_request(req).await
+}
+
+/// The benchmark's baseline: `/s/direct/{shard}/tickets...` sent straight to that shard
+/// object as `/direct/tickets...` (see [`sharded::direct`]).
+async fn direct(mut req: Request, env: &Env, rest: &str) -> Result<Response> {
+    let Some((shard, path)) = rest.split_once('/') else { return respond(&ApiError::NoRoute.to_response()) };
+    let Ok(shard) = shard.parse::<u32>() else { return respond(&ApiError::NoRoute.to_response()) };
+    let name = db4::cloudflare::shard_object_name("tickets", db4::shard::ShardId::new(shard));
+    let stub = env.durable_object(SHARDS_BINDING)?.id_from_name(&name)?.get_stub()?;
+    let mut init = worker::RequestInit::new();
+    init.with_method(req.method());
+    if matches!(req.method(), worker::Method::Post | worker::Method::Put) {
+        let body = req.bytes().await?;
+        init.with_body(Some(worker::js_sys::Uint8Array::from(&body[..]).into()));
+    }
+    let inner = Request::new_with_init(&format!("https://shard.internal/direct/{path}"), &init)?;
+    stub.fetch_with_request(inner).await
 }
 
 /// The sharded routes: a [`db4::cloudflare::DurableRouter`] over the shard objects (its shard
@@ -93,17 +113,24 @@ impl DurableObject for ShardObject {
         Self { state, server: OnceCell::new() }
     }
 
-    async fn fetch(&self, req: Request) -> Result<Response> {
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
         let server = self.server.get_or_init(|| {
             Db::durable(&self.state.storage())
                 .and_then(ShardServer::new)
                 .map(|s| s.serve::<Ticket>().serve::<KbArticle>())
                 .map_err(|e| e.to_string())
         });
-        match server {
-            Ok(server) => serve_shard(server, req).await,
-            Err(message) => respond(&ApiResponse::internal(message)),
+        let server = match server {
+            Ok(server) => server,
+            Err(message) => return respond(&ApiResponse::internal(message)),
+        };
+        let url = req.url()?;
+        if url.path().starts_with("/direct/") {
+            let method = Method::parse(req.method().as_ref());
+            let body = if method.has_body() { req.bytes().await? } else { Vec::new() };
+            return respond(&sharded::direct(server.db(), &ApiRequest { method, target: url.path(), body: &body }));
         }
+        serve_shard(server, req).await
     }
 }
 

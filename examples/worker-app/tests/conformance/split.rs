@@ -33,8 +33,10 @@ fn ticket(tenant: &str, id: &str, score: i64) -> Value {
     json!({ "id": id, "tenant": tenant, "status": "open", "score": score, "title": format!("split {id}") })
 }
 
-fn counter_id(w: usize) -> String {
-    format!("counter-{w}")
+/// Writer `w`'s counter in the phase `tag` (ids are unique in the collection, not per tenant:
+/// each phase's ids end with its tag).
+fn counter_id(w: usize, tag: &str) -> String {
+    format!("counter-{w}.{tag}")
 }
 
 /// What writers record: acknowledged inserts `(tenant, id)`, and per writer the increments of
@@ -69,7 +71,14 @@ fn journal() -> Journal {
 
 /// One writer: inserts tickets `w{w}-{i}` over the tenants, and every fourth request
 /// increments its counter, until `stop` or until the server goes away.
-fn writer(host: &str, w: usize, tenants: &[String], stop: &AtomicBool, rec: &Mutex<Record>, journal: &Mutex<Journal>) {
+fn writer(
+    host: &str,
+    (w, tag): (usize, &str),
+    tenants: &[String],
+    stop: &AtomicBool,
+    rec: &Mutex<Record>,
+    journal: &Mutex<Journal>,
+) {
     let mut conn = match Conn::open(host) {
         Ok(c) => c,
         Err(_) => return,
@@ -80,7 +89,7 @@ fn writer(host: &str, w: usize, tenants: &[String], stop: &AtomicBool, rec: &Mut
         if i % 4 == 3 {
             rec.lock().unwrap().incs_tried.entry(w).and_modify(|n| *n += 1).or_insert(1);
             journal.lock().unwrap().line(&format!("a {w}"));
-            let path = format!("/s/tickets/{counter_tenant}/{}/increment", counter_id(w));
+            let path = format!("/s/tickets/{counter_tenant}/{}/increment", counter_id(w, tag));
             match conn.send("POST", &path, Some(br#"{"by": 1}"#), true) {
                 Ok(r) if r.status == 200 => {
                     rec.lock().unwrap().incs_acked.entry(w).and_modify(|n| *n += 1).or_insert(1);
@@ -91,7 +100,7 @@ fn writer(host: &str, w: usize, tenants: &[String], stop: &AtomicBool, rec: &Mut
             }
         } else {
             let tenant = &tenants[(w * 13 + i) % tenants.len()];
-            let id = format!("w{w}-{i:06}");
+            let id = format!("w{w}-{i:06}.{tag}");
             let body = ticket(tenant, &id, i as i64).to_string();
             match conn.send("POST", "/s/tickets", Some(body.as_bytes()), true) {
                 Ok(r) if r.status == 201 => {
@@ -122,10 +131,10 @@ fn expect_ok(t: &Http, method: &str, path: &str, body: Option<&Value>, status: u
 }
 
 /// Inserts [`SEEDED`] tickets and each writer's counter (score 0).
-fn seed(t: &Http, tenants: &[String], journal: &Mutex<Journal>) -> BTreeSet<(String, String)> {
+fn seed(t: &Http, tenants: &[String], tag: &str, journal: &Mutex<Journal>) -> BTreeSet<(String, String)> {
     let mut all: Vec<Value> =
-        (0..SEEDED).map(|i| ticket(&tenants[i % tenants.len()], &format!("seed-{i:05}"), 0)).collect();
-    all.extend((0..WRITERS).map(|w| ticket(&tenants[w], &counter_id(w), 0)));
+        (0..SEEDED).map(|i| ticket(&tenants[i % tenants.len()], &format!("seed-{i:05}.{tag}"), 0)).collect();
+    all.extend((0..WRITERS).map(|w| ticket(&tenants[w], &counter_id(w, tag), 0)));
     for chunk in all.chunks(1000) {
         expect_ok(t, "POST", "/s/tickets/bulk", Some(&Value::Array(chunk.to_vec())), 201);
     }
@@ -220,6 +229,7 @@ fn split() {
 fn start_writers(
     t: &Http,
     tenants: &[String],
+    tag: &'static str,
     stop: &Arc<AtomicBool>,
     rec: &Arc<Mutex<Record>>,
     journal: &Arc<Mutex<Journal>>,
@@ -228,7 +238,7 @@ fn start_writers(
         .map(|w| {
             let (host, tenants, stop, rec, journal) =
                 (t.host.clone(), tenants.to_vec(), Arc::clone(stop), Arc::clone(rec), Arc::clone(journal));
-            std::thread::spawn(move || writer(&host, w, &tenants, &stop, &rec, &journal))
+            std::thread::spawn(move || writer(&host, (w, tag), &tenants, &stop, &rec, &journal))
         })
         .collect()
 }
@@ -236,12 +246,12 @@ fn start_writers(
 fn split_under_load(t: &Http) {
     let tenants = tenants(t, "load");
     let journal = Arc::new(Mutex::new(Journal(None)));
-    let seeded = seed(t, &tenants, &journal);
+    let seeded = seed(t, &tenants, "load", &journal);
     let before = status(t);
     let epoch = before["epoch"].as_u64().expect("epoch");
     let shard_count = before["shards"].as_array().map(Vec::len).expect("shards");
     let (stop, rec) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Record::default())));
-    let writers = start_writers(t, &tenants, &stop, &rec, &journal);
+    let writers = start_writers(t, &tenants, "load", &stop, &rec, &journal);
     std::thread::sleep(Duration::from_millis(500));
     let source = biggest_shard(t);
     let started = Instant::now();
@@ -264,7 +274,7 @@ fn split_under_load(t: &Http) {
     let (_, counters) = stored(t, &tenants);
     for w in 0..WRITERS {
         assert_eq!(
-            counters.get(&counter_id(w)).copied(),
+            counters.get(&counter_id(w, "load")).copied(),
             Some(rec.incs_acked.get(&w).copied().unwrap_or(0)),
             "writer {w}'s counter"
         );
@@ -284,9 +294,9 @@ fn split_until_killed(t: &Http) {
     let mark = std::env::var("DB4_E2E_SPLIT_MARK").expect("DB4_E2E_SPLIT_MARK names the mark file; e2e.sh sets it");
     let tenants = tenants(t, "kill");
     let journal = Arc::new(Mutex::new(journal()));
-    seed(t, &tenants, &journal);
+    seed(t, &tenants, "kill", &journal);
     let (stop, rec) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Record::default())));
-    let writers = start_writers(t, &tenants, &stop, &rec, &journal);
+    let writers = start_writers(t, &tenants, "kill", &stop, &rec, &journal);
     std::thread::sleep(Duration::from_millis(500));
     let source = biggest_shard(t);
     // A slow pace: the split is still copying when e2e.sh kills workerd.
@@ -331,8 +341,8 @@ fn resume_after_kill(t: &Http) {
             ["t", tenant, id] => {
                 acked.insert(((*tenant).to_owned(), (*id).to_owned()));
             }
-            ["i", w] => *incs_acked.entry(format!("counter-{w}")).or_default() += 1,
-            ["a", w] => *incs_tried.entry(format!("counter-{w}")).or_default() += 1,
+            ["i", w] => *incs_acked.entry(counter_id(w.parse().expect("a writer"), "kill")).or_default() += 1,
+            ["a", w] => *incs_tried.entry(counter_id(w.parse().expect("a writer"), "kill")).or_default() += 1,
             _ => panic!("a malformed acknowledgement line {line:?}"),
         }
     }

@@ -346,3 +346,116 @@ fn bench() {
         Duration::from_secs_f64(elapsed.as_secs_f64())
     );
 }
+
+/// The sharded benchmark, run by `e2e.sh --bench` right after a restart of workerd: the first
+/// requests (cold: the Worker, the coordinator and the shard objects opening their databases),
+/// then routed inserts and gets through the `DurableRouter` against the same work sent
+/// straight to the shard object (`/s/direct/...`), and a top-100 query over every shard
+/// object against the same query pinned to one tenant's shard. Prints Markdown tables.
+#[test]
+#[ignore = "a measurement: run by `e2e.sh --bench` against workerd"]
+fn bench_sharded() {
+    let t = Http::required();
+    let n: usize = std::env::var("DB4_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let mut conn = Conn::open(&t.host).expect("connect");
+    let json = |r: &crate::client::HttpReply| -> Value { serde_json::from_slice(&r.body).expect("a JSON reply") };
+    let call = |conn: &mut Conn, method: &str, path: &str, body: Option<&[u8]>| {
+        let start = Instant::now();
+        let r = conn.send(method, path, body, true).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (start.elapsed().as_secs_f64() * 1e3, r)
+    };
+    let tenant = t.tenant("bench");
+    // Cold: nothing of the app has run since workerd started.
+    let (first, r) = call(&mut conn, "GET", &format!("/s/tickets/{tenant}/none"), None);
+    assert_eq!(r.status, 404);
+    let (second, _) = call(&mut conn, "GET", &format!("/s/tickets/{tenant}/none"), None);
+    let (stats_cold, r) = call(&mut conn, "GET", "/s/stats", None);
+    assert_eq!(r.status, 200);
+    let shards = json(&r)["shards"].as_array().map(Vec::len).unwrap_or(0);
+    let (stats_warm, _) = call(&mut conn, "GET", "/s/stats", None);
+    println!("\n| first requests after a restart | ms |\n| --- | ---: |");
+    println!("| routed get (Worker, coordinator, one shard object: all cold) | {first:.1} |");
+    println!("| the same get again | {second:.1} |");
+    println!("| `GET /s/stats` (the other {} shard objects cold) | {stats_cold:.1} |", shards.saturating_sub(1));
+    println!("| `GET /s/stats` again | {stats_warm:.1} |");
+
+    // A tenant on the lowest shard: both families work on that one shard object.
+    let (_, r) = call(&mut conn, "GET", "/s/split", None);
+    let lowest = json(&r)["shards"][0].as_u64().expect("a shard");
+    let tenant = (0..10_000)
+        .map(|i| format!("{tenant}-{i}"))
+        .find(|k| {
+            let (_, r) = call(&mut conn, "GET", &format!("/s/shard-of/{k}"), None);
+            json(&r)["shard"].as_u64() == Some(lowest)
+        })
+        .expect("a tenant on the lowest shard");
+    let ticket = |id: &str, i: usize| {
+        json!({ "id": id, "tenant": tenant, "status": "open", "score": (i * 7919) % 1000, "title": "a benchmark ticket" })
+            .to_string()
+            .into_bytes()
+    };
+    let path = |direct: bool, rest: &str| {
+        if direct { format!("/s/direct/{lowest}/tickets{rest}") } else { format!("/s/tickets{rest}") }
+    };
+    for i in 0..200 {
+        for direct in [false, true] {
+            let id = format!("{}warm-{i}", if direct { "d" } else { "r" });
+            timed(&mut conn, "POST", &path(direct, ""), Some(&ticket(&id, i)), 201);
+            let get = if direct { format!("/{id}") } else { format!("/{tenant}/{id}") };
+            timed(&mut conn, "GET", &path(direct, &get), None, 200);
+        }
+    }
+    let mut rows = Vec::new();
+    let (mut routed, mut direct) = (Series::new("insert"), Series::new("insert"));
+    compare(&mut conn, n, &mut routed, &mut direct, |is_direct, i| {
+        let id = format!("{}b-{i}", if is_direct { "d" } else { "r" });
+        ("POST".into(), path(is_direct, ""), Some(ticket(&id, i)), 201)
+    });
+    rows.push((routed, direct));
+    let (mut routed, mut direct) = (Series::new("get"), Series::new("get"));
+    compare(&mut conn, n, &mut routed, &mut direct, |is_direct, i| {
+        let id = format!("{}b-{}", if is_direct { "d" } else { "r" }, (i * 7919) % n);
+        let get = if is_direct { format!("/{id}") } else { format!("/{tenant}/{id}") };
+        ("GET".into(), path(is_direct, &get), None, 200)
+    });
+    rows.push((routed, direct));
+    // Top 100 by score: every shard object, against the one shard of a tenant holding more
+    // than 100 tickets (the inserts above).
+    let (mut all, mut one) = (Series::new("top-100 query"), Series::new("top-100 query"));
+    let q = |pinned: bool| {
+        let body = if pinned {
+            json!({ "order": "-score", "limit": 100, "tenants": [tenant] })
+        } else {
+            json!({ "order": "-score", "limit": 100 })
+        };
+        body.to_string().into_bytes()
+    };
+    for _ in 0..50 {
+        timed(&mut conn, "POST", "/s/query", Some(&q(false)), 200);
+        timed(&mut conn, "POST", "/s/query", Some(&q(true)), 200);
+    }
+    compare(&mut conn, (n / 4).max(1), &mut all, &mut one, |pinned, _| {
+        ("POST".into(), "/s/query".into(), Some(q(pinned)), 200)
+    });
+    rows.push((all, one));
+
+    println!(
+        "\n| operation | requests | routed p50 | routed p99 | routed req/s | baseline p50 | baseline p99 | baseline req/s | p50 ratio | mean ratio |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (a, b) in &rows {
+        let (a50, a99, amean, arate) = a.stats();
+        let (b50, b99, bmean, brate) = b.stats();
+        println!(
+            "| {} | {} | {a50:.0} µs | {a99:.0} µs | {arate:.0} | {b50:.0} µs | {b99:.0} µs | {brate:.0} | {:.2}× | {:.2}× |",
+            a.name,
+            a.micros.len(),
+            a50 / b50,
+            amean / bmean,
+        );
+    }
+    println!(
+        "\n(routed: through the Worker's DurableRouter; baseline: insert and get sent straight to the same shard \
+         object, the top-100 query pinned to one tenant's shard object against {shards} shard objects)"
+    );
+}
