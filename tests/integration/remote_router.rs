@@ -677,3 +677,41 @@ fn hot_shards_are_those_over_the_trigger_hottest_first() -> db4::Result<()> {
     assert!(hot.windows(2).all(|w| w[0].1.database_bytes >= w[1].1.database_bytes), "{hot:?}");
     Ok(())
 }
+
+#[test]
+fn a_split_copies_large_documents_in_replies_of_bounded_size() -> db4::Result<()> {
+    use db4::shard::MigrationStep;
+    let shards = local()?;
+    let router = block_on(DurableRouter::<Ticket>::open(Rc::clone(&shards), config(2)))?;
+    // 160 documents of 512 KiB, about 80 MiB on the two shards: some 20 MiB move.
+    let big = |i: i64| {
+        let mut t = ticket(i, &tenant(i));
+        t.title = format!("{i:06}").repeat(512 * 1024 / 6);
+        t
+    };
+    for i in 0..160 {
+        block_on(router.insert(&big(i)))?;
+    }
+    let source = router.shards()[0];
+    let moving_before = block_on(router.query().count())?;
+    block_on(router.begin_split(source))?;
+    let mut copy_steps = 0;
+    loop {
+        let before = router.map().plan.map(|p| p.step());
+        let after = block_on(router.split_step())?;
+        if before == Some(MigrationStep::Copying) && after == Some(MigrationStep::Copying) {
+            copy_steps += 1;
+        }
+        if after.is_none() {
+            break;
+        }
+    }
+    // A copy step stays at Copying after each batch, the last one included: one batch (what
+    // the 500-document scan page would be without the byte bound) is one such step.
+    assert!(copy_steps >= 2, "the copy took {copy_steps} batches");
+    assert_eq!(block_on(router.query().count())?, moving_before);
+    for i in 0..160 {
+        assert_eq!(block_on(router.get(&tenant(i), i))?, Some(big(i)), "ticket {i}");
+    }
+    Ok(())
+}

@@ -35,6 +35,10 @@ const SHARD_STATE: &str = "\"_db4_shard_state\"";
 /// Documents a split's scan reads per request at most.
 const MAX_SCAN: usize = 1000;
 
+/// Bytes of documents (as JSON) a split's copy puts in one reply, about: a page of large
+/// documents stops early, so neither side holds more than this and one document.
+const MAX_SCAN_BYTES: usize = 8 << 20;
+
 /// The table the coordinator keeps shard maps in.
 const SHARD_MAPS: &str = "\"_db4_shard_maps\"";
 
@@ -411,14 +415,25 @@ impl<T: Partitioned> Typed<T> {
         let limit = limit.clamp(1, MAX_SCAN);
         let after = after.map(Value::from);
         let page = c.page_by_id(after.as_ref(), limit)?;
-        let done = page.len() < limit;
-        let next = page.last().map(|(id, _)| id.into()).or(after.as_ref().map(Into::into));
+        let mut done = page.len() < limit;
+        let mut next = page.last().map(|(id, _)| id.into()).or(after.as_ref().map(Into::into));
         let mut moving = Vec::new();
-        for (id, doc) in page {
+        let mut bytes = 0usize;
+        let scanned = page.len();
+        for (i, (id, doc)) in page.into_iter().enumerate() {
             let Some(key) = partition_key_of(&doc)? else { continue };
             let hash = key_hash(&partition_key_bytes(&key));
             if ranges.iter().any(|r| r.contains(hash)) {
+                bytes += serde_json::to_string(&doc).map_or(0, |j| j.len());
+                let last = (&id).into();
                 moving.push((id, doc));
+                // A reply of at most about MAX_SCAN_BYTES (and one document): the next call
+                // goes on after the last document taken.
+                if bytes >= MAX_SCAN_BYTES && i + 1 < scanned {
+                    next = Some(last);
+                    done = false;
+                    break;
+                }
             }
         }
         Ok((moving, next, done))

@@ -14,6 +14,7 @@
 //! | `POST /s/query` | `{"tenants"?, "status"?, "min_score"?, "order"?, "limit"?, "offset"?, "count"?}` |
 //! | `GET /s/shard-of/{tenant}` | `{"shard": n}`: the shard the tenant's tickets are on |
 //! | `POST /s/direct/{shard}/tickets`, `GET /s/direct/{shard}/tickets/{id}` | the benchmark's baseline: the same insert and get sent straight to one shard object, which runs them on its `Db` without the router or the protocol ([`direct`]) |
+//! | `POST /s/direct/{shard}/one/bulk`, `POST /s/direct/{shard}/one/query` | the scatter-gather baseline: tickets in one shard object's own collection ([`OneTicket`]), queried there |
 //! | `GET /s/stats` | each shard's documents, bytes, requests per second, database size |
 //! | `GET /s/split` | the shard map: epoch, shards, and the split under way (`null` if none) |
 //! | `POST /s/split/{shard}` | start splitting a shard (`{"pace_ms"?}`); the coordinator's alarm drives it |
@@ -467,6 +468,27 @@ pub async fn router(client: impl db4::remote::ShardClient) -> db4::Result<Durabl
     DurableRouter::open(client, config()).await
 }
 
+/// The benchmark's single-object baseline for scatter-gather: the same tickets as a sharded
+/// collection holds, all in one shard object's own collection (`POST /direct/one/bulk`,
+/// `POST /direct/one/query` with the body of `POST /s/query`), queried there.
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(collection = "bench_one")]
+pub struct OneTicket {
+    /// The id.
+    #[id]
+    pub id: String,
+    /// Indexed as the sharded tickets' partition key is.
+    #[index]
+    pub tenant: String,
+    /// `open` or `closed`.
+    #[index]
+    pub status: String,
+    /// A number to sort by.
+    pub score: i64,
+    /// Free text.
+    pub title: String,
+}
+
 /// The benchmark's baseline (`/direct/tickets...`, forwarded by the Worker from
 /// `/s/direct/{shard}/...`): an insert or a get of a ticket run by the shard object itself on
 /// its `Db`, as an app with one hand-placed Durable Object would, without the router, the
@@ -485,6 +507,29 @@ pub fn direct(db: &db4::Db, req: &ApiRequest<'_>) -> ApiResponse {
                 Some(t) => Ok(ApiResponse { status: 200, body: to_json(&t) }),
                 None => Err(ApiError::Db(db4::Error::NotFound { collection: "tickets".into(), id: (*id).to_owned() })),
             },
+            (Method::Post, ["direct", "one", "bulk"]) => {
+                let docs: Vec<OneTicket> = json_body(req.body)?;
+                db.collection::<OneTicket>()?.insert_many(&docs)?;
+                Ok(ApiResponse { status: 201, body: json!({ "inserted": docs.len() }) })
+            }
+            (Method::Post, ["direct", "one", "query"]) => {
+                let body: QueryBody = body_or_default(req.body)?;
+                let one = db.collection::<OneTicket>()?;
+                let f = OneTicket::fields();
+                let mut q = one.query();
+                if let Some(tenants) = body.tenants {
+                    q = q.filter(f.tenant.in_list(tenants));
+                }
+                // Ties by id in the direction of the sort, as the router's merge breaks them.
+                q = match body.order.as_deref() {
+                    Some("-score") => q.order_by(f.score.desc()).order_by(f.id.desc()),
+                    Some("score") => q.order_by(f.score.asc()).order_by(f.id.asc()),
+                    None => q.order_by(f.id.asc()),
+                    Some(other) => return Err(ApiError::InvalidParam(format!("order {other:?}"))),
+                };
+                let items = q.limit(body.limit.unwrap_or(100)).all()?;
+                Ok(ApiResponse { status: 200, body: json!({ "items": to_json(&items) }) })
+            }
             _ => Err(ApiError::NoRoute),
         }
     };
