@@ -279,14 +279,21 @@ fn split_under_load(t: &Http) {
             "writer {w}'s counter"
         );
     }
+    // What the new shard holds now: the moved documents and the writes routed there since.
+    let stats = expect_ok(t, "GET", "/s/stats", None, 200);
+    let held = stats["shards"].as_array().and_then(|shards| {
+        shards.iter().find(|s| s["shard"] == begun["new_shard"]).and_then(|s| s["documents"].as_u64())
+    });
     eprintln!(
         "split_under_load: shard {source} split into {} in {:.1} s (epoch {epoch} -> {}) while {} inserts and {} increments \
-         were acknowledged",
+         were acknowledged; the new shard holds {} documents ({:.0} documents/s over the split, paces included)",
         begun["new_shard"],
         took.as_secs_f64(),
         after["epoch"],
         rec.inserts.len(),
-        rec.incs_acked.values().sum::<i64>()
+        rec.incs_acked.values().sum::<i64>(),
+        held.unwrap_or(0),
+        held.unwrap_or(0) as f64 / took.as_secs_f64(),
     );
 }
 
