@@ -630,6 +630,41 @@ fn range_context(
 pub(crate) type KeyedRows<T> = (Vec<(T, Vec<Value>)>, bool);
 
 impl<T: Document, B> Range<'_, T, B> {
+    /// [`rows`](Self::rows) with every key, keeping only the documents `keep` accepts: reads
+    /// on past the others until `limit` + 1 are kept or none is left (a shard that still holds
+    /// copies of documents a split moved away).
+    pub(crate) fn rows_kept(
+        &self,
+        index: &IndexKeys,
+        position: &Position,
+        limit: usize,
+        mut keep: impl FnMut(&T) -> Result<bool>,
+    ) -> Result<KeyedRows<T>> {
+        let mut kept: Vec<(T, Vec<Value>)> = Vec::new();
+        let mut at = position.clone();
+        loop {
+            let (rows, more) = self.rows(index, &at, limit, true)?;
+            let last = rows.last().map(|r| r.1.clone());
+            for (doc, key) in rows {
+                if keep(&doc)? {
+                    kept.push((doc, key));
+                }
+            }
+            if kept.len() > limit {
+                kept.truncate(limit);
+                return Ok((kept, true));
+            }
+            match last {
+                Some(key) if more => {
+                    at = if position.backward() { Position::Before(key, false) } else { Position::After(key, false) }
+                }
+                _ => return Ok((kept, false)),
+            }
+        }
+    }
+}
+
+impl<T: Document, B> Range<'_, T, B> {
     /// Merges the hot rows of a page (`limit` at most, in scan order) with the live cold
     /// documents that belong on it; returns the page's rows and whether more follow.
     #[allow(clippy::too_many_arguments)]

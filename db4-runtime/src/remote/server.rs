@@ -763,29 +763,8 @@ impl<T: Partitioned> Typed<T> {
         if !state.foreign {
             return range.rows(&keys, &position, limit, true);
         }
-        // Moved copies are still here: read on past them until `limit` + 1 rows are this
-        // shard's own (or none is left).
-        let mut kept: Vec<(T, Vec<Value>)> = Vec::new();
-        let mut at = position.clone();
-        loop {
-            let (rows, more) = range.rows(&keys, &at, limit, true)?;
-            let last = rows.last().map(|r| r.1.clone());
-            for (doc, key) in rows {
-                if partition_key_of(&doc)?.is_some_and(|k| state.owns(&k)) {
-                    kept.push((doc, key));
-                }
-            }
-            if kept.len() > limit {
-                kept.truncate(limit);
-                return Ok((kept, true));
-            }
-            match last {
-                Some(key) if more => {
-                    at = if position.backward() { Position::Before(key, false) } else { Position::After(key, false) }
-                }
-                _ => return Ok((kept, false)),
-            }
-        }
+        // Moved copies are still here: only this shard's own documents count.
+        range.rows_kept(&keys, &position, limit, |doc| Ok(partition_key_of(doc)?.is_some_and(|k| state.owns(&k))))
     }
 }
 

@@ -351,27 +351,9 @@ impl<T: Partitioned> Prepared<'_, T> {
         if !stale {
             return range.rows(&self.index, position, limit, true);
         }
-        let mut kept: Vec<(T, Vec<Value>)> = Vec::new();
-        let mut at = position.clone();
-        loop {
-            let (rows, more) = range.rows(&self.index, &at, limit, true)?;
-            let last = rows.last().map(|r| r.1.clone());
-            for (doc, key) in rows {
-                if partition_key_of(&doc)?.map(|v| ring.shard_for_value(&v)) == Some(shard) {
-                    kept.push((doc, key));
-                }
-            }
-            if kept.len() > limit {
-                kept.truncate(limit);
-                return Ok((kept, true));
-            }
-            match last {
-                Some(key) if more => {
-                    at = if position.backward() { Position::Before(key, false) } else { Position::After(key, false) }
-                }
-                _ => return Ok((kept, false)),
-            }
-        }
+        range.rows_kept(&self.index, position, limit, |doc| {
+            Ok(partition_key_of(doc)?.map(|v| ring.shard_for_value(&v)) == Some(shard))
+        })
     }
 }
 
