@@ -553,3 +553,36 @@ fn a_filter_no_shard_can_match_gives_an_empty_page() -> db4::Result<()> {
     assert_eq!(router.query().filter(f.tenant.eq("t1")).filter(f.tenant.eq("t2")).count()?, 0);
     Ok(())
 }
+
+#[test]
+fn a_document_answers_only_to_its_own_partition_key() -> db4::Result<()> {
+    let router = ShardRouter::<Ticket>::in_memory(config(4))?;
+    let owner = "owner".to_owned();
+    let shard = router.shard_for(&owner)?;
+    // Another key on the same shard: routing alone cannot tell them apart.
+    let neighbour = (0..1000).map(|i| format!("n{i}")).find(|k| router.shard_for(k).ok() == Some(shard));
+    let neighbour = neighbour.expect("a key on the same shard");
+    router.insert(&ticket(1, &owner))?;
+    let f = Ticket::fields();
+    assert_eq!(router.get(&neighbour, 1)?, None);
+    assert_eq!(router.get_many(&neighbour, [1, 2])?, [None, None]);
+    assert!(!router.delete(&neighbour, 1)?);
+    assert!(matches!(router.increment(&neighbour, 1, f.score, 5), Err(Error::NotFound { .. })));
+    let status = ticket(1, &owner).status;
+    assert!(matches!(
+        router.compare_and_swap(&neighbour, 1, f.status, status, "x".to_owned()),
+        Err(Error::NotFound { .. })
+    ));
+    router.transaction(&neighbour, |tx| {
+        assert_eq!(tx.get(&neighbour, 1)?, None);
+        assert!(!tx.delete(&neighbour, 1)?);
+        assert!(matches!(tx.increment(&neighbour, 1, f.score, 5), Err(Error::NotFound { .. })));
+        Ok(())
+    })?;
+    // The owner's document is as it was, and answers to its own key.
+    assert_eq!(router.get(&owner, 1)?, Some(ticket(1, &owner)));
+    assert_eq!(router.get_many(&owner, [1, 2])?, [Some(ticket(1, &owner)), None]);
+    assert_eq!(router.increment(&owner, 1, f.score, 5)?, ticket(1, &owner).score + 5);
+    assert!(router.delete(&owner, 1)?);
+    Ok(())
+}

@@ -21,7 +21,9 @@ use crate::range::{
     AnyValue, KeyedRows, Position, Spec, check_cursor_id, check_prefix, field_index_keys, named_index_keys,
 };
 use crate::schema::{DocumentId, IdArg, Partitioned};
-use crate::shard::{HashRing, MovedRange, ShardId, key_hash, partition_key_bytes, partition_key_of};
+use crate::shard::{
+    HashRing, MovedRange, ShardId, get_under, key_hash, partition_key_bytes, partition_key_of, require_under,
+};
 use crate::value::{Value, ValueError, ValueRef};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -377,21 +379,6 @@ impl<T: Partitioned> Typed<T> {
         }
     }
 
-    /// The document `id` if it is stored under the partition key `key`.
-    fn stored_under<S: crate::txn::Scope>(c: &Collection<T, S>, id: &Value, key: &Value) -> Result<Option<T>> {
-        let Some(doc) = c.get(WireId(id.clone()))? else { return Ok(None) };
-        let own = partition_key_of(&doc)?.is_some_and(|k| partition_key_bytes(&k) == partition_key_bytes(key));
-        Ok(own.then_some(doc))
-    }
-
-    /// [`stored_under`](Self::stored_under), its absence [`Error::NotFound`].
-    fn require_under<S: crate::txn::Scope>(c: &Collection<T, S>, id: &Value, key: &Value) -> Result<()> {
-        match Self::stored_under(c, id, key)? {
-            Some(_) => Ok(()),
-            None => Err(Error::NotFound { collection: Self::name().to_owned(), id: crate::store::codec::id_text(id) }),
-        }
-    }
-
     /// The documents of `docs` whose partition key routes to this shard.
     fn own(state: &ShardState, docs: Vec<T>) -> Result<Vec<T>> {
         let mut kept = Vec::with_capacity(docs.len());
@@ -522,14 +509,14 @@ impl<T: Partitioned> Handler for Typed<T> {
             ShardOp::Get { key, id } => {
                 let key = Value::from(key);
                 Self::check_key(state, &key)?;
-                to_raw(name, &Self::stored_under(&c, &id.into(), &key)?)
+                to_raw(name, &get_under(&c, &id.into(), &key)?)
             }
             ShardOp::Delete { key, id } => {
                 let (key, id) = (Value::from(key), Value::from(id));
                 Self::check_key(state, &key)?;
                 let deleted = db.transaction(|tx| {
                     let c = tx.collection::<T>()?;
-                    match Self::stored_under(&c, &id, &key)? {
+                    match get_under(&c, &id, &key)? {
                         Some(_) => c.delete(WireId(id.clone())),
                         None => Ok(false),
                     }
@@ -542,7 +529,7 @@ impl<T: Partitioned> Handler for Typed<T> {
                 let index = Self::field(&field)?;
                 db.transaction(|tx| {
                     let c = tx.collection::<T>()?;
-                    Self::require_under(&c, &id, &key)?;
+                    require_under(&c, &id, &key)?;
                     let id = WireId(id.clone());
                     if let Some(d) = delta.as_i64() {
                         to_raw(name, &c.increment(id, Field::<T, i64>::__new(index), d)?)
@@ -561,7 +548,7 @@ impl<T: Partitioned> Handler for Typed<T> {
                 let f = Field::<T, serde_json::Value>::__new(Self::field(&field)?);
                 db.transaction(|tx| {
                     let c = tx.collection::<T>()?;
-                    Self::require_under(&c, &id, &key)?;
+                    require_under(&c, &id, &key)?;
                     let r = c.compare_and_swap(WireId(id.clone()), f, expected, new)?;
                     to_raw(name, &serde_json::json!({ "swapped": r.swapped, "current": r.current }))
                 })

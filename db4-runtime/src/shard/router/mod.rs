@@ -21,6 +21,7 @@ use super::hot::{HotConfig, HotTracker, KeyLoad};
 use super::merge::plan_query;
 use super::plan::MigrationPlan;
 use super::ring::{HashRing, ShardId, partition_key_bytes};
+use super::{IdValue, get_under, require_under, stored_under_key};
 use crate::collection::{CasResult, Collection, Numeric, TxCollection};
 use crate::error::{Error, Result};
 use crate::query::Field;
@@ -311,7 +312,8 @@ impl<T: Partitioned> ShardRouter<T> {
     ///
     /// As [`Collection::get`].
     pub fn get(&self, key: &T::PartitionKey, id: impl IdArg<T::Id>) -> Result<Option<T>> {
-        self.routed(&key_value::<T>(key)?, |c| c.get(id))
+        let (key, id) = (key_value::<T>(key)?, id_value::<T>(&id)?);
+        self.routed(&key, |c| get_under(c, &id, &key))
     }
 
     /// Reads many documents of one partition key, aligned with `ids`.
@@ -324,7 +326,16 @@ impl<T: Partitioned> ShardRouter<T> {
         key: &T::PartitionKey,
         ids: impl IntoIterator<Item = I>,
     ) -> Result<Vec<Option<T>>> {
-        self.routed(&key_value::<T>(key)?, |c| c.get_many(ids))
+        let key = key_value::<T>(key)?;
+        self.routed(&key, |c| {
+            let docs = c.get_many(ids)?;
+            docs.into_iter()
+                .map(|doc| match doc {
+                    Some(doc) if stored_under_key(&doc, &key)? => Ok(Some(doc)),
+                    _ => Ok(None),
+                })
+                .collect()
+        })
     }
 
     /// Replaces a stored document (on the shard of its partition key).
@@ -352,7 +363,16 @@ impl<T: Partitioned> ShardRouter<T> {
     ///
     /// As [`Collection::delete`].
     pub fn delete(&self, key: &T::PartitionKey, id: impl IdArg<T::Id>) -> Result<bool> {
-        self.routed(&key_value::<T>(key)?, |c| c.delete(id))
+        let (key, id) = (key_value::<T>(key)?, id_value::<T>(&id)?);
+        self.routed(&key, |c| {
+            c.db().transaction(|tx| {
+                let c = tx.collection::<T>()?;
+                match get_under(&c, &id, &key)? {
+                    Some(_) => c.delete(IdValue(id.clone())),
+                    None => Ok(false),
+                }
+            })
+        })
     }
 
     /// Atomically adds `delta` to a numeric field; returns the new value.
@@ -367,7 +387,14 @@ impl<T: Partitioned> ShardRouter<T> {
         field: Field<T, N>,
         delta: N,
     ) -> Result<N> {
-        self.routed(&key_value::<T>(key)?, |c| c.increment(id, field, delta))
+        let (key, id) = (key_value::<T>(key)?, id_value::<T>(&id)?);
+        self.routed(&key, |c| {
+            c.db().transaction(|tx| {
+                let c = tx.collection::<T>()?;
+                require_under(&c, &id, &key)?;
+                c.increment(IdValue(id.clone()), field, delta)
+            })
+        })
     }
 
     /// Atomically sets `field` to `new` if it equals `expected`.
@@ -386,7 +413,15 @@ impl<T: Partitioned> ShardRouter<T> {
     where
         V: Serialize + serde::de::DeserializeOwned,
     {
-        self.routed(&key_value::<T>(key)?, |c| c.compare_and_swap(id, field, expected, new))
+        let (key, id) = (key_value::<T>(key)?, id_value::<T>(&id)?);
+        let (expected, new) = (expected.into(), new.into());
+        self.routed(&key, |c| {
+            c.db().transaction(|tx| {
+                let c = tx.collection::<T>()?;
+                require_under(&c, &id, &key)?;
+                c.compare_and_swap(IdValue(id.clone()), field, expected, new)
+            })
+        })
     }
 
     /// Reads, changes with `f` and writes back a document, retrying on conflict.
@@ -556,7 +591,7 @@ impl<'tx, T: Partitioned> ShardTransaction<'tx, T> {
     /// [`Error::CrossShard`] for a key of another shard; as [`Collection::get`].
     pub fn get(&self, key: &T::PartitionKey, id: impl IdArg<T::Id>) -> Result<Option<T>> {
         self.check(key)?;
-        self.collection.get(id)
+        get_under(&self.collection, &id_value::<T>(&id)?, &key_value::<T>(key)?)
     }
 
     /// As [`Collection::update`], inside the transaction.
@@ -586,7 +621,11 @@ impl<'tx, T: Partitioned> ShardTransaction<'tx, T> {
     /// [`Error::CrossShard`] for a key of another shard; as [`Collection::delete`].
     pub fn delete(&self, key: &T::PartitionKey, id: impl IdArg<T::Id>) -> Result<bool> {
         self.check(key)?;
-        self.collection.delete(id)
+        let id = id_value::<T>(&id)?;
+        match get_under(&self.collection, &id, &key_value::<T>(key)?)? {
+            Some(_) => self.collection.delete(IdValue(id)),
+            None => Ok(false),
+        }
     }
 
     /// As [`Collection::increment`], inside the transaction.
@@ -602,11 +641,18 @@ impl<'tx, T: Partitioned> ShardTransaction<'tx, T> {
         delta: N,
     ) -> Result<N> {
         self.check(key)?;
-        self.collection.increment(id, field, delta)
+        let id = id_value::<T>(&id)?;
+        require_under(&self.collection, &id, &key_value::<T>(key)?)?;
+        self.collection.increment(IdValue(id), field, delta)
     }
 }
 
 /// A partition key as the value it routes by.
+/// An id as the value it is stored as.
+fn id_value<T: Document>(id: &impl IdArg<T::Id>) -> Result<Value> {
+    id.id_value().map_err(|e| Error::invalid_value(T::schema().collection(), "id", e.0))
+}
+
 fn key_value<T: Partitioned>(key: &T::PartitionKey) -> Result<Value> {
     to_value(key).map_err(|e| Error::invalid_value(T::schema().collection(), pk_name::<T>(), e.0))
 }
