@@ -31,6 +31,7 @@ mod cache;
 mod config;
 mod hasher;
 mod hot;
+mod keyed;
 mod merge;
 mod plan;
 mod ring;
@@ -40,14 +41,14 @@ mod router;
 pub use cache::{CacheStats, RoutingCache};
 pub use config::{ShardRouterConfig, SplitReport};
 pub use hot::{HotConfig, HotTracker, KeyLoad, ShardLoad, SpaceSaving};
-#[allow(unused_imports, reason = "for the router, which holds a query's untyped parts")]
-pub(crate) use merge::{
-    IdValue, get_under, merge_sorted_by, pinned_keys, plan_exprs, range_shards, require_under, stored_under_key,
-};
+#[allow(unused_imports, reason = "stored_under_key is for the native router only")]
+pub(crate) use keyed::{IdValue, get_under, require_under, stored_under_key};
 pub use merge::{
     PlanReason, QueryPlan, first_round_fetch, kmerge_by, merge_by_score, merge_sorted, partition_key_of,
     pinned_partition_keys, plan_query, shard_fetch_limit, shards_needing_more,
 };
+#[allow(unused_imports, reason = "for the router, which holds a query's untyped parts")]
+pub(crate) use merge::{merge_sorted_by, pinned_keys, plan_exprs, range_shards};
 pub use plan::{MigrationPlan, MigrationStep, MovedRange, SourceProgress};
 pub use ring::{
     HashRing, MAX_RING_POINTS, MAX_SHARDS, Placement, ShardId, VirtualNode, hash_to_i64, key_hash, partition_key_bytes,
