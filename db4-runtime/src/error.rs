@@ -272,6 +272,11 @@ pub enum BackendErrorKind {
     /// The backend cannot do what was asked (for example an explicit transaction on a
     /// backend that only has closure transactions).
     Unsupported,
+    /// A cold-tier object a read needs is not in memory yet: the store is asynchronous (R2
+    /// from a Durable Object) and the read ran outside
+    /// [`StagedStore::read`](crate::tier::StagedStore::read), which fetches it and runs the
+    /// read again. Nothing changed.
+    NotFetched,
     /// Anything else.
     Other,
 }

@@ -343,8 +343,8 @@ pub mod tier {
     #[cfg(feature = "fs")]
     pub use db4_runtime::tier::DirStore;
     pub use db4_runtime::tier::{
-        ColdStore, ColdTierStats, CompactionPolicy, CompactionReport, HotTierStats, MemoryStore, ObjectInfo,
-        TierConfig, TierStats, WarmTierStats,
+        AsyncColdStore, ColdStore, ColdTierStats, CompactionPolicy, CompactionReport, DEFAULT_CACHE_BYTES, FlushReport,
+        HotTierStats, MemoryStore, ObjectInfo, StagedStats, StagedStore, TierConfig, TierStats, WarmTierStats,
     };
 }
 

@@ -33,6 +33,7 @@ mod tier_both;
 mod tier_cold;
 mod tier_cold_crash;
 mod tier_cold_props;
+mod tier_staged;
 mod tier_warm;
 mod versioning;
 mod wal_config;

@@ -16,6 +16,9 @@ pub(crate) mod cold;
 #[cfg(feature = "fs")]
 pub use cold::DirStore;
 pub use cold::{CompactionReport, MemoryStore};
+pub use staged::{AsyncColdStore, DEFAULT_CACHE_BYTES, FlushReport, StagedStats, StagedStore};
+
+mod staged;
 
 use crate::error::Result;
 use std::fmt;
@@ -153,5 +156,14 @@ pub trait ColdStore: Send + Sync {
     /// A short description for `Debug` output and errors (for example the directory).
     fn describe(&self) -> String {
         "cold store".to_owned()
+    }
+
+    /// Whether this store takes its writes later, asynchronously (R2 from a Durable Object):
+    /// then compaction does not call [`put`](Self::put) but keeps each new object in the hot
+    /// database (table `_db4_cold_pending`, committed with the compaction), reads find it
+    /// there until it is uploaded, and [`StagedStore::flush`] uploads it and drops the hot
+    /// copy. `false` (the default) for stores whose `put` is durable when it returns.
+    fn defers_writes(&self) -> bool {
+        false
     }
 }

@@ -2,7 +2,7 @@
 //! hot tables into new cold segments.
 
 use super::segment::{self, ColdDoc, Manifest, cmp_ids};
-use super::{ColdTier, SEGMENTS, STATE, TOMBSTONES};
+use super::{ColdTier, PENDING, SEGMENTS, STATE, TOMBSTONES};
 use crate::backend::{Access, Connection};
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -264,8 +264,8 @@ fn compact_collection(
         let key = format!("{}/{seq:012}.jsonl.gz", meta.collection);
         let (file, manifest) = segment::build(&key, meta.collection, chunk, &stats)?;
         let json = manifest.to_json();
-        cold.store().put(&key, &file)?;
-        cold.store().put(&format!("{key}.manifest.json"), json.as_bytes())?;
+        cold.put(conn, &key, &file)?;
+        cold.put(conn, &format!("{key}.manifest.json"), json.as_bytes())?;
         insert_segment(conn, &manifest, seq, &json)?;
         report.segments += 1;
         report.bytes += file.len() as u64;
@@ -274,6 +274,8 @@ fn compact_collection(
         let k = [Value::Text(key.clone())];
         conn.execute(&format!("DELETE FROM {SEGMENTS} WHERE \"key\" = ?1"), &k)?;
         conn.execute(&format!("DELETE FROM {TOMBSTONES} WHERE \"segment\" = ?1"), &k)?;
+        // Not uploaded yet (a store that defers writes): it never needs to be.
+        conn.execute(&format!("DELETE FROM {PENDING} WHERE \"key\" = ?1 OR \"key\" = ?1 || '.manifest.json'"), &k)?;
         report.dropped += 1;
     }
     if moved > 0 {
@@ -286,8 +288,7 @@ fn compact_collection(
 /// The documents of segment `m` that no tombstone names.
 fn live_docs(conn: &dyn Connection, cold: &ColdTier, m: &Manifest) -> Result<Vec<ColdDoc>> {
     let file = cold
-        .store()
-        .get(&m.key)?
+        .get(conn, &m.key)?
         .ok_or_else(|| segment::damaged(&m.collection, &m.key, "missing from the cold store"))?;
     let all = segment::decode_all(m, &file)?;
     let mut dead: HashMap<IdKey, ()> = HashMap::new();

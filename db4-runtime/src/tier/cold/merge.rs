@@ -144,8 +144,7 @@ pub(crate) fn live(cold: &ColdTier, conn: &dyn Connection, meta: &CollectionMeta
     for m in cold.segments(conn, meta.collection)?.iter().filter(|m| prune.admits(meta, m)) {
         cold.reads.fetch_add(m.blocks.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let file = cold
-            .store()
-            .get(&m.key)?
+            .get(conn, &m.key)?
             .ok_or_else(|| super::segment::damaged(meta.collection, &m.key, "missing from the cold store"))?;
         let docs = super::segment::decode_all(m, &file)?;
         let mut dead: HashSet<IdKey> = HashSet::new();

@@ -17,6 +17,7 @@ pub use compact::CompactionReport;
 #[cfg(feature = "fs")]
 pub use store::DirStore;
 pub use store::MemoryStore;
+pub(crate) use store::check_key;
 
 use crate::backend::Connection;
 use crate::error::{BackendErrorKind, Result};
@@ -37,6 +38,11 @@ pub(crate) const TOMBSTONES: &str = "\"_db4_cold_tombstones\"";
 /// One row: the segment generation (bumped whenever the segment table changes, so every
 /// handle's cache of manifests notices) and the counter segment keys are numbered by.
 pub(crate) const STATE: &str = "\"_db4_cold_state\"";
+/// New objects of a store that [defers writes](ColdStore::defers_writes), kept hot until
+/// uploaded: `(key, part)` → up to [`PENDING_PART`] bytes.
+pub(crate) const PENDING: &str = "\"_db4_cold_pending\"";
+/// The bytes of one pending row: under the Durable Object limit of 2 MB per value.
+const PENDING_PART: usize = 1 << 20;
 
 /// Creates the cold tier's tables.
 pub(crate) fn init(conn: &dyn Connection) -> Result<()> {
@@ -52,6 +58,10 @@ pub(crate) fn init(conn: &dyn Connection) -> Result<()> {
     conn.execute_ddl(&format!(
         "CREATE TABLE IF NOT EXISTS {STATE} (\"k\" INTEGER PRIMARY KEY, \"generation\" INTEGER NOT NULL, \
          \"seq\" INTEGER NOT NULL)"
+    ))?;
+    conn.execute_ddl(&format!(
+        "CREATE TABLE IF NOT EXISTS {PENDING} (\"key\" TEXT NOT NULL, \"part\" INTEGER NOT NULL, \
+         \"bytes\" BLOB NOT NULL, PRIMARY KEY (\"key\", \"part\")) WITHOUT ROWID"
     ))?;
     conn.execute(&format!("INSERT OR IGNORE INTO {STATE} (\"k\", \"generation\", \"seq\") VALUES (1, 0, 0)"), &[])?;
     Ok(())
@@ -118,6 +128,47 @@ impl ColdTier {
         &self.config
     }
 
+    /// Stores a new object: in the store, or in the pending table (in the transaction of
+    /// `conn`) if the store defers its writes.
+    pub(crate) fn put(&self, conn: &dyn Connection, key: &str, bytes: &[u8]) -> Result<()> {
+        if !self.store().defers_writes() {
+            return self.store().put(key, bytes);
+        }
+        store::check_key(key)?;
+        if pending_len(conn, key)?.is_some() {
+            return Err(store::exists(key));
+        }
+        let parts: Vec<&[u8]> = if bytes.is_empty() { vec![&[]] } else { bytes.chunks(PENDING_PART).collect() };
+        for (i, part) in parts.into_iter().enumerate() {
+            conn.execute(
+                &format!("INSERT INTO {PENDING} (\"key\", \"part\", \"bytes\") VALUES (?1, ?2, ?3)"),
+                &[Value::Text(key.to_owned()), Value::Integer(i as i64), Value::Blob(part.to_vec())],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The whole object under `key`: pending in the hot database, else from the store.
+    pub(crate) fn get(&self, conn: &dyn Connection, key: &str) -> Result<Option<Vec<u8>>> {
+        self.get_range(conn, key, 0..u64::MAX)
+    }
+
+    /// The bytes `range` of the object under `key` (clamped to its end): pending in the hot
+    /// database, else from the store.
+    pub(crate) fn get_range(
+        &self,
+        conn: &dyn Connection,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<Vec<u8>>> {
+        if self.store().defers_writes() {
+            if let Some(bytes) = pending_range(conn, key, &range)? {
+                return Ok(Some(bytes));
+            }
+        }
+        if range == (0..u64::MAX) { self.store().get(key) } else { self.store().get_range(key, range) }
+    }
+
     /// Forgets the cached manifests (after this handle changed the segment table).
     fn invalidate(&self) {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -182,8 +233,7 @@ impl ColdTier {
             }
             self.reads.fetch_add(1, Ordering::Relaxed);
             let bytes = self
-                .store()
-                .get_range(&m.key, block.offset..block.offset + block.length)?
+                .get_range(conn, &m.key, block.offset..block.offset + block.length)?
                 .ok_or_else(|| damaged(meta.collection, &m.key, "missing from the cold store"))?;
             if let Some(doc) = segment::find_in_block(m, block, &bytes, id)? {
                 self.found.fetch_add(1, Ordering::Relaxed);
@@ -259,6 +309,107 @@ fn generation(conn: &dyn Connection) -> Result<i64> {
         Ok(())
     })?;
     g.ok_or_else(|| crate::Error::corrupted("cold", None, "the cold tier's state row is missing or damaged"))
+}
+
+/// The size of the pending object `key`, if there is one.
+fn pending_len(conn: &dyn Connection, key: &str) -> Result<Option<u64>> {
+    let mut len = None;
+    conn.query(
+        &format!("SELECT sum(length(\"bytes\")) FROM {PENDING} WHERE \"key\" = ?1 HAVING count(*) > 0"),
+        &[Value::Text(key.to_owned())],
+        &mut |row| {
+            len = match row.get(0)? {
+                ValueRef::Integer(n) => Some(n.max(0) as u64),
+                _ => Some(0),
+            };
+            Ok(())
+        },
+    )?;
+    Ok(len)
+}
+
+/// The bytes `range` (clamped) of the pending object `key`, if there is one.
+fn pending_range(conn: &dyn Connection, key: &str, range: &std::ops::Range<u64>) -> Result<Option<Vec<u8>>> {
+    let part = PENDING_PART as u64;
+    let (first, last) = (range.start / part, range.end.saturating_sub(1) / part);
+    let mut found = false;
+    let mut out = Vec::new();
+    let mut base = None;
+    // Parts from the one holding `start`: the object exists if any part does (the first
+    // query also tells an object from a range past its end).
+    conn.query(
+        &format!(
+            "SELECT \"part\", \"bytes\" FROM {PENDING} WHERE \"key\" = ?1 AND \"part\" BETWEEN ?2 AND ?3 ORDER BY \"part\""
+        ),
+        &[Value::Text(key.to_owned()), Value::Integer(first.min(i64::MAX as u64) as i64), Value::Integer(last.min(i64::MAX as u64) as i64)],
+        &mut |row| {
+            found = true;
+            let (ValueRef::Integer(i), ValueRef::Blob(b)) = (row.get(0)?, row.get(1)?) else {
+                return Err(crate::Error::corrupted("cold", None, format!("pending object {key}: a damaged part")));
+            };
+            base.get_or_insert(i as u64 * part);
+            out.extend_from_slice(b);
+            Ok(())
+        },
+    )?;
+    if !found {
+        if pending_len(conn, key)?.is_none() {
+            return Ok(None);
+        }
+        return Ok(Some(Vec::new()));
+    }
+    let base = base.unwrap_or(0);
+    let start = usize::try_from(range.start.saturating_sub(base)).unwrap_or(usize::MAX).min(out.len());
+    let end = usize::try_from(range.end.saturating_sub(base)).unwrap_or(usize::MAX).min(out.len()).max(start);
+    out.truncate(end);
+    out.drain(..start);
+    Ok(Some(out))
+}
+
+impl crate::db::Db {
+    /// The objects compaction left in the pending table for a store that defers its writes,
+    /// with their sizes, in key order.
+    pub(crate) fn cold_pending(&self) -> Result<Vec<(String, u64)>> {
+        if self.cold().is_none() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        crate::backend::run(self.backend(), crate::backend::Access::Read, |conn| {
+            out.clear();
+            conn.query(
+                &format!("SELECT \"key\", sum(length(\"bytes\")) FROM {PENDING} GROUP BY \"key\" ORDER BY \"key\""),
+                &[],
+                &mut |row| {
+                    if let (ValueRef::Text(k), ValueRef::Integer(n)) = (row.get(0)?, row.get(1)?) {
+                        out.push((k.to_owned(), n.max(0) as u64));
+                    }
+                    Ok(())
+                },
+            )
+        })?;
+        Ok(out)
+    }
+
+    /// The pending object `key`, whole.
+    pub(crate) fn cold_pending_object(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        if self.cold().is_none() {
+            return Ok(None);
+        }
+        crate::backend::run(self.backend(), crate::backend::Access::Read, |conn| {
+            pending_range(conn, key, &(0..u64::MAX))
+        })
+    }
+
+    /// Drops the hot copy of the pending object `key`, now in the store.
+    pub(crate) fn cold_uploaded(&self, key: &str) -> Result<()> {
+        if self.cold().is_none() {
+            return Ok(());
+        }
+        crate::txn::Runner::Db(self).write(crate::backend::Access::Atomic, |w| {
+            w.conn.execute(&format!("DELETE FROM {PENDING} WHERE \"key\" = ?1"), &[Value::Text(key.to_owned())])
+        })?;
+        Ok(())
+    }
 }
 
 /// Whether the copy of `id` in segment `key` is dead.

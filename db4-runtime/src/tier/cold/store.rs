@@ -18,7 +18,7 @@ pub(crate) fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-fn exists(key: &str) -> Error {
+pub(crate) fn exists(key: &str) -> Error {
     Error::Conflict { collection: "cold store".to_owned(), id: key.to_owned(), expected: 0, actual: 0 }
 }
 
