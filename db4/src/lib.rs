@@ -356,7 +356,7 @@ pub mod tier {
 pub mod cloudflare {
     pub use db4_runtime::remote::{
         COORDINATOR_NAME, CoordinatorServer, DurableQuery, DurableRange, DurableRouter, DurableSearch, MAX_IN_FLIGHT,
-        MAX_RANGE_PAGE, ShardClient, ShardServer, SplitTrigger, WorkerShards, serve_coordinator, serve_shard,
+        MAX_RANGE_PAGE, R2Store, ShardClient, ShardServer, SplitTrigger, WorkerShards, serve_coordinator, serve_shard,
         shard_object_name,
     };
 }

@@ -11,7 +11,12 @@
 #      a consumer resuming after its acknowledgement);
 #   5. split a shard object under four writers; split another and SIGKILL workerd mid-split,
 #      restart, check the split resumes and ends with every acknowledged write there once;
-#   6. with --bench, after a restart: the sharded routes through DurableRouter against the
+#   6. serve the same build with miniflare (R2, Cache API, Durable Objects locally): the tier
+#      scenarios over HTTP (compaction to R2 from the object's alarm, reads falling through
+#      to it, a damaged and a missing segment, the warm tier's bound), then compaction staged
+#      and miniflare SIGKILLed before the upload, restarted (the alarm uploads), SIGTERMed,
+#      restarted (everything read back from R2);
+#   7. with --bench, after a restart: the sharded routes through DurableRouter against the
 #      same work sent straight to one shard object (and the cold first requests), then db4
 #      routes against hand-written SqlStorage routes.
 #
@@ -19,7 +24,7 @@
 #
 # Tools (.ci/run installs the pinned versions): $TOOLS/bin/worker-build,
 # $TOOLS/bin/wasm-bindgen, and under $TOOLS/node the npm packages binaryen (wasm-opt) and
-# workerd. TOOLS defaults to ~/.cache/db4-tools.
+# workerd and miniflare. TOOLS defaults to ~/.cache/db4-tools.
 set -euo pipefail
 
 APP_DIR="$(cd "$(dirname "$0")" && pwd)"
@@ -45,6 +50,10 @@ for tool in "$WORKER_BUILD" "$WASM_BINDGEN_BIN" "$WASM_OPT_BIN" "$WORKERD"; do
   fi
 done
 command -v curl >/dev/null || { echo "e2e: curl is required" >&2; exit 1; }
+MINIFLARE_PKG="$TOOLS/node/node_modules/miniflare/package.json"
+[ -f "$MINIFLARE_PKG" ] || { echo "e2e: $MINIFLARE_PKG is missing; .ci/run installs it (or set TOOLS)" >&2; exit 1; }
+command -v node >/dev/null || { echo "e2e: node is required (miniflare)" >&2; exit 1; }
+command -v pgrep >/dev/null || { echo "e2e: pgrep is required" >&2; exit 1; }
 
 RUN_DIR="$ROOT/target/worker-app-e2e"
 STORAGE="$RUN_DIR/do-storage"
@@ -77,7 +86,38 @@ stop_workerd() {
   fi
   wait "$pid" 2>/dev/null || true
 }
-trap 'stop_workerd TERM' EXIT
+MF_PID=""
+MF_LOG="$RUN_DIR/miniflare.log"
+MF_DIR="$RUN_DIR/miniflare"
+
+# Stops miniflare: SIGTERM lets it dispose of its workerd; SIGKILL kills its workerd child
+# first (as a crash would), then the node process.
+stop_miniflare() {
+  local signal="${1:-TERM}" pid="$MF_PID"
+  [ -n "$pid" ] || return 0
+  MF_PID=""
+  if [ "$signal" = KILL ]; then
+    for child in $(pgrep -P "$pid" || true); do
+      kill -KILL "$child" 2>/dev/null || true
+    done
+  fi
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "-$signal" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      say "miniflare ($pid) ignored SIG$signal for 10 s: SIGKILL"
+      for child in $(pgrep -P "$pid" || true); do
+        kill -KILL "$child" 2>/dev/null || true
+      done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+trap 'stop_workerd TERM; stop_miniflare TERM' EXIT
 trap 'exit 130' INT TERM
 
 free_port() {
@@ -120,6 +160,33 @@ start_workerd() {
   done
   say "workerd not ready after 30 s; its log:"
   tail -n 40 "$LOG" >&2
+  exit 1
+}
+
+start_miniflare() {
+  local port started
+  port="$(free_port)"
+  mkdir -p "$MF_DIR"
+  # A simple command in the background: $! is node's own PID.
+  MF_NODE="$TOOLS/node" MF_BUILD="$RUN_DIR/build" MF_DIR="$MF_DIR" MF_PORT="$port" \
+    node "$APP_DIR/miniflare.mjs" >>"$MF_LOG" 2>&1 &
+  MF_PID=$!
+  export DB4_MINIFLARE_URL="http://127.0.0.1:$port"
+  started="$(now)"
+  for _ in $(seq 1 300); do
+    if ! kill -0 "$MF_PID" 2>/dev/null; then
+      say "miniflare exited during start-up; its log:"
+      tail -n 40 "$MF_LOG" >&2
+      exit 1
+    fi
+    if curl -sf --max-time 2 "$DB4_MINIFLARE_URL/health" >/dev/null 2>&1; then
+      say "miniflare (pid $MF_PID) ready at $DB4_MINIFLARE_URL after $(since "$started") s"
+      return 0
+    fi
+    sleep 0.1
+  done
+  say "miniflare not ready after 30 s; its log:"
+  tail -n 40 "$MF_LOG" >&2
   exit 1
 }
 
@@ -216,6 +283,31 @@ stop_workerd KILL
 wait "$WRITER_PID" || { say "the split writers failed"; exit 1; }
 start_workerd
 split_phase resume
+
+# The tiers on miniflare: R2 as the cold tier, compaction from the tier object's alarm.
+tiers_phase() {
+  say "tiers phase: $1"
+  DB4_E2E_TIERS="$1" suite --exact tiers::tiers_persist --nocapture
+}
+rm -rf "$MF_DIR"
+: >"$MF_LOG"
+start_miniflare
+say "tier scenarios over HTTP on miniflare"
+suite miniflare:: --nocapture
+tiers_phase stage
+say "restart miniflare (SIGKILL of its workerd, compaction staged, not uploaded)"
+stop_miniflare KILL
+start_miniflare
+tiers_phase after_kill
+say "restart miniflare (SIGTERM)"
+stop_miniflare TERM
+start_miniflare
+tiers_phase after_term
+if [ "$BENCH" = 1 ]; then
+  say "benchmark: the tiers on miniflare (DB4_BENCH_N=${DB4_BENCH_N:-2000})"
+  suite --exact tiers::tiers_bench --nocapture | tee "$RUN_DIR/bench-tiers.md"
+fi
+stop_miniflare TERM
 
 files="$(find "$STORAGE" -name '*.sqlite' | wc -l)"
 say "$files Durable Object databases on disk under $STORAGE"

@@ -16,6 +16,8 @@ pub mod protocol;
 
 #[cfg(feature = "sqlite")]
 mod local;
+#[cfg(feature = "cloudflare")]
+mod r2;
 mod range;
 mod router;
 mod search;
@@ -27,6 +29,8 @@ mod worker;
 #[cfg(feature = "sqlite")]
 pub use local::LocalShards;
 pub use protocol::{PROTOCOL_VERSION, ShardMap};
+#[cfg(feature = "cloudflare")]
+pub use r2::R2Store;
 pub use range::{DurableRange, MAX_RANGE_PAGE};
 pub use router::{BoxFuture, DurableQuery, DurableRouter, MAX_IN_FLIGHT, ShardClient, SplitTrigger};
 pub use search::DurableSearch;

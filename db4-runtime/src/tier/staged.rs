@@ -373,6 +373,23 @@ impl<S: AsyncColdStore> StagedStore<S> {
         }
     }
 
+    /// The objects compaction left pending in `db`'s hot database (not uploaded yet), with
+    /// their sizes, keys without this store's prefix.
+    ///
+    /// # Errors
+    ///
+    /// A database failure.
+    pub fn pending(&self, db: &Db) -> Result<Vec<ObjectInfo>> {
+        Ok(db.cold_pending()?.into_iter().map(|(k, n)| ObjectInfo::new(k, n)).collect())
+    }
+
+    /// Drops every fetched copy of `key` (without this store's prefix) and the listing, so
+    /// the next read of it goes to the store. Objects never change under a key, so this is
+    /// only needed when something outside db4 replaced or removed one.
+    pub fn evict(&self, key: &str) {
+        self.forget(key);
+    }
+
     fn forget(&self, key: &str) {
         let mut state = self.state();
         let gone: Vec<Fetch> =

@@ -194,8 +194,12 @@ pub fn db_status(e: &db4::Error) -> (u16, &'static str) {
         E::ChangeLog { .. } => (400, "change_log"),
         // A range cursor this tenant did not hand out for this range, or one edited.
         E::InvalidCursor { .. } => (400, "invalid_cursor"),
+        // A damaged or missing cold segment (the message names it), or other damage.
+        E::Corrupted { .. } => (500, "corrupted"),
         E::Backend(b) => match b.kind() {
             K::TooBig => (413, "too_large"),
+            // A cold read run outside StagedStore::read (a bug of the route, not the caller).
+            K::NotFetched => (503, "not_fetched"),
             // A backend that cannot do what was asked with a value (a read-only database, a
             // named parameter beyond 2^53 on a Durable Object).
             K::Unsupported => (400, "unsupported_value"),

@@ -7,6 +7,7 @@
 use crate::api::{self, ApiError, ApiRequest, ApiResponse, Method};
 use crate::raw;
 use crate::sharded::{self, KbArticle, Ticket};
+use crate::tiered;
 use db4::Db;
 use db4::cloudflare::{COORDINATOR_NAME, CoordinatorServer, ShardServer, WorkerShards, serve_coordinator, serve_shard};
 use serde_json::json;
@@ -22,6 +23,12 @@ pub const SHARDS_BINDING: &str = "SHARDS";
 
 /// The coordinator's namespace binding.
 pub const COORDINATOR_BINDING: &str = "COORDINATOR";
+
+/// The tier objects' namespace binding.
+pub const TIERS_BINDING: &str = "TIERS";
+
+/// The R2 bucket of the cold tier.
+pub const COLD_BUCKET: &str = "COLD";
 
 fn respond(r: &ApiResponse) -> Result<Response> {
     Ok(Response::from_json(&r.body)?.with_status(r.status))
@@ -53,6 +60,10 @@ async fn forward(req: Request, env: &Env) -> Result<Response> {
             return stub.fetch_with_request(req).await;
         }
         return route_sharded(req, env).await;
+    }
+    if let Some((name, _)) = tiered::name_of(url.path()) {
+        let stub = env.durable_object(TIERS_BINDING)?.id_from_name(name)?.get_stub()?;
+        return stub.fetch_with_request(req).await;
     }
     let Some((tenant, _)) = api::tenant_of(url.path()) else {
         return respond(&ApiError::NoRoute.to_response());
@@ -355,5 +366,161 @@ impl DurableObject for TenantStore {
             }
         };
         respond(&resp)
+    }
+}
+
+/// A tier object: readings whose old documents compact from its SQLite storage to R2
+/// (`tier/{name}/...` in the `COLD` bucket), read back through a [`StagedStore`] over an
+/// [`R2Store`], with a warm tier in the isolate. Compaction runs from the object's alarm:
+/// `POST /compact` arms it now, each compaction re-arms it for [`COMPACT_EVERY_MS`], and a
+/// failure retries in [`RETRY_MS`]. A compaction is one transaction and its uploads are
+/// recorded in it, so an alarm cut short by an eviction or a crash is finished by the next
+/// (the first request after a restart re-arms it if uploads are pending without one).
+///
+/// [`StagedStore`]: db4::tier::StagedStore
+/// [`R2Store`]: db4::cloudflare::R2Store
+#[durable_object(alarm)]
+pub struct TierObject {
+    state: State,
+    env: Env,
+    tier: OnceCell<std::result::Result<(Db, db4::tier::StagedStore<db4::cloudflare::R2Store>), String>>,
+    checked: Cell<bool>,
+}
+
+/// The tier object's storage keys (its key-value API).
+const TIER_NAME_KEY: &str = "app/tier-name";
+const TIER_REPORT_KEY: &str = "app/tier-last-compaction";
+const TIER_ERROR_KEY: &str = "app/tier-last-error";
+const TIER_COUNT_KEY: &str = "app/tier-compactions";
+
+/// Milliseconds between compactions once the first has run.
+pub const COMPACT_EVERY_MS: i64 = 3_600_000;
+
+/// The bytes of this isolate's wasm memory (what the module holds, whatever it is used for).
+fn wasm_memory_bytes() -> f64 {
+    let memory = wasm_bindgen::memory();
+    worker::js_sys::Reflect::get(&memory, &"buffer".into())
+        .and_then(|b| worker::js_sys::Reflect::get(&b, &"byteLength".into()))
+        .ok()
+        .and_then(|n| n.as_f64())
+        .unwrap_or(0.0)
+}
+
+impl TierObject {
+    /// The object's database and staged store; `name` (from the request, else stored) is its
+    /// R2 prefix.
+    async fn tier(
+        &self,
+        name: Option<&str>,
+    ) -> std::result::Result<&(Db, db4::tier::StagedStore<db4::cloudflare::R2Store>), String> {
+        if let Some(t) = self.tier.get() {
+            return t.as_ref().map_err(Clone::clone);
+        }
+        let storage = self.state.storage();
+        let stored: Option<String> = storage.get(TIER_NAME_KEY).await.map_err(|e| e.to_string())?;
+        let name = match (stored, name) {
+            (Some(stored), _) => stored,
+            (None, Some(name)) => {
+                storage.put(TIER_NAME_KEY, name).await.map_err(|e| e.to_string())?;
+                name.to_owned()
+            }
+            (None, None) => return Err("the tier object has no name yet".to_owned()),
+        };
+        let opened = db4::cloudflare::R2Store::from_env(&self.env, COLD_BUCKET)
+            .and_then(|r2| db4::tier::StagedStore::new(r2, &tiered::prefix_for(&name)))
+            .map(|s| s.with_cache_bytes(tiered::CACHE_BYTES))
+            .and_then(|staged| {
+                let options = db4::DbOptions::default().tiers(tiered::tier_config(&staged));
+                Db::durable_with(&self.state.storage(), options).map(|db| (db, staged))
+            })
+            .map_err(|e| e.to_string());
+        self.tier.get_or_init(|| opened).as_ref().map_err(Clone::clone)
+    }
+
+    /// Re-arms the alarm if uploads are pending without one (first request after a restart).
+    async fn check_pending(&self, db: &Db, staged: &db4::tier::StagedStore<db4::cloudflare::R2Store>) -> Result<()> {
+        if self.checked.replace(true) {
+            return Ok(());
+        }
+        let pending = staged.pending(db).map(|p| !p.is_empty()).unwrap_or(false);
+        if pending && self.state.storage().get_alarm().await?.is_none() {
+            self.state.storage().set_alarm(0).await?;
+        }
+        Ok(())
+    }
+}
+
+impl DurableObject for TierObject {
+    fn new(state: State, env: Env) -> Self {
+        Self { state, env, tier: OnceCell::new(), checked: Cell::new(false) }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let url = req.url()?;
+        let Some((name, rest)) = tiered::name_of(url.path()) else {
+            return respond(&ApiError::NoRoute.to_response());
+        };
+        let (db, staged) = match self.tier(Some(name)).await {
+            Ok(t) => t,
+            Err(message) => return respond(&ApiResponse::internal(&message)),
+        };
+        self.check_pending(db, staged).await?;
+        let method = Method::parse(req.method().as_ref());
+        let storage = self.state.storage();
+        match (method, rest.trim_end_matches('/')) {
+            (Method::Post, "compact") => {
+                storage.delete(TIER_ERROR_KEY).await?;
+                storage.set_alarm(0).await?;
+                return respond(&ApiResponse { status: 202, body: json!({ "scheduled": true }) });
+            }
+            (Method::Get, "status") => {
+                let mut status = match tiered::status(db, staged) {
+                    Ok(s) => s,
+                    Err(e) => return respond(&ApiError::Db(e).to_response()),
+                };
+                let report: Option<serde_json::Value> = storage.get(TIER_REPORT_KEY).await?;
+                let error: Option<String> = storage.get(TIER_ERROR_KEY).await?;
+                status["alarm"] = json!(storage.get_alarm().await?);
+                status["last_compaction"] = json!(report);
+                status["last_error"] = json!(error);
+                status["compactions"] = json!(storage.get::<u64>(TIER_COUNT_KEY).await?.unwrap_or(0));
+                status["wasm_memory_bytes"] = json!(wasm_memory_bytes());
+                return respond(&ApiResponse { status: 200, body: status });
+            }
+            _ => {}
+        }
+        let mut target = format!("/{rest}");
+        if let Some(q) = url.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        let body = if method.has_body() { req.bytes().await? } else { Vec::new() };
+        let test_routes = self.env.var("DB4_TEST_ROUTES").is_ok();
+        let api_req = ApiRequest { method, target: &target, body: &body };
+        respond(&tiered::route(db, staged, &api_req, test_routes).await)
+    }
+
+    /// A compaction by the policy, with its uploads (and any left by an earlier one).
+    async fn alarm(&self) -> Result<Response> {
+        let storage = self.state.storage();
+        let outcome = match self.tier(None).await {
+            Ok((db, staged)) => staged.compact(db).await.map_err(|e| e.to_string()),
+            Err(message) => Err(message),
+        };
+        match outcome {
+            Ok(report) => {
+                storage.put(TIER_REPORT_KEY, tiered::report_json(&report)).await?;
+                let done = storage.get::<u64>(TIER_COUNT_KEY).await?.unwrap_or(0);
+                storage.put(TIER_COUNT_KEY, done + 1).await?;
+                storage.delete(TIER_ERROR_KEY).await?;
+                storage.set_alarm(COMPACT_EVERY_MS).await?;
+            }
+            Err(e) => {
+                worker::console_error!("db4 compaction failed (retrying in {RETRY_MS} ms): {e}");
+                storage.put(TIER_ERROR_KEY, e).await?;
+                storage.set_alarm(RETRY_MS).await?;
+            }
+        }
+        Response::ok("")
     }
 }

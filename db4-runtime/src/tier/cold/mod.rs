@@ -161,10 +161,10 @@ impl ColdTier {
         key: &str,
         range: std::ops::Range<u64>,
     ) -> Result<Option<Vec<u8>>> {
-        if self.store().defers_writes() {
-            if let Some(bytes) = pending_range(conn, key, &range)? {
-                return Ok(Some(bytes));
-            }
+        if self.store().defers_writes()
+            && let Some(bytes) = pending_range(conn, key, &range)?
+        {
+            return Ok(Some(bytes));
         }
         if range == (0..u64::MAX) { self.store().get(key) } else { self.store().get_range(key, range) }
     }

@@ -12,6 +12,7 @@ mod scenarios;
 mod sharded;
 mod split;
 mod target;
+mod tiers;
 mod workerd_only;
 
 macro_rules! suite {
@@ -75,3 +76,31 @@ suite!(
     sharded_queries,
     sharded_search,
 );
+
+macro_rules! tier_suite {
+    ($($name:ident),* $(,)?) => {
+        /// The tier scenarios natively: the cold store a memory store behind `StagedStore`.
+        mod native_tiers {
+            $(
+                #[test]
+                fn $name() {
+                    crate::tiers::$name(&crate::target::Native::new());
+                }
+            )*
+        }
+
+        /// The tier scenarios over HTTP against miniflare (`DB4_MINIFLARE_URL`): R2, the
+        /// Cache API and Durable Objects from a real local implementation.
+        mod miniflare {
+            $(
+                #[test]
+                #[ignore = "needs the app on miniflare: run by examples/worker-app/e2e.sh"]
+                fn $name() {
+                    crate::tiers::$name(&crate::target::Http::miniflare());
+                }
+            )*
+        }
+    };
+}
+
+tier_suite!(cold_tier, cold_tier_damage, warm_tier_bound);

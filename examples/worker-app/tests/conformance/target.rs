@@ -29,6 +29,8 @@ pub trait Target: Sync {
 /// The handlers of `worker_app::api`, called directly.
 pub struct Native {
     dbs: Mutex<HashMap<String, Db>>,
+    /// The tier objects: a database and its staged cold store over memory, per name.
+    tiers: Mutex<HashMap<String, (Db, Staged)>>,
     /// This target's shard objects (`LocalShards` is single-threaded, so they live in a
     /// thread-local map under this id).
     id: u64,
@@ -44,7 +46,30 @@ impl Native {
     pub fn new() -> Self {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        Self { dbs: Mutex::new(HashMap::new()), id: NEXT.fetch_add(1, Ordering::Relaxed) }
+        Self { dbs: Mutex::new(HashMap::new()), tiers: Mutex::default(), id: NEXT.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    /// The tiered routes, as the tier object runs them, over a memory store.
+    fn tiered(&self, name: &str, rest: &str, method: &str, body: Option<&[u8]>) -> Reply {
+        let (db, staged) = {
+            let mut tiers = self.tiers.lock().unwrap();
+            tiers
+                .entry(name.to_owned())
+                .or_insert_with(|| {
+                    let remote = std::sync::Arc::new(db4::tier::MemoryStore::new());
+                    let staged = db4::tier::StagedStore::new(remote, &worker_app::tiered::prefix_for(name))
+                        .expect("a valid prefix")
+                        .with_cache_bytes(worker_app::tiered::CACHE_BYTES);
+                    let options = db4::DbOptions::default().tiers(worker_app::tiered::tier_config(&staged));
+                    (Db::open_in_memory_with(options).expect("in-memory database"), staged)
+                })
+                .clone()
+        };
+        let target = format!("/{rest}");
+        let req = ApiRequest { method: Method::parse(method), target: &target, body: body.unwrap_or_default() };
+        let r = block_on(worker_app::tiered::route(&db, &staged, &req, true));
+        let text = serde_json::to_string(&r.body).expect("serializable body");
+        Reply { status: r.status, body: serde_json::from_str(&text).expect("JSON body") }
     }
 
     /// The sharded routes, as the Worker runs them, over shard objects in this process.
@@ -76,6 +101,10 @@ impl Target for Native {
         };
         if path_only == "/health" {
             return Reply { status: 200, body: serde_json::json!({ "ok": true }) };
+        }
+        if let Some((name, _)) = worker_app::tiered::name_of(path_only) {
+            let rest = path.strip_prefix(&format!("/tier/{name}/")).unwrap_or("");
+            return self.tiered(name, rest, method, body);
         }
         if worker_app::sharded::is_sharded(path_only) {
             return self.sharded(method, path, body);
@@ -110,6 +139,8 @@ impl Target for Native {
     }
 }
 
+type Staged = db4::tier::StagedStore<std::sync::Arc<db4::tier::MemoryStore>>;
+
 /// Runs a future that never waits on anything (natively, `handle_waiting` sleeps
 /// synchronously and its futures are always ready).
 fn block_on<F: Future>(f: F) -> F::Output {
@@ -132,9 +163,19 @@ impl Http {
         Self::from_env().expect("DB4_WORKERD_URL must name the app on workerd; examples/worker-app/e2e.sh sets it")
     }
 
+    /// The app on miniflare, at `DB4_MINIFLARE_URL`; panics (failing the test) without it.
+    pub fn miniflare() -> Self {
+        Self::from_var("DB4_MINIFLARE_URL")
+            .expect("DB4_MINIFLARE_URL must name the app on miniflare; examples/worker-app/e2e.sh sets it")
+    }
+
     /// The target named by `DB4_WORKERD_URL`, or `None`.
     fn from_env() -> Option<Self> {
-        let url = std::env::var("DB4_WORKERD_URL").ok()?;
+        Self::from_var("DB4_WORKERD_URL")
+    }
+
+    fn from_var(var: &str) -> Option<Self> {
+        let url = std::env::var(var).ok()?;
         let host = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
         let run = std::env::var("DB4_E2E_RUN_ID").unwrap_or_else(|_| {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
