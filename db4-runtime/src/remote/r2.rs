@@ -6,16 +6,29 @@
 use crate::error::{BackendError, BackendErrorKind, Result};
 use crate::tier::{AsyncColdStore, ObjectInfo};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use worker::send::SendWrapper;
 use worker::{Bucket, Conditional};
+
+/// How long the edge cache may keep a block: a year (keys are never reused, so forever would
+/// do; the Cache API evicts by its own rules anyway).
+const EDGE_MAX_AGE_S: u32 = 31_536_000;
 
 /// An R2 bucket as a cold store (`env.bucket("COLD")`).
 ///
 /// Writes are conditional (`onlyIf: { etagDoesNotMatch: "*" }`): an object is never written
 /// over. Point reads are ranged gets of one block. Lists page through R2's cursor.
+///
+/// With [`with_edge_cache`](Self::with_edge_cache), ranged reads go through the Workers Cache
+/// API first: a block is kept there under its key and byte range, which never name other
+/// bytes (segment keys carry a random part and objects are never rewritten), so nothing ever
+/// needs purging — which matters, as a Cache API delete only reaches one data centre.
 pub struct R2Store {
     bucket: SendWrapper<Bucket>,
     binding: String,
+    edge: Option<String>,
+    edge_hits: AtomicU64,
+    edge_misses: AtomicU64,
 }
 
 impl std::fmt::Debug for R2Store {
@@ -31,7 +44,48 @@ fn r2_error(op: &str, key: &str, e: &worker::Error) -> crate::Error {
 impl R2Store {
     /// The store over `bucket`, named `binding` in errors (its binding's name).
     pub fn new(bucket: Bucket, binding: &str) -> Self {
-        Self { bucket: SendWrapper(bucket), binding: binding.to_owned() }
+        Self {
+            bucket: SendWrapper(bucket),
+            binding: binding.to_owned(),
+            edge: None,
+            edge_hits: AtomicU64::new(0),
+            edge_misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The same store with ranged reads (cold point reads) cached in the Workers Cache API
+    /// (`caches.default`) under `https://db4-cold.invalid/<binding>/<key>?bytes=<start>-<end>`.
+    ///
+    /// The Cache API keeps entries per data centre and does nothing on `workers.dev`
+    /// subdomains (a custom domain is needed there); a miss simply reads R2.
+    #[must_use]
+    pub fn with_edge_cache(mut self) -> Self {
+        self.edge = Some(format!("https://db4-cold.invalid/{}/", self.binding));
+        self
+    }
+
+    /// `(hits, misses)` of the edge cache so far (both 0 without it).
+    pub fn edge_stats(&self) -> (u64, u64) {
+        (self.edge_hits.load(Ordering::Relaxed), self.edge_misses.load(Ordering::Relaxed))
+    }
+
+    /// The block from the edge cache, if it has it (any failure is a miss: it is a cache).
+    async fn edge_get(url: &str) -> Option<Vec<u8>> {
+        let cache = worker::Cache::default();
+        let mut resp = cache.get(url, true).await.ok()??;
+        resp.bytes().await.ok()
+    }
+
+    /// Keeps the block in the edge cache (a failure only costs a later miss).
+    async fn edge_put(url: &str, bytes: &[u8]) {
+        let headers = worker::Headers::new();
+        let control = format!("public, max-age={EDGE_MAX_AGE_S}, immutable");
+        if headers.set("cache-control", &control).is_err() {
+            return;
+        }
+        if let Ok(resp) = worker::Response::from_bytes(bytes.to_vec()) {
+            let _ = worker::Cache::default().put(url, resp.with_headers(headers)).await;
+        }
     }
 
     /// The store over the R2 bucket bound as `binding` in `env`.
@@ -52,6 +106,22 @@ impl R2Store {
     async fn size(&self, key: &str) -> Result<Option<u64>> {
         let head = self.bucket.0.head(key).await.map_err(|e| r2_error("head", key, &e))?;
         Ok(head.map(|o| o.size()))
+    }
+
+    /// The bytes `range` (non-empty) of `key` from R2, clamped to the object's end.
+    async fn get_from_r2(&self, key: &str, range: Range<u64>) -> Result<Option<Vec<u8>>> {
+        match self.ranged(key, range.start, range.end - range.start).await {
+            Ok(found) => Ok(found),
+            // A range past the end is an error on R2: clamp it to the object and ask again.
+            Err(first) => match self.size(key).await? {
+                None => Ok(None),
+                Some(size) if size <= range.start => Ok(Some(Vec::new())),
+                Some(size) => self
+                    .ranged(key, range.start, range.end.min(size) - range.start)
+                    .await
+                    .map_err(|_| r2_error("ranged get", key, &first)),
+            },
+        }
     }
 
     async fn ranged(&self, key: &str, start: u64, length: u64) -> std::result::Result<Option<Vec<u8>>, worker::Error> {
@@ -90,18 +160,18 @@ impl AsyncColdStore for R2Store {
         if range.end <= range.start {
             return Ok(self.size(key).await?.map(|_| Vec::new()));
         }
-        match self.ranged(key, range.start, range.end - range.start).await {
-            Ok(found) => Ok(found),
-            // A range past the end is an error on R2: clamp it to the object and ask again.
-            Err(first) => match self.size(key).await? {
-                None => Ok(None),
-                Some(size) if size <= range.start => Ok(Some(Vec::new())),
-                Some(size) => self
-                    .ranged(key, range.start, range.end.min(size) - range.start)
-                    .await
-                    .map_err(|_| r2_error("ranged get", key, &first)),
-            },
+        let Some(base) = &self.edge else { return self.get_from_r2(key, range).await };
+        let url = format!("{base}{key}?bytes={}-{}", range.start, range.end);
+        if let Some(bytes) = Self::edge_get(&url).await {
+            self.edge_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(bytes));
         }
+        self.edge_misses.fetch_add(1, Ordering::Relaxed);
+        let found = self.get_from_r2(key, range).await?;
+        if let Some(bytes) = &found {
+            Self::edge_put(&url, bytes).await;
+        }
+        Ok(found)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {

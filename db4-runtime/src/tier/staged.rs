@@ -390,6 +390,15 @@ impl<S: AsyncColdStore> StagedStore<S> {
         self.forget(key);
     }
 
+    /// Drops every fetched byte and the listing (to give the memory back, or to measure reads
+    /// that must go to the store).
+    pub fn clear(&self) {
+        let mut state = self.state();
+        state.cache.clear();
+        state.cached = 0;
+        state.listing = None;
+    }
+
     fn forget(&self, key: &str) {
         let mut state = self.state();
         let gone: Vec<Fetch> =

@@ -19,6 +19,7 @@
 //! | `POST /flush` | upload what is pending |
 //! | `GET /status` | the tiers' figures: hot, warm, cold, pending objects, fetched bytes |
 //! | `GET /r2/list`, `GET /r2/object?key=`, `POST /r2/damage?key=`, `DELETE /r2/object?key=` | test routes over the object's own cold objects (hex bytes; flip a byte; remove), only where test routes are enabled |
+//! | `POST /forget` | test route: drop the fetched cold bytes kept in memory |
 
 use crate::api::{ApiError, ApiRequest, ApiResponse, Method};
 use db4::Document;
@@ -189,7 +190,11 @@ async fn dispatch<S: AsyncColdStore + Send + Sync + 'static>(
             Ok(ok(json!({ "uploaded": r.uploaded, "bytes": r.bytes, "deleted": r.deleted })))
         }
         (Method::Get, ["status"]) => Ok(ok(status(db, staged)?)),
-        (_, ["r2", ..]) if !test_routes => Err(ApiError::NoRoute),
+        (_, ["r2", ..] | ["forget"]) if !test_routes => Err(ApiError::NoRoute),
+        (Method::Post, ["forget"]) => {
+            staged.clear();
+            Ok(ok(json!({ "cleared": true })))
+        }
         (Method::Get, ["r2", "list"]) => {
             let objects = staged.remote().list(staged.prefix()).await?;
             let listed: Vec<Value> = objects

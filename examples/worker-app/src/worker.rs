@@ -427,6 +427,7 @@ impl TierObject {
             (None, None) => return Err("the tier object has no name yet".to_owned()),
         };
         let opened = db4::cloudflare::R2Store::from_env(&self.env, COLD_BUCKET)
+            .map(db4::cloudflare::R2Store::with_edge_cache)
             .and_then(|r2| db4::tier::StagedStore::new(r2, &tiered::prefix_for(&name)))
             .map(|s| s.with_cache_bytes(tiered::CACHE_BYTES))
             .and_then(|staged| {
@@ -483,6 +484,8 @@ impl DurableObject for TierObject {
                 status["alarm"] = json!(storage.get_alarm().await?);
                 status["last_compaction"] = json!(report);
                 status["last_error"] = json!(error);
+                let (hits, misses) = staged.remote().edge_stats();
+                status["edge_cache"] = json!({ "hits": hits, "misses": misses });
                 status["compactions"] = json!(storage.get::<u64>(TIER_COUNT_KEY).await?.unwrap_or(0));
                 status["wasm_memory_bytes"] = json!(wasm_memory_bytes());
                 return respond(&ApiResponse { status: 200, body: status });

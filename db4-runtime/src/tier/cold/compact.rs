@@ -261,7 +261,7 @@ fn compact_collection(
         .collect();
     for chunk in docs.chunks(MAX_SEGMENT_DOCS) {
         let seq = next_seq(conn)?;
-        let key = format!("{}/{seq:012}.jsonl.gz", meta.collection);
+        let key = format!("{}/{seq:012}-{:08x}.jsonl.gz", meta.collection, key_token()?);
         let (file, manifest) = segment::build(&key, meta.collection, chunk, &stats)?;
         let json = manifest.to_json();
         cold.put(conn, &key, &file)?;
@@ -283,6 +283,20 @@ fn compact_collection(
         report.moved += moved;
     }
     Ok(())
+}
+
+/// The random part of a segment key: a key is never used twice, even by a database deleted
+/// and made again under the same store prefix (its counter starting over), so whatever keeps
+/// an object's bytes by its key (an edge cache in front of R2) can never serve stale bytes.
+fn key_token() -> Result<u32> {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        Error::Backend(crate::error::BackendError::new(
+            crate::error::BackendErrorKind::Other,
+            format!("no randomness for a segment key: {e}"),
+        ))
+    })?;
+    Ok(u32::from_le_bytes(bytes))
 }
 
 /// The documents of segment `m` that no tombstone names.
