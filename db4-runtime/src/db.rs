@@ -559,6 +559,16 @@ impl Db {
         self.backend().database_bytes()
     }
 
+    /// The rows this handle's statements wrote so far as the storage bills them, where the
+    /// backend counts them: on a Durable Object, the sum of `rowsWritten` (each table row and
+    /// each index entry written; Cloudflare bills per million). `None` natively.
+    ///
+    /// The difference across a call is what that call cost, for example
+    /// `before = db.rows_written(); coll.insert(&doc)?; db.rows_written() - before`.
+    pub fn rows_written(&self) -> Option<u64> {
+        self.backend().rows_written()
+    }
+
     /// The options this database was opened with.
     pub fn options(&self) -> &DbOptions {
         &self.inner.options

@@ -333,7 +333,8 @@ pub mod remote {
     pub use db4_runtime::remote::protocol;
     pub use db4_runtime::remote::{
         BoxFuture, CoordinatorServer, DurableQuery, DurableRange, DurableRouter, DurableSearch, MAX_IN_FLIGHT,
-        MAX_RANGE_PAGE, PROTOCOL_VERSION, ShardClient, ShardMap, ShardServer, SplitTrigger,
+        MAX_RANGE_PAGE, PROTOCOL_VERSION, ShardClient, ShardMap, ShardServer, SplitTrigger, StreamBatch,
+        StreamPosition,
     };
 }
 
@@ -356,8 +357,8 @@ pub mod tier {
 pub mod cloudflare {
     pub use db4_runtime::remote::{
         COORDINATOR_NAME, CoordinatorServer, DurableQuery, DurableRange, DurableRouter, DurableSearch, MAX_IN_FLIGHT,
-        MAX_RANGE_PAGE, R2Store, ShardClient, ShardServer, SplitTrigger, WorkerShards, serve_coordinator, serve_shard,
-        shard_object_name,
+        MAX_RANGE_PAGE, R2Store, ShardClient, ShardServer, SplitTrigger, StreamBatch, StreamPosition, WorkerShards,
+        serve_coordinator, serve_shard, shard_object_name,
     };
 }
 

@@ -41,6 +41,8 @@ extern "C" {
 pub struct DurableBackend {
     sql: worker::SqlStorage,
     storage: worker::send::SendWrapper<JsValue>,
+    /// The `rowsWritten` of every statement so far.
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for DurableBackend {
@@ -53,7 +55,11 @@ impl DurableBackend {
     /// The backend over a Durable Object's storage (from `state.storage()`).
     pub fn new(storage: &worker::Storage) -> Self {
         let raw: &JsValue = storage.as_raw().as_ref();
-        Self { sql: storage.sql(), storage: worker::send::SendWrapper::new(raw.clone()) }
+        Self {
+            sql: storage.sql(),
+            storage: worker::send::SendWrapper::new(raw.clone()),
+            written: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 }
 
@@ -69,8 +75,12 @@ impl Backend for DurableBackend {
         Ok(self.sql.database_size() as u64)
     }
 
+    fn rows_written(&self) -> Option<u64> {
+        Some(self.written.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn run(&self, access: Access, f: &mut dyn FnMut(&dyn Connection) -> Result<()>) -> Result<()> {
-        let conn = DurableConnection { sql: &self.sql };
+        let conn = DurableConnection { sql: &self.sql, written: &self.written };
         if access != Access::Atomic {
             return f(&conn);
         }
@@ -94,6 +104,7 @@ impl Backend for DurableBackend {
 
 struct DurableConnection<'a> {
     sql: &'a worker::SqlStorage,
+    written: &'a std::sync::atomic::AtomicU64,
 }
 
 impl DurableConnection<'_> {
@@ -111,7 +122,13 @@ impl DurableConnection<'_> {
         for row in cursor.raw() {
             row.map_err(|e| worker_error(&e))?;
         }
+        self.count(&cursor);
         Ok(cursor)
+    }
+
+    /// Adds the statement's billed rows (complete once its cursor is consumed).
+    fn count(&self, cursor: &worker::SqlCursor) {
+        self.written.fetch_add(cursor.rows_written() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// SQLite's `changes()`: rows changed by the last INSERT, UPDATE or DELETE.
@@ -149,6 +166,7 @@ impl Connection for DurableConnection<'_> {
             let values = values.map_err(|e| worker_error(&e))?;
             row(&DurableRow(values.into_iter().map(from_sql).collect()))?;
         }
+        self.count(&cursor);
         Ok(())
     }
 }

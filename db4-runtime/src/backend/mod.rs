@@ -96,20 +96,32 @@ pub trait Backend: Send + Sync + 'static {
     ///
     /// A backend error reading the pragmas.
     fn database_bytes(&self) -> Result<u64> {
-        let mut n = [0i64; 2];
-        self.run(Access::Read, &mut |conn| {
-            for (slot, pragma) in n.iter_mut().zip(["PRAGMA page_count", "PRAGMA page_size"]) {
-                conn.query(pragma, &[], &mut |row| {
-                    if let ValueRef::Integer(v) = row.get(0)? {
-                        *slot = v;
-                    }
-                    Ok(())
-                })?;
-            }
-            Ok(())
-        })?;
-        Ok(u64::try_from(n[0].saturating_mul(n[1])).unwrap_or(0))
+        database_bytes_by_pragma(self)
     }
+
+    /// The rows this backend's statements wrote so far, as the storage bills them (a Durable
+    /// Object's `rowsWritten`: table rows and index entries), if it counts them. `None` by
+    /// default.
+    fn rows_written(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// [`Backend::database_bytes`] by default: SQLite's page count times its page size.
+fn database_bytes_by_pragma<B: Backend + ?Sized>(backend: &B) -> Result<u64> {
+    let mut n = [0i64; 2];
+    backend.run(Access::Read, &mut |conn| {
+        for (slot, pragma) in n.iter_mut().zip(["PRAGMA page_count", "PRAGMA page_size"]) {
+            conn.query(pragma, &[], &mut |row| {
+                if let ValueRef::Integer(v) = row.get(0)? {
+                    *slot = v;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })?;
+    Ok(u64::try_from(n[0].saturating_mul(n[1])).unwrap_or(0))
 }
 
 /// A transaction opened by [`Backend::begin`]: a connection whose writes become durable on

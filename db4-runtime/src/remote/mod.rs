@@ -32,7 +32,9 @@ pub use protocol::{PROTOCOL_VERSION, ShardMap};
 #[cfg(feature = "cloudflare")]
 pub use r2::R2Store;
 pub use range::{DurableRange, MAX_RANGE_PAGE};
-pub use router::{BoxFuture, DurableQuery, DurableRouter, MAX_IN_FLIGHT, ShardClient, SplitTrigger};
+pub use router::{
+    BoxFuture, DurableQuery, DurableRouter, MAX_IN_FLIGHT, ShardClient, SplitTrigger, StreamBatch, StreamPosition,
+};
 pub use search::DurableSearch;
 pub use server::{CoordinatorServer, ShardServer};
 #[cfg(feature = "cloudflare")]

@@ -414,6 +414,17 @@ pub enum ShardOp {
         /// At most this many events.
         limit: usize,
     },
+    /// The change stream of one partition key's documents: events of this collection after
+    /// `after` whose document (after image, else before image) has partition key `partition`,
+    /// at most `limit`, examining at most [`MAX_STREAM_SCAN`] events.
+    Stream {
+        /// The last LSN already seen.
+        after: u64,
+        /// At most this many events.
+        limit: usize,
+        /// The partition key.
+        partition: WireValue,
+    },
     /// The shard's document count and bytes.
     Stats,
     /// Gives the shard object its shard id and the ring; accepted when the ring is at least as
@@ -635,6 +646,27 @@ pub enum ShardReply {
         /// Why.
         error: WireError,
     },
+}
+
+/// The most change-log events one [`ShardOp::Stream`] request examines, its partition's or
+/// not: a bounded amount of work per request, however sparse the partition's events are.
+pub const MAX_STREAM_SCAN: usize = 1000;
+
+/// A page of a partition's change stream, from [`ShardOp::Stream`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamPage {
+    /// The partition's events, in LSN order.
+    pub events: Vec<WireChange>,
+    /// The LSN to continue after: the last event examined (the partition's or not), or the
+    /// request's `after` if there was none.
+    pub next: u64,
+    /// The shard's newest LSN when it answered: `next == last_lsn` means caught up.
+    pub last_lsn: u64,
+    /// Events of this collection examined that carry no image to tell their partition (a
+    /// delete, unless the database keeps before images or the collection records full
+    /// changes): left out, never guessed.
+    #[serde(default)]
+    pub unattributed: u64,
 }
 
 /// A shard's statistics, from [`ShardOp::Stats`].

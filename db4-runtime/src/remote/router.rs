@@ -2,8 +2,8 @@
 //! the shard map kept by a coordinator object and cached in the isolate.
 
 use super::protocol::{
-    CoordinatorOp, PROTOCOL_VERSION, ShardMap, ShardOp, ShardReply, WireChange, WireOrder, WireStats, WireValue,
-    encode_expr, to_bytes, to_raw,
+    CoordinatorOp, PROTOCOL_VERSION, ShardMap, ShardOp, ShardReply, StreamPage, WireChange, WireOrder, WireStats,
+    WireValue, encode_expr, to_bytes, to_raw,
 };
 use crate::collection::{CasResult, Numeric};
 use crate::error::{Error, Result};
@@ -137,6 +137,53 @@ pub(super) enum Reply {
     Ok(Box<RawValue>),
     /// The shard holds a newer ring.
     Stale,
+}
+
+/// A position in a partition key's change stream ([`DurableRouter::stream`]): the shard
+/// holding its documents and the last LSN of that shard's log already seen. Written
+/// `"<shard>:<lsn>"` (as an SSE event id, say), read back with `str::parse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamPosition {
+    /// The shard.
+    pub shard: ShardId,
+    /// The last LSN seen in its log.
+    pub lsn: u64,
+}
+
+impl std::fmt::Display for StreamPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.shard.get(), self.lsn)
+    }
+}
+
+impl std::str::FromStr for StreamPosition {
+    type Err = Error;
+
+    /// Parses `"<shard>:<lsn>"`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad =
+            || Error::invalid_query("change stream", format!("a stream position is \"<shard>:<lsn>\", not {s:?}"));
+        let (shard, lsn) = s.split_once(':').ok_or_else(bad)?;
+        let shard: u32 = shard.parse().map_err(|_| bad())?;
+        let lsn: u64 = lsn.parse().map_err(|_| bad())?;
+        Ok(Self { shard: ShardId::new(shard), lsn })
+    }
+}
+
+/// A page of a partition key's change stream, from [`DurableRouter::stream`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct StreamBatch {
+    /// The key's committed changes after the position asked for, in commit order.
+    pub events: Vec<WireChange>,
+    /// Where to continue: pass it to the next call.
+    pub position: StreamPosition,
+    /// Whether the shard had nothing newer when it answered (wait before asking again).
+    pub caught_up: bool,
+    /// Events passed over because nothing told their partition: deletes, when the shard
+    /// databases keep no before images (open them with `DbOptions::before_images(true)`, or
+    /// mark the collection `#[db4(changes = "full")]`, for a stream with its deletes).
+    pub unattributed: u64,
 }
 
 impl<T: Partitioned> DurableRouter<T> {
@@ -594,6 +641,51 @@ impl<T: Partitioned> DurableRouter<T> {
             }
             match self.send(shard, &ShardOp::Changes { after, limit }).await? {
                 Reply::Ok(raw) => return self.decode(&raw),
+                Reply::Stale => self.wait_for_map().await?,
+            }
+        }
+        Err(self.gave_up())
+    }
+
+    /// The next page of the change stream of the documents under `key`: their committed
+    /// changes after `after`, in commit order, at most `limit` (and at most
+    /// [`MAX_STREAM_SCAN`](super::protocol::MAX_STREAM_SCAN) events examined on the shard),
+    /// with the position to continue from. No event of another partition key is in it.
+    ///
+    /// A key's documents live on one shard, so its stream is that shard's log, filtered; a
+    /// position is `(shard, lsn)`. `None`, or a position on a shard the key is no longer routed
+    /// to (it moved there in a split), starts at the beginning of the current shard's log;
+    /// the documents a split copied there then come again as that shard's inserts.
+    ///
+    /// Deletes are in the stream when the shard databases keep before images (see
+    /// [`StreamBatch::unattributed`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidValue`] for a key that does not serialize; the shard's error (such as
+    /// [`Error::LogTruncated`] if its log no longer holds the events after the position).
+    pub async fn stream(
+        &self,
+        key: &T::PartitionKey,
+        after: Option<StreamPosition>,
+        limit: usize,
+    ) -> Result<StreamBatch> {
+        let value = key_value::<T>(key)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let shard = self.route(&value);
+            let from = after.filter(|p| p.shard == shard).map_or(0, |p| p.lsn);
+            let op = ShardOp::Stream { after: from, limit, partition: (&value).into() };
+            match self.send(shard, &op).await? {
+                Reply::Ok(raw) => {
+                    let page: StreamPage = self.decode(&raw)?;
+                    let caught_up = page.next >= page.last_lsn;
+                    return Ok(StreamBatch {
+                        events: page.events,
+                        position: StreamPosition { shard, lsn: page.next },
+                        caught_up,
+                        unattributed: page.unattributed,
+                    });
+                }
                 Reply::Stale => self.wait_for_map().await?,
             }
         }
