@@ -226,6 +226,8 @@ start_workerd
 
 say "conformance suite over HTTP"
 suite workerd::
+say "live change stream (server-sent events, a reconnect with Last-Event-ID)"
+suite --exact stream::stream_live --nocapture
 persist write
 
 say "restart (SIGTERM)"

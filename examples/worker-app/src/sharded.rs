@@ -24,6 +24,9 @@
 //! | `POST /s/kb/search` | `{"q", "tenants"?, "limit"?, "offset"?, "highlight"?, "snippet"?, "total"?}` |
 //! | `POST /s/kb/range` | `{"index"?, "prefix"?, "gte"?, "lt"?, "desc"?, "tenants"?, "limit"?, "after"?, "before"?}` → `{"items", "next", "prev", "has_more"}`: keyset pages over `updated` (default) or `by_tenant_updated` (`tenant`, `updated desc`; `prefix` a tenant) |
 //!
+//! | `GET /s/changes/{tenant}?after=<shard>:<lsn>&limit=` | one page of the tenant's change stream: `{"events", "position", "caught_up", "unattributed"}`; pass `position` back as `after` |
+//! | `GET /s/changes/{tenant}/live?after=&for_ms=` | the same, live, as server-sent events (Worker only): each event's `id` is its position; a client reconnecting with `Last-Event-ID` resumes after it |
+//!
 //! The split routes are answered by the coordinator object (`worker.rs`), which owns the alarm.
 
 use crate::api::{ApiError, ApiRequest, ApiResponse, Method};
@@ -140,6 +143,53 @@ pub async fn route(client: impl ShardClient, req: &ApiRequest<'_>) -> ApiRespons
         Ok(router) => handle(&router, req).await,
         Err(e) => ApiError::Db(e).to_response(),
     }
+}
+
+/// The value of query parameter `name`, percent-decoded.
+pub fn query_value(target: &str, name: &str) -> Option<String> {
+    let (_, q) = target.split_once('?')?;
+    let raw = q.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?;
+    crate::api::percent_decode(raw, true).ok()
+}
+
+/// A stream position from a query parameter or a `Last-Event-ID` header (`None` if absent
+/// or empty: from the beginning).
+///
+/// # Errors
+///
+/// [`ApiError::Db`] with the parse error for anything but `<shard>:<lsn>`.
+pub fn stream_position(text: Option<&str>) -> Result<Option<db4::remote::StreamPosition>> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => Ok(Some(t.parse()?)),
+    }
+}
+
+/// One change of a stream as the routes send it: its position, the change, the document.
+pub fn event_json(shard: db4::shard::ShardId, e: &db4::remote::protocol::WireChange) -> Value {
+    let parse = |doc: &Option<String>| doc.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok());
+    json!({
+        "position": format!("{}:{}", shard.get(), e.lsn),
+        "lsn": e.lsn,
+        "tx_id": e.tx_id,
+        "id": e.id,
+        "op": e.op,
+        "version": e.version,
+        "at": e.at,
+        "after": parse(&e.after),
+        "before": parse(&e.before),
+    })
+}
+
+/// A page of a stream as `GET /s/changes/{tenant}` answers it.
+pub fn batch_json(batch: &db4::remote::StreamBatch) -> Value {
+    let shard = batch.position.shard;
+    json!({
+        "events": batch.events.iter().map(|e| event_json(shard, e)).collect::<Vec<_>>(),
+        "position": batch.position.to_string(),
+        "caught_up": batch.caught_up,
+        "unattributed": batch.unattributed,
+    })
 }
 
 /// The body of `POST /s/kb/search`.
@@ -307,6 +357,19 @@ async fn dispatch(router: &DurableRouter<Ticket>, req: &ApiRequest<'_>) -> Resul
             }
             router.insert_many(&ts).await?;
             Ok(ApiResponse { status: 201, body: json!({ "inserted": ts.len() }) })
+        }
+        (Method::Get, ["s", "changes", tenant]) => {
+            let after = stream_position(query_value(req.target, "after").as_deref())?;
+            let limit = match query_value(req.target, "limit") {
+                None => 100,
+                Some(l) => l
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=1000).contains(l))
+                    .ok_or_else(|| ApiError::InvalidParam(format!("limit {l:?}: an integer in 1..=1000")))?,
+            };
+            let batch = router.stream(&(*tenant).to_owned(), after, limit).await?;
+            Ok(ApiResponse { status: 200, body: batch_json(&batch) })
         }
         (Method::Get, ["s", "shard-of", tenant]) => {
             Ok(ApiResponse { status: 200, body: json!({ "shard": router.shard_for(&(*tenant).to_owned())?.get() }) })

@@ -51,6 +51,9 @@ async fn forward(req: Request, env: &Env) -> Result<Response> {
     if sharded::is_sharded(url.path()) {
         let path = url.path();
         let to_coordinator = path == "/s/split" || path.starts_with("/s/split/") || path == "/s/rebalance";
+        if let Some(tenant) = path.strip_prefix("/s/changes/").and_then(|p| p.strip_suffix("/live")) {
+            return live_changes(&req, env, tenant).await;
+        }
         if let Some(rest) = path.strip_prefix("/s/direct/") {
             return direct(req, env, rest).await;
         }
@@ -70,6 +73,112 @@ async fn forward(req: Request, env: &Env) -> Result<Response> {
     };
     let stub = env.durable_object(BINDING)?.id_from_name(tenant)?.get_stub()?;
     stub.fetch_with_request(req).await
+}
+
+/// How long one live stream response lasts by default, and at most (the client reconnects
+/// with `Last-Event-ID` after it ends).
+const LIVE_DEFAULT_MS: f64 = 25_000.0;
+const LIVE_MAX_MS: f64 = 60_000.0;
+/// The wait between polls of the shard when the stream is caught up.
+const LIVE_POLL_MS: u64 = 50;
+/// A comment line after this long without an event, so proxies keep the connection.
+const LIVE_KEEPALIVE_MS: f64 = 10_000.0;
+
+struct Live {
+    router: db4::cloudflare::DurableRouter<Ticket>,
+    tenant: String,
+    position: Option<db4::cloudflare::StreamPosition>,
+    deadline: f64,
+    last_sent: f64,
+    started: bool,
+    done: bool,
+}
+
+/// `GET /s/changes/{tenant}/live`: the tenant's change stream as server-sent events, from
+/// `Last-Event-ID` (or `?after=`), for `?for_ms=` (default 25 s, at most 60 s). Each event is
+/// `id: <shard>:<lsn>`, `event: change`, `data: <the change as JSON>`; a failure ends the
+/// response with `event: error`. Polls the tenant's shard object every 50 ms when caught up.
+async fn live_changes(req: &Request, env: &Env, tenant: &str) -> Result<Response> {
+    let url = req.url()?;
+    let target = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+    let tenant = match api::percent_decode(tenant, false) {
+        Ok(t) if !t.is_empty() => t,
+        _ => return respond(&ApiError::InvalidParam(format!("tenant {tenant:?}")).to_response()),
+    };
+    let header = req.headers().get("last-event-id")?;
+    let from = header.or_else(|| sharded::query_value(&target, "after"));
+    let position = match sharded::stream_position(from.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return respond(&e.to_response()),
+    };
+    let for_ms = match sharded::query_value(&target, "for_ms") {
+        None => LIVE_DEFAULT_MS,
+        Some(v) => match v.parse::<f64>() {
+            Ok(ms) if ms.is_finite() && ms > 0.0 => ms.min(LIVE_MAX_MS),
+            _ => return respond(&ApiError::InvalidParam(format!("for_ms {v:?}")).to_response()),
+        },
+    };
+    let client = match WorkerShards::new(env, SHARDS_BINDING, COORDINATOR_BINDING) {
+        Ok(c) => c,
+        Err(e) => return respond(&ApiResponse::internal(&e.to_string())),
+    };
+    let router = match sharded::router(client).await {
+        Ok(r) => r,
+        Err(e) => return respond(&ApiError::Db(e).to_response()),
+    };
+    let now = worker::Date::now().as_millis() as f64;
+    let live = Live { router, tenant, position, deadline: now + for_ms, last_sent: now, started: false, done: false };
+    let events = futures_util::stream::unfold(live, |mut live| async move {
+        if live.done {
+            return None;
+        }
+        if !live.started {
+            // At once, so the client knows the stream is open (and from where).
+            live.started = true;
+            let from = live.position.map_or_else(|| "the beginning".to_owned(), |p| p.to_string());
+            return Some((Ok::<Vec<u8>, worker::Error>(format!(": streaming from {from}\n\n").into_bytes()), live));
+        }
+        loop {
+            let now = worker::Date::now().as_millis() as f64;
+            if now >= live.deadline {
+                return None;
+            }
+            match live.router.stream(&live.tenant, live.position, 100).await {
+                Ok(batch) => {
+                    live.position = Some(batch.position);
+                    if !batch.events.is_empty() {
+                        let mut text = String::new();
+                        for e in &batch.events {
+                            let data = sharded::event_json(batch.position.shard, e);
+                            text.push_str(&format!(
+                                "id: {}:{}\nevent: change\ndata: {data}\n\n",
+                                batch.position.shard.get(),
+                                e.lsn
+                            ));
+                        }
+                        live.last_sent = now;
+                        return Some((Ok(text.into_bytes()), live));
+                    }
+                    if now - live.last_sent >= LIVE_KEEPALIVE_MS {
+                        live.last_sent = now;
+                        return Some((Ok(b": keep-alive\n\n".to_vec()), live));
+                    }
+                    if batch.caught_up {
+                        Delay::from(std::time::Duration::from_millis(LIVE_POLL_MS)).await;
+                    }
+                }
+                Err(e) => {
+                    live.done = true;
+                    let data = json!({ "error": e.to_string() });
+                    return Some((Ok(format!("event: error\ndata: {data}\n\n").into_bytes()), live));
+                }
+            }
+        }
+    });
+    let headers = worker::Headers::new();
+    headers.set("content-type", "text/event-stream")?;
+    headers.set("cache-control", "no-store")?;
+    Ok(Response::from_stream(events)?.with_headers(headers))
 }
 
 /// The benchmark's baseline: `/s/direct/{shard}/tickets...` sent straight to that shard
@@ -126,7 +235,9 @@ impl DurableObject for ShardObject {
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         let server = self.server.get_or_init(|| {
-            Db::durable(&self.state.storage())
+            // Before images: a delete's image tells its tenant, so tenants' change streams
+            // carry their deletes.
+            Db::durable_with(&self.state.storage(), db4::DbOptions::default().before_images(true))
                 .and_then(ShardServer::new)
                 .map(|s| s.serve::<Ticket>().serve::<KbArticle>())
                 .map_err(|e| e.to_string())

@@ -11,6 +11,7 @@ mod client;
 mod scenarios;
 mod sharded;
 mod split;
+mod stream;
 mod target;
 mod tiers;
 mod workerd_only;
@@ -75,6 +76,7 @@ suite!(
     sharded_crud,
     sharded_queries,
     sharded_search,
+    change_stream,
 );
 
 macro_rules! tier_suite {

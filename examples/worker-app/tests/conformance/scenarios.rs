@@ -3,7 +3,7 @@
 use crate::target::{Reply, Target};
 use serde_json::{Value, json};
 
-pub use crate::sharded::{sharded_crud, sharded_queries, sharded_search};
+pub use crate::sharded::{change_stream, sharded_crud, sharded_queries, sharded_search};
 
 /// A tenant's view of a target: paths are relative to `/t/{tenant}`.
 pub struct Tenant<'t> {

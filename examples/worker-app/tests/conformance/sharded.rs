@@ -381,3 +381,99 @@ fn kb_ranges(t: &dyn Target, one: &db4::Collection<worker_app::sharded::KbArticl
     expect_error(post(t, "/s/kb/range", &json!({ "limit": 1001 })), 400, "invalid_query");
     expect_error(post(t, "/s/kb/range", &json!({ "index": "nope" })), 400, "invalid_query");
 }
+
+/// `other` names (from `t.tenant(base-k)`) until one routes to the same shard as `tenant`.
+pub fn neighbour(t: &dyn Target, tenant: &str, base: &str) -> String {
+    let shard_of = |name: &str| expect(t.call("GET", &format!("/s/shard-of/{name}"), None), 200)["shard"].clone();
+    let home = shard_of(tenant);
+    (0..200)
+        .map(|k| t.tenant(&format!("{base}_{k}")))
+        .find(|name| shard_of(name) == home)
+        .expect("among 200 names one shares a shard of 8")
+}
+
+/// The `(id, op)` of a stream page's events, checking each is `tenant`'s.
+fn stream_ops(page: &Value, tenant: &str) -> Vec<(String, String)> {
+    page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            let doc = if e["after"].is_null() { &e["before"] } else { &e["after"] };
+            assert_eq!(doc["tenant"], tenant, "another tenant's event in the stream: {e}");
+            (e["id"]["text"].as_str().expect("a text id").to_owned(), e["op"].as_str().expect("op").to_owned())
+        })
+        .collect()
+}
+
+/// A tenant's change stream through the router, page by page: its inserts, updates and
+/// deletes once each in commit order, none of a tenant on the same shard, the same rest
+/// from any position a reader stopped at; a malformed position is refused.
+pub fn change_stream(t: &dyn Target) {
+    let a = t.tenant("stream_a");
+    let b = neighbour(t, &a, "stream_b");
+    let mut want = Vec::new();
+    for i in 0..30 {
+        for tenant in [&a, &b] {
+            let mut doc = ticket(tenant, i);
+            doc["id"] = json!(format!("{tenant}-{i}"));
+            expect(post(t, "/s/tickets", &doc), 201);
+        }
+        want.push((format!("{a}-{i}"), "insert".to_owned()));
+    }
+    for i in [3, 9, 27] {
+        let id = format!("{a}-{i}");
+        let mut doc = expect(t.call("GET", &format!("/s/tickets/{a}/{id}"), None), 200);
+        doc["title"] = json!("edited");
+        expect(t.call("PUT", &format!("/s/tickets/{a}/{id}"), Some(doc.to_string().as_bytes())), 200);
+        want.push((id.clone(), "update".to_owned()));
+        expect(t.call("DELETE", &format!("/s/tickets/{b}/{b}-{i}"), None), 200);
+    }
+    for i in [4, 5] {
+        expect(t.call("DELETE", &format!("/s/tickets/{a}/{a}-{i}"), None), 200);
+        want.push((format!("{a}-{i}"), "delete".to_owned()));
+    }
+    let read = |from: Option<&str>, limit: usize| -> (Vec<(String, String)>, Vec<String>) {
+        let (mut ops, mut positions) = (Vec::new(), Vec::new());
+        let mut after = from.map(str::to_owned);
+        for _ in 0..1000 {
+            let q = after.as_ref().map_or(String::new(), |p| format!("&after={p}"));
+            let page = expect(t.call("GET", &format!("/s/changes/{a}?limit={limit}{q}"), None), 200);
+            ops.extend(stream_ops(&page, &a));
+            positions
+                .extend(page["events"].as_array().unwrap().iter().map(|e| e["position"].as_str().unwrap().to_owned()));
+            assert_eq!(page["unattributed"], 0, "before images: every delete is attributed");
+            after = Some(page["position"].as_str().expect("position").to_owned());
+            if page["caught_up"] == true {
+                return (ops, positions);
+            }
+        }
+        panic!("the stream did not catch up");
+    };
+    let (all, positions) = read(None, 7);
+    assert_eq!(all, want);
+    for k in [0, 1, 15, want.len() - 1] {
+        let (rest, _) = read(Some(&positions[k]), 5);
+        assert_eq!(rest, want[k + 1..].to_vec(), "resumed after event {k}");
+    }
+    // The other tenant's stream holds only its own.
+    let (theirs, _) = read_other(t, &b);
+    assert_eq!(theirs.iter().filter(|(_, op)| op == "insert").count(), 30);
+    assert_eq!(theirs.iter().filter(|(_, op)| op == "delete").count(), 3);
+    expect_error(t.call("GET", &format!("/s/changes/{a}?after=nope"), None), 400, "invalid_query");
+    expect_error(t.call("GET", &format!("/s/changes/{a}?limit=0"), None), 400, "invalid_query");
+}
+
+fn read_other(t: &dyn Target, tenant: &str) -> (Vec<(String, String)>, String) {
+    let mut ops = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = expect(t.call("GET", &format!("/s/changes/{tenant}?limit=1000{after}"), None), 200);
+        ops.extend(stream_ops(&page, tenant));
+        let position = page["position"].as_str().expect("position").to_owned();
+        if page["caught_up"] == true {
+            return (ops, position);
+        }
+        after = format!("&after={position}");
+    }
+}

@@ -78,7 +78,10 @@ impl Native {
             m.borrow_mut()
                 .entry(self.id)
                 .or_insert_with(|| {
-                    let local = db4::remote::LocalShards::in_memory().expect("in-memory shards");
+                    // Before images, as the app's shard objects keep them (streams carry deletes).
+                    let local = db4::remote::LocalShards::in_memory()
+                        .expect("in-memory shards")
+                        .with_options(db4::DbOptions::default().before_images(true));
                     std::rc::Rc::new(
                         local.serve::<worker_app::sharded::Ticket>().serve::<worker_app::sharded::KbArticle>(),
                     )
