@@ -206,3 +206,43 @@ pub mod evolution {
         pub prio: String,
     }
 }
+
+/// The benchmark's billing twin of [`Article`]: the same document with the layout of the
+/// hand-written `raw_articles` table (three indexes: tenant, status, creation time; no
+/// full-text fields, no composite index), so that the rows written per insert compare like
+/// with like. `POST /t/{tenant}/twins` inserts one and answers the rows it cost.
+#[derive(Document, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[db4(collection = "article_twins")]
+pub struct ArticleTwin {
+    /// As [`Article::id`].
+    #[id]
+    #[serde(default)]
+    pub id: String,
+    /// As [`Article::tenant_id`].
+    #[index]
+    #[serde(default)]
+    pub tenant_id: String,
+    /// As [`Article::title`].
+    pub title: String,
+    /// As [`Article::body`].
+    #[serde(default)]
+    pub body: String,
+    /// As [`Article::tags`].
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// As [`Article::status`].
+    #[index]
+    #[serde(default)]
+    pub status: Status,
+    /// As [`Article::created_at`].
+    #[range_index]
+    #[serde(default)]
+    pub created_at: i64,
+    /// As [`Article::version`].
+    #[version]
+    #[serde(default)]
+    pub version: u64,
+    /// As [`Article::views`].
+    #[serde(default)]
+    pub views: i64,
+}
