@@ -123,7 +123,9 @@ trap 'exit 130' INT TERM
 free_port() {
   local port
   for _ in $(seq 1 100); do
-    port=$((20000 + RANDOM % 20000))
+    # Below Linux's ephemeral range (32768 and up by default): a port some client connection
+    # still holds (TIME_WAIT) cannot be bound, and nothing tells it apart from a free one.
+    port=$((15000 + RANDOM % 15000))
     # Connection refused: nobody listens there.
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
@@ -144,48 +146,51 @@ start_workerd() {
   WORKERD_PID=$!
   URL="http://127.0.0.1:$port"
   export DB4_WORKERD_URL="$URL"
-  local started
+  if ! wait_ready workerd "$WORKERD_PID" "$URL"; then
+    say "workerd exited during start-up; its log:"
+    tail -n 40 "$LOG" >&2
+    exit 1
+  fi
+}
+
+# Waits for `$1` (pid `$2`) to answer `$3/health`: 0 when it does, 1 if the process exited
+# first; after 30 s the run fails.
+wait_ready() {
+  local name="$1" pid="$2" url="$3" started
   started="$(now)"
   for _ in $(seq 1 300); do
-    if ! kill -0 "$WORKERD_PID" 2>/dev/null; then
-      say "workerd exited during start-up; its log:"
-      tail -n 40 "$LOG" >&2
-      exit 1
-    fi
-    if curl -sf --max-time 2 "$URL/health" >/dev/null 2>&1; then
-      say "workerd (pid $WORKERD_PID) ready at $URL after $(since "$started") s"
+    kill -0 "$pid" 2>/dev/null || return 1
+    if curl -sf --max-time 2 "$url/health" >/dev/null 2>&1; then
+      say "$name (pid $pid) ready at $url after $(since "$started") s"
       return 0
     fi
     sleep 0.1
   done
-  say "workerd not ready after 30 s; its log:"
-  tail -n 40 "$LOG" >&2
+  say "$name not ready after 30 s"
   exit 1
 }
 
 start_miniflare() {
-  local port started
-  port="$(free_port)"
+  local port attempt
   mkdir -p "$MF_DIR"
-  # A simple command in the background: $! is node's own PID.
-  MF_NODE="$TOOLS/node" MF_BUILD="$RUN_DIR/build" MF_DIR="$MF_DIR" MF_PORT="$port" \
-    node "$APP_DIR/miniflare.mjs" >>"$MF_LOG" 2>&1 &
-  MF_PID=$!
-  export DB4_MINIFLARE_URL="http://127.0.0.1:$port"
-  started="$(now)"
-  for _ in $(seq 1 300); do
-    if ! kill -0 "$MF_PID" 2>/dev/null; then
-      say "miniflare exited during start-up; its log:"
-      tail -n 40 "$MF_LOG" >&2
-      exit 1
+  for attempt in 1 2 3; do
+    port="$(free_port)"
+    # A simple command in the background: $! is node's own PID.
+    MF_NODE="$TOOLS/node" MF_BUILD="$RUN_DIR/build" MF_DIR="$MF_DIR" MF_PORT="$port" \
+      node "$APP_DIR/miniflare.mjs" >>"$MF_LOG" 2>&1 &
+    MF_PID=$!
+    export DB4_MINIFLARE_URL="http://127.0.0.1:$port"
+    wait_ready miniflare "$MF_PID" "$DB4_MINIFLARE_URL" && return 0
+    wait "$MF_PID" 2>/dev/null || true
+    MF_PID=""
+    # A port taken between the check and the bind: another one.
+    if tail -n 40 "$MF_LOG" | grep -q 'ADDRESS_IN_USE\|Address already in use'; then
+      say "miniflare could not bind (attempt $attempt): another port"
+      continue
     fi
-    if curl -sf --max-time 2 "$DB4_MINIFLARE_URL/health" >/dev/null 2>&1; then
-      say "miniflare (pid $MF_PID) ready at $DB4_MINIFLARE_URL after $(since "$started") s"
-      return 0
-    fi
-    sleep 0.1
+    break
   done
-  say "miniflare not ready after 30 s; its log:"
+  say "miniflare exited during start-up; its log:"
   tail -n 40 "$MF_LOG" >&2
   exit 1
 }

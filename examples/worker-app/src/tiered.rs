@@ -56,7 +56,12 @@ pub fn tier_config<S: AsyncColdStore + Send + Sync + 'static>(staged: &StagedSto
     TierConfig {
         warm_bytes: WARM_BYTES,
         cold: Some(Box::new(staged.clone())),
-        policy: CompactionPolicy { older_than: Some(("at", COLD_AGE_MS)), ..Default::default() },
+        // The warm tier, once over its budget, is brought down to 80 % of it at once.
+        policy: CompactionPolicy {
+            older_than: Some(("at", COLD_AGE_MS)),
+            memory_pressure: Some(0.8),
+            ..Default::default()
+        },
     }
 }
 
