@@ -169,7 +169,14 @@ struct Shared<S> {
 
 /// A [`ColdStore`] over an [`AsyncColdStore`]: give a clone to
 /// [`TierConfig::cold`](crate::tier::TierConfig::cold) and drive it with [`read`](Self::read),
-/// [`compact`](Self::compact) and [`flush`](Self::flush). See the [module](self) for how.
+/// [`compact`](Self::compact) and [`flush`](Self::flush). How it works: "Tiers and change
+/// streams on Cloudflare" in `docs/cloudflare.md`.
+///
+/// - Reads stop at the first bytes not fetched yet ([`BackendErrorKind::NotFetched`]);
+///   [`read`](Self::read) fetches them and runs the read again.
+/// - Compaction keeps new segments in the hot database (the store
+///   [defers writes](ColdStore::defers_writes)); [`flush`](Self::flush) uploads them.
+/// - Objects live under the store's prefix, so databases sharing a bucket stay apart.
 ///
 /// Clones share one store and one cache of fetched bytes.
 pub struct StagedStore<S> {
