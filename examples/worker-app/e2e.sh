@@ -69,26 +69,37 @@ now() { date +%s.%N; }
 
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 
+# Sends `$2` to `$1` (pid `$3`) and waits up to 10 s for it to exit: 0 if it did, 1 if not.
+signal_and_wait() {
+  local name="$1" signal="$2" pid="$3"
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill "-$signal" "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  say "$name ($pid) ignored SIG$signal for 10 s: SIGKILL"
+  return 1
+}
+
 stop_workerd() {
   local signal="${1:-TERM}" pid="$WORKERD_PID"
   [ -n "$pid" ] || return 0
   WORKERD_PID=""
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "-$signal" "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      say "workerd ($pid) ignored SIG$signal for 10 s: SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
+  signal_and_wait workerd "$signal" "$pid" || kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
 MF_PID=""
 MF_LOG="$RUN_DIR/miniflare.log"
 MF_DIR="$RUN_DIR/miniflare"
+
+# SIGKILLs the children of `$1` (miniflare's workerd).
+kill_children() {
+  local child
+  for child in $(pgrep -P "$1" || true); do
+    kill -KILL "$child" 2>/dev/null || true
+  done
+}
 
 # Stops miniflare: SIGTERM lets it dispose of its workerd; SIGKILL kills its workerd child
 # first (as a crash would), then the node process.
@@ -97,23 +108,11 @@ stop_miniflare() {
   [ -n "$pid" ] || return 0
   MF_PID=""
   if [ "$signal" = KILL ]; then
-    for child in $(pgrep -P "$pid" || true); do
-      kill -KILL "$child" 2>/dev/null || true
-    done
+    kill_children "$pid"
   fi
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "-$signal" "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      say "miniflare ($pid) ignored SIG$signal for 10 s: SIGKILL"
-      for child in $(pgrep -P "$pid" || true); do
-        kill -KILL "$child" 2>/dev/null || true
-      done
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
+  if ! signal_and_wait miniflare "$signal" "$pid"; then
+    kill_children "$pid"
+    kill -KILL "$pid" 2>/dev/null || true
   fi
   wait "$pid" 2>/dev/null || true
 }

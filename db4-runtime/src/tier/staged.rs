@@ -163,7 +163,8 @@ struct State {
 struct Shared<S> {
     remote: S,
     prefix: String,
-    budget: usize,
+    /// The budget of fetched bytes (settable on any clone).
+    budget: std::sync::atomic::AtomicUsize,
     state: Mutex<State>,
 }
 
@@ -194,7 +195,7 @@ impl<S: AsyncColdStore> std::fmt::Debug for StagedStore<S> {
         f.debug_struct("StagedStore")
             .field("remote", &self.shared.remote.describe())
             .field("prefix", &self.shared.prefix)
-            .field("budget", &self.shared.budget)
+            .field("budget", &self.budget())
             .finish_non_exhaustive()
     }
 }
@@ -232,25 +233,22 @@ impl<S: AsyncColdStore> StagedStore<S> {
             shared: Arc::new(Shared {
                 remote,
                 prefix: prefix.to_owned(),
-                budget: DEFAULT_CACHE_BYTES,
+                budget: std::sync::atomic::AtomicUsize::new(DEFAULT_CACHE_BYTES),
                 state: Mutex::default(),
             }),
         })
     }
 
     /// The same store with a budget of `bytes` for fetched bytes kept between reads (the
-    /// bytes one read needs are kept until it ends, whatever the budget). Call before the
-    /// first clone.
+    /// bytes one read needs are kept until it ends, whatever the budget). Clones share it.
     #[must_use]
     pub fn with_cache_bytes(self, bytes: usize) -> Self {
-        let shared = match Arc::try_unwrap(self.shared) {
-            Ok(mut shared) => {
-                shared.budget = bytes;
-                shared
-            }
-            Err(arc) => return Self { shared: arc },
-        };
-        Self { shared: Arc::new(shared) }
+        self.shared.budget.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
+    fn budget(&self) -> usize {
+        self.shared.budget.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The asynchronous store underneath.
@@ -268,7 +266,7 @@ impl<S: AsyncColdStore> StagedStore<S> {
         let state = self.state();
         StagedStats {
             cached_bytes: state.cached as u64,
-            budget_bytes: self.shared.budget as u64,
+            budget_bytes: self.budget() as u64,
             fetches: state.fetches,
             hits: state.hits,
         }
@@ -363,15 +361,16 @@ impl<S: AsyncColdStore> StagedStore<S> {
     /// Evicts the least recently used fetched bytes down to the budget, keeping what the read
     /// that started at `started` used.
     fn trim(&self, started: u64) {
+        let budget = self.budget();
         let mut state = self.state();
-        if state.cached <= self.shared.budget {
+        if state.cached <= budget {
             return;
         }
         let mut order: Vec<(u64, Fetch)> =
             state.cache.iter().filter(|(_, e)| e.used < started).map(|(k, e)| (e.used, k.clone())).collect();
         order.sort_by_key(|(used, _)| *used);
         for (_, key) in order {
-            if state.cached <= self.shared.budget {
+            if state.cached <= budget {
                 break;
             }
             if let Some(e) = state.cache.remove(&key) {
