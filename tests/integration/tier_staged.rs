@@ -230,3 +230,27 @@ fn pending_objects(path: &Path) -> Vec<(String, Vec<u8>)> {
     }
     out
 }
+
+/// A database made again under the same prefix never reuses a segment key (its counter
+/// starts over, the random part does not), so a cache keeping blocks by key can never serve
+/// the old bytes for the new segment.
+#[test]
+fn a_database_made_again_under_the_same_prefix_never_reuses_a_segment_key() {
+    let remote = Arc::new(MemoryStore::new());
+    let keys = |remote: &MemoryStore| -> Vec<String> {
+        remote.list("p/").unwrap().into_iter().map(|o| o.key).filter(|k| k.ends_with(".jsonl.gz")).collect()
+    };
+    let mut seen = Vec::new();
+    for round in 0..3 {
+        let dir = TempDir::new(&format!("staged-again-{round}"));
+        let staged = StagedStore::new(Arc::clone(&remote), "p/").unwrap();
+        let db = open(&dir.join("db.sqlite"), &staged, 0);
+        db.collection::<Event>().unwrap().insert_many(&(0..10).map(|i| event(i, i)).collect::<Vec<_>>()).unwrap();
+        block_on(staged.compact(&db)).unwrap();
+        // Its compaction deleted the previous database's objects as orphans.
+        let now = keys(&remote);
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert!(!seen.contains(&now[0]), "segment key {} used twice", now[0]);
+        seen.push(now[0].clone());
+    }
+}
